@@ -1,0 +1,36 @@
+"""Datasets: sources (folders, CSV, arrays, built-in sets), splits, label fractions and checks.
+
+Typical use::
+
+    data = load_source(SourceSpec(kind="folder", path="photos", image_size=64))
+    splits = make_splits(data, labels_per_class=10, seed=0)
+    warnings = check_dataset(splits, min_image_size=32, model_name="resnet18")
+"""
+
+from headstart.data.builtin import BUILTINS, load_builtin, load_digits, load_lfw, load_mnist5k
+from headstart.data.checks import check_dataset
+from headstart.data.dataset import ArrayStore, FileStore, ImageSet
+from headstart.data.images import IMAGE_SUFFIXES, MAX_PIXELS, probe_image, read_image
+from headstart.data.sources import SourceSpec, from_arrays, load_source
+from headstart.data.splits import Splits, make_splits
+
+__all__ = [
+    "BUILTINS",
+    "IMAGE_SUFFIXES",
+    "MAX_PIXELS",
+    "ArrayStore",
+    "FileStore",
+    "ImageSet",
+    "SourceSpec",
+    "Splits",
+    "check_dataset",
+    "from_arrays",
+    "load_builtin",
+    "load_digits",
+    "load_lfw",
+    "load_mnist5k",
+    "load_source",
+    "make_splits",
+    "probe_image",
+    "read_image",
+]

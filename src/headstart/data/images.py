@@ -12,15 +12,17 @@ Policy
   L, 1     grey replicated to three channels
   LA, RGBA alpha composited onto a white background (what a viewer shows)
   P, PA    palette expanded (with its transparency) then as RGBA
-  I;16, I  16/32-bit integers scaled linearly to 0..255 by the type's range
+  I;16, I  16-bit samples scaled linearly from 0..65535 to 0..255; mode "I" images
+           with values outside 0..65535 scaled by their own maximum
   F        float values clipped to 0..1 and scaled to 0..255
   CMYK     Pillow's CMYK→RGB conversion
   ======== ==============================================================
 
 * An image whose declared size exceeds :data:`MAX_PIXELS` is refused *before* decoding (a
-  decompression bomb costs nothing).
+  decompression bomb costs nothing). :func:`probe_image` checks a file's header without decoding.
 * A missing, empty, truncated or non-image file raises :class:`~headstart.errors.HeadstartError`
-  naming the file. Dataset code decides whether to fail or to skip and count (see ``data.checks``).
+  naming the file. Dataset code decides whether to fail or to skip and count (see
+  ``data.sources``, field ``on_corrupt``).
 """
 
 from __future__ import annotations
@@ -34,20 +36,30 @@ from PIL import Image, ImageOps
 
 from headstart.errors import HeadstartError
 
-MAX_PIXELS = 16_000 * 16_000
-"""Largest width × height decoded (256 megapixels). A declared 20000×20000 PNG is refused."""
+MAX_PIXELS = 12_000 * 12_000
+"""Largest width × height decoded (144 megapixels, about 430 MB as RGB). A declared 20000×20000
+PNG is refused. Kept below Pillow's own refusal threshold (twice ``Image.MAX_IMAGE_PIXELS``, about
+179 megapixels by default) so that this limit, not Pillow's, is the one users meet."""
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to RGB following the table in the module docstring."""
     mode = img.mode
     if mode == "RGB":
         return img
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         arr = np.asarray(img).astype(np.float64)
-        top = 65535.0 if mode.startswith("I;16") else max(float(arr.max()), 1.0)
-        grey = np.clip(arr / top * 255.0, 0, 255).astype(np.uint8)
+        if mode.startswith("I;16"):
+            top = 65535.0
+        elif arr.min() >= 0 and arr.max() <= 65535:
+            # Mode "I" holding 16-bit samples (how older Pillow versions open 16-bit PNGs): the
+            # 16-bit range keeps a dark image dark instead of stretching it to full brightness.
+            top = 65535.0
+        else:
+            top = max(float(arr.max()), 1.0)
+        grey = np.clip(arr / top * 255.0, 0, 255).round().astype(np.uint8)
         return Image.fromarray(grey, "L").convert("RGB")
     if mode == "F":
         arr = np.clip(np.asarray(img, dtype=np.float64), 0.0, 1.0)
@@ -62,36 +74,101 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def read_image(path: str | os.PathLike, mode: str = "RGB") -> Image.Image:
-    """Open ``path`` and return a fully decoded Pillow image in ``mode`` ("RGB" or "L").
+def _too_large(path: Path, width: int, height: int) -> HeadstartError:
+    return HeadstartError(
+        f"{path}: declares {width}x{height} pixels, more than the limit of {MAX_PIXELS:,} "
+        f"(headstart.data.images.MAX_PIXELS); refused before decoding"
+    )
 
-    Raises HeadstartError naming the file when it is missing, empty, not an image, truncated or
-    larger than :data:`MAX_PIXELS`.
-    """
-    path = Path(path)
+
+def _check_file(path: Path) -> None:
+    """Refuse paths that are not a non-empty regular file, naming the file."""
     if not path.exists():
         raise HeadstartError(f"{path}: no such file")
     if path.is_dir():
         raise HeadstartError(f"{path}: is a folder, expected an image file")
     if path.stat().st_size == 0:
         raise HeadstartError(f"{path}: file is empty (0 bytes), expected an image")
+
+
+def _open(path: Path) -> Image.Image:
+    """Open ``path`` lazily (header only) and refuse it when it declares more than MAX_PIXELS.
+
+    Pillow runs its own decompression-bomb check inside ``Image.open`` (a warning above
+    ``Image.MAX_IMAGE_PIXELS``, an error above twice that); the warning is silenced because the
+    check below is the one that decides, and the error is reported with the same message.
+    """
     try:
-        with Image.open(path) as img:
-            width, height = img.size
-            if width * height > MAX_PIXELS:
-                raise HeadstartError(
-                    f"{path}: declares {width}x{height} pixels, more than the limit of "
-                    f"{MAX_PIXELS:,} (headstart.data.images.MAX_PIXELS)"
-                )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise HeadstartError(
+            f"{path}: declares more pixels than the limit of {MAX_PIXELS:,} "
+            f"(headstart.data.images.MAX_PIXELS); refused before decoding ({exc})"
+        ) from None
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        img.close()
+        raise _too_large(path, width, height)
+    return img
+
+
+def _translate(path: Path, exc: BaseException) -> HeadstartError:
+    """Turn Pillow's and the operating system's exceptions into one message naming the file."""
+    if isinstance(exc, Image.UnidentifiedImageError):
+        return HeadstartError(f"{path}: not a readable image (expected JPEG, PNG, BMP, GIF, TIFF or WebP)")
+    if isinstance(exc, PermissionError):
+        return HeadstartError(f"{path}: cannot be read (permission denied)")
+    return HeadstartError(f"{path}: corrupt or truncated image ({exc})")
+
+
+_READ_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombWarning)
+
+
+def probe_image(path: str | os.PathLike) -> tuple[int, int]:
+    """Check ``path`` without decoding its pixels and return its stored ``(width, height)``.
+
+    Reads the header and runs Pillow's ``verify()`` (checksums where the format has them, such
+    as PNG chunks). This catches missing, empty, non-image and oversized files in microseconds,
+    but not every truncated file: a JPEG cut short passes and fails only when decoded by
+    :func:`read_image`. The size is the stored one, before EXIF orientation is applied.
+    """
+    path = Path(path)
+    _check_file(path)
+    try:
+        img = _open(path)
+        with img:
+            size = img.size
+            img.verify()
+    except HeadstartError:
+        raise
+    except _READ_ERRORS as exc:
+        raise _translate(path, exc) from None
+    return size
+
+
+def read_image(path: str | os.PathLike, mode: str = "RGB") -> Image.Image:
+    """Open ``path`` and return a fully decoded Pillow image in ``mode`` ("RGB" or "L").
+
+    Raises HeadstartError naming the file when it is missing, empty, not an image, truncated or
+    larger than :data:`MAX_PIXELS`. ``mode="L"`` converts the RGB result by luminance
+    (ITU-R 601-2: 0.299 R + 0.587 G + 0.114 B), which leaves grey images exactly unchanged.
+    """
+    if mode not in ("RGB", "L"):
+        raise HeadstartError(f"read_image mode {mode!r} is not supported; expected 'RGB' or 'L'")
+    path = Path(path)
+    _check_file(path)
+    try:
+        img = _open(path)
+        with img:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 img.load()
-            img = ImageOps.exif_transpose(img)
-            rgb = _to_rgb(img)
+            oriented = ImageOps.exif_transpose(img)
+            rgb = _to_rgb(oriented)
     except HeadstartError:
         raise
-    except Image.UnidentifiedImageError:
-        raise HeadstartError(f"{path}: not a readable image (expected JPEG, PNG, BMP, GIF, TIFF or WebP)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise HeadstartError(f"{path}: corrupt or truncated image ({exc})") from None
+    except _READ_ERRORS as exc:
+        raise _translate(path, exc) from None
     return rgb.convert("L") if mode == "L" else rgb

@@ -1,0 +1,413 @@
+"""Where images come from: a folder of class folders, a CSV file, numpy arrays, or a built-in set.
+
+:class:`SourceSpec` is the configuration block; :func:`load_source` turns it into an
+:class:`~headstart.data.dataset.ImageSet`; :func:`from_arrays` does the same for arrays in memory.
+
+Folder source
+    ``root/<class name>/<image files>``. Class names are the sorted sub-folder names; a class
+    folder with no images stays in ``class_names`` (the dataset check reports it as empty). Images
+    in nested folders belong to their top-level class folder. Names starting with "." are
+    ignored (``.ipynb_checkpoints`` is not a class), as are files whose suffix is not in
+    :data:`~headstart.data.images.IMAGE_SUFFIXES`. A root holding only image files and no
+    sub-folders is an unlabelled set.
+CSV source
+    A header row naming at least the path column (``path``) and, optionally, the label column
+    (``label``); other columns are ignored. Relative paths are relative to the CSV file's folder.
+    Labels are class names; class names are sorted (numerically when every one is an integer);
+    an empty label cell means unlabelled. Problems are reported with the line number of the file
+    (the header is line 1).
+Arrays source
+    A ``.npz`` file with ``images`` and optionally ``labels`` and ``class_names``; read with
+    ``allow_pickle=False`` so a file can never run code.
+
+Corrupt files (``on_corrupt``)
+    Every file is checked when the source is loaded, before any training. With
+    ``verify="decode"`` (default) each file is fully decoded once, so truncated files are caught;
+    with ``cache=True`` that decode also fills the cache. ``verify="header"`` only reads headers
+    (``PIL.Image.verify``): much faster on large folders, but a truncated JPEG then fails only when
+    it is first read during training. ``"fail"`` raises one HeadstartError listing every unreadable
+    file, the first one first; ``"skip"`` leaves them out and records ``(path, reason)`` in
+    ``ImageSet.skipped``.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pydantic
+import torch
+
+from headstart.data.dataset import ArrayStore, FileStore, ImageSet, convert_channels, decode_file, resize_tensor
+from headstart.data.images import IMAGE_SUFFIXES, probe_image
+from headstart.errors import HeadstartError
+
+FILE_KINDS = ("folder", "csv")
+BUILTIN_KINDS = ("digits", "mnist5k", "lfw")
+MAX_LISTED = 10
+"""How many bad files an error message lists before summarising the rest as a count."""
+
+
+class SourceSpec(pydantic.BaseModel, extra="forbid", use_attribute_docstrings=True):
+    """Where a dataset comes from and how its images are brought to one size and channel count."""
+
+    kind: Literal["folder", "csv", "arrays", "digits", "mnist5k", "lfw"]
+    """Folder of class folders, CSV of path and label, .npz arrays, or a built-in dataset."""
+    path: str | None = None
+    """Folder root (folder), CSV file (csv) or ``.npz`` file (arrays); unused by built-ins."""
+    image_size: int | None = pydantic.Field(default=None, ge=1)
+    """Side in pixels that every image is resized to. Required for folder and CSV sources, whose
+    files differ in size; arrays and built-ins keep their native size unless it is given."""
+    channels: Literal[1, 3] | None = None
+    """Convert to this many channels (grey → 3 by replication, colour → 1 by luminance). Files
+    default to 3, arrays and built-ins to their own count."""
+    on_corrupt: Literal["fail", "skip"] = "fail"
+    """Unreadable files: "fail" raises listing them all; "skip" leaves them out and records them
+    in ImageSet.skipped."""
+    resize: Literal["crop", "stretch"] = "crop"
+    """"crop": shorter side to image_size, then the centre square. "stretch": both sides to
+    image_size, proportions change."""
+    cache: bool = False
+    """Keep decoded, resized file images in memory (N × channels × image_size² bytes)."""
+    verify: Literal["decode", "header"] = "decode"
+    """How files are checked at load: full decode (catches truncation) or header only (faster)."""
+    path_column: str = "path"
+    """CSV column holding image paths."""
+    label_column: str | None = "label"
+    """CSV column holding class names; None for an unlabelled CSV."""
+
+    @pydantic.model_validator(mode="after")
+    def _path_matches_kind(self) -> SourceSpec:
+        if self.kind in BUILTIN_KINDS and self.path is not None:
+            raise ValueError(f"kind {self.kind!r} is a built-in dataset and takes no path (got {self.path!r})")
+        if self.kind not in BUILTIN_KINDS and not self.path:
+            raise ValueError(f"kind {self.kind!r} needs a path")
+        if self.kind in FILE_KINDS and self.image_size is None:
+            raise ValueError(
+                f"kind {self.kind!r} needs image_size: files differ in size and are resized to one "
+                f"square size so that they stack into batches"
+            )
+        return self
+
+
+def load_source(spec: SourceSpec) -> ImageSet:
+    """Load the dataset ``spec`` describes. Raises HeadstartError naming the file at fault."""
+    if spec.kind == "folder":
+        return _load_folder(spec)
+    if spec.kind == "csv":
+        return _load_csv(spec)
+    if spec.kind == "arrays":
+        return _load_npz(spec)
+    from headstart.data.builtin import load_builtin
+
+    return load_builtin(spec.kind, image_size=spec.image_size, channels=spec.channels, resize=spec.resize)
+
+
+# ----------------------------------------------------------------------------------- arrays
+
+
+def _layout(shape: tuple[int, ...], layout: str) -> str:
+    if layout != "auto":
+        expected = {"NHW": 3, "NHWC": 4, "NCHW": 4}.get(layout)
+        if expected is None:
+            raise HeadstartError(f"layout {layout!r} is not known; expected 'auto', 'NHW', 'NHWC' or 'NCHW'")
+        if len(shape) != expected:
+            raise HeadstartError(f"images of shape {shape} do not match layout {layout!r}")
+        return layout
+    if len(shape) == 3:
+        return "NHW"
+    if len(shape) != 4:
+        raise HeadstartError(f"images of shape {shape}; expected NHW, NHWC or NCHW (3 or 4 dimensions)")
+    first, last = shape[1] in (1, 3), shape[3] in (1, 3)
+    if first and last:
+        raise HeadstartError(f"images of shape {shape} could be NHWC or NCHW; pass layout='NHWC' or layout='NCHW'")
+    if first:
+        return "NCHW"
+    if last:
+        return "NHWC"
+    raise HeadstartError(f"images of shape {shape} have no channel axis of size 1 or 3; expected NHW, NHWC or NCHW")
+
+
+def _pixels(images: np.ndarray, name: str) -> torch.Tensor:
+    """uint8 0..255 or float 0..1 numpy pixels → uint8 or float32 tensor, checking the range."""
+    if images.dtype == np.uint8:
+        return torch.from_numpy(np.ascontiguousarray(images))
+    if images.dtype == bool:
+        return torch.from_numpy(np.ascontiguousarray(images.astype(np.float32)))
+    if np.issubdtype(images.dtype, np.integer):
+        low, high = (int(images.min()), int(images.max())) if images.size else (0, 0)
+        if low < 0 or high > 255:
+            raise HeadstartError(f"{name}: integer pixels span {low}..{high}; expected 0..255")
+        return torch.from_numpy(images.astype(np.uint8))
+    if np.issubdtype(images.dtype, np.floating):
+        if images.size and not np.isfinite(images).all():
+            raise HeadstartError(f"{name}: pixels include NaN or infinity; expected finite values in 0..1")
+        low, high = (float(images.min()), float(images.max())) if images.size else (0.0, 0.0)
+        if low < 0.0 or high > 1.0:
+            hint = " (divide 0..255 pixels by 255)" if high <= 255.0 and low >= 0.0 else ""
+            raise HeadstartError(f"{name}: float pixels span {low:g}..{high:g}; expected 0..1{hint}")
+        return torch.from_numpy(images.astype(np.float32))
+    raise HeadstartError(f"{name}: pixels of dtype {images.dtype}; expected uint8 0..255 or float 0..1")
+
+
+def _labels(
+    labels: np.ndarray | None, count: int, class_names: list[str] | None, name: str
+) -> tuple[np.ndarray, list[str]]:
+    """Integer or string labels → int64 indices and class names."""
+    if labels is None:
+        return np.full(count, -1, dtype=np.int64), list(class_names or [])
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.shape[0] != count:
+        raise HeadstartError(f"{name}: labels of shape {labels.shape} for {count} images; expected ({count},)")
+    if labels.dtype.kind in "USO":
+        text = labels.astype(str)
+        names = list(class_names) if class_names is not None else sorted(set(text.tolist()))
+        lookup = {n: k for k, n in enumerate(names)}
+        unknown = sorted(set(text.tolist()) - set(lookup))
+        if unknown:
+            raise HeadstartError(f"{name}: labels {unknown[:MAX_LISTED]} are not in class_names {names}")
+        return np.array([lookup[t] for t in text.tolist()], dtype=np.int64), names
+    if labels.dtype.kind == "f":
+        if not np.all(np.isfinite(labels)) or not np.all(labels == np.round(labels)):
+            raise HeadstartError(f"{name}: labels must be whole numbers; got non-integer values")
+    if labels.dtype.kind not in "iuf":
+        raise HeadstartError(f"{name}: labels of dtype {labels.dtype}; expected integers or strings")
+    indices = labels.astype(np.int64)
+    if indices.size and indices.min() < -1:
+        raise HeadstartError(f"{name}: label {int(indices.min())} is negative; expected -1 (unlabelled) or 0 and up")
+    if class_names is None:
+        top = int(indices.max()) + 1 if indices.size else 0
+        class_names = [str(k) for k in range(top)]
+    return indices, list(class_names)
+
+
+def from_arrays(
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    class_names: list[str] | None = None,
+    name: str = "arrays",
+    *,
+    layout: Literal["auto", "NHW", "NHWC", "NCHW"] = "auto",
+    image_size: int | None = None,
+    channels: Literal[1, 3] | None = None,
+    resize: Literal["crop", "stretch"] = "crop",
+) -> ImageSet:
+    """An in-memory ImageSet from numpy arrays.
+
+    ``images``: NHW (grey), NHWC or NCHW with 1 or 3 channels; uint8 0..255 (or any integer type
+    within 0..255) or float 0..1. ``layout="auto"`` takes the axis of size 1 or 3 as channels and
+    refuses shapes where both axes 1 and 3 qualify. ``labels``: integers (-1 = unlabelled), or
+    strings naming classes; None for an unlabelled set. ``class_names`` defaults to
+    ``"0".."max label"`` for integers and to the sorted distinct strings otherwise. Integer labels
+    beyond ``class_names`` are kept, for the dataset check to report. ``image_size`` and
+    ``channels`` resize and convert (see :mod:`headstart.data.dataset`).
+    """
+    images = np.asarray(images)
+    order = _layout(tuple(images.shape), layout)
+    if order == "NHW":
+        images = images[:, None, :, :]
+    elif order == "NHWC":
+        images = images.transpose(0, 3, 1, 2)
+    pixels = _pixels(images, name)
+    label_indices, names = _labels(labels, pixels.shape[0], class_names, name)
+    if image_size is not None or (channels is not None and channels != pixels.shape[1]):
+        converted = pixels.float().div_(255.0) if pixels.dtype == torch.uint8 else pixels
+        if channels is not None:
+            converted = convert_channels(converted, channels)
+        if image_size is not None:
+            converted = resize_tensor(converted, image_size, resize)
+        pixels = converted.float()
+    return ImageSet(ArrayStore(pixels), label_indices, names, name)
+
+
+def _load_npz(spec: SourceSpec) -> ImageSet:
+    path = Path(spec.path)
+    if not path.is_file():
+        raise HeadstartError(f"{path}: no such file (expected a .npz with arrays 'images' and 'labels')")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            contents = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise HeadstartError(f"{path}: not a readable .npz file ({exc})") from None
+    if "images" not in contents:
+        raise HeadstartError(
+            f"{path}: has arrays {sorted(contents)}; expected 'images' (and optionally 'labels', 'class_names')"
+        )
+    names = contents.get("class_names")
+    return from_arrays(
+        contents["images"],
+        contents.get("labels"),
+        class_names=None if names is None else [str(n) for n in names.tolist()],
+        name=path.stem,
+        image_size=spec.image_size,
+        channels=spec.channels,
+        resize=spec.resize,
+    )
+
+
+# ------------------------------------------------------------------------------------ files
+
+
+def _is_hidden(path: Path) -> bool:
+    return path.name.startswith(".")
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (recursively), sorted, skipping hidden files and folders."""
+    found = []
+    for path in folder.rglob("*"):
+        relative = path.relative_to(folder)
+        if any(part.startswith(".") for part in relative.parts):
+            continue
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+            found.append(path)
+    return sorted(found)
+
+
+def _load_folder(spec: SourceSpec) -> ImageSet:
+    root = Path(spec.path)
+    if not root.is_dir():
+        raise HeadstartError(f"{root}: no such folder (expected a folder with one sub-folder per class)")
+    class_dirs = sorted((p for p in root.iterdir() if p.is_dir() and not _is_hidden(p)), key=lambda p: p.name)
+    loose = sorted(
+        p for p in root.iterdir() if p.is_file() and not _is_hidden(p) and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+    if class_dirs and loose:
+        listed = ", ".join(p.name for p in loose[:MAX_LISTED])
+        raise HeadstartError(
+            f"{root}: {len(loose)} image file(s) lie outside the class folders ({listed}); "
+            f"move each into the folder of its class"
+        )
+    entries: list[tuple[Path, int, str | None]] = []
+    if class_dirs:
+        class_names = [d.name for d in class_dirs]
+        for label, folder in enumerate(class_dirs):
+            entries += [(path, label, None) for path in _image_files(folder)]
+    else:
+        if not loose:
+            raise HeadstartError(f"{root}: holds no class folders and no image files ({', '.join(IMAGE_SUFFIXES)})")
+        class_names = []
+        entries = [(path, -1, None) for path in loose]
+    return _file_set(spec, entries, class_names, name=root.name or str(root))
+
+
+def _sorted_class_names(names: set[str]) -> list[str]:
+    """Class names in numeric order when every one is an integer, else in text order."""
+    try:
+        return sorted(names, key=int)
+    except ValueError:
+        return sorted(names)
+
+
+def _load_csv(spec: SourceSpec) -> ImageSet:
+    table = Path(spec.path)
+    if not table.is_file():
+        raise HeadstartError(
+            f"{table}: no such file (expected a CSV with columns {spec.path_column!r}, {spec.label_column!r})"
+        )
+    try:
+        with open(table, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if header is None:
+                raise HeadstartError(
+                    f"{table}: file is empty; expected a header row naming columns "
+                    f"{spec.path_column!r}, {spec.label_column!r}"
+                )
+            header = [h.strip() for h in header]
+            rows = [(reader.line_num, row) for row in reader]
+    except UnicodeDecodeError as exc:
+        raise HeadstartError(f"{table}: not UTF-8 text ({exc}); expected a CSV file") from None
+    except csv.Error as exc:
+        raise HeadstartError(f"{table}: not a valid CSV file ({exc})") from None
+
+    def column(wanted: str) -> int:
+        if wanted in header:
+            return header.index(wanted)
+        close = difflib.get_close_matches(wanted, header, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise HeadstartError(f"{table}: has no column {wanted!r} (columns are {header}){hint}")
+
+    path_at = column(spec.path_column)
+    label_at = column(spec.label_column) if spec.label_column is not None else None
+    problems: list[str] = []
+    entries: list[tuple[Path, str | None, str]] = []
+    for line, row in rows:
+        if not any(cell.strip() for cell in row):
+            continue
+        width = max(path_at, label_at if label_at is not None else 0) + 1
+        if len(row) < width:
+            problems.append(f"{table}: line {line} has {len(row)} cell(s); expected at least {width}")
+            continue
+        cell = row[path_at].strip()
+        if not cell:
+            problems.append(f"{table}: line {line} has an empty {spec.path_column!r} cell")
+            continue
+        path = Path(cell)
+        if not path.is_absolute():
+            path = table.parent / path
+        label = row[label_at].strip() if label_at is not None else ""
+        entries.append((path, label or None, f"line {line} of {table}"))
+    if problems:
+        raise HeadstartError(_listing(f"{table}: {len(problems)} malformed row(s)", problems))
+    class_names = _sorted_class_names({label for _, label, _ in entries if label is not None})
+    lookup = {n: k for k, n in enumerate(class_names)}
+    indexed = [(path, -1 if label is None else lookup[label], where) for path, label, where in entries]
+    return _file_set(spec, indexed, class_names, name=table.stem)
+
+
+def _listing(title: str, lines: list[str]) -> str:
+    shown = lines[:MAX_LISTED]
+    more = f"\n  ... and {len(lines) - len(shown)} more" if len(lines) > len(shown) else ""
+    return title + ":\n  " + "\n  ".join(shown) + more
+
+
+def _strip_path(message: str, path: Path) -> str:
+    prefix = f"{path}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
+
+
+def _file_set(
+    spec: SourceSpec,
+    entries: list[tuple[Path, int, str | None]],
+    class_names: list[str],
+    name: str,
+) -> ImageSet:
+    """Check every file (policy in the module docstring) and build the file-backed ImageSet.
+
+    ``entries`` holds (path, label, where) with ``where`` naming the CSV line, if any, in messages.
+    """
+    channels = spec.channels or 3
+    size = int(spec.image_size)
+    bad: list[tuple[str, str]] = []
+    kept: list[tuple[Path, int]] = []
+    cached: dict[int, torch.Tensor] = {}
+    for path, label, where in entries:
+        try:
+            if spec.verify == "decode":
+                pixels = decode_file(path, size, channels, spec.resize)
+                if spec.cache:
+                    cached[len(kept)] = pixels
+            else:
+                probe_image(path)
+        except HeadstartError as exc:
+            reason = _strip_path(str(exc), path)
+            bad.append((str(path), reason if where is None else f"{where}: {reason}"))
+            continue
+        kept.append((path, label))
+    if bad and spec.on_corrupt == "fail":
+        lines = [f"{path}: {reason}" for path, reason in bad]
+        raise HeadstartError(
+            _listing(
+                f"{name}: {len(bad)} unreadable image file(s) "
+                f"(on_corrupt='fail'; set on_corrupt='skip' to leave them out)",
+                lines,
+            )
+        )
+    store = FileStore([p for p, _ in kept], size, channels, spec.resize, spec.cache, cached,
+                      verified=spec.verify == "decode")
+    labels = np.array([label for _, label in kept], dtype=np.int64)
+    return ImageSet(store, labels, class_names, name, skipped=bad)

@@ -1,0 +1,164 @@
+"""Train / unlabelled / validation / test splits: stratified, seeded, and with a held-out test set.
+
+How :func:`make_splits` divides a dataset
+-----------------------------------------
+1. Images labelled -1 go straight to the unlabelled pool: they cannot be evaluated.
+2. Each class's images are shuffled with ``numpy.random.default_rng(seed)`` (classes in label
+   order, so the result depends only on the labels and the seed). The first
+   ``round(test_fraction × n)`` go to test, the next ``round(val_fraction × n)`` to validation,
+   at least one each when the fraction is above zero; the rest form the class's training pool.
+   A given ``test`` or ``val`` set replaces the fraction.
+3. ``labels_per_class=k`` keeps the first k of each class's training pool labelled;
+   ``labelled_fraction=p`` keeps ``max(1, round(p × pool))``. The rest of the pool moves to
+   ``unlabelled`` with labels hidden, for self-supervised stages.
+4. Each split lists its images in dataset order.
+
+The test split never shares an image with any other split, so no pretraining stage sees it.
+Classes with no images and labels beyond ``class_names`` (split like any class) are left for
+:func:`~headstart.data.checks.check_dataset` to report; a class with some images but too few for
+the request raises HeadstartError naming it and its counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from headstart.data.dataset import ImageSet
+from headstart.errors import HeadstartError
+
+
+@dataclass
+class Splits:
+    """The four datasets of one task; ``test`` is never seen by any pretraining stage."""
+
+    train: ImageSet
+    """Labelled training images."""
+    unlabelled: ImageSet
+    """The rest of the training pool with labels hidden (-1), for self-supervised stages."""
+    val: ImageSet
+    test: ImageSet
+
+    def pool(self) -> ImageSet:
+        """Every training image (train and unlabelled) with labels hidden: all a self-supervised
+        stage may use without touching validation or test images."""
+        if self.train.store is not self.unlabelled.store:
+            raise HeadstartError("train and unlabelled come from different sources; they cannot be pooled")
+        positions = np.sort(np.concatenate([self.train.positions, self.unlabelled.positions]))
+        return ImageSet(
+            self.train.store,
+            np.full(positions.shape[0], -1, dtype=np.int64),
+            self.train.class_names,
+            f"{self.train.name} + {self.unlabelled.name}",
+            positions=positions,
+            skipped=self.train.skipped,
+        )
+
+    def summary(self) -> dict:
+        """Image counts per split and per class, plus the number of files skipped at load.
+
+        ``{"train": {"images": 80, "per_class": {"cat": 40, "dog": 40}, "unlabelled": 0}, ...,
+        "skipped_files": 0}``; ``unlabelled`` counts images labelled -1 within each split.
+        """
+        out: dict = {}
+        for split_name in ("train", "unlabelled", "val", "test"):
+            data: ImageSet = getattr(self, split_name)
+            out[split_name] = {
+                "images": len(data),
+                "per_class": data.class_counts(),
+                "unlabelled": int((data.labels == -1).sum()),
+            }
+        out["skipped_files"] = len({path for split_name in ("train", "val", "test")
+                                    for path, _ in getattr(self, split_name).skipped})
+        return out
+
+
+def _count(fraction: float, total: int) -> int:
+    """Images a fraction of ``total`` asks for: rounded half up, at least 1 when fraction > 0."""
+    if fraction <= 0.0 or total == 0:
+        return 0
+    return max(1, int(np.floor(fraction * total + 0.5)))
+
+
+def _check_fraction(name: str, value: float, *, held_out: bool) -> None:
+    """Held-out fractions (test, val) lie in [0, 1); a labelled fraction lies in (0, 1]."""
+    if held_out and not 0.0 <= value < 1.0:
+        raise HeadstartError(f"{name}={value}; expected a fraction from 0 up to (not including) 1")
+    if not held_out and not 0.0 < value <= 1.0:
+        raise HeadstartError(f"{name}={value}; expected a fraction above 0 and at most 1")
+
+
+def make_splits(
+    data: ImageSet,
+    *,
+    test_fraction: float = 0.2,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    labels_per_class: int | None = None,
+    labelled_fraction: float | None = None,
+    test: ImageSet | None = None,
+    val: ImageSet | None = None,
+) -> Splits:
+    """Divide ``data`` into train, unlabelled, val and test (method in the module docstring).
+
+    Deterministic: the same data, arguments and seed give the same splits on every machine.
+    """
+    _check_fraction("test_fraction", test_fraction, held_out=True)
+    _check_fraction("val_fraction", val_fraction, held_out=True)
+    if test is not None:
+        test_fraction = 0.0
+    if val is not None:
+        val_fraction = 0.0
+    if test_fraction + val_fraction >= 1.0:
+        raise HeadstartError(
+            f"test_fraction={test_fraction} + val_fraction={val_fraction} leaves no training images; "
+            f"expected a sum below 1"
+        )
+    if labels_per_class is not None and labelled_fraction is not None:
+        raise HeadstartError("give labels_per_class or labelled_fraction, not both")
+    if labels_per_class is not None and labels_per_class < 1:
+        raise HeadstartError(f"labels_per_class={labels_per_class}; expected 1 or more")
+    if labelled_fraction is not None:
+        _check_fraction("labelled_fraction", labelled_fraction, held_out=False)
+
+    rng = np.random.default_rng(seed)
+    labels = data.labels
+    parts: dict[str, list[np.ndarray]] = {"train": [], "unlabelled": [np.flatnonzero(labels == -1)], "val": [], "test": []}
+    shortages = []
+    for label in np.unique(labels[labels >= 0]).tolist():
+        class_name = data.class_names[label] if label < len(data.class_names) else f"label {label}"
+        members = np.flatnonzero(labels == label)
+        members = rng.permutation(members)
+        n_test = _count(test_fraction, members.size)
+        n_val = _count(val_fraction, members.size)
+        pool = members[n_test + n_val:]
+        if labels_per_class is not None:
+            n_labelled = labels_per_class
+        elif labelled_fraction is not None:
+            n_labelled = _count(labelled_fraction, pool.size)
+        else:
+            n_labelled = pool.size
+        if pool.size < max(1, n_labelled):
+            wanted = f"{labels_per_class} labelled training image(s)" if labels_per_class else "1 training image"
+            shortages.append(
+                f"class {class_name!r} has {members.size} image(s): {n_test} for test and {n_val} for "
+                f"validation leave {pool.size} for training, fewer than the {wanted} requested"
+            )
+            continue
+        parts["test"].append(members[:n_test])
+        parts["val"].append(members[n_test:n_test + n_val])
+        parts["train"].append(pool[:n_labelled])
+        parts["unlabelled"].append(pool[n_labelled:])
+    if shortages:
+        raise HeadstartError(f"{data.name}: too few images for the requested splits:\n  " + "\n  ".join(shortages))
+
+    def chosen(split_name: str) -> np.ndarray:
+        found = parts[split_name]
+        return np.sort(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
+
+    train = data.subset(chosen("train"), name=f"{data.name}/train")
+    unlabelled = data.subset(chosen("unlabelled"), name=f"{data.name}/unlabelled").without_labels()
+    val_set = val if val is not None else data.subset(chosen("val"), name=f"{data.name}/val")
+    test_set = test if test is not None else data.subset(chosen("test"), name=f"{data.name}/test")
+    return Splits(train=train, unlabelled=unlabelled, val=val_set, test=test_set)
