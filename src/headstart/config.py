@@ -1,0 +1,265 @@
+"""The run file: a typed, validated description of a multi-stage run.
+
+A run is a list of *stages* applied in order to one network. Each stage names its data, its head
+and loss (or a pretext task, whose head and loss come with it), what is frozen, the BatchNorm
+policy, the optimizer and learning rates, and for how long it trains. Weights flow from one stage
+to the next; heads are swapped between stages when the task changes.
+
+The YAML form mirrors these classes field for field (``headstart run FILE``)::
+
+    name: mnist-rotation
+    seed: 0
+    data:
+      source: {kind: mnist5k}
+      splits: {labels_per_class: 10}
+    model: {name: resnet10t, weights: none, image_size: 32}
+    stages:
+      - name: rotation
+        data: unlabelled
+        pretext: {name: rotation}
+        epochs: 5
+      - name: task
+        data: train
+        epochs: 30
+        optimizer: {lr: 0.001}
+
+Relative data paths in a file are read from the file's own folder; ``output`` from the current one.
+Files are read with ``yaml.safe_load`` (a ``!!python/object`` tag is refused) and every key is
+checked: an unknown or mistyped key fails with its path (``stages[1].freeze``) and a suggestion.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from headstart.data.sources import SourceSpec
+from headstart.errors import HeadstartError
+from headstart.heads import HeadSpec
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SplitSpec(_Strict):
+    """How the task data is divided. The test split is never seen by any pretraining stage."""
+
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    labels_per_class: int | None = Field(None, gt=0, description="keep this many labelled images per class")
+    labelled_fraction: float | None = Field(None, gt=0, le=1, description="keep this fraction labelled")
+    seed: int = 0
+
+
+class DataSpec(_Strict):
+    """The task dataset and, optionally, a general dataset for transfer stages."""
+
+    source: SourceSpec
+    splits: SplitSpec = SplitSpec()
+    general: SourceSpec | None = None
+
+
+class ModelSpec(_Strict):
+    """The network every stage trains: a zoo name (Keras alias or timm name) and its weights."""
+
+    name: str
+    weights: str | None = Field(None, description='"imagenet", a .safetensors/.pth file, or none')
+    image_size: int | None = Field(None, gt=0, description="side in pixels fed to the network; default: the model's own")
+    in_chans: int = Field(3, gt=0)
+    pooling: Literal["avg", "max", "flatten"] = "avg"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _none_weights(cls, values: Any) -> Any:
+        if isinstance(values, dict) and isinstance(values.get("weights"), str) and values["weights"].lower() == "none":
+            values = {**values, "weights": None}
+        return values
+
+
+class OptimizerSpec(_Strict):
+    """Optimizer and learning rates. ``group_lr`` gives discriminative rates per layer group.
+
+    ``group_lr`` maps a selector (a group name such as ``stem``, ``blocks[:3]``, ``head``, or
+    ``re:<regex>`` on parameter names) to its learning rate; parameters not matched use ``lr``.
+    fastai's ``fine_tune`` uses ``slice(lr/100, lr)``: e.g. ``{stem: 1e-5, "blocks[:3]": 1e-4}``
+    with ``lr: 1e-3``.
+    """
+
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
+    group_lr: dict[str, float] = Field(default_factory=dict)
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_epochs: int = Field(0, ge=0)
+
+
+class EarlyStoppingSpec(_Strict):
+    """Stop when the validation metric has not improved for ``patience`` epochs (Keras' EarlyStopping)."""
+
+    monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
+    patience: int = Field(3, gt=0)
+    min_delta: float = Field(0.0, ge=0)
+    restore_best_weights: bool = True
+
+
+class PretextSpec(BaseModel):
+    """A pretext task by name, with its options (see ``headstart.pretext``)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+DataChoice = Literal["train", "unlabelled", "all", "general"]
+"""``train``: the labelled training split; ``unlabelled``: the rest of the training pool (labels
+hidden); ``all``: both, labels hidden (for pretext stages); ``general``: the general dataset."""
+
+
+class StageSpec(_Strict):
+    """One stage of a run. See the module docstring for the YAML form."""
+
+    name: str
+    data: DataChoice = "train"
+    pretext: PretextSpec | None = None
+    head: HeadSpec | Literal["keep", "new"] | None = Field(
+        None, description='"keep" the previous head, "new" default head, or a head spec; default: keep when compatible'
+    )
+    loss: Literal["cross_entropy", "binary_cross_entropy", "mse", "huber"] = "cross_entropy"
+    freeze: list[str] = Field(default_factory=list, description="selectors frozen for this stage (others trainable)")
+    bn_policy: Literal["frozen", "train"] | None = Field(
+        None, description="default: frozen when anything is frozen, else train"
+    )
+    optimizer: OptimizerSpec = OptimizerSpec()
+    epochs: int = Field(10, gt=0)
+    batch_size: int = Field(64, gt=0)
+    augment: Literal["none", "flip", "crop_flip"] = "none"
+    early_stopping: EarlyStoppingSpec | None = None
+    cache_features: bool | None = Field(
+        None, description="default: on when the whole backbone is frozen, BN frozen and no augmentation"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "StageSpec":
+        if self.pretext is not None and isinstance(self.head, HeadSpec):
+            raise ValueError("a pretext stage brings its own head; remove `head` or `pretext`")
+        return self
+
+
+class RunSpec(_Strict):
+    """A whole run: data, model, stages, seed and where outputs go."""
+
+    name: str = "run"
+    seed: int = 0
+    output: str | None = Field(None, description="folder for checkpoints and metrics; default runs/<name>")
+    data: DataSpec
+    model: ModelSpec
+    stages: list[StageSpec] = Field(min_length=1)
+    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
+    devices: int = Field(1, gt=0)
+    accelerator: Literal["cpu", "gpu", "auto"] = "cpu"
+    strategy: Literal["auto", "ddp", "ddp_spawn"] = "auto"
+    num_workers: int = Field(0, ge=0)
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _check_general(self) -> "RunSpec":
+        for index, stage in enumerate(self.stages):
+            if stage.data == "general" and self.data.general is None:
+                raise ValueError(f"stages[{index}] uses data: general but data.general is not set")
+        names = [stage.name for stage in self.stages]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"stage names must be unique; repeated: {', '.join(duplicates)}")
+        return self
+
+    def config_hash(self) -> str:
+        """SHA-256 of the canonical JSON of everything that changes results (not output/progress)."""
+        payload = self.model_dump(mode="json", exclude={"output", "progress", "num_workers"})
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def output_dir(self) -> Path:
+        return Path(self.output) if self.output else Path("runs") / self.name
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part in ("function-after", "function-before") or str(part).startswith(("function-", "literal[")):
+            continue
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "(top level)"
+
+
+def _known_fields(loc: tuple[Any, ...]) -> list[str]:
+    model: Any = RunSpec
+    for part in loc[:-1]:
+        if isinstance(part, int) or model is None:
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        candidates = getattr(annotation, "__args__", (annotation,))
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            inner = [a for c in candidates for a in getattr(c, "__args__", ())]
+            model = next((c for c in inner if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    return list(getattr(model, "model_fields", {}))
+
+
+def describe_validation_error(error: ValidationError, source: str) -> str:
+    """One line per problem: ``FILE: stages[1].freeze: expected a list of selectors``."""
+    lines = []
+    for problem in error.errors():
+        where = _location(problem["loc"])
+        if problem["type"] == "extra_forbidden":
+            key = str(problem["loc"][-1])
+            close = difflib.get_close_matches(key, _known_fields(problem["loc"]), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            lines.append(f"{source}: {where}: unknown key{hint}")
+        else:
+            lines.append(f"{source}: {where}: {problem['msg']} (got {problem.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_run(data: Any, source: str = "<run>") -> RunSpec:
+    """Validate a mapping (from YAML or Python) into a :class:`RunSpec`."""
+    if not isinstance(data, dict):
+        raise HeadstartError(f"{source}: expected a mapping with keys data, model, stages; got {type(data).__name__}")
+    try:
+        return RunSpec.model_validate(data)
+    except ValidationError as error:
+        raise HeadstartError(describe_validation_error(error, source)) from None
+
+
+def load_run_file(path: str | Path) -> RunSpec:
+    """Read and validate a YAML run file."""
+    path = Path(path)
+    if not path.is_file():
+        raise HeadstartError(f"{path}: no such run file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.constructor.ConstructorError as error:
+        raise HeadstartError(f"{path}: refused tag {error.problem} (only plain YAML is read, nothing that runs code)") from None
+    except yaml.YAMLError as error:
+        raise HeadstartError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise HeadstartError(f"{path}: not a UTF-8 text file") from None
+    spec = parse_run(data, str(path))
+    for source in (spec.data.source, spec.data.general):
+        if source is not None and source.path is not None and not Path(source.path).is_absolute():
+            source.path = str((path.parent / source.path).resolve())
+    return spec
