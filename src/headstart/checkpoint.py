@@ -176,6 +176,8 @@ def load_network(path: str | os.PathLike):
             f"{folder / WEIGHTS_FILE}: does not match {model['name']} with this head "
             f"(missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})"
         )
-    network.image_size = model.get("image_size")
+    from headstart.preprocess import Preprocessing
+
+    network.preprocessing = Preprocessing.from_dict(metadata["preprocessing"])
     network.eval()
     return network

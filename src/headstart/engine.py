@@ -154,10 +154,10 @@ class NetworkEncoder:
         return normalize(images, self.network.preprocessing)
 
     def pooled(self, images01: Tensor) -> Tensor:
-        return self.network.backbone.pooled(self.prepare(images01))
+        return self.network.pooled(self.prepare(images01))
 
     def feature_map(self, images01: Tensor) -> Tensor:
-        return self.network.backbone.forward_features(self.prepare(images01))
+        return self.network.forward_features(self.prepare(images01))
 
     @property
     def feature_channels(self) -> int:
@@ -361,7 +361,7 @@ def parameter_groups(network: nn.Module, spec: OptimizerSpec) -> list[dict[str, 
     trainable = dict(network.trainable_parameters())
     assigned: dict[str, float] = {}
     for selector, rate in spec.group_lr.items():
-        for name in network.select_parameter_names(selector):
+        for name in network.select(selector):
             if name in trainable and name not in assigned:
                 assigned[name] = rate
     by_rate: dict[float, list[Tensor]] = {}

@@ -46,7 +46,7 @@ from headstart.engine import (
     compute_features,
     evaluate,
 )
-from headstart.errors import HeadstartError
+from headstart.errors import INTERRUPTED_EXIT_CODE, HeadstartError
 
 
 @dataclass
@@ -217,6 +217,8 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*Checkpoint directory.*exists and is not empty.*")
     warnings.filterwarnings("ignore", message=".*number of training batches.*")
+    # BatchNorm layers held in eval mode are the `frozen` policy at work, not a mistake.
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
 
 
 def run(spec: RunSpec, *, resume: bool = False, progress: bool | None = None, overwrite: bool = False,
@@ -346,7 +348,7 @@ def run(spec: RunSpec, *, resume: bool = False, progress: bool | None = None, ov
             "frozen": network.frozen_parameter_names(), "bn_policy": _default_bn_policy(stage),
             "head": {"kind": head_state.kind, "labels": head_state.labels, "spec": head_state.spec,
                      "pretext": head_state.pretext},
-            "preprocessing": _preprocessing_dict(network), "config_hash": config_hash, "seconds": seconds,
+            "preprocessing": _trained_preprocessing(network, image_size), "config_hash": config_hash, "seconds": seconds,
             "history": history, "handover": handover, "cached_features": cached, "diagnostics": diagnostics,
             "best_epoch": best.best_epoch if best is not None else None,
         }
@@ -369,15 +371,20 @@ def run(spec: RunSpec, *, resume: bool = False, progress: bool | None = None, ov
     return RunResult(spec, root, results, test, seconds, network)
 
 
-def _preprocessing_dict(network) -> dict[str, Any]:
-    from dataclasses import asdict, is_dataclass
+def _trained_preprocessing(network, image_size: int) -> dict[str, Any]:
+    """The input pipeline the stage trained with: whole image resized (bilinear) to ``image_size``,
+    normalised with the pretrained mean and standard deviation."""
+    from dataclasses import replace
 
-    preprocessing = network.preprocessing
-    return asdict(preprocessing) if is_dataclass(preprocessing) else dict(vars(preprocessing))
+    trained = replace(network.preprocessing, input_size=(network.in_chans, image_size, image_size),
+                      interpolation="bilinear", crop_pct=1.0, crop_mode="squash")
+    return trained.to_dict()
 
 
 class Interrupted(HeadstartError):
     """The run stopped on Ctrl+C or SIGTERM; finished epochs are saved and ``--resume`` continues."""
+
+    exit_code = INTERRUPTED_EXIT_CODE
 
     def __init__(self, root: Path, stage: str) -> None:
         super().__init__(f"interrupted during stage '{stage}'; the last finished epoch is saved in {root}. "

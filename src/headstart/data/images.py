@@ -44,7 +44,7 @@ PNG is refused. Kept below Pillow's own refusal threshold (twice ``Image.MAX_IMA
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any Pillow mode to RGB following the table in the module docstring."""
     mode = img.mode
     if mode == "RGB":
@@ -166,7 +166,7 @@ def read_image(path: str | os.PathLike, mode: str = "RGB") -> Image.Image:
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 img.load()
             oriented = ImageOps.exif_transpose(img)
-            rgb = _to_rgb(oriented)
+            rgb = to_rgb(oriented)
     except HeadstartError:
         raise
     except _READ_ERRORS as exc:

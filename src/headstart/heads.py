@@ -1,0 +1,187 @@
+"""Heads: what sits on top of a pretrained feature extractor.
+
+A head is the part of a network that a transfer-learning stage replaces: the chapter's "remove the
+classifier of the pretrained model and put new dense layers on the extracted features". Two pieces
+live here:
+
+* :class:`GlobalPooling` turns a feature map ``[B, C, h, w]`` into what a dense head reads. Its modes
+  are those of the ``pooling`` argument of Keras applications (``avg`` → GlobalAveragePooling2D,
+  ``max`` → GlobalMaxPooling2D, ``none`` → the 4-D map itself) plus ``flatten`` (Keras ``Flatten``,
+  which ties the head to one input size).
+* :class:`HeadSpec` / :func:`build_head` describe and build a dense stack, in the spirit of lightly's
+  heads built from ``(in, out, norm, act)`` tuples.
+
+Logits, not probabilities
+-------------------------
+Every head module returns **logits**. The ``output`` field of :class:`HeadSpec` only says how logits
+become probabilities at prediction time (:func:`to_probabilities`) and which loss they pair with:
+
+========== ======================================= =============================================
+output     probabilities at predict time           training loss on the logits
+========== ======================================= =============================================
+softmax    ``softmax`` over classes (one label)     ``nn.CrossEntropyLoss`` (log-softmax inside)
+sigmoid    ``sigmoid`` per output (many labels)     ``nn.BCEWithLogitsLoss``
+linear     the raw values (regression)              ``nn.MSELoss`` / ``nn.SmoothL1Loss``
+========== ======================================= =============================================
+
+Keras puts ``activation="softmax"`` in the last Dense layer and pairs it with
+``categorical_crossentropy``; PyTorch's losses take logits because ``log_softmax`` of logits is
+numerically stable where ``log(softmax)`` is not.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from torch import nn
+
+from headstart.errors import HeadstartError
+
+PoolingMode = Literal["avg", "max", "flatten", "none"]
+POOLING_MODES: tuple[str, ...] = ("avg", "max", "flatten", "none")
+
+OutputKind = Literal["softmax", "sigmoid", "linear"]
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+}
+
+
+class HeadSpec(BaseModel):
+    """A dense head: ``hidden`` layers, then one output layer of ``outputs`` units.
+
+    Each hidden layer is ``[Dropout] → Linear → [BatchNorm1d] → activation``; the output layer is
+    ``[Dropout] → Linear``. Dropout thus precedes every Linear, as in the Keras EfficientNet top
+    (``Dropout(0.2) → Dense``). The chapter's classic head is ``HeadSpec(hidden=[1024],
+    outputs=classes)`` — "a fully connected layer of 1024 units, then a softmax classifier".
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    hidden: list[PositiveInt] = Field(default_factory=list, description="Units of each hidden Linear layer, in order.")
+    activation: Literal["relu", "gelu", "silu", "tanh"] = Field("relu", description="Non-linearity after each hidden layer.")
+    dropout: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Drop probability before each Linear; 0.2–0.5 is the usual range for small data."
+    )
+    batch_norm: bool = Field(False, description="BatchNorm1d after each hidden Linear (before the activation).")
+    outputs: PositiveInt = Field(description="Units of the output layer: classes, or regression targets.")
+    output: OutputKind = Field(
+        "softmax", description="How logits become probabilities at predict time; the module itself returns logits."
+    )
+
+
+class DenseHead(nn.Sequential):
+    """The module :func:`build_head` returns: an ``nn.Sequential`` that remembers its spec.
+
+    Layer names are whole words (``dense0``, ``norm0``, ``activation0``, ``dropout0``, …,
+    ``output``) so parameter names such as ``head.output.weight`` read well in freezing selectors
+    and summaries.
+    """
+
+    def __init__(self, spec: HeadSpec, in_features: int) -> None:
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        width = in_features
+        for index, units in enumerate(spec.hidden):
+            if spec.dropout > 0:
+                layers[f"dropout{index}"] = nn.Dropout(spec.dropout)
+            layers[f"dense{index}"] = nn.Linear(width, units)
+            if spec.batch_norm:
+                layers[f"norm{index}"] = nn.BatchNorm1d(units)
+            layers[f"activation{index}"] = _ACTIVATIONS[spec.activation]()
+            width = units
+        if spec.dropout > 0:
+            layers["output_dropout"] = nn.Dropout(spec.dropout)
+        layers["output"] = nn.Linear(width, spec.outputs)
+        super().__init__(layers)
+        self.spec = spec
+        self.in_features = in_features
+        self.output_kind: OutputKind = spec.output
+
+
+def build_head(spec: HeadSpec | dict, in_features: int) -> DenseHead:
+    """Build the dense head ``spec`` describes, reading ``in_features`` values per example.
+
+    ``spec`` may be a :class:`HeadSpec` or a plain mapping (as read from a YAML config); unknown
+    keys are refused with their name.
+    """
+    if isinstance(spec, dict):
+        spec = head_spec_from_mapping(spec)
+    if in_features < 1:
+        raise HeadstartError(f"head input: in_features={in_features}, expected a positive number of features")
+    return DenseHead(spec, in_features)
+
+
+def head_spec_from_mapping(mapping: dict) -> HeadSpec:
+    """Validate a mapping into a :class:`HeadSpec`, turning pydantic's report into one readable line."""
+    from pydantic import ValidationError
+
+    try:
+        return HeadSpec.model_validate(mapping)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"head.{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors()
+        )
+        raise HeadstartError(f"invalid head specification: {problems}") from None
+
+
+def output_kind(head: nn.Module) -> OutputKind:
+    """How ``head``'s logits become probabilities: its ``output_kind`` attribute, else ``softmax``."""
+    return getattr(head, "output_kind", "softmax")
+
+
+def to_probabilities(logits: torch.Tensor, output: OutputKind) -> torch.Tensor:
+    """Apply the prediction-time activation of ``output`` to ``logits`` (``[B, K]``)."""
+    if output == "softmax":
+        return logits.softmax(dim=-1)
+    if output == "sigmoid":
+        return logits.sigmoid()
+    if output == "linear":
+        return logits
+    raise HeadstartError(f"output={output!r}: expected one of softmax, sigmoid, linear")
+
+
+class GlobalPooling(nn.Module):
+    """Reduce a backbone's feature output to what a head reads (Keras' ``pooling`` argument).
+
+    ========= ================================ ==========================================
+    mode      feature map ``[B, C, h, w]``      token sequence ``[B, N, D]`` (transformers)
+    ========= ================================ ==========================================
+    avg       mean over ``h, w`` → ``[B, C]``   mean over the patch tokens → ``[B, D]``
+    max       max over ``h, w`` → ``[B, C]``    max over the patch tokens → ``[B, D]``
+    flatten   ``[B, C·h·w]``                    ``[B, N·D]``
+    none      unchanged (Keras ``pooling=None``) unchanged
+    ========= ================================ ==========================================
+
+    ``prefix_tokens`` (a vision transformer's class / register tokens, timm's
+    ``num_prefix_tokens``) are left out of ``avg`` and ``max``, as timm's ``global_pool="avg"`` does.
+    """
+
+    def __init__(self, mode: PoolingMode = "avg", prefix_tokens: int = 0) -> None:
+        super().__init__()
+        if mode not in POOLING_MODES:
+            raise HeadstartError(f"pooling={mode!r}: expected one of {', '.join(POOLING_MODES)}")
+        self.mode = mode
+        self.prefix_tokens = prefix_tokens
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.mode == "none":
+            return features
+        if self.mode == "flatten":
+            return features.flatten(1)
+        if features.ndim == 4:
+            return features.mean(dim=(2, 3)) if self.mode == "avg" else features.amax(dim=(2, 3))
+        if features.ndim == 3:
+            tokens = features[:, self.prefix_tokens :]
+            return tokens.mean(dim=1) if self.mode == "avg" else tokens.amax(dim=1)
+        raise HeadstartError(
+            f"pooling={self.mode!r}: backbone features have shape {tuple(features.shape)}, expected [B, C, h, w] or [B, N, D]"
+        )
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}"
