@@ -1,0 +1,129 @@
+"""Is the pretext task teaching anything? Checks for tasks that are too easy or too hard.
+
+Doersch et al. (context prediction, ICCV 2015) found their network solving the task through
+chromatic aberration and the continuity of lines across patch borders — shortcuts that teach
+nothing useful. A pretext task solved almost perfectly at once is the typical sign; one that stays
+at chance teaches nothing either. :func:`diagnose` reads a training history for both signs, and
+:func:`context_shortcut_check` tests a trained context network for the colour shortcut directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import Tensor, nn
+
+from headstart.errors import HeadstartError
+from headstart.pretext.base import Encoder, PretextTask
+from headstart.pretext.context import ContextTask
+
+EASY_ACCURACY = 0.98
+"""Accuracy after the first epoch at or above which a classification task is "too easy"."""
+EASY_ERROR_FRACTION = 0.02
+"""Mean absolute error, as a fraction of the target range, at or below which regression is "too easy"."""
+
+
+def _series(history: list[dict], metric: str) -> tuple[str, list[float]]:
+    for key in (f"val_{metric}", f"val/{metric}", metric, f"train_{metric}", f"train/{metric}"):
+        if all(key in entry for entry in history):
+            return key, [float(entry[key]) for entry in history]
+    raise HeadstartError(
+        f"diagnose: the history has no {metric!r} (nor val_/train_ variants) in every epoch; "
+        f"keys of the first epoch: {sorted(history[0])}"
+    )
+
+
+def diagnose(history: list[dict], task: PretextTask, *, margin: float = 0.1) -> list[str]:
+    """Warnings about ``task`` from ``history`` (one dict of metrics per epoch, first epoch first).
+
+    * **too easy** — accuracy ≥ 0.98, or mean absolute error ≤ 2% of the target range, after the
+      first epoch: the network has probably found a shortcut (borders, interpolation artefacts,
+      colour fringes) rather than learning about the content.
+    * **too hard** — at the end, still within ``margin`` of chance: accuracy below
+      ``chance + margin · (1 − chance)``, or error above ``(1 − margin) · chance error``; for
+      reconstruction (no data-free chance level), an error that fell by less than ``margin``.
+
+    Returns an empty list when neither applies.
+    """
+    if not history:
+        raise HeadstartError("diagnose: the history is empty; record at least one epoch of metrics")
+    metric = task.metric
+    key, values = _series(history, metric)
+    first, last = values[0], values[-1]
+    chance = task.chance_level().get(metric)
+    warnings = []
+    if task.kind == "classification":
+        if first >= EASY_ACCURACY:
+            warnings.append(
+                f"too easy: likely a shortcut — {task.name} reached {key} {first:.3f} in the first epoch; "
+                "look for a trivial cue (borders, interpolation artefacts, colour) and make the alteration harder"
+            )
+        if chance is not None and last <= chance + margin * (1.0 - chance):
+            warnings.append(
+                f"too hard: stuck at chance — {task.name} ended at {key} {last:.3f}, chance is {chance:.3f}; "
+                "ease the task (fewer classes, stronger alteration), raise the learning rate or train longer"
+            )
+    elif task.kind == "regression":
+        target_range = getattr(task, "target_range", None)
+        if target_range and first <= EASY_ERROR_FRACTION * target_range:
+            warnings.append(
+                f"too easy: likely a shortcut — {task.name} reached {key} {first:.4f} in the first epoch, "
+                f"under 2% of the target range {target_range:g}"
+            )
+        if chance is not None and last >= (1.0 - margin) * chance:
+            warnings.append(
+                f"too hard: stuck at chance — {task.name} ended at {key} {last:.4f}; predicting the mean "
+                f"scores {chance:.4f}"
+            )
+    elif len(values) > 1 and last >= (1.0 - margin) * first:
+        warnings.append(
+            f"too hard: stuck — {task.name} {key} went from {first:.4f} to {last:.4f}, "
+            f"less than {margin:.0%} lower; the decoder may be too weak or the learning rate too low"
+        )
+    return warnings
+
+
+def context_shortcut_check(
+    encoder: Encoder,
+    head: nn.Module,
+    images: Tensor,
+    task: ContextTask,
+    generator: torch.Generator,
+    *,
+    threshold: float = 0.1,
+) -> dict[str, float | bool]:
+    """Context accuracy on the same patch pairs with and without colour dropping.
+
+    Both passes cut the same patches (the generator is rewound between them); only the colours
+    differ. A network that reads chromatic aberration (Doersch et al.) loses much of its accuracy
+    when two channels are replaced by noise: a gap above ``threshold`` is reported as a suspected
+    shortcut. ``images`` must be RGB. Modules are evaluated in eval mode and restored afterwards.
+    """
+    if not isinstance(task, ContextTask):
+        raise HeadstartError(f"context_shortcut_check needs the context task, got {task.name!r}")
+    if images.shape[1] != 3:
+        raise HeadstartError("context_shortcut_check needs RGB images: colour dropping has nothing to drop in grey ones")
+    state = generator.get_state()
+    dropped, labels = dataclasses.replace(task, color_dropping=True).alter(images, generator)
+    generator.set_state(state)
+    kept, same_labels = dataclasses.replace(task, color_dropping=False).alter(images, generator)
+    assert torch.equal(labels, same_labels)
+    modules = [module for module in (encoder, head) if isinstance(module, nn.Module)]
+    modes = [module.training for module in modules]
+    for module in modules:
+        module.eval()
+    try:
+        with torch.no_grad():
+            accuracy_dropped = task.metrics(task.forward(encoder, head, dropped), labels)["accuracy"]
+            accuracy_kept = task.metrics(task.forward(encoder, head, kept), labels)["accuracy"]
+    finally:
+        for module, mode in zip(modules, modes):
+            module.train(mode)
+    gap = accuracy_kept - accuracy_dropped
+    return {
+        "accuracy_color_dropped": accuracy_dropped,
+        "accuracy_color_kept": accuracy_kept,
+        "gap": gap,
+        "shortcut_suspected": gap > threshold,
+    }

@@ -1,0 +1,123 @@
+"""Diagnostics: too-easy and too-hard tasks, and the chromatic-aberration shortcut check."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import headstart.pretext as pretext
+from headstart.errors import HeadstartError
+from headstart.pretext import SimpleEncoder
+from headstart.pretext.context import GRID_CELLS
+from headstart.pretext.diagnostics import context_shortcut_check, diagnose
+
+
+def test_rotation_solved_in_the_first_epoch_is_too_easy():
+    warnings = diagnose([{"accuracy": 0.99}, {"accuracy": 1.0}], pretext.get("rotation"))
+    assert len(warnings) == 1 and warnings[0].startswith("too easy: likely a shortcut")
+
+
+def test_rotation_stuck_near_a_quarter_is_too_hard():
+    warnings = diagnose([{"val_accuracy": 0.25}, {"val_accuracy": 0.31}], pretext.get("rotation"))
+    assert len(warnings) == 1 and warnings[0].startswith("too hard: stuck at chance")
+
+
+def test_a_healthy_history_gives_no_warning():
+    history = [{"accuracy": 0.45, "loss": 1.2}, {"accuracy": 0.7, "loss": 0.8}, {"accuracy": 0.85, "loss": 0.4}]
+    assert diagnose(history, pretext.get("rotation")) == []
+    assert diagnose([{"mae": 0.09}, {"mae": 0.04}], pretext.get("noise_level")) == []
+
+
+def test_regression_errors_against_range_and_chance():
+    task = pretext.get("noise_level")  # range 0.5, chance mae 0.125
+    assert diagnose([{"mae": 0.009}], task)[0].startswith("too easy")
+    assert diagnose([{"mae": 0.13}, {"mae": 0.12}], task)[0].startswith("too hard")
+
+
+def test_reconstruction_that_does_not_improve_is_flagged():
+    task = pretext.get("colorization")
+    assert diagnose([{"mse": 0.05}, {"mse": 0.049}], task)[0].startswith("too hard")
+    assert diagnose([{"mse": 0.05}, {"mse": 0.02}], task) == []
+
+
+def test_missing_metric_or_empty_history_is_an_error():
+    with pytest.raises(HeadstartError, match="'accuracy'"):
+        diagnose([{"loss": 1.0}], pretext.get("rotation"))
+    with pytest.raises(HeadstartError, match="empty"):
+        diagnose([], pretext.get("rotation"))
+
+
+def neighbour_offsets(step: int) -> torch.Tensor:
+    """``[8, 2]`` (down, right) pixel offsets of the neighbour for each label."""
+    return (torch.tensor(GRID_CELLS, dtype=torch.float32) - 1) * step
+
+
+class ColourReader(nn.Module):
+    """A hand-made context head that reads position from colour: red = row, green = column."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.expected = neighbour_offsets(step)
+
+    def forward(self, features):  # [B, 2, 3] per-channel means of base and neighbour
+        down_right = (features[:, 1] - features[:, 0])[:, :2]
+        return -((down_right[:, None, :] - self.expected[None]) ** 2).sum(-1)
+
+
+class BrightnessReader(nn.Module):
+    """A hand-made context head that reads position from grey brightness = row + 4 × column."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        offsets = neighbour_offsets(step)
+        self.expected = offsets[:, 0] + 4 * offsets[:, 1]
+
+    def forward(self, features):
+        difference = (features[:, 1] - features[:, 0]).mean(dim=1)
+        return -((difference[:, None] - self.expected[None]) ** 2)
+
+
+def channel_means() -> SimpleEncoder:
+    return SimpleEncoder(nn.Identity(), 3, 3)
+
+
+def position_images(red, green, blue, size=64):
+    """64 identical images whose channels are functions of (rows, columns)."""
+    rows = torch.arange(size, dtype=torch.float32).view(-1, 1).expand(size, size)
+    columns = torch.arange(size, dtype=torch.float32).view(1, -1).expand(size, size)
+    planes = [plane(rows, columns) for plane in (red, green, blue)]
+    return torch.stack(planes)[None].repeat(64, 1, 1, 1)
+
+
+def test_a_network_reading_colour_fringes_is_caught():
+    """Position written in colour is lost when two of the three channels are dropped."""
+    task = pretext.get("context")
+    patch, gap, _ = task.geometry((64, 64))
+    images = position_images(lambda rows, columns: rows, lambda rows, columns: columns, lambda rows, columns: 0 * rows)
+    result = context_shortcut_check(
+        channel_means(), ColourReader(patch + gap), images, task, torch.Generator().manual_seed(0)
+    )
+    assert result["accuracy_color_kept"] > 0.9
+    assert result["accuracy_color_dropped"] < 0.6
+    assert result["shortcut_suspected"] is True
+
+
+def test_a_network_reading_grey_structure_is_cleared():
+    """Position written in brightness, alike in every channel, survives colour dropping."""
+    task = pretext.get("context")
+    patch, gap, _ = task.geometry((64, 64))
+    brightness = lambda rows, columns: rows + 4 * columns  # noqa: E731
+    images = position_images(brightness, brightness, brightness)
+    result = context_shortcut_check(
+        channel_means(), BrightnessReader(patch + gap), images, task, torch.Generator().manual_seed(0)
+    )
+    assert result["accuracy_color_kept"] > 0.9
+    assert abs(result["gap"]) < 0.05 and result["shortcut_suspected"] is False
+
+
+def test_shortcut_check_needs_the_context_task_and_colour():
+    with pytest.raises(HeadstartError, match="context"):
+        context_shortcut_check(channel_means(), nn.Identity(), torch.rand(2, 3, 8, 8), pretext.get("rotation"), torch.Generator())
+    with pytest.raises(HeadstartError, match="RGB"):
+        context_shortcut_check(channel_means(), nn.Identity(), torch.rand(2, 1, 64, 64), pretext.get("context"), torch.Generator())
