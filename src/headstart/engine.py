@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import signal
+import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -145,6 +146,9 @@ class NetworkEncoder:
         self.network = network
         self.image_size = image_size
         self.num_features = network.num_features
+        feature_info = getattr(network.backbone, "feature_info", None)
+        self.reduction = int(feature_info[-1]["reduction"]) if feature_info else 32
+        """Total stride of the backbone (decoder heads upsample by it)."""
         self._feature_channels: int | None = None
 
     def prepare(self, images01: Tensor) -> Tensor:
@@ -446,6 +450,43 @@ class BestWeights(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best, self.best_epoch = state_dict["best"], state_dict["best_epoch"]
+
+
+class EpochHistory(Callback):
+    """Per-epoch metrics, per-step training losses and cumulative seconds, kept in the checkpoint.
+
+    Recorded at the end of each training epoch (validation has run by then) and saved with the
+    epoch's checkpoint, so a resumed stage reports the same history as an uninterrupted one.
+    """
+
+    def __init__(self) -> None:
+        self.epochs: list[dict[str, float]] = []
+        self.step_losses: list[float] = []
+        self.seconds_before = 0.0
+        self._started: float | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._started = time.perf_counter()
+        self.seconds_before = self.epochs[-1]["seconds"] if self.epochs else 0.0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        self.step_losses.append(float(loss))
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        entry: dict[str, float] = {"epoch": trainer.current_epoch}
+        for key, value in trainer.callback_metrics.items():
+            if key.endswith("_step"):
+                continue
+            entry[key.removesuffix("_epoch")] = float(value)
+        entry["seconds"] = self.seconds_before + time.perf_counter() - (self._started or time.perf_counter())
+        self.epochs.append(entry)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epochs": self.epochs, "step_losses": self.step_losses}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.epochs, self.step_losses = list(state_dict["epochs"]), list(state_dict["step_losses"])
 
 
 # ---------------------------------------------------------------------------------- whole passes

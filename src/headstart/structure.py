@@ -39,6 +39,7 @@ from headstart import checkpoint as ckpt
 from headstart.config import RunSpec, StageSpec
 from headstart.engine import (
     BestWeights,
+    EpochHistory,
     InterruptOnSignal,
     RunInterrupted,
     StageData,
@@ -170,25 +171,6 @@ def _whole_backbone_frozen(network) -> bool:
     return all(not name.startswith("backbone.") for name, _ in network.trainable_parameters())
 
 
-def _read_history(folder: Path) -> list[dict[str, float]]:
-    """Per-epoch metrics from Lightning's CSV log (one row per epoch, merged)."""
-    import csv
-
-    path = folder / "metrics.csv"
-    if not path.is_file():
-        return []
-    epochs: dict[int, dict[str, float]] = {}
-    with path.open() as file:
-        for row in csv.DictReader(file):
-            if not row.get("epoch"):
-                continue
-            entry = epochs.setdefault(int(float(row["epoch"])), {"epoch": int(float(row["epoch"]))})
-            for key, value in row.items():
-                if value not in ("", None) and key not in ("epoch", "step") and not key.endswith("_step"):
-                    entry[key.removesuffix("_epoch")] = float(value)
-    return [epochs[e] for e in sorted(epochs)]
-
-
 def _trainer(spec: RunSpec, stage: StageSpec, folder: Path, callbacks: list, progress: bool) -> pl.Trainer:
     return pl.Trainer(
         default_root_dir=folder,
@@ -232,7 +214,9 @@ def run(spec: RunSpec, *, resume: bool = False, progress: bool | None = None, ov
     root = spec.output_dir()
     run_file = root / "run.json"
     config_hash = spec.config_hash()
-    if run_file.exists() and not resume:
+    # Under DDP every process runs this function; only the first one touches the output folder.
+    rank_zero = int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+    if rank_zero and run_file.exists() and not resume:
         if not overwrite:
             raise HeadstartError(f"{root}: a run is already there; pass --resume to continue it or choose another output")
         shutil.rmtree(root)
@@ -241,14 +225,14 @@ def run(spec: RunSpec, *, resume: bool = False, progress: bool | None = None, ov
         if previous.get("config_hash") != config_hash:
             raise HeadstartError(f"{run_file}: written by a different configuration (hash {previous.get('config_hash')}, "
                                  f"this one {config_hash}); resume needs the same run file")
-    root.mkdir(parents=True, exist_ok=True)
+    if rank_zero:
+        root.mkdir(parents=True, exist_ok=True)
 
     pl.seed_everything(spec.seed, verbose=False)
     network = load(spec.model.name, weights=spec.model.weights, include_top=False, pooling=spec.model.pooling,
                    in_chans=spec.model.in_chans)
     image_size = spec.model.image_size or int(network.preprocessing.input_size[-1])
     data = _load_data(spec, min_image_size=None, model_name=spec.model.name)
-    rank_zero = int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
 
     status = {"name": spec.name, "config_hash": config_hash, "config": spec.model_dump(mode="json"),
               "finished_stages": [], "status": "running", "versions": ckpt.versions()}
@@ -286,9 +270,10 @@ def run(spec: RunSpec, *, resume: bool = False, progress: bool | None = None, ov
                                        skipped=True))
             status["finished_stages"].append(folder.name)
             continue
-        if folder.exists() and not (resume and (folder / ckpt.RESUME_FILE).is_file()):
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        if rank_zero:
+            if folder.exists() and not (resume and (folder / ckpt.RESUME_FILE).is_file()):
+                shutil.rmtree(folder)
+            folder.mkdir(parents=True, exist_ok=True)
 
         can_cache = (pretext is None and stage.augment == "none" and _whole_backbone_frozen(network)
                      and _default_bn_policy(stage) == "frozen")
@@ -309,9 +294,11 @@ def run(spec: RunSpec, *, resume: bool = False, progress: bool | None = None, ov
             stage_data = StageData(train_set, val_set if val_set is not None and len(val_set[0]) else None)
         module = StageModule(network, stage, index, stage_data, seed=spec.seed, image_size=image_size,
                              pretext=pretext, cached=cached, num_workers=spec.num_workers)
-        callbacks: list = [InterruptOnSignal(),
+        history = EpochHistory()
+        callbacks: list = [InterruptOnSignal(), history,
                            ModelCheckpoint(dirpath=folder, filename="last", save_last=False, save_top_k=-1,
-                                           every_n_epochs=1, enable_version_counter=False)]
+                                           every_n_epochs=1, save_on_train_epoch_end=True,
+                                           enable_version_counter=False)]
         best = None
         has_val = stage_data.val is not None
         if stage.early_stopping is not None and has_val:
@@ -332,16 +319,15 @@ def run(spec: RunSpec, *, resume: bool = False, progress: bool | None = None, ov
             raise Interrupted(root, stage.name) from interruption
         if best is not None and best.best is not None and (folder / "best.safetensors").is_file():
             network.load_state_dict(ckpt.load_weights(folder / "best.safetensors"), strict=True)
-        seconds = time.perf_counter() - stage_started
-        history = _read_history(folder)
+        seconds = time.perf_counter() - stage_started + history.seconds_before
         diagnostics = []
         if pretext is not None:
             from headstart.pretext.diagnostics import diagnose
 
-            diagnostics = diagnose(history, pretext)
+            diagnostics = diagnose(history.epochs, pretext)
             for line in diagnostics:
                 logging.getLogger("headstart").warning("stage '%s': %s", stage.name, line)
-        result = StageResult(index, stage.name, folder, seconds, history, handover, cached, diagnostics)
+        result = StageResult(index, stage.name, folder, seconds, history.epochs, handover, cached, diagnostics)
         metadata = {
             "run_name": spec.name, "stage_index": index, "stage_name": stage.name, "status": "finished",
             "stage": stage.model_dump(mode="json"), "model": {**spec.model.model_dump(mode="json"), "image_size": image_size},
@@ -349,7 +335,7 @@ def run(spec: RunSpec, *, resume: bool = False, progress: bool | None = None, ov
             "head": {"kind": head_state.kind, "labels": head_state.labels, "spec": head_state.spec,
                      "pretext": head_state.pretext},
             "preprocessing": _trained_preprocessing(network, image_size), "config_hash": config_hash, "seconds": seconds,
-            "history": history, "handover": handover, "cached_features": cached, "diagnostics": diagnostics,
+            "history": history.epochs, "step_losses": history.step_losses, "handover": handover, "cached_features": cached, "diagnostics": diagnostics,
             "best_epoch": best.best_epoch if best is not None else None,
         }
         if rank_zero:
