@@ -142,7 +142,7 @@ class StageSpec(_Strict):
     optimizer: OptimizerSpec = OptimizerSpec()
     epochs: int = Field(10, gt=0)
     batch_size: int = Field(64, gt=0)
-    augment: Literal["none", "flip", "crop_flip"] = "none"
+    augment: Literal["none", "crop", "flip", "crop_flip"] = "none"
     early_stopping: EarlyStoppingSpec | None = None
     cache_features: bool | None = Field(
         None, description="default: on when the whole backbone is frozen, BN frozen and no augmentation"

@@ -27,7 +27,7 @@ SMALL_SIZE = 32
 
 
 def _task_stage(epochs: int, lr: float, **extra: Any) -> dict[str, Any]:
-    return {"name": "task", "data": "train", "epochs": epochs, "batch_size": 25, "augment": "crop_flip",
+    return {"name": "task", "data": "train", "epochs": epochs, "batch_size": 25, "augment": "crop",
             "optimizer": {"name": "adam", "lr": lr, "schedule": "cosine"}, **extra}
 
 

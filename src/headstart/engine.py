@@ -57,11 +57,15 @@ def fit_size(images: Tensor, size: int | None) -> Tensor:
 
 
 def augment(images: Tensor, mode: str, generator: torch.Generator) -> Tensor:
-    """Batched random horizontal flip, optionally after a random crop with 1/8 padding (reflect)."""
+    """Batched random augmentation on the device.
+
+    ``crop``: a random crop after reflect-padding by 1/8 of the side (a shift of up to ±1/8);
+    ``flip``: random horizontal flip; ``crop_flip``: both. Digits and text should not be flipped.
+    """
     if mode == "none":
         return images
     batch, _, height, width = images.shape
-    if mode == "crop_flip":
+    if mode in ("crop", "crop_flip"):
         pad = max(1, height // 8)
         padded = F.pad(images, (pad, pad, pad, pad), mode="reflect")
         offsets = torch.randint(0, 2 * pad + 1, (batch, 2), generator=generator, device=images.device)
@@ -69,6 +73,8 @@ def augment(images: Tensor, mode: str, generator: torch.Generator) -> Tensor:
         cols = offsets[:, 1, None] + torch.arange(width, device=images.device)
         index = torch.arange(batch, device=images.device)[:, None, None]
         images = padded.permute(0, 2, 3, 1)[index, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    if mode == "crop":
+        return images
     flip = torch.rand(batch, generator=generator, device=images.device) < 0.5
     return torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
 
