@@ -36,12 +36,6 @@ EXPECTED = {
     "faces-binary.yaml": [("noise-level", "new noise_level pretext head"), ("task", "new task head")],
     "folder-template.yaml": [("head", "new task head"), ("fine-tune", "kept")],
 }
-KNOWN_FAILURES = {
-    "faces-binary.yaml": "binary_cross_entropy on two classes builds a one-output head, and "
-                         "Network.replace_head refuses 2 labels for it",
-}
-
-
 def shrink(spec: RunSpec, output: Path, *, model: dict | None = None, image_size: int = 16) -> RunSpec:
     """The same structure with one epoch per stage, a tiny model, output under ``output``."""
     data = spec.model_dump()
@@ -117,10 +111,7 @@ def mnist_read_once():
         yield
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.xfail(reason=KNOWN_FAILURES[name], raises=HeadstartError, strict=True))
-    if name in KNOWN_FAILURES else name for name in FILES
-])
+@pytest.mark.parametrize("name", FILES)
 def test_example_runs_shrunken(name, tmp_path, mnist_read_once):
     spec = shrink(load_example(name, tmp_path), tmp_path / "out")
     result = run(spec)

@@ -48,8 +48,8 @@ def demo_arms(output: str = "headstart-demo", seed: int = 0, quick: bool = False
         "rotation": {
             "model": small,
             "stages": [
-                {"name": "rotation", "data": "all", "pretext": {"name": "rotation"}, "epochs": epochs(4),
-                 "batch_size": 128, "optimizer": {"name": "adam", "lr": 2e-3, "schedule": "cosine"}},
+                {"name": "rotation", "data": "all", "pretext": {"name": "rotation"}, "epochs": epochs(12),
+                 "batch_size": 128, "augment": "crop", "optimizer": {"name": "adam", "lr": 2e-3, "schedule": "cosine"}},
                 _task_stage(epochs(40), 1e-3),
             ],
         },

@@ -160,7 +160,8 @@ class Network(nn.Module):
         if not isinstance(head, nn.Module):
             raise HeadstartError(f"head of type {type(head).__name__}: expected an nn.Module or a HeadSpec")
         outputs = getattr(getattr(head, "spec", None), "outputs", None)
-        if labels is not None and outputs is not None and len(labels) != outputs:
+        binary = outputs == 1 and labels is not None and len(labels) == 2  # one sigmoid: P(labels[1])
+        if labels is not None and outputs is not None and len(labels) != outputs and not binary:
             raise HeadstartError(f"{len(labels)} labels for a head of {outputs} outputs, expected as many")
         self.head = head
         self.labels = list(labels) if labels is not None else None
