@@ -130,6 +130,25 @@ def test_cached_head_stage_matches_uncached(tmp_path):
         torch.testing.assert_close(cached[key], uncached[key], atol=1e-5, rtol=1e-4)
 
 
+def test_metrics_go_to_csv_and_tensorboard_logs(tmp_path):
+    spec = parse_run({
+        "output": str(tmp_path / "logs"), "progress": False, "loggers": ["csv", "tensorboard"],
+        "data": {"source": {"kind": "digits"}, "splits": {"labels_per_class": 10}},
+        "model": {"name": "test_resnet", "weights": None, "image_size": 16},
+        "stages": [{"name": "task", "epochs": 2, "batch_size": 25}],
+    })
+    result = run(spec)
+    folder = result.folder / "0-task"
+    rows = (folder / "metrics.csv").read_text().splitlines()
+    assert "val_accuracy" in rows[0] and len(rows) > 2
+    events = list((folder / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1
+    recorded = events[0].read_bytes()
+    assert b"val_accuracy" in recorded and b"train_loss" in recorded
+    # the choice of loggers does not change what is trained
+    assert spec.config_hash() == parse_run({**spec.model_dump(), "loggers": ["csv"]}).config_hash()
+
+
 def test_unlabelled_data_needs_a_pretext(tmp_path):
     spec = parse_run({
         "output": str(tmp_path / "bad"), "progress": False,

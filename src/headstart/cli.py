@@ -237,38 +237,32 @@ def demo(
     progress: bool = typer.Option(False, "--progress/--no-progress", help="Progress bars per stage."),
 ) -> None:
     """MNIST with 10 labels per class: from scratch vs rotation pretraining vs ImageNet transfer."""
-    import shutil
-
     import yaml
 
-    from headstart.demo import demo_arms
-    from headstart.structure import run
+    from headstart.demo import demo_arms, run_demo
 
-    arms = demo_arms(str(output), seed=seed, quick=quick)
     if show_config:
-        for name, spec in arms.items():
+        for name, spec in demo_arms(str(output), seed=seed, quick=quick).items():
             typer.echo(f"# --- {name} ---")
             typer.echo(yaml.safe_dump(spec.model_dump(mode="json", exclude_defaults=True), sort_keys=False))
         return
-    rows = []
-    for name, spec in arms.items():
-        typer.echo(f"arm {name}: " + " → ".join(stage.name for stage in spec.stages), err=True)
-        if spec.output_dir().exists():
-            shutil.rmtree(spec.output_dir())
-        result = run(spec, progress=progress)
-        rows.append((name, " → ".join(stage.name for stage in spec.stages), result.test["accuracy"], result.seconds))
-        typer.echo(f"  test accuracy {result.test['accuracy']:.4f}, {result.seconds:.1f} s", err=True)
+    table = run_demo(output, seed=seed, quick=quick, progress=progress,
+                     echo=lambda line: typer.echo(line, err=True))
     from rich.table import Table
 
-    from headstart.demo import LABELS_PER_CLASS
-
-    table = Table(title=f"MNIST-5k, {LABELS_PER_CLASS} labels per class, test split of "
-                        f"{result.test['count']} images, seed {seed}")
-    for column in ("arm", "stages", "test accuracy", "wall time (s)"):
-        table.add_column(column)
-    for name, stages, accuracy, seconds in rows:
-        table.add_row(name, stages, f"{accuracy:.4f}", f"{seconds:.1f}")
-    _console().print(table)
+    target = table["target_val_accuracy"]
+    shown = Table()
+    for column in ("arm", "stages", "test accuracy", "vs scratch",
+                   f"labelled epochs to val {target:.3f}" if target is not None else "labelled epochs", "wall time (s)"):
+        shown.add_column(column)
+    for row in table["arms"]:
+        reach = row["epochs_to_target"]
+        shown.add_row(row["name"], " → ".join(row["stages"]), f"{row['test_accuracy']:.4f}", f"{row['test_gain']:+.4f}",
+                      f"{reach} of {row['labelled_epochs']}" if reach is not None else f"not in {row['labelled_epochs']}",
+                      f"{row['seconds']:.1f}")
+    typer.echo(table["title"])
+    _console().print(shown)
+    typer.echo(f"comparison plotted in {output}/comparison.png")
     typer.echo(f"runs written to {output}/")
 
 

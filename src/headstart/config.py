@@ -170,6 +170,9 @@ class RunSpec(_Strict):
     strategy: Literal["auto", "ddp", "ddp_spawn"] = "auto"
     num_workers: int = Field(0, ge=0)
     progress: bool = True
+    loggers: list[Literal["csv", "tensorboard"]] = Field(
+        default_factory=lambda: ["csv"],
+        description="metric logs written in each stage folder: csv (metrics.csv) and/or tensorboard (needs tensorboardX)")
 
     @model_validator(mode="after")
     def _check_general(self) -> "RunSpec":
@@ -184,7 +187,7 @@ class RunSpec(_Strict):
 
     def config_hash(self) -> str:
         """SHA-256 of the canonical JSON of everything that changes results (not output/progress)."""
-        payload = self.model_dump(mode="json", exclude={"output", "progress", "num_workers"})
+        payload = self.model_dump(mode="json", exclude={"output", "progress", "num_workers", "loggers"})
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def output_dir(self) -> Path:

@@ -16,9 +16,12 @@ Everything runs on a 2-core CPU in a few minutes; the arms are plain run specs, 
 
 from __future__ import annotations
 
-from typing import Any
+import shutil
+from pathlib import Path
+from typing import Any, Callable
 
 from headstart.config import RunSpec, parse_run
+from headstart.errors import HeadstartError
 
 LABELS_PER_CLASS = 10
 SPLITS = {"test_fraction": 0.2, "val_fraction": 0.05, "labels_per_class": LABELS_PER_CLASS, "seed": 0}
@@ -66,3 +69,33 @@ def demo_arms(output: str = "headstart-demo", seed: int = 0, quick: bool = False
         name: parse_run({"name": name, "seed": seed, "output": f"{output}/{name}", "data": data, **arm}, f"demo:{name}")
         for name, arm in arms.items()
     }
+
+
+def run_demo(output: str | Path = "headstart-demo", *, seed: int = 0, quick: bool = False, progress: bool = False,
+             echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the three arms and write the comparison (``comparison.json``, ``comparison.png``) to ``output``.
+
+    A folder of an arm left by an earlier demo (it holds ``run.json``) is replaced; any other file
+    in the way stops the demo before anything is deleted.
+    """
+    from headstart.report.comparison import arm_outcome, write_comparison
+    from headstart.structure import run
+
+    arms = demo_arms(str(output), seed=seed, quick=quick)
+    for spec in arms.values():
+        folder = spec.output_dir()
+        if folder.exists() and not (folder / "run.json").exists():
+            raise HeadstartError(f"{folder}: exists and is not a headstart run; choose another --output")
+    outcomes = []
+    test_count = 0
+    for name, spec in arms.items():
+        echo(f"arm {name}: " + " → ".join(stage.name for stage in spec.stages))
+        if spec.output_dir().exists():
+            shutil.rmtree(spec.output_dir())
+        result = run(spec, progress=progress)
+        outcome = arm_outcome(name, result)
+        outcomes.append(outcome)
+        test_count = int(result.test["count"])
+        echo(f"  test accuracy {outcome.test_accuracy:.4f}, {outcome.seconds:.1f} s")
+    title = f"MNIST-5k, {LABELS_PER_CLASS} labels per class, test split of {test_count} images, seed {seed}"
+    return write_comparison(outcomes, output, title=title, baseline="scratch")

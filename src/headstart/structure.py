@@ -179,7 +179,7 @@ def _trainer(spec: RunSpec, stage: StageSpec, folder: Path, callbacks: list, pro
         devices=spec.devices,
         strategy=spec.strategy,
         precision=spec.precision,
-        logger=CSVLogger(save_dir=folder, name="", version=""),
+        logger=_loggers(spec, folder),
         callbacks=callbacks,
         plugins=[ckpt.AtomicCheckpointIO()],
         enable_progress_bar=progress,
@@ -190,6 +190,23 @@ def _trainer(spec: RunSpec, stage: StageSpec, folder: Path, callbacks: list, pro
         deterministic=False,
         benchmark=False,
     )
+
+
+def _loggers(spec: RunSpec, folder: Path) -> list:
+    """The stage's metric loggers: ``metrics.csv`` and/or TensorBoard event files in ``folder``."""
+    loggers = []
+    if "csv" in spec.loggers:
+        loggers.append(CSVLogger(save_dir=folder, name="", version=""))
+    if "tensorboard" in spec.loggers:
+        from importlib.util import find_spec
+
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        if find_spec("tensorboard") is None and find_spec("tensorboardX") is None:
+            raise HeadstartError("loggers: tensorboard needs the tensorboardX package; "
+                                 "pip install 'headstart[tensorboard]' or remove it from loggers")
+        loggers.append(TensorBoardLogger(save_dir=folder, name="tensorboard", version="", default_hp_metric=False))
+    return loggers
 
 
 def _quiet_lightning() -> None:
