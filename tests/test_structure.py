@@ -149,6 +149,20 @@ def test_metrics_go_to_csv_and_tensorboard_logs(tmp_path):
     assert spec.config_hash() == parse_run({**spec.model_dump(), "loggers": ["csv"]}).config_hash()
 
 
+def test_tensorboard_without_its_package_fails_before_writing(tmp_path, monkeypatch):
+    import headstart.structure as structure
+
+    monkeypatch.setattr(structure, "find_spec", lambda name: None)
+    spec = parse_run({
+        "output": str(tmp_path / "nolog"), "progress": False, "loggers": ["tensorboard"],
+        "data": {"source": {"kind": "digits"}}, "model": {"name": "test_resnet", "image_size": 16},
+        "stages": [{"name": "task", "epochs": 1}],
+    })
+    with pytest.raises(HeadstartError, match="loggers: tensorboard needs the tensorboardX package"):
+        run(spec, overwrite=True)
+    assert not (tmp_path / "nolog").exists()
+
+
 def test_unlabelled_data_needs_a_pretext(tmp_path):
     spec = parse_run({
         "output": str(tmp_path / "bad"), "progress": False,

@@ -26,6 +26,7 @@ import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Callable
 
@@ -198,15 +199,17 @@ def _loggers(spec: RunSpec, folder: Path) -> list:
     if "csv" in spec.loggers:
         loggers.append(CSVLogger(save_dir=folder, name="", version=""))
     if "tensorboard" in spec.loggers:
-        from importlib.util import find_spec
-
         from lightning.pytorch.loggers import TensorBoardLogger
 
-        if find_spec("tensorboard") is None and find_spec("tensorboardX") is None:
-            raise HeadstartError("loggers: tensorboard needs the tensorboardX package; "
-                                 "pip install 'headstart[tensorboard]' or remove it from loggers")
         loggers.append(TensorBoardLogger(save_dir=folder, name="tensorboard", version="", default_hp_metric=False))
     return loggers
+
+
+def _check_loggers(spec: RunSpec) -> None:
+    """Fail before anything is written when a chosen logger's package is missing."""
+    if "tensorboard" in spec.loggers and find_spec("tensorboard") is None and find_spec("tensorboardX") is None:
+        raise HeadstartError("loggers: tensorboard needs the tensorboardX package; "
+                             "pip install 'headstart[tensorboard]' or remove it from loggers")
 
 
 def _quiet_lightning() -> None:
@@ -225,6 +228,7 @@ def run(spec: RunSpec, *, resume: bool = False, progress: bool | None = None, ov
     """Run every stage of ``spec``; see the module docstring. Returns a :class:`RunResult`."""
     from headstart.zoo import load
 
+    _check_loggers(spec)
     _quiet_lightning()
     started = time.perf_counter()
     progress = spec.progress if progress is None else progress
