@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -45,19 +44,31 @@ def test_compare_uses_the_best_of_the_baseline_as_target():
         compare([scratch], baseline="other")
 
 
-def test_arm_outcome_counts_only_labelled_stages_in_the_curve():
-    stages = [SimpleNamespace(pretext=object(), data="all"), SimpleNamespace(pretext=None, data="general"),
-              SimpleNamespace(pretext=None, data="train")]
-    stages[0].name, stages[1].name, stages[2].name = "rotation", "general", "task"
-    histories = [[{"val_accuracy": 0.9}], [{"val_accuracy": 0.8}], [{"val_accuracy": 0.4}, {"val_accuracy": 0.5}]]
-    result = SimpleNamespace(
-        spec=SimpleNamespace(stages=stages), test={"accuracy": 0.55, "count": 10}, seconds=12.0,
-        stages=[SimpleNamespace(name=s.name, seconds=seconds, history=h)
-                for s, seconds, h in zip(stages, (5.0, 3.0, 4.0), histories)])
-    outcome = arm_outcome("rotation", result)
-    assert outcome.labelled_curve == [0.4, 0.5]
-    assert outcome.head_start_seconds == pytest.approx(8.0)
-    assert outcome.stages == ["rotation", "general", "task"]
+def test_arm_outcome_reads_the_run_from_disk_and_counts_only_labelled_stages(tmp_path):
+    from headstart.config import parse_run
+    from headstart.structure import run
+
+    spec = parse_run({
+        "output": str(tmp_path / "arm"), "progress": False, "seed": 1,
+        "data": {"source": {"kind": "digits"}, "splits": {"labels_per_class": 10}},
+        "model": {"name": "test_resnet", "weights": None, "image_size": 16},
+        "stages": [{"name": "rotation", "data": "all", "pretext": {"name": "rotation"}, "epochs": 1, "batch_size": 64},
+                   {"name": "task", "epochs": 3, "batch_size": 25}],
+    })
+    result = run(spec)
+    del result  # the report reads only what the run wrote
+    outcome = arm_outcome("rotation", tmp_path / "arm")
+    records = [json.loads((tmp_path / "arm" / folder / "stage.json").read_text()) for folder in ("0-rotation", "1-task")]
+    assert outcome.stages == ["rotation", "task"]
+    assert outcome.labelled_curve == [row["val_accuracy"] for row in records[1]["history"]]
+    assert len(outcome.labelled_curve) == 3
+    assert outcome.head_start_seconds == pytest.approx(records[0]["seconds"])
+    assert outcome.test_accuracy == json.loads((tmp_path / "arm" / "run.json").read_text())["test"]["accuracy"]
+    # a run that did not finish is not an arm
+    status = json.loads((tmp_path / "arm" / "run.json").read_text())
+    (tmp_path / "arm" / "run.json").write_text(json.dumps({**status, "status": "interrupted"}))
+    with pytest.raises(ValueError, match="interrupted, not finished"):
+        arm_outcome("rotation", tmp_path / "arm")
 
 
 def test_write_comparison_writes_a_table_and_a_figure(tmp_path):
@@ -117,9 +128,12 @@ def test_quick_demo_runs_the_three_arms_and_plots_them(tmp_path: Path):
     assert [row["name"] for row in table["arms"]] == ["scratch", "rotation", "imagenet"]
     rows = {row["name"]: row for row in table["arms"]}
     for row in rows.values():
-        assert 0.0 <= row["test_accuracy"] <= 1.0 and row["seconds"] > 0
-    # real ImageNet features beat chance (0.1) by far after a fifth of the epochs
-    assert rows["imagenet"]["test_accuracy"] > 0.5
+        assert row["seconds"] > 0
+    # chance is 0.1: every arm is far above it after a fifth of the epochs (seed 0 gives scratch
+    # 0.586, rotation 0.749, ImageNet 0.507 on this build)
+    assert rows["scratch"]["test_accuracy"] > 0.4
+    assert rows["rotation"]["test_accuracy"] > 0.5
+    assert rows["imagenet"]["test_accuracy"] > 0.45
     assert rows["rotation"]["head_start_seconds"] > 0 and rows["scratch"]["head_start_seconds"] == 0
     assert (output / "comparison.png").stat().st_size > 10_000
     assert "test accuracy" in result.output and "comparison plotted" in result.output

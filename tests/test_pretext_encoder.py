@@ -35,7 +35,9 @@ def test_channels_are_adapted_and_normalised_inside():
     single = SimpleEncoder(spy, 1, 1, in_channels=1)
     colour = torch.rand(2, 3, 4, 4)
     single.pooled(colour)
-    assert torch.allclose(spy.seen, colour.mean(dim=1, keepdim=True))
+    # one conversion everywhere: BT.601 luminance, as the data layer and the stages use
+    expected = 0.299 * colour[:, 0:1] + 0.587 * colour[:, 1:2] + 0.114 * colour[:, 2:3]
+    assert torch.allclose(spy.seen, expected)
 
 
 def test_half_a_normalisation_is_refused():

@@ -48,9 +48,9 @@ def _spec(tmp_path, source, task, image_size=32, **options):
 def test_each_pretext_runs_as_a_stage_and_hands_over(tmp_path, colour_arrays, task):
     result = run(_spec(tmp_path, {"kind": "arrays", "path": str(colour_arrays)}, task))
     pretext_stage, task_stage = result.stages
-    assert pretext_stage.handover["head"] == f"new {task} pretext head"
-    assert task_stage.handover["head"] == "new task head"
-    assert all(key.startswith("head.") for key in task_stage.handover["reinitialised"])
+    assert pretext_stage.handover.head == f"new {task} pretext head"
+    assert task_stage.handover.head == "new task head"
+    assert all(key.startswith("head.") for key in task_stage.handover.reinitialised)
     assert np.isfinite(pretext_stage.history[-1]["train_loss"])
     assert 0.0 <= result.test["accuracy"] <= 1.0
 
@@ -75,5 +75,5 @@ def test_a_registered_user_task_is_usable_by_name(tmp_path):
                              loss="cross_entropy", kind="classification")
 
     result = run(_spec(tmp_path, {"kind": "digits"}, "brightness_factor", image_size=16))
-    assert result.stages[0].handover["head"] == "new brightness_factor pretext head"
+    assert result.stages[0].handover.head == "new brightness_factor pretext head"
     assert result.stages[0].history[-1]["train_loss"] > 0

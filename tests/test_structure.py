@@ -57,13 +57,13 @@ def _write(tmp_path: Path, text: str, **values) -> Path:
 def test_three_stage_yaml_run_end_to_end(tmp_path):
     spec = load_run_file(_write(tmp_path, THREE_STAGES, output=tmp_path / "out"))
     result = run(spec)
-    assert [stage.name for stage in result.stages] == ["rotation", "head", "fine-tune"]
+    assert [stage.stage_name for stage in result.stages] == ["rotation", "head", "fine-tune"]
     rotation, head, fine_tune = result.stages
     # the pretext head is replaced by a 10-class head; only the head is re-initialised
-    assert rotation.handover["head"] == "new rotation pretext head"
-    assert head.handover["head"] == "new task head"
-    assert all(name.startswith("head.") for name in head.handover["reinitialised"])
-    assert fine_tune.handover["head"] == "kept"
+    assert rotation.handover.head == "new rotation pretext head"
+    assert head.handover.head == "new task head"
+    assert all(name.startswith("head.") for name in head.handover.reinitialised)
+    assert fine_tune.handover.head == "kept"
     # whole backbone frozen + BN frozen + no augmentation → features computed once
     assert head.cached_features and not fine_tune.cached_features
     assert len(rotation.history) == 2 and "val_loss" in rotation.history[-1]
@@ -98,7 +98,7 @@ def test_frozen_parameters_and_bn_statistics_stay_fixed_through_a_lightning_stag
     before: dict[str, torch.Tensor] = {}
 
     def remember(stage_result):
-        if stage_result.name == "warm":
+        if stage_result.stage_name == "warm":
             before.update({k: v.clone() for k, v in load_weights(stage_result.folder / "weights.safetensors").items()})
 
     result = run(spec, on_stage_end=remember)

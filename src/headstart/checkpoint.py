@@ -3,9 +3,10 @@
 A finished stage writes, in its own folder ``<run>/<index>-<name>/``:
 
 * ``weights.safetensors`` — the whole network (backbone and the stage's head); no pickle.
-* ``stage.json`` — metadata: stage index and name, frozen parameter names, BatchNorm policy, head
-  (kind, spec, labels), preprocessing, model spec, config hash, library versions, metrics and the
-  report of what was handed over from the previous stage.
+* ``stage.json`` — the stage's record, one schema (:class:`headstart.stage.StageRecord`) for the
+  writer and every reader: stage index and name, frozen parameter names, BatchNorm policy, head
+  (kind, spec, labels), preprocessing, model, config hash, library versions, metrics, learning
+  rates, how its data was read and what was handed over from the previous stage.
 
 While a stage trains, ``last.ckpt`` (Lightning's format: weights, optimizer, scheduler, loop and
 callback state) is rewritten at the end of every epoch; ``--resume`` continues from it.
@@ -121,13 +122,6 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise HeadstartError(f"{path}: not a complete safetensors file ({error})") from None
 
 
-def save_stage(folder: str | os.PathLike, state_dict: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
-    """Write the stage's weights, then its metadata (the metadata's presence marks the stage done)."""
-    folder = Path(folder)
-    save_weights(folder / WEIGHTS_FILE, state_dict)
-    atomic_write_json(folder / METADATA_FILE, {**metadata, "versions": versions()})
-
-
 def find_stage_folder(path: str | os.PathLike) -> Path:
     """Accept a stage folder, its weights file, its stage.json, or a run folder (its last finished stage)."""
     path = Path(path)
@@ -139,7 +133,7 @@ def find_stage_folder(path: str | os.PathLike) -> Path:
         return path
     run_file = path / "run.json"
     if run_file.is_file():
-        finished = [Path(p) for p in read_json(run_file).get("finished_stages", [])]
+        finished = [Path(p) for p in read_json(run_file).get("finished_stages", [])]  # the run record's field
         if finished:
             return path / finished[-1]
         raise HeadstartError(f"{path}: the run has no finished stage yet")
@@ -149,35 +143,31 @@ def find_stage_folder(path: str | os.PathLike) -> Path:
 def load_network(path: str | os.PathLike):
     """Rebuild the trained network of a stage (or of a run's last stage) for prediction.
 
-    The architecture comes from ``stage.json`` (model name, input channels, pooling, head spec and
-    labels); the weights from ``weights.safetensors``. Nothing is downloaded.
+    Everything comes from the stage's record (:class:`headstart.stage.StageRecord`, read from
+    ``stage.json``): the model name, input channels, pooling, head spec, labels and the input
+    size the stage trained at; the weights from ``weights.safetensors``. Nothing is downloaded.
     """
-    from headstart.heads import HeadSpec, build_head
+    from headstart.heads import build_head
+    from headstart.stage import StageRecord
     from headstart.zoo import load
 
     folder = find_stage_folder(path)
-    metadata = read_json(folder / METADATA_FILE)
-    try:
-        model = metadata["model"]
-        head = metadata["head"]
-    except KeyError as missing:
-        raise HeadstartError(f"{folder / METADATA_FILE}: missing key {missing}") from None
-    if head.get("kind") != "task":
+    record = StageRecord.read(folder)
+    if record.head.kind != "task" or record.head.spec is None:
         raise HeadstartError(
-            f"{folder}: stage '{metadata.get('stage_name')}' ends with a {head.get('pretext', 'pretext')} pretext head; "
+            f"{folder}: stage '{record.stage_name}' ends with a {record.head.pretext or 'pretext'} pretext head; "
             "predict from a stage that trains the task head"
         )
-    network = load(model["name"], weights=None, include_top=False, pooling=model["pooling"], in_chans=model["in_chans"])
-    network.replace_head(build_head(HeadSpec.model_validate(head["spec"]), network.num_features), labels=head["labels"])
+    model = record.model
+    network = load(model.name, weights=None, include_top=False, pooling=model.pooling, in_chans=model.in_chans)
+    network.replace_head(build_head(record.head.spec, network.num_features), labels=record.head.labels)
     state = load_weights(folder / WEIGHTS_FILE)
     result = network.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise HeadstartError(
-            f"{folder / WEIGHTS_FILE}: does not match {model['name']} with this head "
+            f"{folder / WEIGHTS_FILE}: does not match {model.name} with this head "
             f"(missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})"
         )
-    from headstart.preprocess import Preprocessing
-
-    network.preprocessing = Preprocessing.from_dict(metadata["preprocessing"])
+    network.set_training_size(model.image_size)
     network.eval()
     return network

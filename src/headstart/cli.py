@@ -179,15 +179,15 @@ def _print_stage_table(result) -> None:
     from rich.table import Table
 
     table = Table(title=f"run {result.spec.name} — {result.folder}")
-    for column in ("stage", "epochs", "seconds", "last train loss", "last val metric", "features", "notes"):
+    for column in ("stage", "epochs", "steps", "seconds", "last train loss", "last val metric", "data", "notes"):
         table.add_column(column)
-    for stage in result.stages:
-        last = stage.history[-1] if stage.history else {}
+    for record in result.stages:
+        last = record.last_metrics
         val = next((f"{key}={last[key]:.4f}" for key in ("val_accuracy", "val_mae", "val_mse", "val_loss") if key in last), "")
-        table.add_row(stage.name, str(len(stage.history)), f"{stage.seconds:.1f}",
-                      f"{last.get('train_loss', float('nan')):.4f}", val,
-                      "cached" if stage.cached_features else "", "resumed: done before" if stage.skipped else
-                      "; ".join(stage.diagnostics))
+        data = "cached features" if record.cached_features else record.data.residency
+        notes = "resumed: done before" if record.stage_name in result.resumed else "; ".join(record.diagnostics)
+        table.add_row(record.stage_name, str(len(record.history)), str(record.steps), f"{record.seconds:.1f}",
+                      f"{last.get('train_loss', float('nan')):.4f}", val, data, notes)
     _console().print(table)
     if result.test is not None:
         typer.echo(f"test accuracy {result.test['accuracy']:.4f} on {result.test['count']} images "

@@ -34,7 +34,7 @@ import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -64,6 +64,9 @@ class DataSpec(_Strict):
     source: SourceSpec
     splits: SplitSpec = SplitSpec()
     general: SourceSpec | None = None
+    residency: Literal["auto", "memory", "stream"] = Field(
+        "auto", description="auto: stream files from disk, gather in-memory sets; memory: decode every split once "
+                            "and hold it (uint8); stream: decode lazily in worker processes every epoch")
 
 
 class ModelSpec(_Strict):
@@ -144,6 +147,8 @@ class StageSpec(_Strict):
     batch_size: int = Field(64, gt=0)
     augment: Literal["none", "crop", "flip", "crop_flip"] = "none"
     early_stopping: EarlyStoppingSpec | None = None
+    steps_per_epoch: int | None = Field(
+        None, gt=0, description="cap on optimizer steps per epoch (Keras' steps_per_epoch); default: the whole split")
     cache_features: bool | None = Field(
         None, description="default: on when the whole backbone is frozen, BN frozen and no augmentation"
     )
@@ -168,7 +173,8 @@ class RunSpec(_Strict):
     devices: int = Field(1, gt=0)
     accelerator: Literal["cpu", "gpu", "auto"] = "cpu"
     strategy: Literal["auto", "ddp", "ddp_spawn"] = "auto"
-    num_workers: int = Field(0, ge=0)
+    num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        "auto", description="processes decoding streamed images; auto: one per CPU core, at most 8")
     progress: bool = True
     loggers: list[Literal["csv", "tensorboard"]] = Field(
         default_factory=lambda: ["csv"],
@@ -187,7 +193,8 @@ class RunSpec(_Strict):
 
     def config_hash(self) -> str:
         """SHA-256 of the canonical JSON of everything that changes results (not output/progress)."""
-        payload = self.model_dump(mode="json", exclude={"output", "progress", "num_workers", "loggers"})
+        payload = self.model_dump(mode="json", exclude={"output": True, "progress": True, "num_workers": True,
+                                                             "loggers": True, "data": {"residency"}})
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def output_dir(self) -> Path:
@@ -199,7 +206,7 @@ def _location(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
-        elif part in ("function-after", "function-before") or str(part).startswith(("function-", "literal[")):
+        elif part in ("function-after", "function-before") or str(part).startswith(("function-", "literal[", "constrained-")):
             continue
         else:
             text += f".{part}" if text else str(part)

@@ -93,7 +93,7 @@ def run_demo(output: str | Path = "headstart-demo", *, seed: int = 0, quick: boo
         if spec.output_dir().exists():
             shutil.rmtree(spec.output_dir())
         result = run(spec, progress=progress)
-        outcome = arm_outcome(name, result)
+        outcome = arm_outcome(name, result.folder)
         outcomes.append(outcome)
         test_count = int(result.test["count"])
         echo(f"  test accuracy {outcome.test_accuracy:.4f}, {outcome.seconds:.1f} s")

@@ -76,6 +76,23 @@ class HeadSpec(BaseModel):
     )
 
 
+    @classmethod
+    def for_classes(cls, count: int, loss: str = "cross_entropy", **fields) -> "HeadSpec":
+        """The default head for ``count`` classes trained with ``loss`` (the one place this is decided).
+
+        Two classes with binary cross-entropy get **one sigmoid output**, the probability of the
+        second class (Keras' ``Dense(1, activation="sigmoid")`` with ``binary_crossentropy``);
+        otherwise one output per class, sigmoid for binary cross-entropy (many labels), softmax else.
+        """
+        outputs = 1 if loss == "binary_cross_entropy" and count == 2 else count
+        output = "sigmoid" if loss == "binary_cross_entropy" else "softmax"
+        return cls(outputs=outputs, output=output, **fields)
+
+    def fits_labels(self, labels: list[str] | tuple[str, ...]) -> bool:
+        """Whether this head's outputs decode to ``labels``: one per label, or one sigmoid for two."""
+        return self.outputs == len(labels) or (self.outputs == 1 and len(labels) == 2)
+
+
 class DenseHead(nn.Sequential):
     """The module :func:`build_head` returns: an ``nn.Sequential`` that remembers its spec.
 

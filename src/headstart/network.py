@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from headstart.errors import HeadstartError
+from headstart.imageops import convert_channels, normalize
 from headstart.heads import GlobalPooling, HeadSpec, PoolingMode, build_head, head_spec_from_mapping, output_kind, to_probabilities
 from headstart.preprocess import Preprocessing, decode_predictions
 
@@ -83,6 +84,8 @@ class Network(nn.Module):
         self.include_top = include_top
         self.pooling: PoolingMode = pooling
         self.load_report = None
+        self.pretext: str | None = None
+        """Name of the pretext task whose head sits on top, or ``None`` for a task or no head."""
         self._bn_policy: BatchNormPolicy = "train"
         self._bn_selectors: tuple[str, ...] = ()
         self._frozen_batchnorm: list[str] = []
@@ -159,15 +162,52 @@ class Network(nn.Module):
             head = build_head(head, self.head_in_features)
         if not isinstance(head, nn.Module):
             raise HeadstartError(f"head of type {type(head).__name__}: expected an nn.Module or a HeadSpec")
-        outputs = getattr(getattr(head, "spec", None), "outputs", None)
-        binary = outputs == 1 and labels is not None and len(labels) == 2  # one sigmoid: P(labels[1])
-        if labels is not None and outputs is not None and len(labels) != outputs and not binary:
-            raise HeadstartError(f"{len(labels)} labels for a head of {outputs} outputs, expected as many")
+        spec = getattr(head, "spec", None)
+        if labels is not None and isinstance(spec, HeadSpec) and not spec.fits_labels(list(labels)):
+            raise HeadstartError(f"{len(labels)} labels for a head of {spec.outputs} outputs, expected as many "
+                                 "(or one sigmoid output for two labels)")
         self.head = head
         self.labels = list(labels) if labels is not None else None
+        self.pretext = None
         if self._bn_policy == "frozen":
             self.set_bn_policy("frozen", self._bn_selectors)
         return head
+
+    def use_pretext_head(self, head: nn.Module, task: str) -> nn.Module:
+        """Put a pretext task's head on top (no labels: its outputs are decoded by the task)."""
+        self.replace_head(head, labels=None)
+        self.pretext = task
+        return head
+
+    def head_description(self) -> dict:
+        """What the head predicts: ``kind`` (task, pretext or none), labels, spec and pretext name."""
+        spec = getattr(self.head, "spec", None)
+        if self.pretext is not None:
+            kind = "pretext"
+        elif isinstance(spec, HeadSpec) or self.labels is not None:
+            kind = "task"
+        else:
+            kind = "none"
+        return {"kind": kind, "labels": self.labels, "spec": spec.model_dump() if isinstance(spec, HeadSpec) else None,
+                "pretext": self.pretext}
+
+    # ------------------------------------------------------------------ input pipeline
+    def set_training_size(self, image_size: int) -> None:
+        """Record that this network was trained on whole images resized to ``image_size`` squares.
+
+        Stages feed every image whole, resized (bilinear) to ``image_size`` — the data layer has
+        already brought it to a square — and normalised with the pretrained statistics; from now
+        on :attr:`preprocessing` describes that pipeline, so prediction prepares images as
+        training did.
+        """
+        from dataclasses import replace
+
+        self.preprocessing = replace(self.preprocessing, input_size=(self.in_chans, int(image_size), int(image_size)),
+                                     interpolation="bilinear", crop_pct=1.0, crop_mode="squash")
+
+    def encoder(self, image_size: int | None = None) -> "NetworkEncoder":
+        """This network's backbone as pretext tasks and whole-set passes see it (0..1 images in)."""
+        return NetworkEncoder(self, image_size)
 
     # ------------------------------------------------------------------ parameter groups
     def _classifier_names(self) -> list[str]:
@@ -478,3 +518,45 @@ class Network(nn.Module):
             f"Non-trainable params: {total - trainable_total:,}",
         ]
         return "\n".join(body)
+
+
+class NetworkEncoder:
+    """A network's backbone as a pretext task sees it: 0..1 images in, features out.
+
+    Follows :class:`headstart.pretext.Encoder`: channels are adapted and values normalised here
+    (:mod:`headstart.imageops`), so a task never needs to know the network's input pipeline. A
+    plain object (not a module) so the backbone's parameters are registered once, by the network.
+    """
+
+    def __init__(self, network: Network, image_size: int | None) -> None:
+        self.network = network
+        self.image_size = image_size
+        self.num_features = network.num_features
+        feature_info = getattr(network.backbone, "feature_info", None)
+        self.reduction = int(feature_info[-1]["reduction"]) if feature_info else 32
+        """Total stride of the backbone (decoder heads upsample by it)."""
+        self._feature_channels: int | None = None
+
+    def prepare(self, images01: torch.Tensor) -> torch.Tensor:
+        """0..1 images with any channel count the network accepts → the network's normalised input."""
+        preprocessing = self.network.preprocessing
+        return normalize(convert_channels(images01, self.network.in_chans), preprocessing.mean, preprocessing.std)
+
+    def pooled(self, images01: torch.Tensor) -> torch.Tensor:
+        return self.network.pooled(self.prepare(images01))
+
+    def feature_map(self, images01: torch.Tensor) -> torch.Tensor:
+        return self.network.forward_features(self.prepare(images01))
+
+    @property
+    def feature_channels(self) -> int:
+        if self._feature_channels is None:
+            size = self.image_size or 64
+            parameter = next(self.network.parameters())
+            probe = torch.zeros(1, self.network.in_chans, size, size, device=parameter.device)
+            was_training = self.network.training
+            self.network.eval()
+            with torch.no_grad():
+                self._feature_channels = int(self.feature_map(probe).shape[1])
+            self.network.train(was_training)
+        return self._feature_channels

@@ -174,18 +174,12 @@ def preprocess_input(images: Sequence[ImageInput], preprocessing: Preprocessing)
 def normalize(images01: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
     """Normalise a batch ``[B, C, H, W]`` of 0..1 values with the pipeline's mean and std.
 
-    Works on any device and floating dtype (the statistics follow ``images01``), so a training
-    loop can augment on the GPU and normalise last.
+    Works on any device and floating dtype (see :func:`headstart.imageops.normalize`), so a
+    training loop can augment on the GPU and normalise last.
     """
-    channels = images01.shape[-3] if images01.ndim >= 3 else -1
-    if channels != len(preprocessing.mean):
-        raise HeadstartError(
-            f"normalize: tensor of shape {tuple(images01.shape)} has {channels} channels, "
-            f"the preprocessing expects {len(preprocessing.mean)}"
-        )
-    mean = torch.tensor(preprocessing.mean, device=images01.device, dtype=images01.dtype).view(-1, 1, 1)
-    std = torch.tensor(preprocessing.std, device=images01.device, dtype=images01.dtype).view(-1, 1, 1)
-    return (images01 - mean) / std
+    from headstart.imageops import normalize as normalize_values
+
+    return normalize_values(images01, preprocessing.mean, preprocessing.std)
 
 
 def decode_predictions(

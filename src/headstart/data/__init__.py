@@ -13,6 +13,7 @@ from headstart.data.dataset import ArrayStore, FileStore, ImageSet
 from headstart.data.images import IMAGE_SUFFIXES, MAX_PIXELS, probe_image, read_image
 from headstart.data.sources import SourceSpec, from_arrays, load_source
 from headstart.data.splits import Splits, make_splits
+from headstart.data.task import TaskData
 
 __all__ = [
     "BUILTINS",
@@ -23,6 +24,7 @@ __all__ = [
     "ImageSet",
     "SourceSpec",
     "Splits",
+    "TaskData",
     "check_dataset",
     "from_arrays",
     "load_builtin",

@@ -13,18 +13,16 @@ Stores
   batches stack. With ``cache=True`` the decoded, resized uint8 pixels are kept in memory
   (``N × C × size × size`` bytes; each DataLoader worker process keeps its own copy).
 
-Resizing (both stores)
-----------------------
-``"crop"`` (default): scale so the *shorter* side equals the target size, then cut the centre
-square. Proportions are kept and the border of the longer side is lost, as in the usual
-ImageNet evaluation transform. ``"stretch"``: scale both sides to the target size independently;
-nothing is lost but proportions change. Interpolation is bilinear with antialiasing when
-shrinking (Pillow for files, ``torch.nn.functional.interpolate`` for arrays).
+Resizing and channels (both stores) follow :mod:`headstart.imageops`: ``"crop"`` (default) keeps
+proportions and cuts the centre square, ``"stretch"`` scales both sides; grey → colour
+replicates, colour → grey takes the BT.601 luminance.
 
-Channels
---------
-Grey to three channels replicates the grey plane; colour to one channel uses luminance
-(ITU-R 601-2: 0.299 R + 0.587 G + 0.114 B, the weights Pillow uses for mode ``L``).
+Streaming
+---------
+``store.pixels(positions)`` returns the stored pixels of a batch (uint8 for files: a quarter of
+the bytes of float32 to move between processes); stages turn them into 0..1 floats on the
+training device. A :class:`FileStore` without cache holds only paths, so a set of any size costs
+the same memory; ``store.in_memory`` tells whether every image is already decoded in memory.
 """
 
 from __future__ import annotations
@@ -32,71 +30,19 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 
+from headstart import imageops
 from headstart.data.images import read_image
 from headstart.errors import HeadstartError
+from headstart.imageops import ResizeMode
 
-ResizeMode = Literal["crop", "stretch"]
-LUMINANCE_WEIGHTS = (0.299, 0.587, 0.114)
-"""Weights of R, G and B in the colour → grey conversion (ITU-R 601-2, as Pillow's mode L)."""
-
-
-def convert_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
-    """Return float ``images`` ``[N, C, H, W]`` with ``channels`` channels (1 or 3).
-
-    1 → 3 replicates the grey plane; 3 → 1 takes the luminance. Other combinations are refused.
-    """
-    have = images.shape[1]
-    if have == channels:
-        return images
-    if have == 1 and channels == 3:
-        return images.expand(-1, 3, -1, -1).contiguous()
-    if have == 3 and channels == 1:
-        weights = torch.tensor(LUMINANCE_WEIGHTS, dtype=images.dtype).view(1, 3, 1, 1)
-        return (images * weights).sum(dim=1, keepdim=True)
-    raise HeadstartError(f"cannot convert images with {have} channels to {channels}; expected 1 or 3")
-
-
-def resize_tensor(images: torch.Tensor, size: int, resize: ResizeMode = "crop") -> torch.Tensor:
-    """Resize float ``images`` ``[N, C, H, W]`` to ``[N, C, size, size]`` (policy in module docstring)."""
-    height, width = images.shape[-2:]
-    if (height, width) == (size, size):
-        return images
-    if resize == "stretch":
-        target = (size, size)
-    elif resize == "crop":
-        scale = size / min(height, width)
-        target = (max(size, round(height * scale)), max(size, round(width * scale)))
-    else:
-        raise HeadstartError(f"resize {resize!r} is not known; expected 'crop' or 'stretch'")
-    if images.shape[0] == 0:
-        return images.new_zeros((0, images.shape[1], size, size))
-    out = F.interpolate(images, size=target, mode="bilinear", align_corners=False, antialias=True)
-    top = (target[0] - size) // 2
-    left = (target[1] - size) // 2
-    return out[..., top : top + size, left : left + size].clamp_(0.0, 1.0).contiguous()
-
-
-def resize_pil(image: Image.Image, size: int, resize: ResizeMode = "crop") -> Image.Image:
-    """Resize a Pillow image to ``size × size`` pixels (policy in the module docstring)."""
-    width, height = image.size
-    if (width, height) == (size, size):
-        return image
-    if resize == "stretch":
-        return image.resize((size, size), Image.Resampling.BILINEAR)
-    if resize != "crop":
-        raise HeadstartError(f"resize {resize!r} is not known; expected 'crop' or 'stretch'")
-    scale = size / min(width, height)
-    new_width, new_height = max(size, round(width * scale)), max(size, round(height * scale))
-    scaled = image.resize((new_width, new_height), Image.Resampling.BILINEAR)
-    left, top = (new_width - size) // 2, (new_height - size) // 2
-    return scaled.crop((left, top, left + size, top + size))
+# The conversions live in headstart.imageops; these names are kept for the data layer's callers.
+convert_channels = imageops.convert_channels
+resize_tensor = imageops.resize
+resize_pil = imageops.resize_pil
 
 
 def decode_file(path: str | os.PathLike, size: int, channels: int, resize: ResizeMode = "crop") -> torch.Tensor:
@@ -104,7 +50,7 @@ def decode_file(path: str | os.PathLike, size: int, channels: int, resize: Resiz
 
     Raises HeadstartError naming the file when it cannot be read (see ``read_image``).
     """
-    image = read_image(path, mode="L" if channels == 1 else "RGB")
+    image = read_image(path, mode="L" if channels == 1 else "RGB", min_side=size)
     pixels = np.asarray(resize_pil(image, size, resize), dtype=np.uint8)
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
@@ -133,12 +79,18 @@ class ArrayStore:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
+    def pixels(self, positions: np.ndarray) -> torch.Tensor:
+        """Stored pixels ``[n, C, H, W]`` at ``positions``: uint8 0..255 or float32 0..1."""
+        return self.images[torch.as_tensor(positions, dtype=torch.long)]
+
     def load(self, positions: np.ndarray) -> torch.Tensor:
         """Float32 0..1 images ``[n, C, H, W]`` at ``positions``."""
-        picked = self.images[torch.as_tensor(positions, dtype=torch.long)]
-        if picked.dtype == torch.uint8:
-            return picked.float().div_(255.0)
-        return picked.clone()
+        return imageops.to_unit_range(self.pixels(positions)).clone()
+
+    @property
+    def in_memory(self) -> bool:
+        """Every image is already decoded in this process's memory."""
+        return True
 
     def describe(self, position: int) -> str:
         """How messages name one image: its position in the arrays."""
@@ -193,12 +145,21 @@ class FileStore:
                 self._cached[position] = pixels
         return pixels
 
+    def pixels(self, positions: np.ndarray) -> torch.Tensor:
+        """Uint8 pixels ``[n, C, size, size]`` at ``positions``, decoded now (or from the cache)."""
+        out = torch.empty((len(positions), self._channels, self._size, self._size), dtype=torch.uint8)
+        for row, position in enumerate(positions):
+            out[row] = self.decode(int(position))
+        return out
+
     def load(self, positions: np.ndarray) -> torch.Tensor:
         """Float32 0..1 images ``[n, C, size, size]`` at ``positions``."""
-        out = torch.empty((len(positions), self._channels, self._size, self._size), dtype=torch.float32)
-        for row, position in enumerate(positions):
-            out[row] = self.decode(int(position)).float().div_(255.0)
-        return out
+        return imageops.to_unit_range(self.pixels(positions))
+
+    @property
+    def in_memory(self) -> bool:
+        """Every image is already decoded in this process's memory (``cache=True``, filled)."""
+        return self.cache and len(self._cached) == len(self.paths)
 
     def describe(self, position: int) -> str:
         """How messages name one image: its file path."""

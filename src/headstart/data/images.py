@@ -27,6 +27,7 @@ Policy
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from pathlib import Path
@@ -148,12 +149,17 @@ def probe_image(path: str | os.PathLike) -> tuple[int, int]:
     return size
 
 
-def read_image(path: str | os.PathLike, mode: str = "RGB") -> Image.Image:
+def read_image(path: str | os.PathLike, mode: str = "RGB", *, min_side: int | None = None) -> Image.Image:
     """Open ``path`` and return a fully decoded Pillow image in ``mode`` ("RGB" or "L").
 
     Raises HeadstartError naming the file when it is missing, empty, not an image, truncated or
     larger than :data:`MAX_PIXELS`. ``mode="L"`` converts the RGB result by luminance
     (ITU-R 601-2: 0.299 R + 0.587 G + 0.114 B), which leaves grey images exactly unchanged.
+
+    ``min_side``: the caller will shrink the image until its shorter side is ``min_side``. A JPEG
+    whose shorter side is at least twice that is then decoded at 1/2, 1/4 or 1/8 scale (Pillow's
+    ``draft``: the inverse DCT does the shrinking), keeping the shorter side ≥ ``min_side``. A
+    4000×3000 phone photo read for a 224-pixel network decodes about ten times faster.
     """
     if mode not in ("RGB", "L"):
         raise HeadstartError(f"read_image mode {mode!r} is not supported; expected 'RGB' or 'L'")
@@ -162,6 +168,9 @@ def read_image(path: str | os.PathLike, mode: str = "RGB") -> Image.Image:
     try:
         img = _open(path)
         with img:
+            if min_side is not None and img.format == "JPEG" and min(img.size) >= 2 * min_side:
+                scale = min_side / min(img.size)
+                img.draft(img.mode, (math.ceil(img.size[0] * scale), math.ceil(img.size[1] * scale)))
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 img.load()

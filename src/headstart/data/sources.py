@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import csv
 import difflib
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
 
@@ -385,19 +387,28 @@ def _file_set(
     bad: list[tuple[str, str]] = []
     kept: list[tuple[Path, int]] = []
     cached: dict[int, torch.Tensor] = {}
-    for path, label, where in entries:
+
+    def check(entry: tuple[Path, int, str | None]) -> torch.Tensor | HeadstartError | None:
         try:
             if spec.verify == "decode":
-                pixels = decode_file(path, size, channels, spec.resize)
-                if spec.cache:
-                    cached[len(kept)] = pixels
-            else:
-                probe_image(path)
+                pixels = decode_file(entry[0], size, channels, spec.resize)
+                return pixels if spec.cache else None
+            probe_image(entry[0])
+            return None
         except HeadstartError as exc:
-            reason = _strip_path(str(exc), path)
-            bad.append((str(path), reason if where is None else f"{where}: {reason}"))
-            continue
-        kept.append((path, label))
+            return exc
+
+    # Pillow releases the GIL while it decodes: threads check files on every core, in order.
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+        outcomes = pool.map(check, entries, chunksize=64)
+        for (path, label, where), outcome in zip(entries, outcomes):
+            if isinstance(outcome, HeadstartError):
+                reason = _strip_path(str(outcome), path)
+                bad.append((str(path), reason if where is None else f"{where}: {reason}"))
+                continue
+            if outcome is not None:
+                cached[len(kept)] = outcome
+            kept.append((path, label))
     if bad and spec.on_corrupt == "fail":
         lines = [f"{path}: {reason}" for path, reason in bad]
         raise HeadstartError(

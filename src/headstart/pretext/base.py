@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from headstart.errors import HeadstartError
+from headstart.imageops import convert_channels
 
 TaskKind = Literal["classification", "regression", "reconstruction"]
 
@@ -60,8 +61,9 @@ class Encoder(Protocol):
 class SimpleEncoder(nn.Module):
     """An :class:`Encoder` around any module mapping images to a feature map ``[B, C', h, w]``.
 
-    ``pooled`` averages the feature map over space. ``in_channels`` (when given) adapts the input:
-    grey images are replicated to three channels, colour images are averaged to one. ``mean`` and
+    ``pooled`` averages the feature map over space. ``in_channels`` (when given) adapts the input
+    as :func:`headstart.imageops.convert_channels` does: grey images are replicated, colour
+    images become their BT.601 luminance. ``mean`` and
     ``std`` (per channel, in 0..1 units) normalise the images before the backbone; leave them unset
     to feed 0..1 values unchanged. ``reduction`` is the backbone's total stride (read from timm's
     ``feature_info`` when not given); image-to-image heads size their upsampling by it.
@@ -103,14 +105,11 @@ class SimpleEncoder(nn.Module):
     def _prepare(self, images01: Tensor) -> Tensor:
         channels = images01.shape[1]
         if self.in_channels is not None and channels != self.in_channels:
-            if channels == 1:
-                images01 = images01.expand(-1, self.in_channels, -1, -1)
-            elif self.in_channels == 1:
-                images01 = images01.mean(dim=1, keepdim=True)
-            else:
+            if channels != 1 and self.in_channels != 1:
                 raise HeadstartError(
                     f"SimpleEncoder: images have {channels} channels, the backbone takes {self.in_channels}"
                 )
+            images01 = convert_channels(images01, self.in_channels)
         if self.mean is not None:
             images01 = (images01 - self.mean) / self.std
         return images01

@@ -29,13 +29,7 @@ from headstart.errors import HeadstartError
 from headstart.pretext.base import Encoder, PretextTask, check_generator, check_images, require
 from headstart.pretext.decoder import Decoder, stages_for
 
-LUMINANCE_WEIGHTS = (0.299, 0.587, 0.114)
-
-
-def luminance(images: Tensor) -> Tensor:
-    """``[B, 1, H, W]`` BT.601 luminance of RGB ``images``."""
-    weights = torch.tensor(LUMINANCE_WEIGHTS, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
-    return (images * weights).sum(dim=1, keepdim=True)
+from headstart.imageops import LUMINANCE_WEIGHTS, luminance  # noqa: F401 - part of this task's API
 
 
 @dataclass(kw_only=True)

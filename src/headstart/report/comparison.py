@@ -37,19 +37,26 @@ class ArmOutcome:
     """Wall time of the stages before the labelled data (pretext or general dataset)."""
 
 
-def arm_outcome(name: str, result: Any) -> ArmOutcome:
-    """Summarise a :class:`headstart.structure.RunResult` as one arm of a comparison."""
+def arm_outcome(name: str, run_folder: str | Path) -> ArmOutcome:
+    """Summarise a finished run as one arm of a comparison, from what it wrote on disk
+    (``run.json`` and each stage's ``stage.json``), never from results held in memory."""
+    from headstart.structure import RunRecord
+
+    run = RunRecord.read(run_folder)
+    if run.status != "finished":
+        raise ValueError(f"arm {name!r}: the run in {run_folder} is {run.status}, not finished")
     curve: list[float] = []
     head_start = 0.0
-    for stage_spec, stage in zip(result.spec.stages, result.stages):
-        if stage_spec.pretext is not None or stage_spec.data == "general":
-            head_start += stage.seconds
+    records = run.stage_records(run_folder)
+    for record in records:
+        if record.stage.pretext is not None or record.stage.data == "general":
+            head_start += record.seconds
             continue
-        curve.extend(float(row["val_accuracy"]) for row in stage.history if "val_accuracy" in row)
-    if result.test is None or "accuracy" not in result.test:
+        curve.extend(float(row["val_accuracy"]) for row in record.history if "val_accuracy" in row)
+    if run.test is None or "accuracy" not in run.test:
         raise ValueError(f"arm {name!r}: the run reports no test accuracy to compare")
-    return ArmOutcome(name, [stage.name for stage in result.spec.stages], float(result.test["accuracy"]),
-                      float(result.seconds), curve, head_start)
+    return ArmOutcome(name, [record.stage_name for record in records], float(run.test["accuracy"]),
+                      float(run.seconds or 0.0), curve, head_start)
 
 
 def epochs_to_reach(curve: list[float], target: float) -> int | None:

@@ -1,0 +1,210 @@
+"""Batches for a stage: which images sit in memory and which stream from disk, and in what order.
+
+One function, :func:`plan_images`, decides for every split a stage reads how its images reach the
+training step, and says which it chose:
+
+``memory``
+    The split's pixels are already decoded in this process (numpy arrays, built-in sets, a file
+    source loaded with ``cache: true``). A batch is one indexing operation on a tensor; no worker
+    processes, since gathering is faster than sending pixels between processes.
+``stream``
+    Files are decoded lazily, a batch at a time, by ``DataLoader`` worker processes (uint8 pixels,
+    pinned when the device is a GPU, workers kept alive between epochs). Memory holds the paths
+    and a few batches in flight, whatever the number of images.
+
+Either way the batch arrives as stored pixels (uint8 0..255, or float 0..1 for float arrays) and
+the stage turns it into 0..1 floats, resizes, augments or alters it and normalises it on the
+training device.
+
+Order and distribution: :class:`EpochBatches` is the batch sampler of every loader. Its order for
+epoch ``e`` depends only on ``(seed, e)``; under DDP, rank ``r`` of ``N`` takes every ``N``-th
+index of each global batch, so ``N`` processes together see exactly the batches one process with
+an ``N``-times larger batch sees (a distributed sampler that keeps resumed and DDP runs equal to
+plain ones).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterator, Literal, Union
+
+import torch
+from torch import Tensor
+
+from headstart.data.dataset import ArrayStore, ImageSet
+from headstart.errors import HeadstartError
+
+Residency = Literal["memory", "stream"]
+ResidencyChoice = Literal["auto", "memory", "stream"]
+
+
+class EpochBatches:
+    """Index batches for one epoch: order fixed by ``(seed, epoch)``, split across ranks (module docstring)."""
+
+    def __init__(self, count: int, batch_size: int, *, seed: int, shuffle: bool, drop_last: bool,
+                 rank: int = 0, world_size: int = 1) -> None:
+        self.count, self.batch_size, self.seed = count, batch_size, seed
+        self.shuffle, self.drop_last, self.rank, self.world_size = shuffle, drop_last, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _global_batches(self) -> list[Tensor]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.count, generator=generator)
+        else:
+            order = torch.arange(self.count)
+        step = self.batch_size * self.world_size
+        batches = list(order.split(step))
+        if self.drop_last and batches and len(batches[-1]) < step and len(batches) > 1:
+            batches.pop()
+        return batches
+
+    def __iter__(self) -> Iterator[Tensor]:
+        for batch in self._global_batches():
+            mine = batch[self.rank :: self.world_size]
+            if len(mine):
+                yield mine
+
+    def __len__(self) -> int:
+        return len(self._global_batches())
+
+
+class LoaderError(HeadstartError):
+    """A file failed to decode inside a ``DataLoader`` worker.
+
+    PyTorch re-raises a worker's exception in the main process as ``type(message=<traceback text>)``;
+    this class keeps only the original one-line message, which names the file.
+    """
+
+    def __init__(self, message: str) -> None:
+        if "Original Traceback" in message:
+            lines = [line for line in message.strip().splitlines() if line.strip()]
+            last = lines[-1] if lines else message
+            message = last.split(": ", 1)[1] if last.startswith(("headstart.", "LoaderError")) and ": " in last else last
+        super().__init__(message)
+
+
+class SetBatches(torch.utils.data.Dataset):
+    """An :class:`ImageSet` indexed by a whole batch of indices: ``(stored pixels, labels)``."""
+
+    def __init__(self, images: ImageSet) -> None:
+        self.store = images.store
+        self.positions = images.positions
+        self.labels = torch.from_numpy(images.labels.copy())
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, indices: Tensor) -> tuple[Tensor, Tensor]:
+        try:
+            pixels = self.store.pixels(self.positions[indices.numpy()])
+        except HeadstartError as error:
+            raise LoaderError(str(error)) from None
+        return pixels, self.labels[indices]
+
+
+class TensorBatches(torch.utils.data.Dataset):
+    """Tensors (for example cached features and labels) indexed by a whole batch of indices."""
+
+    def __init__(self, *tensors: Tensor) -> None:
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors[0])
+
+    def __getitem__(self, indices: Tensor) -> tuple[Tensor, ...]:
+        return tuple(tensor[indices] for tensor in self.tensors)
+
+
+Batchable = Union[ImageSet, tuple[Tensor, Tensor]]
+"""What a loader reads: a split of images, or ``(features, labels)`` tensors."""
+
+
+@dataclass
+class ImagePlan:
+    """How one split's images reach the training step (see the module docstring)."""
+
+    images: ImageSet
+    residency: Residency
+    workers: int
+    reason: str
+
+    def describe(self) -> str:
+        where = "held in memory" if self.residency == "memory" else f"streamed from disk by {self.workers} worker(s)"
+        return f"{len(self.images):,} images {where} ({self.reason})"
+
+
+def default_workers() -> int:
+    """Decoding processes for a streamed split: one per CPU core, at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def plan_images(images: ImageSet, *, prefer: ResidencyChoice = "auto", workers: int | None = None) -> ImagePlan:
+    """Decide whether ``images`` are gathered from memory or streamed from disk (module docstring).
+
+    ``prefer="memory"`` decodes a file split once, now, and holds its uint8 pixels
+    (``images × channels × size²`` bytes); ``prefer="stream"`` streams even in-memory arrays
+    through workers; ``auto`` keeps what the source already has. ``workers`` (default: one per
+    core, at most 8) applies to streamed splits only.
+    """
+    if prefer not in ("auto", "memory", "stream"):
+        raise HeadstartError(f"data residency {prefer!r}: expected auto, memory or stream")
+    in_memory = bool(getattr(images.store, "in_memory", False))
+    if prefer == "memory" or (prefer == "auto" and in_memory):
+        if not isinstance(images.store, ArrayStore):
+            pixels = images.store.pixels(images.positions)
+            images = ImageSet(ArrayStore(pixels), images.labels, images.class_names, images.name,
+                              skipped=images.skipped)
+        reason = "decoded pixels already in memory" if in_memory else "residency: memory"
+        return ImagePlan(images, "memory", 0, reason)
+    count = default_workers() if workers is None else int(workers)
+    reason = "files decoded lazily" if prefer == "auto" else "residency: stream"
+    return ImagePlan(images, "stream", count, reason)
+
+
+def make_loader(data: Batchable | ImagePlan, batch_size: int, *, seed: int, shuffle: bool, rank: int = 0,
+                world_size: int = 1, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """A ``DataLoader`` yielding whole batches of ``data`` in :class:`EpochBatches` order.
+
+    A streamed :class:`ImagePlan` decodes in its worker processes (kept alive between epochs, two
+    batches prefetched each); in-memory images and tensors are gathered in the main process.
+    """
+    workers = 0
+    if isinstance(data, ImagePlan):
+        dataset: torch.utils.data.Dataset = SetBatches(data.images)
+        workers = data.workers if data.residency == "stream" else 0
+    elif isinstance(data, ImageSet):
+        dataset = SetBatches(data)
+    else:
+        dataset = TensorBatches(*data)
+    sampler = EpochBatches(len(dataset), batch_size, seed=seed, shuffle=shuffle, drop_last=shuffle,
+                           rank=rank, world_size=world_size)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=None, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
+        persistent_workers=workers > 0, prefetch_factor=2 if workers > 0 else None,
+        multiprocessing_context=_worker_context() if workers > 0 else None,
+    )
+
+
+def _worker_context():
+    """``fork`` where the platform has it (workers start in milliseconds and share the read-only
+    path list); PyTorch's default elsewhere."""
+    import multiprocessing
+
+    return multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
+
+
+def count_of(data: Batchable | ImagePlan) -> int:
+    if isinstance(data, ImagePlan):
+        return len(data.images)
+    if isinstance(data, ImageSet):
+        return len(data)
+    return int(len(data[0]))
+
+
+__all__ = ["Batchable", "EpochBatches", "ImagePlan", "LoaderError", "Residency", "ResidencyChoice", "SetBatches",
+           "TensorBatches", "count_of", "default_workers", "make_loader", "plan_images"]

@@ -1,0 +1,114 @@
+"""Losses of task heads, the optimizer of a stage, and its learning-rate schedule.
+
+Task losses take logits and integer class labels; a head with one output is the binary case
+(:meth:`headstart.heads.HeadSpec.for_classes` decides when a head gets one output).
+
+Schedules are data (STYLE rule 4, as DINO's ``cosine_scheduler``): the multiplier of every
+optimizer step is computed up front as an array whose length is asserted against the steps the
+trainer will take, and stored in the stage record so the report can plot it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from headstart.config import OptimizerSpec
+from headstart.errors import HeadstartError
+
+
+def task_loss(kind: str, logits: Tensor, labels: Tensor) -> Tensor:
+    """Loss of a task head's logits against integer class labels.
+
+    ``cross_entropy``: softmax over classes. ``binary_cross_entropy``: one logit per class
+    (sigmoid), targets one-hot — with a single output the label itself (two classes).
+    ``mse`` / ``huber``: on probabilities against one-hot targets.
+    """
+    if kind == "cross_entropy":
+        return F.cross_entropy(logits, labels)
+    if logits.shape[1] == 1:
+        targets = labels.to(logits.dtype).unsqueeze(1)
+    else:
+        targets = F.one_hot(labels, logits.shape[1]).to(logits.dtype)
+    if kind == "binary_cross_entropy":
+        return F.binary_cross_entropy_with_logits(logits, targets)
+    probabilities = logits.sigmoid() if logits.shape[1] == 1 else logits.softmax(1)
+    if kind == "mse":
+        return F.mse_loss(probabilities, targets)
+    if kind == "huber":
+        return F.huber_loss(probabilities, targets)
+    raise HeadstartError(f"unknown loss '{kind}'; expected cross_entropy, binary_cross_entropy, mse or huber")
+
+
+def task_predictions(logits: Tensor) -> Tensor:
+    """Class indices: argmax, or ``logit > 0`` (probability above one half) for one output."""
+    return (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
+
+
+def learning_rate_factors(spec: OptimizerSpec, epochs: int, steps_per_epoch: int) -> np.ndarray:
+    """Learning-rate multiplier before each optimizer step and after the last one.
+
+    Linear warm-up over ``warmup_epochs``, then constant or half-cosine decay to zero. The array
+    has ``epochs × steps_per_epoch + 1`` entries: PyTorch's ``LambdaLR`` reads one at
+    construction and one after every step.
+    """
+    if epochs < 1 or steps_per_epoch < 1:
+        raise HeadstartError(f"a stage needs at least one epoch of one step (got {epochs} × {steps_per_epoch})")
+    total = epochs * steps_per_epoch
+    warmup = min(total, spec.warmup_epochs * steps_per_epoch)
+    factors = np.ones(total + 1)
+    if warmup:
+        factors[:warmup] = np.arange(1, warmup + 1) / warmup
+    if spec.schedule == "cosine":
+        remaining = total + 1 - warmup
+        factors[warmup:] = 0.5 * (1 + np.cos(np.pi * np.arange(remaining) / max(1, remaining - 1)))
+    assert len(factors) == total + 1, (len(factors), total)
+    return factors
+
+
+class ScheduleFromArray(torch.optim.lr_scheduler.LambdaLR):
+    """``LambdaLR`` over a precomputed array; stepping past its end is an error, not a silent clamp."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, factors: np.ndarray) -> None:
+        self.factors = [float(value) for value in factors]
+        super().__init__(optimizer, self._factor)
+
+    def _factor(self, step: int) -> float:
+        if step >= len(self.factors):
+            raise RuntimeError(f"learning-rate schedule of {len(self.factors) - 1} steps stepped to {step}: "
+                               "the trainer ran more steps than the stage planned")
+        return self.factors[step]
+
+
+def parameter_groups(network: nn.Module, spec: OptimizerSpec) -> list[dict[str, Any]]:
+    """Optimizer groups holding exactly the trainable parameters, with per-group learning rates.
+
+    ``spec.group_lr`` selectors are resolved by the network (group names or ``re:`` patterns);
+    the first selector that matches a parameter gives its rate.
+    """
+    trainable = dict(network.trainable_parameters())
+    assigned: dict[str, float] = {}
+    for selector, rate in spec.group_lr.items():
+        for name in network.select(selector):
+            if name in trainable and name not in assigned:
+                assigned[name] = rate
+    by_rate: dict[float, list[Tensor]] = {}
+    for name, parameter in trainable.items():
+        by_rate.setdefault(assigned.get(name, spec.lr), []).append(parameter)
+    return [{"params": params, "lr": rate} for rate, params in by_rate.items()]
+
+
+def build_optimizer(network: nn.Module, spec: OptimizerSpec, stage_name: str) -> torch.optim.Optimizer:
+    """The stage's optimizer over exactly the trainable parameters (refused when there are none)."""
+    groups = parameter_groups(network, spec)
+    if not groups:
+        raise HeadstartError(f"stage '{stage_name}': every parameter is frozen; nothing to train")
+    if spec.name == "sgd":
+        return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+    if spec.name == "adamw":
+        return torch.optim.AdamW(groups, lr=spec.lr, weight_decay=spec.weight_decay)
+    return torch.optim.Adam(groups, lr=spec.lr, weight_decay=spec.weight_decay)

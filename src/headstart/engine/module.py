@@ -1,0 +1,179 @@
+"""The Lightning module that trains one stage: task head, pretext task, or head on cached features.
+
+Batches arrive as stored pixels (uint8 0..255 for files) and become the network's input on the
+training device, per batch and without a Python loop over images: 0..1 floats, resized to the
+stage's image size, augmented (training only) or altered by the pretext task, channels adapted
+and normalised by the network's encoder.
+
+Reproducibility: the batch order of epoch ``e`` depends only on ``(seed, e)`` and the random
+number generators are re-seeded at the start of every epoch and batch, so a run resumed from the
+checkpoint written at the end of epoch ``e`` repeats exactly what an uninterrupted run does next.
+
+Accuracy of task heads is a ``torchmetrics`` metric, so under DDP it is synchronised across
+processes exactly (counts, not averages of averages).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy
+
+from headstart.config import StageSpec
+from headstart.engine.batches import Batchable, EpochBatches, ImagePlan, count_of, make_loader
+from headstart.engine.callbacks import NonFiniteLoss
+from headstart.engine.losses import ScheduleFromArray, build_optimizer, learning_rate_factors, task_loss, task_predictions
+from headstart.imageops import resize, to_unit_range
+
+
+def augment(images: Tensor, mode: str, generator: torch.Generator) -> Tensor:
+    """Batched random augmentation on the device.
+
+    ``crop``: a random crop after reflect-padding by 1/8 of the side (a shift of up to ±1/8);
+    ``flip``: random horizontal flip; ``crop_flip``: both. Digits and text should not be flipped.
+    """
+    if mode == "none":
+        return images
+    batch, _, height, width = images.shape
+    if mode in ("crop", "crop_flip"):
+        pad = max(1, height // 8)
+        padded = F.pad(images, (pad, pad, pad, pad), mode="reflect")
+        offsets = torch.randint(0, 2 * pad + 1, (batch, 2), generator=generator, device=images.device)
+        rows = offsets[:, 0, None] + torch.arange(height, device=images.device)
+        cols = offsets[:, 1, None] + torch.arange(width, device=images.device)
+        index = torch.arange(batch, device=images.device)[:, None, None]
+        images = padded.permute(0, 2, 3, 1)[index, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    if mode == "crop":
+        return images
+    flip = torch.rand(batch, generator=generator, device=images.device) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+
+
+@dataclass
+class StageData:
+    """What a stage trains and validates on: planned image splits, or cached ``(features, labels)``."""
+
+    train: Batchable | ImagePlan
+    val: Batchable | ImagePlan | None
+
+
+def stage_seed(seed: int, stage_index: int, epoch: int, rank: int = 0, step: int = 0) -> int:
+    return (seed * 1_000_003 + stage_index * 10_007 + epoch * 101 + rank) * 1_000_033 + step
+
+
+class StageModule(pl.LightningModule):
+    """Trains ``network`` for one stage (see the module docstring)."""
+
+    def __init__(self, network: nn.Module, stage: StageSpec, stage_index: int, data: StageData, *,
+                 seed: int, image_size: int | None, pretext: Any = None, cached: bool = False,
+                 pin_memory: bool = False) -> None:
+        super().__init__()
+        self.network = network
+        self.stage = stage
+        self.stage_index = stage_index
+        self.data = data
+        self.seed = seed
+        self.image_size = image_size
+        self.pretext = pretext
+        self.cached = cached
+        self.pin_memory = pin_memory
+        self.encoder = network.encoder(image_size)
+        self.generator: torch.Generator | None = None
+        self.schedule: list[float] = []
+        if pretext is None:
+            outputs = int(getattr(getattr(network.head, "spec", None), "outputs", 0) or len(network.labels or []) or 2)
+            self.train_accuracy = BinaryAccuracy() if outputs == 1 else MulticlassAccuracy(outputs, average="micro")
+            self.val_accuracy = self.train_accuracy.clone()
+
+    # data -------------------------------------------------------------------------------------
+    def _rank(self) -> tuple[int, int]:
+        trainer = self._trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def train_dataloader(self):
+        rank, world = self._rank()
+        return make_loader(self.data.train, self.stage.batch_size, seed=stage_seed(self.seed, self.stage_index, 0),
+                           shuffle=True, rank=rank, world_size=world, pin_memory=self.pin_memory)
+
+    def val_dataloader(self):
+        if self.data.val is None or count_of(self.data.val) == 0:
+            return []
+        rank, world = self._rank()
+        return make_loader(self.data.val, max(self.stage.batch_size, 256), seed=0, shuffle=False,
+                           rank=rank, world_size=world, pin_memory=self.pin_memory)
+
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps in one epoch: the loader's batches, capped by the stage's ``steps_per_epoch``."""
+        _, world = self._rank()
+        batches = len(EpochBatches(count_of(self.data.train), self.stage.batch_size, seed=0, shuffle=True,
+                                   drop_last=True, world_size=world))
+        return min(batches, self.stage.steps_per_epoch) if self.stage.steps_per_epoch else batches
+
+    # randomness -------------------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        rank, _ = self._rank()
+        torch.manual_seed(stage_seed(self.seed, self.stage_index, self.current_epoch, rank))
+
+    def _batch_generator(self, batch_index: int) -> torch.Generator:
+        rank, _ = self._rank()
+        if self.generator is None or self.generator.device != self.device:
+            self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(stage_seed(self.seed, self.stage_index, self.current_epoch, rank, batch_index + 1))
+        return self.generator
+
+    # steps ------------------------------------------------------------------------------------
+    def _step(self, batch: tuple[Tensor, Tensor], batch_index: int, training: bool) -> tuple[Tensor, dict[str, Any]]:
+        inputs, labels = batch
+        if self.cached:
+            return self._task_step(self.network.head(inputs), labels, training)
+        images = resize(to_unit_range(inputs), self.image_size, "stretch")
+        generator = self._batch_generator(batch_index if training else 10_000_000 + batch_index)
+        if training:
+            images = augment(images, self.stage.augment, generator)
+        if self.pretext is not None:
+            altered, targets = self.pretext.alter(images, generator)
+            outputs = self.pretext.forward(self.encoder, self.network.head, altered)
+            loss = self.pretext.loss(outputs, targets)
+            metrics: dict[str, Any] = {} if training else self.pretext.metrics(outputs.detach(), targets)
+            if training and self.pretext.kind == "classification":
+                metrics = {"accuracy": (outputs.detach().argmax(1) == targets).float().mean()}
+            return loss, metrics
+        return self._task_step(self.network(self.encoder.prepare(images)), labels, training)
+
+    def _task_step(self, logits: Tensor, labels: Tensor, training: bool) -> tuple[Tensor, dict[str, Any]]:
+        loss = task_loss(self.stage.loss, logits, labels)
+        metric = self.train_accuracy if training else self.val_accuracy
+        metric(task_predictions(logits.detach()), labels)
+        return loss, {"accuracy": metric}
+
+    def training_step(self, batch, batch_index):
+        loss, metrics = self._step(batch, batch_index, training=True)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"stage '{self.stage.name}': loss became {loss.item()} at epoch {self.current_epoch}, "
+                                f"step {batch_index}; the last good checkpoint is kept")
+        size = len(batch[0])
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=False)
+        for name, value in metrics.items():
+            self.log(f"train_{name}", value, on_step=False, on_epoch=True, batch_size=size)
+        return loss
+
+    def validation_step(self, batch, batch_index):
+        loss, metrics = self._step(batch, batch_index, training=False)
+        size = len(batch[0])
+        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True)
+        for name, value in metrics.items():
+            self.log(f"val_{name}", value, on_epoch=True, prog_bar=name == "accuracy", batch_size=size, sync_dist=True)
+
+    # optimisation -----------------------------------------------------------------------------
+    def configure_optimizers(self):
+        spec = self.stage.optimizer
+        optimizer = build_optimizer(self.network, spec, self.stage.name)
+        factors = learning_rate_factors(spec, self.stage.epochs, self.steps_per_epoch())
+        self.schedule = [float(value) * spec.lr for value in factors[:-1]]
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": ScheduleFromArray(optimizer, factors),
+                                                         "interval": "step"}}

@@ -1,0 +1,72 @@
+"""Whole-set passes in evaluation mode: backbone features for cached head stages, and test metrics.
+
+Both stream: batches come from :func:`~headstart.engine.batches.make_loader` (files decoded by
+workers), so memory holds one batch of images at a time — for feature caching, plus the feature
+matrix itself (``images × num_features`` float32: 20,000 images × 1,280 features ≈ 98 MiB).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from headstart.engine.batches import Batchable, ImagePlan, make_loader, plan_images
+from headstart.engine.losses import task_loss, task_predictions
+from headstart.imageops import resize, to_unit_range
+
+INFERENCE_BATCH = 64
+"""Batch of the whole-set passes: larger batches are slower per image on CPU for mobile networks
+(EfficientNet-Lite0 at 96 px: 4.9 ms/image at 32, 6.1 ms at 256)."""
+
+
+def network_input(network: nn.Module, pixels: Tensor, image_size: int | None, device: torch.device | str) -> Tensor:
+    """Stored pixels of a batch → the network's input on ``device``: 0..1 floats resized to
+    ``image_size``, channels adapted, normalised, channels-last (about 1.5× faster convolutions on
+    CPU, EfficientNet-Lite0 at 96 px: 3.1 against 4.9 ms/image; the same values)."""
+    images = resize(to_unit_range(pixels.to(device, non_blocking=True)), image_size, "stretch")
+    return network.encoder(image_size).prepare(images).contiguous(memory_format=torch.channels_last)
+
+
+def _loader(data: Batchable | ImagePlan, batch_size: int, pin_memory: bool):
+    if not isinstance(data, ImagePlan) and not isinstance(data, tuple):
+        data = plan_images(data)
+    return make_loader(data, batch_size, seed=0, shuffle=False, pin_memory=pin_memory)
+
+
+@torch.no_grad()
+def compute_features(network: nn.Module, images: Batchable | ImagePlan, *, image_size: int | None,
+                     batch_size: int = INFERENCE_BATCH, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+    """Pooled backbone features and labels of every image, computed once in eval mode (streamed)."""
+    was_training = network.training
+    network.eval()
+    network.to(device)
+    features, labels = [], []
+    try:
+        for pixels, batch_labels in _loader(images, batch_size, torch.device(device).type == "cuda"):
+            features.append(network.pooled(network_input(network, pixels, image_size, device)).float().cpu())
+            labels.append(batch_labels)
+    finally:
+        network.train(was_training)
+    if not features:
+        return torch.zeros(0, network.num_features), torch.zeros(0, dtype=torch.long)
+    return torch.cat(features), torch.cat(labels)
+
+
+@torch.no_grad()
+def evaluate(network: nn.Module, images: Batchable | ImagePlan, *, image_size: int | None, loss: str = "cross_entropy",
+             batch_size: int = INFERENCE_BATCH, device: torch.device | str = "cpu") -> dict[str, float]:
+    """Loss and accuracy of the network's task head on a labelled set (streamed)."""
+    was_training = network.training
+    network.eval()
+    network.to(device)
+    total_loss, correct, count = 0.0, 0, 0
+    try:
+        for pixels, labels in _loader(images, batch_size, torch.device(device).type == "cuda"):
+            target = labels.to(device)
+            logits = network(network_input(network, pixels, image_size, device))
+            total_loss += float(task_loss(loss, logits, target)) * len(target)
+            correct += int((task_predictions(logits) == target).sum())
+            count += len(target)
+    finally:
+        network.train(was_training)
+    return {"loss": total_loss / max(1, count), "accuracy": correct / max(1, count), "count": count}
