@@ -222,10 +222,8 @@ def plain_loop(folder: Path, *, steps: int, batch_size: int, workers: int, image
     return {"images_per_second": steps * batch_size / seconds, "seconds": seconds}
 
 
-def headstart_loop(folder: Path, *, steps: int, batch_size: int, workers: int, image_size: int = 224,
-                   output: str, bf16: bool = False) -> dict:
-    """The same fine-tuning as a headstart stage streaming the folder."""
-    from headstart.config import StageSpec
+def _headstart_stage(folder: Path, stage: dict, *, workers: int, image_size: int, output: str, bf16: bool):
+    """One headstart stage streaming the folder; returns its record and the wall time of fit_stage."""
     from headstart.data import SourceSpec, TaskData
     from headstart.stage import TrainerOptions, fit_stage
     from headstart.zoo import load
@@ -235,14 +233,19 @@ def headstart_loop(folder: Path, *, steps: int, batch_size: int, workers: int, i
     network = load(MODEL, weights=None, include_top=False)
     data = TaskData.load(SourceSpec(kind="folder", path=str(folder), image_size=image_size, verify="header"),
                          splits={"test_fraction": 0.01, "val_fraction": 0.0})
-    stage = StageSpec(name="fine-tune", epochs=1, steps_per_epoch=steps, batch_size=batch_size,
-                      optimizer={"lr": 1e-4})
+    options = TrainerOptions(num_workers=workers, progress=False, accelerator="gpu" if cuda else "cpu",
+                             precision="bf16-mixed" if bf16 else "32-true")
     started = time.perf_counter()
-    record = fit_stage(network, stage, data, folder=output, image_size=image_size,
-                       options=TrainerOptions(num_workers=workers, progress=False,
-                                              accelerator="gpu" if cuda else "cpu",
-                                              precision="bf16-mixed" if bf16 else "32-true"))
-    seconds = time.perf_counter() - started
+    record = fit_stage(network, stage, data, folder=output, image_size=image_size, options=options)
+    return record, time.perf_counter() - started
+
+
+def headstart_loop(folder: Path, *, steps: int, batch_size: int, workers: int, image_size: int = 224,
+                   output: str, bf16: bool = False) -> dict:
+    """The same fine-tuning as a headstart stage streaming the folder."""
+    stage = {"name": "fine-tune", "epochs": 1, "steps_per_epoch": steps, "batch_size": batch_size,
+             "optimizer": {"lr": 1e-4}}
+    record, seconds = _headstart_stage(folder, stage, workers=workers, image_size=image_size, output=output, bf16=bf16)
     return {"images_per_second": steps * batch_size / seconds, "seconds": seconds,
             "residency": record.data.residency}
 
@@ -250,24 +253,9 @@ def headstart_loop(folder: Path, *, steps: int, batch_size: int, workers: int, i
 def headstart_cached_head(folder: Path, *, batch_size: int, workers: int, image_size: int = 224,
                           epochs: int = 3, output: str, bf16: bool = False) -> dict:
     """A frozen-backbone head stage on every image of the folder; headstart caches the features."""
-    from headstart.config import StageSpec
-    from headstart.data import SourceSpec, TaskData
-    from headstart.stage import TrainerOptions, fit_stage
-    from headstart.zoo import load
-
-    cuda = torch.cuda.is_available()
-    torch.manual_seed(0)
-    network = load(MODEL, weights=None, include_top=False)
-    data = TaskData.load(SourceSpec(kind="folder", path=str(folder), image_size=image_size, verify="header"),
-                         splits={"test_fraction": 0.01, "val_fraction": 0.0})
-    stage = StageSpec(name="head", freeze=["backbone"], epochs=epochs, batch_size=batch_size,
-                      optimizer={"lr": 1e-3})
-    started = time.perf_counter()
-    record = fit_stage(network, stage, data, folder=output, image_size=image_size,
-                       options=TrainerOptions(num_workers=workers, progress=False,
-                                              accelerator="gpu" if cuda else "cpu",
-                                              precision="bf16-mixed" if bf16 else "32-true"))
-    seconds = time.perf_counter() - started
+    stage = {"name": "head", "freeze": ["backbone"], "epochs": epochs, "batch_size": batch_size,
+             "optimizer": {"lr": 1e-3}}
+    record, seconds = _headstart_stage(folder, stage, workers=workers, image_size=image_size, output=output, bf16=bf16)
     return {"seconds": seconds, "cached_features": record.cached_features, "residency": record.data.residency}
 
 

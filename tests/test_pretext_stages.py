@@ -39,7 +39,7 @@ def _spec(tmp_path, source, task, image_size=32, **options):
         "model": {"name": "test_resnet", "weights": None, "image_size": image_size},
         "stages": [
             {"name": "pretext", "data": "all", "pretext": {"name": task, **options}, "epochs": 1, "batch_size": 16},
-            {"name": "task", "epochs": 1, "batch_size": 16},
+            {"name": "task", "epochs": 8, "batch_size": 16, "optimizer": {"lr": 0.003}},
         ],
     })
 
@@ -52,11 +52,13 @@ def test_each_pretext_runs_as_a_stage_and_hands_over(tmp_path, colour_arrays, ta
     assert task_stage.handover.head == "new task head"
     assert all(key.startswith("head.") for key in task_stage.handover.reinitialised)
     assert np.isfinite(pretext_stage.history[-1]["train_loss"])
-    assert 0.0 <= result.test["accuracy"] <= 1.0
+    # chelsea + coffee against rocket + astronaut crops: chance is 0.5, every handed-over backbone
+    # learns the task (seed 0: 0.79 to 1.0 on the 24 test crops)
+    assert result.test["accuracy"] >= 0.7
 
 
 def test_a_registered_user_task_is_usable_by_name(tmp_path):
-    from headstart.pretext import CustomTask, register
+    from headstart.pretext import CustomTask, names, register, unregister
 
     factors = torch.tensor([0.5, 1.0, 1.5])
 
@@ -74,6 +76,10 @@ def test_a_registered_user_task_is_usable_by_name(tmp_path):
             super().__init__(alter=alter, head=lambda encoder, size: nn.Linear(encoder.num_features, 3),
                              loss="cross_entropy", kind="classification")
 
-    result = run(_spec(tmp_path, {"kind": "digits"}, "brightness_factor", image_size=16))
+    try:
+        result = run(_spec(tmp_path, {"kind": "digits"}, "brightness_factor", image_size=16))
+    finally:
+        unregister("brightness_factor")
+    assert "brightness_factor" not in names()
     assert result.stages[0].handover.head == "new brightness_factor pretext head"
     assert result.stages[0].history[-1]["train_loss"] > 0

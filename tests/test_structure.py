@@ -73,7 +73,8 @@ def test_three_stage_yaml_run_end_to_end(tmp_path):
     assert all(name.startswith("backbone.") for name in metadata["frozen"]) and metadata["frozen"]
     assert metadata["config_hash"] == spec.config_hash()
     assert {"torch", "timm", "lightning", "headstart"} <= set(metadata["versions"])
-    assert 0.0 <= result.test["accuracy"] <= 1.0 and result.test["count"] > 300
+    # ten classes (chance 0.1), 200 labelled digits, seven short epochs: seed 3 reaches 0.70
+    assert result.test["accuracy"] > 0.5 and result.test["count"] > 300
     # the trained network predicts from its checkpoint
     network = load_network(result.folder)
     saved = load_weights(result.folder / "2-fine-tune" / "weights.safetensors")

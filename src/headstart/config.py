@@ -174,7 +174,7 @@ class RunSpec(_Strict):
     accelerator: Literal["cpu", "gpu", "auto"] = "cpu"
     strategy: Literal["auto", "ddp", "ddp_spawn"] = "auto"
     num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
-        "auto", description="processes decoding streamed images; auto: one per CPU core, at most 8")
+        "auto", description="processes decoding streamed images; auto: one per CPU core, at most 8, none on 2 cores or fewer")
     progress: bool = True
     loggers: list[Literal["csv", "tensorboard"]] = Field(
         default_factory=lambda: ["csv"],

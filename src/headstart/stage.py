@@ -78,7 +78,7 @@ class TrainerOptions(BaseModel):
     strategy: Literal["auto", "ddp", "ddp_spawn"] = "auto"
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
     num_workers: int | Literal["auto"] = "auto"
-    """Processes decoding streamed images; auto: one per CPU core, at most 8."""
+    """Processes decoding streamed images; auto: one per CPU core, at most 8, none on 2 cores or fewer."""
     residency: ResidencyChoice = "auto"
     """auto: stream files, gather in-memory sets; memory: decode once and hold; stream: always stream."""
     progress: bool | None = None

@@ -134,13 +134,25 @@ class ImagePlan:
     reason: str
 
     def describe(self) -> str:
-        where = "held in memory" if self.residency == "memory" else f"streamed from disk by {self.workers} worker(s)"
+        if self.residency == "memory":
+            where = "held in memory"
+        elif self.workers:
+            where = f"streamed from disk by {self.workers} worker(s)"
+        else:
+            where = "streamed from disk, decoded in the training process"
         return f"{len(self.images):,} images {where} ({self.reason})"
 
 
 def default_workers() -> int:
-    """Decoding processes for a streamed split: one per CPU core, at most 8."""
-    return max(1, min(8, os.cpu_count() or 1))
+    """Decoding processes for a streamed split: one per CPU core, at most 8 — none on two cores or fewer.
+
+    On a 2-core CPU, decoding in the training process is faster than in workers: an
+    EfficientNet-Lite0 fine-tune step at 224 px, batch 32, took 2.45 s with none, 4.5 s with one or
+    two (the training process then ran at one core, half of it in the kernel), while decoding
+    the batch's 32 JPEGs takes about 0.06 s.
+    """
+    cores = os.cpu_count() or 1
+    return 0 if cores <= 2 else min(8, cores)
 
 
 def plan_images(images: ImageSet, *, prefer: ResidencyChoice = "auto", workers: int | None = None) -> ImagePlan:
@@ -148,8 +160,8 @@ def plan_images(images: ImageSet, *, prefer: ResidencyChoice = "auto", workers: 
 
     ``prefer="memory"`` decodes a file split once, now, and holds its uint8 pixels
     (``images × channels × size²`` bytes); ``prefer="stream"`` streams even in-memory arrays
-    through workers; ``auto`` keeps what the source already has. ``workers`` (default: one per
-    core, at most 8) applies to streamed splits only.
+    through workers; ``auto`` keeps what the source already has. ``workers`` (default:
+    :func:`default_workers`) applies to streamed splits only.
     """
     if prefer not in ("auto", "memory", "stream"):
         raise HeadstartError(f"data residency {prefer!r}: expected auto, memory or stream")

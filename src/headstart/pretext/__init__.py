@@ -49,6 +49,14 @@ def register(cls: type[PretextTask]) -> type[PretextTask]:
     return cls
 
 
+def unregister(name: str) -> type[PretextTask]:
+    """Remove the task registered as ``name`` and return its class (tests and notebooks that
+    register a task and want the registry back as it was)."""
+    if name not in _REGISTRY:
+        raise HeadstartError(f"unregister: no task named {name!r}; registered: {', '.join(names())}")
+    return _REGISTRY.pop(name)
+
+
 def names() -> list[str]:
     """Registered task names, sorted."""
     return sorted(_REGISTRY)
@@ -112,4 +120,5 @@ __all__ = [
     "get",
     "names",
     "register",
+    "unregister",
 ]
