@@ -230,3 +230,19 @@ def test_png_with_damaged_checksum_fails_probe(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(HeadstartError, match=r"damaged\.png"):
         probe_image(path)
+
+
+def test_a_large_jpeg_is_decoded_at_reduced_scale_when_the_network_is_small(tmp_path):
+    from skimage import data
+
+    from headstart.data.dataset import decode_file
+
+    path = tmp_path / "big.jpg"
+    Image.fromarray(data.astronaut()).resize((4000, 3000), Image.BILINEAR).save(path, quality=90)
+    reduced = read_image(path, min_side=224)
+    assert reduced.size == (500, 375)  # 1/8 scale: the shorter side stays >= 224
+    assert read_image(path, min_side=2000).size == (4000, 3000)  # no room to shrink: full decode
+    assert read_image(path).size == (4000, 3000)
+    full = np.asarray(read_image(path).resize((299, 224), Image.BILINEAR).crop((37, 0, 261, 224)), dtype=float)
+    fast = decode_file(path, 224, 3).permute(1, 2, 0).numpy().astype(float)
+    assert fast.shape == (224, 224, 3) and np.abs(full - fast).mean() < 2.0

@@ -222,3 +222,29 @@ def test_a_damaged_stage_record_is_refused_naming_the_file(tmp_path):
     with pytest.raises(HeadstartError, match=r"stage\.json: not a stage record.*head"):
         StageRecord.read(tmp_path / "s")
     assert record.stage_name == "task"
+
+
+@pytest.mark.parametrize("arguments, named", [
+    ({"network": torch.nn.Linear(2, 2)}, "network is a Linear"),
+    ({"stage": {"name": "x", "epohcs": 3}}, "stage: epohcs: unknown key; did you mean 'epochs'?"),
+    ({"stage": "head"}, "stage is a str"),
+    ({"data": load_digits()}, "data is a ImageSet; expected a TaskData"),
+    ({"image_size": 0}, "image_size=0"),
+    ({"options": {"num_workers": -1}}, "options: num_workers"),
+    ({"options": 4}, "options is a int"),
+])
+def test_fit_stage_names_the_argument_a_user_got_wrong(tmp_path, arguments, named):
+    call = {"network": _network(), "stage": {"name": "task", "epochs": 1}, "data": TaskData.load({"kind": "digits"}),
+            "image_size": 16, **arguments}
+    with pytest.raises(HeadstartError) as caught:
+        fit_stage(call.pop("network"), call.pop("stage"), call.pop("data"), folder=tmp_path / "s", **call)
+    assert named in str(caught.value)
+    assert not (tmp_path / "s").exists()
+
+
+def test_header_verification_decodes_no_image_before_training(digit_folder, monkeypatch):
+    decoded = []
+    original = FileStore.decode
+    monkeypatch.setattr(FileStore, "decode", lambda store, position: decoded.append(position) or original(store, position))
+    data = _folder_data(digit_folder, verify="header")
+    assert len(data.split("train")) == 300 and decoded == []

@@ -76,7 +76,8 @@ class ModelSpec(_Strict):
     weights: str | None = Field(None, description='"imagenet", a .safetensors/.pth file, or none')
     image_size: int | None = Field(None, gt=0, description="side in pixels fed to the network; default: the model's own")
     in_chans: int = Field(3, gt=0)
-    pooling: Literal["avg", "max", "flatten"] = "avg"
+    pooling: Literal["avg", "max", "flatten", "none"] = Field(
+        "avg", description="none keeps the 4-D feature map: only pretext heads that read it can sit on top")
 
     @model_validator(mode="before")
     @classmethod
@@ -213,8 +214,8 @@ def _location(loc: tuple[Any, ...]) -> str:
     return text or "(top level)"
 
 
-def _known_fields(loc: tuple[Any, ...]) -> list[str]:
-    model: Any = RunSpec
+def _known_fields(loc: tuple[Any, ...], root: type[BaseModel]) -> list[str]:
+    model: Any = root
     for part in loc[:-1]:
         if isinstance(part, int) or model is None:
             continue
@@ -230,14 +231,19 @@ def _known_fields(loc: tuple[Any, ...]) -> list[str]:
     return list(getattr(model, "model_fields", {}))
 
 
-def describe_validation_error(error: ValidationError, source: str) -> str:
-    """One line per problem: ``FILE: stages[1].freeze: expected a list of selectors``."""
+def describe_validation_error(error: ValidationError, source: str, model: type[BaseModel] | None = None) -> str:
+    """One line per problem: ``FILE: stages[1].freeze: expected a list of selectors``.
+
+    Suggestions for unknown keys come from the fields of ``model``, the one that was validated
+    (default: a whole run file).
+    """
+    root = model or RunSpec
     lines = []
     for problem in error.errors():
         where = _location(problem["loc"])
         if problem["type"] == "extra_forbidden":
             key = str(problem["loc"][-1])
-            close = difflib.get_close_matches(key, _known_fields(problem["loc"]), n=1)
+            close = difflib.get_close_matches(key, _known_fields(problem["loc"], root), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             lines.append(f"{source}: {where}: unknown key{hint}")
         else:

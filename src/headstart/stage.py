@@ -38,7 +38,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -77,7 +77,7 @@ class TrainerOptions(BaseModel):
     devices: int = Field(1, gt=0)
     strategy: Literal["auto", "ddp", "ddp_spawn"] = "auto"
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
-    num_workers: int | Literal["auto"] = "auto"
+    num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
     """Processes decoding streamed images; auto: one per CPU core, at most 8, none on 2 cores or fewer."""
     residency: ResidencyChoice = "auto"
     """auto: stream files, gather in-memory sets; memory: decode once and hold; stream: always stream."""
@@ -337,7 +337,8 @@ def _restore_best(network, path: Path) -> int | None:
 
 
 def fit_stage(network, stage: StageSpec | dict, data: TaskData | Splits, *, folder: str | os.PathLike | None = None,
-              index: int = 0, seed: int = 0, image_size: int | None = None, options: TrainerOptions | None = None,
+              index: int = 0, seed: int = 0, image_size: int | None = None,
+              options: TrainerOptions | dict | None = None,
               resume: bool = False, run_name: str = "", config_hash: str | None = None,
               model: ModelSpec | None = None) -> StageRecord:
     """Train ``network`` for one stage in place and return its record (see the module docstring).
@@ -348,20 +349,10 @@ def fit_stage(network, stage: StageSpec | dict, data: TaskData | Splits, *, fold
     folder is read back instead of trained (its weights loaded into ``network``); an interrupted
     one continues from its last epoch. ``index`` and ``seed`` fix the stage's random streams.
     """
-    if isinstance(stage, dict):
-        try:
-            stage = StageSpec.model_validate(stage)
-        except ValidationError as error:
-            from headstart.config import describe_validation_error
-
-            raise HeadstartError(describe_validation_error(error, "stage")) from None
-    if isinstance(data, Splits):
-        data = TaskData(data)
-    options = options or TrainerOptions()
+    stage, data, options = _check_arguments(network, stage, data, image_size, options)
     quiet_lightning()
     image_size = int(image_size or network.preprocessing.input_size[-1])
-    model = model or ModelSpec(name=network.model_name, in_chans=network.in_chans, pooling=network.pooling
-                               if network.pooling != "none" else "avg")
+    model = model or ModelSpec(name=network.model_name, in_chans=network.in_chans, pooling=network.pooling)
 
     pretext = None
     if stage.pretext is not None:
@@ -373,10 +364,13 @@ def fit_stage(network, stage: StageSpec | dict, data: TaskData | Splits, *, fold
     handover = install_head(network, stage, labels, pretext, image_size)
     apply_freezing(network, stage)
 
+    def train(into: Path, resume: bool, keep: bool) -> StageRecord:
+        return _fit(network, stage, index, seed, image_size, options, into, resume, pretext, train_set, val_set,
+                    handover, run_name, config_hash, model, keep=keep)
+
     if folder is None:
         with tempfile.TemporaryDirectory(prefix="headstart-stage-") as scratch:
-            return _fit(network, stage, index, seed, image_size, options, Path(scratch), False, pretext, train_set,
-                        val_set, handover, run_name, config_hash, model, keep=False)
+            return train(Path(scratch), resume=False, keep=False)
     folder = Path(folder)
     if resume and (folder / ckpt.METADATA_FILE).is_file():
         record = StageRecord.read(folder)
@@ -387,8 +381,43 @@ def fit_stage(network, stage: StageSpec | dict, data: TaskData | Splits, *, fold
         if folder.exists() and not (resume and (folder / ckpt.RESUME_FILE).is_file()):
             shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
-    return _fit(network, stage, index, seed, image_size, options, folder, resume, pretext, train_set, val_set,
-                handover, run_name, config_hash, model, keep=True)
+    return train(folder, resume=resume, keep=True)
+
+
+def _check_arguments(network, stage, data, image_size, options) -> tuple[StageSpec, TaskData, TrainerOptions]:
+    """fit_stage's arguments as the types it works with, or a HeadstartError naming the argument."""
+    from headstart.network import Network
+
+    if not isinstance(network, Network):
+        raise HeadstartError(f"fit_stage: network is a {type(network).__name__}; expected a headstart Network "
+                             "(headstart.zoo.load(...))")
+    def validated(model: type[BaseModel], value: dict, name: str):
+        from headstart.config import describe_validation_error
+
+        try:
+            return model.model_validate(value)
+        except ValidationError as error:
+            raise HeadstartError(describe_validation_error(error, name, model)) from None
+
+    if isinstance(stage, dict):
+        stage = validated(StageSpec, stage, "stage")
+    if not isinstance(stage, StageSpec):
+        raise HeadstartError(f"fit_stage: stage is a {type(stage).__name__}; expected a StageSpec or a mapping "
+                             "such as {'name': 'head', 'freeze': ['backbone'], 'epochs': 5}")
+    if isinstance(data, Splits):
+        data = TaskData(data)
+    if not isinstance(data, TaskData):
+        raise HeadstartError(f"fit_stage: data is a {type(data).__name__}; expected a TaskData "
+                             "(headstart.data.TaskData.load(source, splits)) or Splits")
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
+        raise HeadstartError(f"fit_stage: image_size={image_size!r}; expected a positive number of pixels or None")
+    if options is None:
+        options = TrainerOptions()
+    elif isinstance(options, dict):
+        options = validated(TrainerOptions, options, "options")
+    elif not isinstance(options, TrainerOptions):
+        raise HeadstartError(f"fit_stage: options is a {type(options).__name__}; expected TrainerOptions or a mapping")
+    return stage, data, options
 
 
 def _fit(network, stage: StageSpec, index: int, seed: int, image_size: int, options: TrainerOptions, folder: Path,

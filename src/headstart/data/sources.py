@@ -400,7 +400,7 @@ def _file_set(
 
     # Pillow releases the GIL while it decodes: threads check files on every core, in order.
     with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
-        outcomes = pool.map(check, entries, chunksize=64)
+        outcomes = pool.map(check, entries)
         for (path, label, where), outcome in zip(entries, outcomes):
             if isinstance(outcome, HeadstartError):
                 reason = _strip_path(str(outcome), path)

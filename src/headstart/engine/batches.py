@@ -183,14 +183,15 @@ def make_loader(data: Batchable | ImagePlan, batch_size: int, *, seed: int, shuf
     """A ``DataLoader`` yielding whole batches of ``data`` in :class:`EpochBatches` order.
 
     A streamed :class:`ImagePlan` decodes in its worker processes (kept alive between epochs, two
-    batches prefetched each); in-memory images and tensors are gathered in the main process.
+    batches prefetched each); in-memory images and tensors are gathered in the main process. A
+    bare :class:`ImageSet` is planned with :func:`plan_images`' defaults.
     """
     workers = 0
+    if isinstance(data, ImageSet):
+        data = plan_images(data)
     if isinstance(data, ImagePlan):
         dataset: torch.utils.data.Dataset = SetBatches(data.images)
         workers = data.workers if data.residency == "stream" else 0
-    elif isinstance(data, ImageSet):
-        dataset = SetBatches(data)
     else:
         dataset = TensorBatches(*data)
     sampler = EpochBatches(len(dataset), batch_size, seed=seed, shuffle=shuffle, drop_last=shuffle,

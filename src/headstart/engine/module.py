@@ -22,10 +22,10 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy
 
 from headstart.config import StageSpec
-from headstart.engine.batches import Batchable, EpochBatches, ImagePlan, count_of, make_loader
+from headstart.engine.batches import Batchable, ImagePlan, count_of, make_loader
 from headstart.engine.callbacks import NonFiniteLoss
 from headstart.engine.losses import ScheduleFromArray, build_optimizer, learning_rate_factors, task_loss, task_predictions
 from headstart.imageops import resize, to_unit_range
@@ -86,9 +86,10 @@ class StageModule(pl.LightningModule):
         self.generator: torch.Generator | None = None
         self.schedule: list[float] = []
         if pretext is None:
-            outputs = int(getattr(getattr(network.head, "spec", None), "outputs", 0) or len(network.labels or []) or 2)
-            self.train_accuracy = BinaryAccuracy() if outputs == 1 else MulticlassAccuracy(outputs, average="micro")
-            self.val_accuracy = self.train_accuracy.clone()
+            # predictions are class indices (task_predictions), so one metric serves one-sigmoid heads too
+            classes = max(2, len(network.labels or ()))
+            self.train_accuracy = MulticlassAccuracy(classes, average="micro")
+            self.val_accuracy = MulticlassAccuracy(classes, average="micro")
 
     # data -------------------------------------------------------------------------------------
     def _rank(self) -> tuple[int, int]:
@@ -109,9 +110,7 @@ class StageModule(pl.LightningModule):
 
     def steps_per_epoch(self) -> int:
         """Optimizer steps in one epoch: the loader's batches, capped by the stage's ``steps_per_epoch``."""
-        _, world = self._rank()
-        batches = len(EpochBatches(count_of(self.data.train), self.stage.batch_size, seed=0, shuffle=True,
-                                   drop_last=True, world_size=world))
+        batches = len(self.train_dataloader())
         return min(batches, self.stage.steps_per_epoch) if self.stage.steps_per_epoch else batches
 
     # randomness -------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from headstart.engine.batches import Batchable, ImagePlan, make_loader, plan_images
+from headstart.engine.batches import Batchable, ImagePlan, make_loader
 from headstart.engine.losses import task_loss, task_predictions
 from headstart.imageops import resize, to_unit_range
 
@@ -28,8 +28,6 @@ def network_input(network: nn.Module, pixels: Tensor, image_size: int | None, de
 
 
 def _loader(data: Batchable | ImagePlan, batch_size: int, pin_memory: bool):
-    if not isinstance(data, ImagePlan) and not isinstance(data, tuple):
-        data = plan_images(data)
     return make_loader(data, batch_size, seed=0, shuffle=False, pin_memory=pin_memory)
 
 
