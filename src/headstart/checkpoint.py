@@ -159,8 +159,9 @@ def load_network(path: str | os.PathLike):
             "predict from a stage that trains the task head"
         )
     model = record.model
-    network = load(model.name, weights=None, include_top=False, pooling=model.pooling, in_chans=model.in_chans)
-    network.replace_head(build_head(record.head.spec, network.num_features), labels=record.head.labels)
+    network = load(model.name, weights=None, include_top=model.include_top, num_classes=model.classes,
+                   pooling=model.pooling, in_chans=model.in_chans)
+    network.replace_head(build_head(record.head.spec, network.head_in_features), labels=record.head.labels)
     state = load_weights(folder / WEIGHTS_FILE)
     result = network.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:

@@ -78,6 +78,12 @@ class ModelSpec(_Strict):
     in_chans: int = Field(3, gt=0)
     pooling: Literal["avg", "max", "flatten", "none"] = Field(
         "avg", description="none keeps the 4-D feature map: only pretext heads that read it can sit on top")
+    include_top: bool = Field(
+        False, description="true: keep the full classifier and put each stage's head on its outputs (the chapter's "
+                           "listing 2-21, Dense(4) on EfficientNetB4(classes=100)); false: heads read pooled features")
+    classes: int | None = Field(
+        None, gt=0, description="outputs of the full classifier with include_top (Keras' classes=); default: the "
+                                "pretrained count, 1000 for ImageNet")
 
     @model_validator(mode="before")
     @classmethod
@@ -85,6 +91,13 @@ class ModelSpec(_Strict):
         if isinstance(values, dict) and isinstance(values.get("weights"), str) and values["weights"].lower() == "none":
             values = {**values, "weights": None}
         return values
+
+    @model_validator(mode="after")
+    def _classes_need_the_top(self) -> "ModelSpec":
+        if self.classes is not None and not self.include_top:
+            raise ValueError("classes sizes the full classifier; set include_top: true, or remove classes "
+                             "(a stage's head follows the data's classes)")
+        return self
 
 
 class OptimizerSpec(_Strict):
@@ -196,6 +209,9 @@ class RunSpec(_Strict):
         """SHA-256 of the canonical JSON of everything that changes results (not output/progress)."""
         payload = self.model_dump(mode="json", exclude={"output": True, "progress": True, "num_workers": True,
                                                              "loggers": True, "data": {"residency"}})
+        for key, default in (("include_top", False), ("classes", None)):  # runs from before these keys keep their hash
+            if payload["model"].get(key, default) == default:
+                payload["model"].pop(key, None)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def output_dir(self) -> Path:

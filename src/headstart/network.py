@@ -33,9 +33,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from headstart.errors import HeadstartError
-from headstart.imageops import convert_channels, normalize
+from headstart.imageops import ResizeMode, convert_channels, normalize
 from headstart.heads import GlobalPooling, HeadSpec, PoolingMode, build_head, head_spec_from_mapping, output_kind, to_probabilities
-from headstart.preprocess import Preprocessing, decode_predictions
+from headstart.preprocess import DecodeStyle, Preprocessing, decode_predictions, preprocess_input
 
 BatchNormPolicy = Literal["frozen", "train"]
 BN_POLICIES: tuple[str, ...] = ("frozen", "train")
@@ -112,12 +112,17 @@ class Network(nn.Module):
         """Features after pooling: ``[B, num_features]`` (the 4-D map when ``pooling="none"``)."""
         return self.pool(self.backbone.forward_features(x))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits for normalised input ``x`` (see :func:`headstart.preprocess.normalize`)."""
+    def head_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the head reads: the full classifier's outputs when ``include_top`` (the chapter's
+        listing 2-21, a new layer on ``EfficientNetB4(classes=100)``), else :meth:`pooled`."""
         features = self.backbone.forward_features(x)
         if self.include_top:
-            return self.head(self.backbone.forward_head(features))
-        return self.head(self.pool(features))
+            return self.backbone.forward_head(features)
+        return self.pool(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for normalised input ``x`` (see :func:`headstart.preprocess.normalize`)."""
+        return self.head(self.head_input(x))
 
     @property
     def head_in_features(self) -> int:
@@ -130,42 +135,131 @@ class Network(nn.Module):
         """``softmax``, ``sigmoid`` or ``linear``: how :meth:`predict` turns logits into probabilities."""
         return output_kind(self.head)
 
+    def check_input(self, x: torch.Tensor, caller: str = "predict") -> None:
+        """Raise a :class:`HeadstartError` unless ``x`` is a float batch ``[B, in_chans, H, W]``."""
+        name = f"{caller}: x of shape {tuple(x.shape)}"
+        if x.ndim == 3 and x.shape[0] == self.in_chans:
+            raise HeadstartError(f"{name} is one image; expected a batch [batch, {self.in_chans}, height, width]: "
+                                 "pass x.unsqueeze(0), as Keras wants np.array([im])")
+        if x.ndim != 4:
+            raise HeadstartError(f"{name}: expected a batch [batch, {self.in_chans}, height, width] of normalised "
+                                 "floats, or raw images as a numpy batch (batch, height, width, channels)")
+        if not x.is_floating_point():
+            raise HeadstartError(f"{name} has dtype {x.dtype}; a tensor must hold normalised floats. Pass raw "
+                                 "uint8 pixels as a numpy array (batch, height, width, channels) and they are "
+                                 "preprocessed first")
+        if x.shape[1] != self.in_chans:
+            hint = (f"; it looks channels-last [batch, height, width, channels]: pass x.permute(0, 3, 1, 2), or the "
+                    "raw pixels as a numpy array" if x.shape[-1] == self.in_chans else "")
+            raise HeadstartError(f"{name} has {x.shape[1]} channels; {self.model_name} reads {self.in_chans} "
+                                 f"(in_chans={self.in_chans}){hint}")
+        if x.shape[0] == 0:
+            raise HeadstartError(f"{name} holds no images; expected at least one")
+
     @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Probabilities for normalised input ``x``, computed in evaluation mode (mode restored)."""
+    def predict(self, x, *, batch_size: int = 32, resize: ResizeMode = "crop",
+                float_scale: float = 1.0) -> torch.Tensor:
+        """Probabilities ``[batch, outputs]``, computed in evaluation mode (mode restored).
+
+        ``x`` is either a float tensor ``[B, C, H, W]`` already normalised (what
+        :func:`~headstart.preprocess.preprocess_input` returns), or raw images, preprocessed here
+        with :attr:`preprocessing`: a numpy batch ``(batch, height, width, channels)`` as the
+        chapter's listing 2-4 passes it (``model.predict(np.array([im]))``), one image, or a list
+        of paths, PIL images or arrays. ``resize`` and ``float_scale`` apply to raw images (see
+        ``preprocess_input``). Like Keras' ``predict``, the batch runs in chunks of ``batch_size``
+        on the network's device; the result stays on that device.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise HeadstartError(f"predict: batch_size={batch_size!r}; expected a positive whole number")
+        if not isinstance(x, torch.Tensor):
+            x = preprocess_input(x, self.preprocessing, resize=resize, float_scale=float_scale)
+        self.check_input(x)
+        parameter = next(self.parameters(), None)
+        device = parameter.device if parameter is not None else x.device
+        dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else x.dtype
         was_training = self.training
         self.eval()
         try:
-            logits = self(x)
+            outputs = [to_probabilities(self(chunk.to(device=device, dtype=dtype)), self.output_kind)
+                       for chunk in x.split(batch_size)]
+        except (RuntimeError, AssertionError) as error:
+            height, width = (int(size) for size in x.shape[-2:])
+            made_for = tuple(int(size) for size in self.preprocessing.input_size[-2:])
+            if (height, width) == made_for:
+                raise
+            raise HeadstartError(f"predict: images of {height}×{width} pixels do not fit {self.model_name} (made for "
+                                 f"{made_for[0]}×{made_for[1]}: {str(error).splitlines()[0] if str(error) else 'failed'}); "
+                                 "pass raw images to have them resized, or resize the tensor") from None
         finally:
             self.train(was_training)
-        return to_probabilities(logits, self.output_kind)
+        return torch.cat(outputs)
 
-    def decode(self, logits: torch.Tensor, top: int = 5) -> list[list[tuple[str, float]]]:
-        """The ``top`` ``(label, probability)`` pairs of each row of ``logits``, best first."""
-        return decode_predictions(to_probabilities(logits.detach(), self.output_kind), self.labels, top=top)
+    def decode(self, logits: torch.Tensor, top: int = 5, *, style: DecodeStyle = "pairs") -> list[list[tuple]]:
+        """The ``top`` classes of each row of ``logits``, best first: ``(label, probability)`` pairs,
+        or Keras' ``(class id, name, probability)`` with ``style="keras"`` (see ``decode_predictions``)."""
+        return decode_predictions(to_probabilities(logits.detach(), self.output_kind), self.labels, top=top,
+                                  style=style)
 
     def replace_head(self, head: nn.Module | HeadSpec | dict, labels: Sequence[str] | None = None) -> nn.Module:
         """Put ``head`` on top (a module, or a spec built on :attr:`head_in_features`) and return it.
 
         ``labels`` name the new head's outputs. The new head is trainable; the BatchNorm policy is
-        re-applied to the new module set.
+        re-applied to the new module set. A module without a spec is tried once on zeros of the
+        width it will read (``[2, head_in_features]``), so a head that cannot read the features, or
+        whose output count disagrees with ``labels``, is refused here rather than at the first batch.
         """
         if isinstance(head, dict):
             head = head_spec_from_mapping(head)
         if isinstance(head, HeadSpec):
             if self.pooling == "none" and not self.include_top:
                 raise HeadstartError(
-                    "a dense head reads [batch, features]; pooling='none' keeps the 4-D feature map, "
+                    "replace_head: a dense head reads [batch, features]; pooling='none' keeps the 4-D feature map, "
                     "use pooling='avg', 'max' or 'flatten'"
                 )
             head = build_head(head, self.head_in_features)
         if not isinstance(head, nn.Module):
-            raise HeadstartError(f"head of type {type(head).__name__}: expected an nn.Module or a HeadSpec")
+            raise HeadstartError(f"replace_head: head of type {type(head).__name__}: expected an nn.Module, a HeadSpec "
+                                 "or a mapping such as {'hidden': [256], 'outputs': 10}")
+        if labels is not None:
+            if isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence):
+                raise HeadstartError(f"replace_head: labels={labels!r}; expected a list of class names, one per output")
+            labels = [str(label) for label in labels]
         spec = getattr(head, "spec", None)
-        if labels is not None and isinstance(spec, HeadSpec) and not spec.fits_labels(list(labels)):
-            raise HeadstartError(f"{len(labels)} labels for a head of {spec.outputs} outputs, expected as many "
+        if labels is not None and isinstance(spec, HeadSpec) and not spec.fits_labels(labels):
+            raise HeadstartError(f"replace_head: {len(labels)} labels for a head of {spec.outputs} outputs, expected as "
+                                 "many (or one sigmoid output for two labels)")
+        if not isinstance(spec, HeadSpec) and (self.include_top or self.pooling != "none"):
+            self._try_head(head, labels)
+        return self._install_head(head, labels)
+
+    def _try_head(self, head: nn.Module, labels: list[str] | None) -> None:
+        """Run a custom ``head`` once on zeros ``[2, head_in_features]``; refuse it if that fails."""
+        parameter = next(head.parameters(), None)
+        probe = torch.zeros(2, self.head_in_features, device=parameter.device if parameter is not None else "cpu",
+                            dtype=parameter.dtype if parameter is not None and parameter.is_floating_point() else None)
+        was_training = head.training
+        head.eval()
+        try:
+            with torch.no_grad():
+                outputs = head(probe)
+        except (RuntimeError, ValueError, TypeError, IndexError) as error:
+            raise HeadstartError(
+                f"replace_head: the head cannot read this network's features, [batch, {self.head_in_features}] "
+                f"({'the classifier outputs' if self.include_top else f'{self.pooling}-pooled features'}): "
+                f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
+            ) from None
+        finally:
+            head.train(was_training)
+        if not isinstance(outputs, torch.Tensor) or outputs.ndim != 2:
+            shape = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
+            raise HeadstartError(f"replace_head: the head returns {shape} for [2, {self.head_in_features}] features; "
+                                 "expected logits [batch, outputs]")
+        count = outputs.shape[1]
+        if labels is not None and not (count == len(labels) or (count == 1 and len(labels) == 2)):
+            raise HeadstartError(f"replace_head: {len(labels)} labels for a head of {count} outputs, expected as many "
                                  "(or one sigmoid output for two labels)")
+
+    def _install_head(self, head: nn.Module, labels: list[str] | None) -> nn.Module:
         self.head = head
         self.labels = list(labels) if labels is not None else None
         self.pretext = None
@@ -175,7 +269,7 @@ class Network(nn.Module):
 
     def use_pretext_head(self, head: nn.Module, task: str) -> nn.Module:
         """Put a pretext task's head on top (no labels: its outputs are decoded by the task)."""
-        self.replace_head(head, labels=None)
+        self._install_head(head, labels=None)
         self.pretext = task
         return head
 
@@ -272,7 +366,10 @@ class Network(nn.Module):
     def _names_for(self, selector: str) -> list[str]:
         all_names = [name for name, _ in self.named_parameters()]
         if not isinstance(selector, str) or not selector.strip():
-            raise HeadstartError(f"selector {selector!r}: expected a group name or 're:<regular expression>'")
+            raise HeadstartError(
+                f"selector {selector!r} ({type(selector).__name__}): expected a name such as 'backbone', 'stem', "
+                "'blocks[:3]', 'head', 'all' or 're:<regular expression>'"
+            )
         selector = selector.strip()
         if selector.startswith("re:"):
             try:
@@ -318,8 +415,12 @@ class Network(nn.Module):
     def select(self, *selectors: str) -> list[str]:
         """Parameter names chosen by ``selectors`` (their union), in network order.
 
-        A selector that chooses nothing is an error (usually a typo in a regular expression).
+        A selector that chooses nothing is an error (usually a typo in a regular expression). A
+        list of selectors counts as its items (``freeze(["stem", "blocks[:2]"])``, as a run file
+        writes them).
         """
+        selectors = tuple(item for selector in selectors
+                          for item in (selector if isinstance(selector, (list, tuple)) else (selector,)))
         if not selectors:
             raise HeadstartError("no selector given: expected e.g. 'backbone', 'stem', 'blocks[:3]', 'head'")
         chosen: set[str] = set()
@@ -358,6 +459,26 @@ class Network(nn.Module):
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """``(name, parameter)`` pairs that train; build the optimizer from exactly these."""
         return [(name, parameter) for name, parameter in self.named_parameters() if parameter.requires_grad]
+
+    @property
+    def trainable(self) -> bool:
+        """Whether any parameter trains. Setting it is Keras' ``model.trainable = ...`` for the whole
+        network (the chapter's listing 2-13): ``False`` freezes every parameter and keeps every
+        BatchNorm layer in inference mode; ``True`` undoes both. To freeze only the pretrained part,
+        as the chapter's ``inception_model.trainable = False`` does, use ``freeze("backbone")`` and
+        ``set_bn_policy("frozen")``."""
+        return any(parameter.requires_grad for parameter in self.parameters())
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise HeadstartError(f"trainable={value!r}: expected True or False")
+        if value:
+            self.unfreeze("all")
+            self.set_bn_policy("train")
+        else:
+            self.freeze("all")
+            self.set_bn_policy("frozen", ("all",))
 
     # ------------------------------------------------------------------ BatchNorm policy
     def set_bn_policy(self, policy: BatchNormPolicy, selectors: Sequence[str] = ("backbone",)) -> list[str]:
@@ -526,12 +647,15 @@ class NetworkEncoder:
     Follows :class:`headstart.pretext.Encoder`: channels are adapted and values normalised here
     (:mod:`headstart.imageops`), so a task never needs to know the network's input pipeline. A
     plain object (not a module) so the backbone's parameters are registered once, by the network.
+    ``pooled`` is what the network's head reads (:meth:`Network.head_input`): with ``include_top``
+    the full classifier's outputs, so a pretext head sits on top of them as in the chapter's
+    listing 2-21.
     """
 
     def __init__(self, network: Network, image_size: int | None) -> None:
         self.network = network
         self.image_size = image_size
-        self.num_features = network.num_features
+        self.num_features = network.head_in_features
         feature_info = getattr(network.backbone, "feature_info", None)
         self.reduction = int(feature_info[-1]["reduction"]) if feature_info else 32
         """Total stride of the backbone (decoder heads upsample by it)."""
@@ -543,7 +667,7 @@ class NetworkEncoder:
         return normalize(convert_channels(images01, self.network.in_chans), preprocessing.mean, preprocessing.std)
 
     def pooled(self, images01: torch.Tensor) -> torch.Tensor:
-        return self.network.pooled(self.prepare(images01))
+        return self.network.head_input(self.prepare(images01))
 
     def feature_map(self, images01: torch.Tensor) -> torch.Tensor:
         return self.network.forward_features(self.prepare(images01))

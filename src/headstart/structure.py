@@ -120,8 +120,8 @@ def run(spec: RunSpec, *, resume: bool = False, progress: bool | None = None, ov
     _prepare_folder(spec, root, resume, overwrite)
     options = TrainerOptions.from_run(spec, progress)
     pl.seed_everything(spec.seed, verbose=False)
-    network = load(spec.model.name, weights=spec.model.weights, include_top=False, pooling=spec.model.pooling,
-                   in_chans=spec.model.in_chans)
+    network = load(spec.model.name, weights=spec.model.weights, include_top=spec.model.include_top,
+                   num_classes=spec.model.classes, pooling=spec.model.pooling, in_chans=spec.model.in_chans)
     image_size = spec.model.image_size or int(network.preprocessing.input_size[-1])
     data = TaskData.from_spec(spec.data, model_name=spec.model.name)
     status = RunRecord(name=spec.name, config_hash=spec.config_hash(), config=spec.model_dump(mode="json"),

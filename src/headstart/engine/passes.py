@@ -34,19 +34,20 @@ def _loader(data: Batchable | ImagePlan, batch_size: int, pin_memory: bool):
 @torch.no_grad()
 def compute_features(network: nn.Module, images: Batchable | ImagePlan, *, image_size: int | None,
                      batch_size: int = INFERENCE_BATCH, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
-    """Pooled backbone features and labels of every image, computed once in eval mode (streamed)."""
+    """What the head reads and the labels of every image, computed once in eval mode (streamed): pooled
+    backbone features, or the full classifier's outputs for a network built with ``include_top``."""
     was_training = network.training
     network.eval()
     network.to(device)
     features, labels = [], []
     try:
         for pixels, batch_labels in _loader(images, batch_size, torch.device(device).type == "cuda"):
-            features.append(network.pooled(network_input(network, pixels, image_size, device)).float().cpu())
+            features.append(network.head_input(network_input(network, pixels, image_size, device)).float().cpu())
             labels.append(batch_labels)
     finally:
         network.train(was_training)
     if not features:
-        return torch.zeros(0, network.num_features), torch.zeros(0, dtype=torch.long)
+        return torch.zeros(0, network.head_in_features), torch.zeros(0, dtype=torch.long)
     return torch.cat(features), torch.cat(labels)
 
 

@@ -10,8 +10,14 @@ graded, not binary, judgement.
 Loss: mean squared error on σ (the chapter notes binary cross-entropy also works for targets in
 0..1). The result is clipped to 0..1 by default, as any image is; with ``clip=False`` the
 empirical standard deviation of (altered − original) equals σ in expectation, which is how the
-labels are checked. Clipping shrinks strong noise on very dark or bright pixels, so σ stays the
-label of the noise drawn, not of the noise left.
+labels are checked. Clipping shrinks strong noise on very dark or bright pixels, so by default σ
+stays the label of the noise drawn, not of the noise left. Two options differ from that default:
+
+* ``clip=False`` — the chapter's listing 2-18 exactly: ``tf.add(image, noise)`` with no clipping,
+  pixel values outside 0..1 reach the network and the label σ is the noise in the image.
+* ``target="remaining"`` — keep the clipped image but label it with the noise actually left in it:
+  the root mean square of (altered − original) per image, ≈ σ where nothing was clipped and less
+  on images with many near-black or near-white pixels.
 
 At chance (always predicting the mean σ) the mean absolute error is ``maximum_std / 4`` = 0.125.
 """
@@ -19,7 +25,7 @@ At chance (always predicting the mean σ) the mean absolute error is ``maximum_s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -39,13 +45,18 @@ class NoiseLevelTask(PretextTask):
     maximum_std: float = 0.5
     """Largest σ drawn (chapter: 0.5)."""
     clip: bool = True
-    """Clip the noisy image to 0..1."""
+    """Clip the noisy image to 0..1 (the chapter's listing 2-18 does not: ``clip=False``)."""
+    target: Literal["drawn", "remaining"] = "drawn"
+    """Label of each image: ``drawn``, the σ drawn; ``remaining``, the root mean square of the noise
+    left after clipping (equal to the drawn σ's estimate when ``clip=False``)."""
 
     def __post_init__(self) -> None:
         require(
             0 <= self.minimum_std < self.maximum_std,
             f"noise_level: need 0 <= minimum_std < maximum_std, got {self.minimum_std}, {self.maximum_std}",
         )
+        require(self.target in ("drawn", "remaining"),
+                f"noise_level: target={self.target!r}; expected 'drawn' (σ drawn) or 'remaining' (noise left)")
 
     @property
     def num_outputs(self) -> int:
@@ -63,7 +74,11 @@ class NoiseLevelTask(PretextTask):
         sigma = self.minimum_std + self.target_range * draws
         noise = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
         altered = images + sigma.view(-1, 1, 1, 1) * noise
-        return (altered.clamp(0.0, 1.0) if self.clip else altered), sigma
+        if self.clip:
+            altered = altered.clamp(0.0, 1.0)
+        if self.target == "remaining":
+            return altered, (altered - images).square().flatten(1).mean(dim=1, keepdim=True).sqrt()
+        return altered, sigma
 
     def build_head(self, encoder: Encoder, image_size: tuple[int, int]) -> nn.Module:
         """A linear layer to one value, σ."""
