@@ -90,6 +90,25 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise HeadstartError(f"{path}: cannot resume from this checkpoint ({str(error).splitlines()[0]})") from None
 
 
+def hardware() -> dict[str, str | int]:
+    """The machine a run trained on, recorded in ``run.json`` and shown in reports."""
+    import os
+
+    processor = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            processor = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")),
+                             processor)
+    except OSError:
+        pass
+    machine: dict[str, str | int] = {"cpu": processor, "cpu_cores": os.cpu_count() or 1,
+                                     "torch_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        machine["gpu"] = torch.cuda.get_device_name(0)
+        machine["gpu_count"] = torch.cuda.device_count()
+    return machine
+
+
 def versions() -> dict[str, str]:
     """Versions recorded in every checkpoint and report."""
     import lightning
@@ -138,6 +157,28 @@ def find_stage_folder(path: str | os.PathLike) -> Path:
             return path / finished[-1]
         raise HeadstartError(f"{path}: the run has no finished stage yet")
     raise HeadstartError(f"{path}: no {METADATA_FILE} here (expected a headstart stage folder or run folder)")
+
+
+def load_backbone(path: str | os.PathLike):
+    """The backbone a stage trained (any stage, pretext stages included), with no head: for probes
+    and attention maps. Weights of the stage's head are left out; every backbone weight must load."""
+    from headstart.stage import StageRecord
+    from headstart.zoo import load
+
+    folder = find_stage_folder(path)
+    record = StageRecord.read(folder)
+    model = record.model
+    network = load(model.name, weights=None, include_top=model.include_top, num_classes=model.classes,
+                   pooling=model.pooling, in_chans=model.in_chans)
+    state = {key: value for key, value in load_weights(folder / WEIGHTS_FILE).items() if key.startswith("backbone.")}
+    result = network.load_state_dict(state, strict=False)
+    missing = [key for key in result.missing_keys if key.startswith("backbone.")]
+    if missing or result.unexpected_keys:
+        raise HeadstartError(f"{folder / WEIGHTS_FILE}: does not match the backbone of {model.name} "
+                             f"(missing {missing[:5]}, unexpected {result.unexpected_keys[:5]})")
+    network.set_training_size(model.image_size)
+    network.eval()
+    return network
 
 
 def load_network(path: str | os.PathLike):

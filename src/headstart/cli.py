@@ -227,43 +227,186 @@ def _is_rank_zero() -> bool:
     return os.environ.get("LOCAL_RANK", "0") == "0"
 
 
+def _print_comparison(result) -> None:
+    """The comparison's table per label budget (mean ± std over seeds), its verdicts and the report."""
+    from rich.table import Table
+
+    from headstart.report.summary import summary_line
+
+    for budget in result.table["budgets"]:
+        target = budget["target_val_accuracy"]
+        label = f", {budget['labels_per_class']} labels per class" if budget["labels_per_class"] is not None else ""
+        shown = Table(title=f"{result.table['name']}{label}")
+        for column in ("arm", "stages", "n", "test accuracy", f"vs {budget['baseline']}",
+                       f"to val {target:.3f}: seconds (seeds)" if target is not None else "time to target",
+                       "full + cached steps", "wall time (s)"):
+            shown.add_column(column)
+
+        def spread(values, digits=4):
+            if values["mean"] is None:
+                return "—"
+            return f"{values['mean']:.{digits}f}" + (f" ± {values['std']:.{digits}f}" if values["n"] > 1 else "")
+
+        for arm in budget["arms"]:
+            seeds = len(arm["seeds"])
+            reached = f"{spread(arm['seconds_to_target'], 1)} ({arm['reached']}/{seeds})" if arm["reached"] \
+                else f"never (0/{seeds})"
+            steps = f"{spread(arm['full_steps_to_target'], 0)} + {spread(arm['cached_steps_to_target'], 0)}" \
+                if arm["reached"] else "—"
+            gain = "baseline" if arm["name"] == budget["baseline"] else spread(arm["gain"])
+            shown.add_row(arm["name"], " → ".join(arm["stages"]), str(arm["test_accuracy"]["n"]),
+                          spread(arm["test_accuracy"]), gain, reached, steps, spread(arm["seconds"], 1))
+        _console().print(shown)
+    for line in summary_line(result.table):
+        typer.echo(line)
+    typer.echo(f"report: {result.report} ({result.report.stat().st_size / 1024:.0f} KiB); "
+               f"{result.seconds:.0f} s in all")
+
+
+def _progress_default(progress: Optional[bool]) -> bool:
+    return sys.stderr.isatty() if progress is None else progress
+
+
 @app.command()
 @user_errors
 def demo(
-    output: Path = typer.Option(Path("headstart-demo"), help="Folder for the three runs."),
-    seed: int = typer.Option(0, help="Seed of every arm."),
+    output: Path = typer.Option(Path("headstart-demo"), help="Folder of the comparison (runs, report.html)."),
+    seeds: int = typer.Option(3, min=1, help="Seeds per arm (0, 1, …); --seeds 1 is quick."),
+    seed: Optional[int] = typer.Option(None, help="Run this one seed only (instead of --seeds)."),
     quick: bool = typer.Option(False, help="Fewer epochs (a smoke test of the same structure)."),
-    show_config: bool = typer.Option(False, "--show-config", help="Print the arms as run files and exit."),
-    progress: bool = typer.Option(False, "--progress/--no-progress", help="Progress bars per stage."),
+    show_config: bool = typer.Option(False, "--show-config", help="Print the comparison file and exit."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Retrain runs left by a different configuration."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
+                                            help="Progress bars per stage (default: when stderr is a terminal)."),
 ) -> None:
-    """MNIST with 10 labels per class: from scratch vs rotation pretraining vs ImageNet transfer."""
+    """MNIST with 10 labels per class: from scratch vs rotation pretraining vs ImageNet transfer, over seeds."""
     import yaml
 
-    from headstart.demo import demo_arms, run_demo
+    from headstart.demo import demo_comparison, run_demo
 
+    chosen = [seed] if seed is not None else list(range(seeds))
     if show_config:
-        for name, spec in demo_arms(str(output), seed=seed, quick=quick).items():
-            typer.echo(f"# --- {name} ---")
-            typer.echo(yaml.safe_dump(spec.model_dump(mode="json", exclude_defaults=True), sort_keys=False))
+        spec = demo_comparison(output, seeds=chosen, quick=quick)
+        typer.echo(yaml.safe_dump(spec.model_dump(mode="json", exclude_defaults=True), sort_keys=False))
         return
-    table = run_demo(output, seed=seed, quick=quick, progress=progress,
-                     echo=lambda line: typer.echo(line, err=True))
-    from rich.table import Table
+    result = run_demo(output, seeds=chosen, quick=quick, progress=_progress_default(progress), overwrite=overwrite,
+                      echo=lambda line: typer.echo(line, err=True))
+    _print_comparison(result)
 
-    target = table["target_val_accuracy"]
-    shown = Table()
-    for column in ("arm", "stages", "test accuracy", "vs scratch",
-                   f"labelled epochs to val {target:.3f}" if target is not None else "labelled epochs", "wall time (s)"):
-        shown.add_column(column)
-    for row in table["arms"]:
-        reach = row["epochs_to_target"]
-        shown.add_row(row["name"], " → ".join(row["stages"]), f"{row['test_accuracy']:.4f}", f"{row['test_gain']:+.4f}",
-                      f"{reach} of {row['labelled_epochs']}" if reach is not None else f"not in {row['labelled_epochs']}",
-                      f"{row['seconds']:.1f}")
-    typer.echo(table["title"])
-    _console().print(shown)
-    typer.echo(f"comparison plotted in {output}/comparison.png")
-    typer.echo(f"runs written to {output}/")
+
+@app.command("compare")
+@user_errors
+def compare_command(
+    file: Path = typer.Argument(..., help="YAML comparison file (see headstart.compare)."),
+    output: Optional[Path] = typer.Option(None, help="Output folder (overrides the file's `output`)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Retrain runs left by a different configuration."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
+                                            help="Progress bars per stage (default: when stderr is a terminal)."),
+) -> None:
+    """Arms × seeds × label budgets on one task; finished runs are reused; writes report.html."""
+    from headstart.compare import load_compare_file, parse_compare
+    from headstart.compare import run as run_comparison
+
+    spec, base = load_compare_file(file)
+    if output is not None:
+        spec = parse_compare({**spec.model_dump(mode="json"), "output": str(output)}, str(file))
+    result = run_comparison(spec, base=base, overwrite=overwrite, progress=_progress_default(progress),
+                            echo=lambda line: typer.echo(line, err=True), how_to_continue=f"headstart compare {file}")
+    _print_comparison(result)
+
+
+@app.command("report")
+@user_errors
+def report_command(folder: Path = typer.Argument(..., help="A comparison folder or a run folder.")) -> None:
+    """Rebuild report.html from what a finished comparison or run wrote on disk."""
+    from headstart.report.html import write_report
+    from headstart.report.summary import summarise, summary_line
+
+    path = write_report(folder)
+    for line in summary_line(summarise(folder, write=False)):
+        typer.echo(line)
+    typer.echo(f"report: {path} ({path.stat().st_size / 1024:.0f} KiB)")
+
+
+@app.command("probe")
+@user_errors
+def probe_command(
+    stage: Path = typer.Argument(..., help="A stage folder (any stage, pretext stages included) or a run folder."),
+    split: str = typer.Option("test", help="Split whose images are classified."),
+    bank: str = typer.Option("train", help="Labelled split the probes learn from (the k-NN bank)."),
+    k: int = typer.Option(20, min=1, help="Neighbours of the k-NN probe."),
+    temperature: float = typer.Option(0.07, min=1e-6, help="k-NN vote weight exp(similarity / temperature)."),
+    c: float = typer.Option(1.0, min=1e-9, help="Inverse L2 strength of the linear probe (scikit-learn's C)."),
+    json_output: bool = typer.Option(False, "--json", help="Print the probe record as JSON."),
+) -> None:
+    """Linear and k-NN probes of a stage's frozen backbone features; stored in its probe.json."""
+    from headstart.checkpoint import find_stage_folder
+    from headstart.probe import probe_stage
+
+    folder = find_stage_folder(stage)
+    record = probe_stage(folder, bank_split=bank, probe_split=split, k=k, temperature=temperature, c=c)
+    if json_output:
+        typer.echo(record.model_dump_json(indent=2))
+        return
+    typer.echo(f"{folder}: linear probe {record.linear_accuracy:.4f}, k-NN probe (k={record.settings['knn']['k']}) "
+               f"{record.knn_accuracy:.4f} on {record.probe_size} {split} images; bank: {record.bank_size} {bank} "
+               f"images, {record.num_features} features; {record.seconds:.1f} s (saved in {folder / 'probe.json'})")
+
+
+@app.command("export")
+@user_errors
+def export_command(
+    model: str = typer.Argument(..., help="Zoo alias / timm name, or a stage or run folder (its trained head)."),
+    output: Path = typer.Option(..., "--output", "-o", help="File to write: .onnx, or .keras / .h5 for Keras."),
+    format: str = typer.Option("onnx", "--format", "-f", help="onnx or keras (needs pip install 'headstart[keras]')."),
+    weights: str = typer.Option("imagenet", help="For a zoo name: imagenet, none, or a weights file."),
+    fixed_size: bool = typer.Option(False, "--fixed-size", help="ONNX: fixed height and width (batch stays dynamic)."),
+    channels_first: bool = typer.Option(False, "--channels-first", help="Keras: NCHW input instead of NHWC."),
+    tolerance: float = typer.Option(1e-4, min=0, help="Largest accepted max |PyTorch − exported| on real images."),
+) -> None:
+    """Export a network with its preprocessing and labels; output parity against PyTorch is checked."""
+    from headstart.interop import FORMATS, export
+
+    if format not in FORMATS:
+        raise HeadstartError(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
+    options = {"weights": weights, "tolerance": tolerance}
+    if format == "onnx":
+        options["dynamic_size"] = False if fixed_size else None
+    else:
+        options["channels_last"] = not channels_first
+    report = export(model, output, format=format, **options)
+    typer.echo(report.describe())
+
+
+@app.command("audit")
+@user_errors
+def audit_command(
+    target: str = typer.Argument(..., help="A stage or run folder (the fine-tuned model to audit)."),
+    neurons: Optional[int] = typer.Option(None, min=1, help="Feature neurons attacked (default: all), drawn at random."),
+    steps: int = typer.Option(49, min=1, help="Gradient steps per crafted input (Rezaei & Liu: 49)."),
+    clip: bool = typer.Option(True, "--clip/--no-clip", help="Keep crafted pixels in 0..255 (the paper does not)."),
+    batch_size: int = typer.Option(64, min=1, help="Neurons crafted together."),
+    orders: int = typer.Option(100, min=1, help="Random neuron orders for NABAC mean ± std."),
+    seed: int = typer.Option(0, help="Seed of the neuron draw and orders."),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    output: Optional[Path] = typer.Option(None, help="Folder for audit.json (and crafted examples)."),
+) -> None:
+    """Target-agnostic attack (Rezaei & Liu 2020) on a fine-tuned model, crafting on its public backbone."""
+    from headstart.audit import AttackConfig, audit
+
+    if not Path(target).exists():
+        raise HeadstartError(f"{target}: no such stage or run folder")
+    result = audit(target, neurons=neurons, config=AttackConfig(steps=steps, clip=clip), batch_size=batch_size,
+                   orders=orders, seed=seed, device=device,
+                   progress=lambda done, total: typer.echo(f"crafted {done}/{total}", err=True))
+    typer.echo(f"{result.target}: {result.metrics.row()}")
+    typer.echo(f"crafted {len(result.crafted.neurons)} inputs on {result.backbone} in {result.crafted.seconds:.1f} s "
+               f"({result.crafted.per_second:.2f} per second); hits per class {result.metrics.hits_per_class}")
+    if output is not None:
+        from headstart.checkpoint import atomic_write_json
+
+        atomic_write_json(Path(output) / "audit.json", result.to_dict())
+        typer.echo(f"written {Path(output) / 'audit.json'}")
 
 
 def main() -> None:

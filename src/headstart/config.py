@@ -277,21 +277,31 @@ def parse_run(data: Any, source: str = "<run>") -> RunSpec:
         raise HeadstartError(describe_validation_error(error, source)) from None
 
 
-def load_run_file(path: str | Path) -> RunSpec:
-    """Read and validate a YAML run file."""
+def read_yaml_file(path: str | Path, what: str = "run file") -> Any:
+    """Plain YAML from ``path`` (``yaml.safe_load``: a tag that would run code is refused)."""
     path = Path(path)
     if not path.is_file():
-        raise HeadstartError(f"{path}: no such run file")
+        raise HeadstartError(f"{path}: no such {what}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.constructor.ConstructorError as error:
         raise HeadstartError(f"{path}: refused tag {error.problem} (only plain YAML is read, nothing that runs code)") from None
     except yaml.YAMLError as error:
         raise HeadstartError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
     except UnicodeDecodeError:
         raise HeadstartError(f"{path}: not a UTF-8 text file") from None
-    spec = parse_run(data, str(path))
-    for source in (spec.data.source, spec.data.general):
+
+
+def resolve_data_paths(data: DataSpec, folder: Path) -> None:
+    """Read relative source paths from ``folder`` (the folder of the file that names them)."""
+    for source in (data.source, data.general):
         if source is not None and source.path is not None and not Path(source.path).is_absolute():
-            source.path = str((path.parent / source.path).resolve())
+            source.path = str((folder / source.path).resolve())
+
+
+def load_run_file(path: str | Path) -> RunSpec:
+    """Read and validate a YAML run file."""
+    path = Path(path)
+    spec = parse_run(read_yaml_file(path), str(path))
+    resolve_data_paths(spec.data, path.parent)
     return spec

@@ -10,18 +10,20 @@ training images (10 per class), the rest of the training pool unlabelled, a fixe
 * ``imagenet`` — EfficientNet-Lite0 with real ImageNet weights (offline package): a head stage on
   the frozen backbone (features cached), then fine-tuning everything at a lower rate.
 
-Everything runs on a 2-core CPU in a few minutes; the arms are plain run specs, printed with
-``headstart demo --show-config`` and runnable on their own with ``headstart run``.
+Each arm runs over three seeds (0, 1, 2) by default, in about six minutes on a 2-core CPU; the
+result is a comparison folder with ``report.html`` (:mod:`headstart.compare`). The arms form a
+plain comparison file, printed with ``headstart demo --show-config`` and runnable with
+``headstart compare``.
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-from headstart.config import RunSpec, parse_run
-from headstart.errors import HeadstartError
+from headstart.compare import CompareResult, CompareSpec, parse_compare, plan
+from headstart.compare import run as run_comparison
+from headstart.config import RunSpec
 
 LABELS_PER_CLASS = 10
 SPLITS = {"test_fraction": 0.2, "val_fraction": 0.05, "labels_per_class": LABELS_PER_CLASS, "seed": 0}
@@ -34,16 +36,14 @@ def _task_stage(epochs: int, lr: float, **extra: Any) -> dict[str, Any]:
             "optimizer": {"name": "adam", "lr": lr, "schedule": "cosine"}, **extra}
 
 
-def demo_arms(output: str = "headstart-demo", seed: int = 0, quick: bool = False) -> dict[str, RunSpec]:
-    """The three arms as run specs. ``quick`` shrinks epochs for tests (same structure)."""
+def _arm_definitions(quick: bool) -> dict[str, dict[str, Any]]:
     scale = 0.2 if quick else 1.0
 
     def epochs(count: int) -> int:
         return max(1, round(count * scale))
 
-    data = {"source": {"kind": "mnist5k"}, "splits": SPLITS}
     small = {"name": SMALL_MODEL, "weights": None, "image_size": SMALL_SIZE}
-    arms = {
+    return {
         "scratch": {
             "model": small,
             "stages": [_task_stage(epochs(40), 2e-3)],
@@ -65,37 +65,29 @@ def demo_arms(output: str = "headstart-demo", seed: int = 0, quick: bool = False
             ],
         },
     }
-    return {
-        name: parse_run({"name": name, "seed": seed, "output": f"{output}/{name}", "data": data, **arm}, f"demo:{name}")
-        for name, arm in arms.items()
-    }
 
 
-def run_demo(output: str | Path = "headstart-demo", *, seed: int = 0, quick: bool = False, progress: bool = False,
-             echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the three arms and write the comparison (``comparison.json``, ``comparison.png``) to ``output``.
+DATA = {"source": {"kind": "mnist5k"}, "splits": SPLITS}
+DEFAULT_SEEDS = (0, 1, 2)
 
-    A folder of an arm left by an earlier demo (it holds ``run.json``) is replaced; any other file
-    in the way stops the demo before anything is deleted.
-    """
-    from headstart.report.comparison import arm_outcome, write_comparison
-    from headstart.structure import run
 
-    arms = demo_arms(str(output), seed=seed, quick=quick)
-    for spec in arms.values():
-        folder = spec.output_dir()
-        if folder.exists() and not (folder / "run.json").exists():
-            raise HeadstartError(f"{folder}: exists and is not a headstart run; choose another --output")
-    outcomes = []
-    test_count = 0
-    for name, spec in arms.items():
-        echo(f"arm {name}: " + " → ".join(stage.name for stage in spec.stages))
-        if spec.output_dir().exists():
-            shutil.rmtree(spec.output_dir())
-        result = run(spec, progress=progress)
-        outcome = arm_outcome(name, result.folder)
-        outcomes.append(outcome)
-        test_count = int(result.test["count"])
-        echo(f"  test accuracy {outcome.test_accuracy:.4f}, {outcome.seconds:.1f} s")
-    title = f"MNIST-5k, {LABELS_PER_CLASS} labels per class, test split of {test_count} images, seed {seed}"
-    return write_comparison(outcomes, output, title=title, baseline="scratch")
+def demo_comparison(output: str | Path = "headstart-demo", *, seeds: Sequence[int] = DEFAULT_SEEDS,
+                    quick: bool = False) -> CompareSpec:
+    """The main job as a comparison file: three arms, the same splits, ``seeds`` (module docstring)."""
+    title = f"MNIST-5k, {LABELS_PER_CLASS} labels per class"
+    return parse_compare({"name": title, "output": str(output), "seeds": list(seeds), "data": DATA,
+                          "baseline": "scratch", "arms": _arm_definitions(quick)}, "demo")
+
+
+def demo_arms(output: str = "headstart-demo", seed: int = 0, quick: bool = False) -> dict[str, RunSpec]:
+    """The three arms at one seed, as the run specs the comparison trains."""
+    return {planned.arm: planned.spec for planned in plan(demo_comparison(output, seeds=[seed], quick=quick))}
+
+
+def run_demo(output: str | Path = "headstart-demo", *, seeds: Sequence[int] = DEFAULT_SEEDS, quick: bool = False,
+             progress: bool | None = None, overwrite: bool = False,
+             echo: Callable[[str], None] = print) -> CompareResult:
+    """Run the three arms over ``seeds`` (finished runs of the same configuration are reused), probe
+    the backbones, draw attention maps and write ``report.html`` and ``comparison.json`` to ``output``."""
+    return run_comparison(demo_comparison(output, seeds=seeds, quick=quick), overwrite=overwrite, progress=progress,
+                          echo=echo, how_to_continue="headstart demo")

@@ -500,8 +500,9 @@ def _fit(network, stage: StageSpec, index: int, seed: int, image_size: int, opti
 
 
 def evaluate_split(network, data: TaskData, split: str, *, image_size: int, loss: str = "cross_entropy",
-                   options: TrainerOptions | None = None) -> dict[str, float]:
-    """Loss and accuracy of the network's task head on one split, streamed in evaluation mode."""
+                   options: TrainerOptions | None = None, confusion: bool = False) -> dict:
+    """Loss and accuracy of the network's task head on one split, streamed in evaluation mode
+    (with ``confusion``, also the confusion matrix over the task's classes)."""
     options = options or TrainerOptions()
     return evaluate(network, _plan(data.split(split), options), image_size=image_size, loss=loss,
-                    device=options.device)
+                    device=options.device, num_classes=len(data.class_names) if confusion else None)

@@ -47,8 +47,12 @@ class RunRecord(BaseModel):
     finished_stages: list[str] = Field(default_factory=list)
     status: Literal["running", "interrupted", "finished"] = "running"
     test: dict[str, float] | None = None
+    test_confusion: list[list[int]] | None = None
+    """Test split confusion matrix, ``[true class][predicted class]`` counts, classes in ``labels`` order."""
+    labels: list[str] | None = None
     seconds: float | None = None
     versions: dict[str, str] = Field(default_factory=dict)
+    hardware: dict[str, str | int] = Field(default_factory=dict)
 
     def write(self, root: Path) -> None:
         if _is_rank_zero():
@@ -107,11 +111,20 @@ def _prepare_folder(spec: RunSpec, root: Path, resume: bool, overwrite: bool) ->
         root.mkdir(parents=True, exist_ok=True)
 
 
+def initial_network(spec: RunSpec):
+    """The network a run starts from: its model with the run's seed (random layers are the same at
+    every call with the same seed, so probes of the start see what the first stage saw)."""
+    from headstart.zoo import load
+
+    pl.seed_everything(spec.seed, verbose=False)
+    return load(spec.model.name, weights=spec.model.weights, include_top=spec.model.include_top,
+                num_classes=spec.model.classes, pooling=spec.model.pooling, in_chans=spec.model.in_chans)
+
+
 def run(spec: RunSpec, *, resume: bool = False, progress: bool | None = None, overwrite: bool = False,
         on_stage_end: Callable[[StageRecord], None] | None = None) -> RunResult:
     """Run every stage of ``spec`` in order (see the module docstring); returns a :class:`RunResult`."""
     from headstart.data.task import TaskData
-    from headstart.zoo import load
 
     _check_loggers(spec)
     quiet_lightning()
@@ -119,13 +132,11 @@ def run(spec: RunSpec, *, resume: bool = False, progress: bool | None = None, ov
     root = spec.output_dir()
     _prepare_folder(spec, root, resume, overwrite)
     options = TrainerOptions.from_run(spec, progress)
-    pl.seed_everything(spec.seed, verbose=False)
-    network = load(spec.model.name, weights=spec.model.weights, include_top=spec.model.include_top,
-                   num_classes=spec.model.classes, pooling=spec.model.pooling, in_chans=spec.model.in_chans)
+    network = initial_network(spec)
     image_size = spec.model.image_size or int(network.preprocessing.input_size[-1])
     data = TaskData.from_spec(spec.data, model_name=spec.model.name)
     status = RunRecord(name=spec.name, config_hash=spec.config_hash(), config=spec.model_dump(mode="json"),
-                       versions=ckpt.versions())
+                       versions=ckpt.versions(), hardware=ckpt.hardware())
     status.write(root)
     records: list[StageRecord] = []
     resumed: list[str] = []
@@ -151,7 +162,9 @@ def run(spec: RunSpec, *, resume: bool = False, progress: bool | None = None, ov
     last = spec.stages[-1]
     test = None
     if records[-1].head.kind == "task" and last.data != "general" and len(data.split("test")):
-        test = evaluate_split(network, data, "test", image_size=image_size, loss=last.loss, options=options)
+        test = evaluate_split(network, data, "test", image_size=image_size, loss=last.loss, options=options,
+                              confusion=True)
+        status.test_confusion, status.labels = test.pop("confusion"), list(data.class_names)
     status.status, status.test, status.seconds = "finished", test, time.perf_counter() - started
     status.write(root)
     return RunResult(spec, root, records, test, status.seconds, network, tuple(resumed))

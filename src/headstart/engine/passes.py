@@ -53,19 +53,29 @@ def compute_features(network: nn.Module, images: Batchable | ImagePlan, *, image
 
 @torch.no_grad()
 def evaluate(network: nn.Module, images: Batchable | ImagePlan, *, image_size: int | None, loss: str = "cross_entropy",
-             batch_size: int = INFERENCE_BATCH, device: torch.device | str = "cpu") -> dict[str, float]:
-    """Loss and accuracy of the network's task head on a labelled set (streamed)."""
+             batch_size: int = INFERENCE_BATCH, device: torch.device | str = "cpu",
+             num_classes: int | None = None) -> dict:
+    """Loss and accuracy of the network's task head on a labelled set (streamed); with
+    ``num_classes``, also its confusion matrix (``confusion[true][predicted]`` counts)."""
     was_training = network.training
     network.eval()
     network.to(device)
     total_loss, correct, count = 0.0, 0, 0
+    confusion = torch.zeros(num_classes or 1, num_classes or 1, dtype=torch.long)
     try:
         for pixels, labels in _loader(images, batch_size, torch.device(device).type == "cuda"):
             target = labels.to(device)
             logits = network(network_input(network, pixels, image_size, device))
             total_loss += float(task_loss(loss, logits, target)) * len(target)
-            correct += int((task_predictions(logits) == target).sum())
+            predicted = task_predictions(logits)
+            correct += int((predicted == target).sum())
             count += len(target)
+            if num_classes:
+                pairs = target.long().cpu() * num_classes + predicted.long().cpu()
+                confusion += torch.bincount(pairs, minlength=num_classes ** 2).view(num_classes, num_classes)
     finally:
         network.train(was_training)
-    return {"loss": total_loss / max(1, count), "accuracy": correct / max(1, count), "count": count}
+    metrics: dict = {"loss": total_loss / max(1, count), "accuracy": correct / max(1, count), "count": count}
+    if num_classes:
+        metrics["confusion"] = confusion.tolist()
+    return metrics

@@ -1,0 +1,206 @@
+"""Figures of a comparison report, each drawn from the summary (:mod:`headstart.report.summary`)
+and returned as PNG bytes, so the HTML report embeds them and needs no other file."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import numpy as np
+
+DPI = 100
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(figure) -> bytes:
+    plt = _pyplot()
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png", dpi=DPI)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def colours(names: list[str]) -> dict[str, Any]:
+    plt = _pyplot()
+    return {name: plt.get_cmap("tab10")(index % 10) for index, name in enumerate(names)}
+
+
+def learning_curves(budget: dict[str, Any]) -> bytes:
+    """Validation accuracy per labelled epoch (mean ± std band over seeds) and against wall seconds
+    (one line per seed; the head start shifts a curve to the right)."""
+    plt = _pyplot()
+    figure, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(11, 4))
+    palette = colours([arm["name"] for arm in budget["arms"]])
+    for name, runs in budget["runs"].items():
+        curves = [[point["val_accuracy"] for point in run["timeline"]] for run in runs]
+        length = max((len(curve) for curve in curves), default=0)
+        if not length:
+            continue
+        padded = np.full((len(curves), length), np.nan)
+        for row, curve in enumerate(curves):
+            padded[row, :len(curve)] = curve
+        mean = np.nanmean(padded, 0)
+        std = np.nanstd(padded, 0, ddof=1) if len(curves) > 1 else np.zeros(length)
+        epochs = np.arange(1, length + 1)
+        by_epoch.plot(epochs, mean, color=palette[name], label=f"{name} (n={len(curves)})", linewidth=1.6)
+        by_epoch.fill_between(epochs, mean - np.nan_to_num(std), mean + np.nan_to_num(std), color=palette[name],
+                              alpha=0.2, linewidth=0)
+        for index, run in enumerate(runs):
+            by_time.plot([point["seconds"] for point in run["timeline"]],
+                         [point["val_accuracy"] for point in run["timeline"]], color=palette[name], linewidth=1,
+                         alpha=0.8, label=name if index == 0 else None)
+    for axes in (by_epoch, by_time):
+        if budget["target_val_accuracy"] is not None:
+            axes.axhline(budget["target_val_accuracy"], color="grey", linestyle="--", linewidth=1, label="target")
+        axes.set_ylabel("validation accuracy")
+        axes.grid(alpha=0.3)
+        axes.legend(loc="lower right", fontsize=8)
+    by_epoch.set_xlabel("epoch on the labelled data")
+    by_epoch.set_title("learning curves, mean ± std over seeds")
+    by_time.set_xlabel("wall seconds from the start of the run (head start included)")
+    by_time.set_title("against wall time, each seed")
+    return _png(figure)
+
+
+def accuracy_and_time(budget: dict[str, Any]) -> bytes:
+    """Test accuracy per arm (mean ± std, each seed a dot) and seconds to the target."""
+    plt = _pyplot()
+    figure, (accuracy, timing) = plt.subplots(1, 2, figsize=(11, 3.8))
+    arms = budget["arms"]
+    names = [arm["name"] for arm in arms]
+    palette = colours(names)
+    positions = np.arange(len(arms))
+    means = [arm["test_accuracy"]["mean"] or 0.0 for arm in arms]
+    stds = [arm["test_accuracy"]["std"] or 0.0 for arm in arms]
+    accuracy.bar(positions, means, yerr=stds, capsize=4, color=[palette[n] for n in names], alpha=0.85)
+    for position, arm in zip(positions, arms):
+        values = arm["test_accuracy"]["values"]
+        accuracy.scatter([position] * len(values), values, color="black", s=12, zorder=3)
+        accuracy.annotate(f"{arm['test_accuracy']['mean']:.3f}", (position, max(values)), ha="center",
+                          va="bottom", fontsize=9, xytext=(0, 4), textcoords="offset points")
+    low = min(min(arm["test_accuracy"]["values"]) for arm in arms)
+    accuracy.set_ylim(max(0.0, low - 0.1), 1.0)
+    accuracy.set_xticks(positions, names)
+    accuracy.set_ylabel("test accuracy")
+    accuracy.set_title("final metric (bars: mean ± std; dots: seeds)")
+    times = [arm["seconds_to_target"]["mean"] or 0.0 for arm in arms]
+    spreads = [arm["seconds_to_target"]["std"] or 0.0 for arm in arms]
+    timing.bar(positions, times, yerr=spreads, capsize=4, color=[palette[n] for n in names], alpha=0.85)
+    for position, arm in zip(positions, arms):
+        seeds = len(arm["seeds"])
+        label = (f"{arm['reached']}/{seeds} seeds\n{arm['full_steps_to_target']['mean']:.0f} full"
+                 f" + {arm['cached_steps_to_target']['mean']:.0f} cached steps" if arm["reached"]
+                 else f"0/{seeds} seeds\nnever reached")
+        timing.annotate(label, (position, arm["seconds_to_target"]["mean"] or 0.0), ha="center", va="bottom",
+                        fontsize=8, xytext=(0, 4), textcoords="offset points")
+    timing.set_xticks(positions, names)
+    timing.set_ylabel("wall seconds to the target")
+    target = budget["target_val_accuracy"]
+    timing.set_title("time to converge" + (f" (validation accuracy {target:.3f})" if target is not None else ""))
+    timing.set_ylim(0, max(times + [1.0]) * 1.35)
+    return _png(figure)
+
+
+def confusion(matrix: list[list[int]], labels: list[str], title: str) -> bytes:
+    """Row-normalised confusion matrix with counts in each cell."""
+    plt = _pyplot()
+    counts = np.asarray(matrix, dtype=float)
+    rates = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    size = max(4.0, 0.45 * len(labels) + 2)
+    figure, axes = plt.subplots(figsize=(size + 1, size))
+    image = axes.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    if len(labels) <= 20:
+        for row in range(len(labels)):
+            for column in range(len(labels)):
+                if counts[row, column]:
+                    axes.text(column, row, f"{int(counts[row, column])}", ha="center", va="center", fontsize=7,
+                              color="white" if rates[row, column] > 0.5 else "black")
+        axes.set_xticks(range(len(labels)), labels, rotation=90 if max(map(len, labels)) > 3 else 0)
+        axes.set_yticks(range(len(labels)), labels)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(title, fontsize=10)
+    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="share of the true class")
+    return _png(figure)
+
+
+def schedules(runs: list[dict[str, Any]], arm: str) -> bytes:
+    """The learning rate at every planned step of each stage of one run, stages side by side."""
+    plt = _pyplot()
+    run = runs[0]
+    figure, axes = plt.subplots(figsize=(11, 2.6))
+    offset = 0
+    palette = colours([stage["name"] for stage in run["stages"]])
+    for stage in run["stages"]:
+        rates = stage["learning_rates"]
+        steps = np.arange(offset, offset + len(rates))
+        axes.plot(steps, rates, color=palette[stage["name"]],
+                  label=stage["name"] + (" (cached features)" if stage["cached_features"] else ""))
+        offset += len(rates)
+        axes.axvline(offset, color="grey", linewidth=0.6, linestyle=":")
+    axes.set_xlabel("optimizer step (stages in order)")
+    axes.set_ylabel("learning rate")
+    axes.set_yscale("log")
+    axes.set_title(f"{arm}: learning-rate schedule of each stage (seed {run['seed']})")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="lower left")
+    return _png(figure)
+
+
+def attention(npz: Any) -> bytes:
+    """Input images in the first column, then each arm's maps per layer (Gidaris et al. 2018, fig. 3)."""
+    plt = _pyplot()
+    meta = json.loads(str(npz["meta"]))
+    images = npz["images"]
+    maps = meta["maps"]
+    rows, columns = len(images), 1 + len(maps)
+    figure, axes = plt.subplots(rows, columns, figsize=(1.45 * columns + 0.5, 1.55 * rows + 0.9), squeeze=False)
+    for row in range(rows):
+        picture = images[row].transpose(1, 2, 0)
+        axes[row, 0].imshow(picture[..., 0] if picture.shape[-1] == 1 else picture, cmap="gray", vmin=0, vmax=1)
+        axes[row, 0].set_ylabel(meta["labels"][row] if row < len(meta["labels"]) else "", fontsize=8)
+        for column, entry in enumerate(maps, start=1):
+            axes[row, column].imshow(npz[entry["key"]][row], cmap="jet", vmin=0, vmax=1, interpolation="bilinear")
+    axes[0, 0].set_title("input", fontsize=8)
+    for column, entry in enumerate(maps, start=1):
+        height, width = entry["shape"]
+        axes[0, column].set_title(f"{entry['arm']}\n{entry['layer'].removeprefix('backbone.')} ({height}×{width})",
+                                  fontsize=7)
+    for axis in axes.flat:
+        axis.set_xticks([])
+        axis.set_yticks([])
+    figure.suptitle(f"attention maps: mean over channels of |activation|^{meta['power']:g}, each arm's final network",
+                    fontsize=9)
+    return _png(figure)
+
+
+def budgets(summary: dict[str, Any]) -> bytes:
+    """Test accuracy against labels per class, one line per arm (mean ± std)."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(7, 3.8))
+    palette = colours(summary["arms"])
+    for name in summary["arms"]:
+        points = [(budget["labels_per_class"], arm["test_accuracy"]) for budget in summary["budgets"]
+                  for arm in budget["arms"] if arm["name"] == name]
+        if not points:
+            continue
+        xs = [x for x, _ in points]
+        axes.errorbar(xs, [p["mean"] for _, p in points], yerr=[p["std"] for _, p in points], capsize=3,
+                      marker="o", color=palette[name], label=name)
+    axes.set_xscale("log")
+    axes.set_xlabel("labels per class")
+    axes.set_ylabel("test accuracy")
+    axes.set_title("label budgets")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    return _png(figure)

@@ -1,0 +1,198 @@
+"""One self-contained HTML file that answers "did pretraining help?" for a comparison or a run.
+
+Built only from files (:mod:`headstart.report.summary` reads them), so ``headstart report FOLDER``
+rebuilds it from a finished folder at any time. Every image is a PNG embedded as a ``data:`` URI
+and the page has no script, no stylesheet and no font from elsewhere: it opens from disk with no
+server and no network. Sections: the summary line and the comparison table (mean ± std, n), test
+accuracy and time-to-target bars, learning curves with bands over seeds, probe scores, the
+confusion matrix of the best arm, attention maps, each stage's learning-rate schedule, and the
+evidence (seeds, hardware, versions, configuration hashes, wall time).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from headstart.checkpoint import atomic_write_bytes
+from headstart.report import figures
+from headstart.report.summary import summarise, summary_line
+
+REPORT_FILE = "report.html"
+
+STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1180px;
+       color: #1d2329; line-height: 1.45; padding: 0 1rem; }
+h1 { font-size: 1.6rem; margin-bottom: .2rem; } h2 { font-size: 1.2rem; margin-top: 2.2rem;
+     border-bottom: 1px solid #d5dbe1; padding-bottom: .2rem; } h3 { font-size: 1.02rem; }
+table { border-collapse: collapse; margin: .6rem 0; font-size: .9rem; }
+th, td { border: 1px solid #d5dbe1; padding: .3rem .55rem; text-align: right; vertical-align: top; }
+th { background: #f1f4f7; } td.name, th.name { text-align: left; }
+.verdict { background: #eef6ee; border-left: 4px solid #3c8d40; padding: .6rem .9rem; margin: 1rem 0; }
+.verdict.within { background: #fff7e6; border-color: #d39200; }
+.muted { color: #5b6670; font-size: .88rem; } img { max-width: 100%; display: block; margin: .5rem 0; }
+code { background: #f1f4f7; padding: 0 .25rem; border-radius: 3px; }
+"""
+
+
+def _image(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _value(spread: dict[str, Any], digits: int = 4) -> str:
+    if spread["mean"] is None:
+        return "—"
+    if spread["n"] < 2:
+        return f"{spread['mean']:.{digits}f}"
+    return f"{spread['mean']:.{digits}f} ± {spread['std']:.{digits}f}"
+
+
+def _table(headers: list[str], rows: list[list[str]], classes: list[str] | None = None, ident: str = "") -> str:
+    classes = classes or [""] * len(headers)
+    head = "".join(f'<th class="{c}">{html.escape(h)}</th>' for h, c in zip(headers, classes))
+    body = "".join("<tr>" + "".join(f'<td class="{c}">{cell}</td>' for cell, c in zip(row, classes)) + "</tr>"
+                   for row in rows)
+    attribute = f' id="{ident}"' if ident else ""
+    return f"<table{attribute}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _comparison_table(budget: dict[str, Any], ident: str) -> str:
+    rows = []
+    for arm in budget["arms"]:
+        seeds = len(arm["seeds"])
+        reach = (f"{_value(arm['seconds_to_target'], 1)} s ({arm['reached']}/{seeds})" if arm["reached"]
+                 else f"not reached (0/{seeds})")
+        steps = (f"{_value(arm['full_steps_to_target'], 0)} full + {_value(arm['cached_steps_to_target'], 0)} cached"
+                 if arm["reached"] else "—")
+        gain = "baseline" if arm["name"] == budget["baseline"] else _value(arm["gain"])
+        rows.append([html.escape(arm["name"]), html.escape(" → ".join(arm["stages"])), str(arm["test_accuracy"]["n"]),
+                     _value(arm["test_accuracy"]), gain, reach, steps,
+                     f"{_value(arm['head_start_seconds'], 1)} s ({_value(arm['head_start_steps'], 0)} steps)",
+                     f"{_value(arm['seconds'], 1)} s"])
+    return _table(["arm", "stages", "n", "test accuracy", f"gain over {budget['baseline']}", "time to target",
+                   "labelled steps to target", "head start", "wall time"], rows,
+                  ["name", "name"] + [""] * 7, ident)
+
+
+def _probe_table(budget: dict[str, Any]) -> str:
+    rows, settings = [], {}
+    for arm in budget["arms"]:
+        for probe in arm["probes"]:
+            settings = probe["settings"] or settings
+            rows.append([html.escape(arm["name"]), html.escape(probe["backbone"]), _value(probe["linear"]),
+                         _value(probe["knn"]), str(probe["linear"]["n"])])
+    if not rows:
+        return '<p class="muted">No probes were run (probes: {enabled: false}).</p>'
+    described = "; ".join(f"{key}: {html.escape(str(value))}" for key, value in settings.items())
+    return (_table(["arm", "backbone", "linear probe", "k-NN probe", "n"], rows, ["name", "name", "", "", ""])
+            + f'<p class="muted">Frozen, pooled features computed once in eval mode. {described}.</p>')
+
+
+def _best_confusion(budget: dict[str, Any]) -> str:
+    best = budget["winner"]
+    if best is None:
+        return ""
+    runs = [run for run in budget["runs"][best["arm"]] if run["confusion"]]
+    if not runs:
+        return ""
+    total = np.sum([np.asarray(run["confusion"]) for run in runs], axis=0)
+    title = f"{best['arm']}: test split, summed over {len(runs)} seed(s)"
+    return _image(figures.confusion(total.tolist(), runs[0]["labels"], title), f"confusion matrix of {best['arm']}")
+
+
+def _evidence(summary: dict[str, Any], folder: Path) -> str:
+    hardware = summary.get("hardware") or {}
+    versions = summary.get("versions") or {}
+    rows = []
+    for budget in summary["budgets"]:
+        for name, runs in budget["runs"].items():
+            for run in runs:
+                where = Path(run["folder"])
+                where = where.relative_to(folder) if where.is_relative_to(folder) else where
+                rows.append([html.escape(name), str(run["seed"]),
+                             "—" if budget["labels_per_class"] is None else str(budget["labels_per_class"]),
+                             f"<code>{html.escape(run['config_hash'])}</code>", f"{run['seconds']:.1f} s",
+                             f"<code>{html.escape(str(where))}</code>"])
+    total = sum(run["seconds"] for budget in summary["budgets"] for runs in budget["runs"].values() for run in runs)
+    machine = ", ".join(f"{key}: {html.escape(str(value))}" for key, value in hardware.items())
+    software = ", ".join(f"{key} {html.escape(str(value))}" for key, value in versions.items())
+    unfinished = (f"<p>Not finished yet (left out): {html.escape(', '.join(summary['unfinished']))}</p>"
+                  if summary["unfinished"] else "")
+    return (f"<p>Seeds: {', '.join(map(str, summary['seeds']))}. Hardware: {machine or 'not recorded'}. "
+            f"Versions: {software or 'not recorded'}. Training wall time of all runs: {total:.1f} s.</p>"
+            + unfinished + _table(["arm", "seed", "labels per class", "config hash", "wall time", "folder"], rows,
+                                  ["name", "", "", "", "", "name"]))
+
+
+def render(folder: str | Path) -> str:
+    """The report's HTML for a comparison folder or a run folder (reads only files)."""
+    folder = Path(folder)
+    summary = summarise(folder)
+    verdicts = summary_line(summary)
+    several = len(summary["budgets"]) > 1
+    parts = [f"<h1>{html.escape(summary['name'])}: did pretraining help?</h1>",
+             f'<p class="muted">{len(summary["arms"])} arm(s) × {len(summary["seeds"])} seed(s)'
+             + (f" × {len(summary['budgets'])} label budgets" if several else "")
+             + f"; baseline <b>{html.escape(summary['baseline'])}</b>; generated "
+             f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} from <code>{html.escape(str(folder))}</code>.</p>"]
+    for budget, verdict in zip(summary["budgets"], verdicts):
+        clear = budget["winner"] is not None and budget["winner"]["exceeds_spread"]
+        parts.append(f'<div class="verdict{"" if clear else " within"}">{html.escape(verdict)}</div>')
+    if several:
+        parts.append(_image(figures.budgets(summary), "test accuracy against labels per class"))
+    for index, budget in enumerate(summary["budgets"]):
+        label = budget["labels_per_class"]
+        suffix = f" — {label} labels per class" if label is not None else ""
+        target = budget["target_val_accuracy"]
+        parts.append(f"<h2>Comparison{suffix}</h2>")
+        parts.append(_comparison_table(budget, f"comparison-{index}"))
+        parts.append('<p class="muted">Mean ± sample std over seeds (n). Gain: paired by seed. Time to target: '
+                     "wall seconds from the start of the run (head start and feature caching included) until "
+                     + (f"validation accuracy first reached {target:.4f}" if target is not None else "a target")
+                     + " (default: the lowest of the baseline's best over seeds), and the seeds that reached it. "
+                     "Steps on the labelled data: full steps run the whole network; cached steps train a head on "
+                     "backbone features computed once, a small fraction of a full step's cost.</p>")
+        parts.append(_image(figures.accuracy_and_time(budget), "test accuracy and time to target"))
+        parts.append(f"<h3>Learning curves{suffix}</h3>")
+        parts.append(_image(figures.learning_curves(budget), "learning curves"))
+        parts.append(f"<h3>Probes of the backbones{suffix}</h3>")
+        parts.append(_probe_table(budget))
+        confusion = _best_confusion(budget)
+        if confusion:
+            parts.append(f"<h3>Confusion matrix of the best arm{suffix}</h3>")
+            parts.append(confusion)
+    attention_file = folder / "attention.npz"
+    if attention_file.is_file():
+        with np.load(attention_file) as npz:
+            parts.append("<h2>Attention maps</h2>")
+            parts.append(_image(figures.attention(npz), "attention maps"))
+        parts.append('<p class="muted">Zagoruyko &amp; Komodakis 2017; Gidaris et al. 2018, figure 3: where each layer '
+                     "responds, scaled to 0..1 per image.</p>")
+    parts.append("<h2>Learning-rate schedules</h2>")
+    budget = summary["budgets"][0]
+    for name, runs in budget["runs"].items():
+        parts.append(_image(figures.schedules(runs, name), f"learning-rate schedule of {name}"))
+    diagnostics = [(name, stage["name"], note) for name, runs in budget["runs"].items() for stage in runs[0]["stages"]
+                   for note in stage["diagnostics"]]
+    if diagnostics:
+        parts.append("<h3>Diagnostics</h3><ul>" + "".join(
+            f"<li>{html.escape(name)} / {html.escape(stage)}: {html.escape(note)}</li>"
+            for name, stage, note in diagnostics) + "</ul>")
+    parts.append("<h2>Evidence</h2>")
+    parts.append(_evidence(summary, folder))
+    body = "\n".join(parts)
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(summary["name"])} — '
+            f"headstart report</title><style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")
+
+
+def write_report(folder: str | Path) -> Path:
+    """Render and write ``report.html`` into ``folder`` (atomic); return its path."""
+    folder = Path(folder)
+    path = folder / REPORT_FILE
+    atomic_write_bytes(path, render(folder).encode("utf-8"))
+    return path

@@ -1,0 +1,233 @@
+"""``headstart compare``: arms × seeds × label budgets on real digits, reuse and resume, time to
+target counted from what the runs wrote, bad comparison files, and the report rebuilt from disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from headstart.cli import app
+from headstart.compare import parse_compare, plan
+from headstart.compare import run as run_comparison
+from headstart.errors import HeadstartError
+from headstart.report.summary import mean_std, reach, run_outcome, summarise, summary_line
+
+TINY = {"name": "test_resnet", "weights": None, "image_size": 16}
+DATA = {"source": {"kind": "digits"}, "splits": {"labels_per_class": 10}}
+
+
+def _arms(task_epochs: int = 4) -> dict:
+    return {
+        "scratch": {"model": TINY, "stages": [{"name": "task", "epochs": task_epochs, "batch_size": 25}]},
+        "rotation": {"model": TINY, "stages": [
+            {"name": "rotation", "data": "all", "pretext": {"name": "rotation"}, "epochs": 1, "batch_size": 64},
+            {"name": "task", "epochs": task_epochs, "batch_size": 25}]},
+    }
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("compare") / "digits"
+    spec = {"name": "digits", "output": str(folder), "seeds": 2, "data": DATA, "arms": _arms(),
+            "attention": {"images": 2}}
+    lines: list[str] = []
+    result = run_comparison(spec, echo=lines.append, progress=False)
+    return spec, result, lines
+
+
+def test_every_arm_runs_at_every_seed_on_the_same_splits(comparison):
+    spec, result, lines = comparison
+    folder = result.folder
+    for arm in ("scratch", "rotation"):
+        for seed in (0, 1):
+            record = json.loads((folder / arm / f"seed-{seed}" / "run.json").read_text())
+            assert record["status"] == "finished" and record["config"]["seed"] == seed
+            assert record["config"]["data"]["splits"]["labels_per_class"] == 10
+            assert record["hardware"]["cpu_cores"] >= 1
+            assert sum(map(sum, record["test_confusion"])) == record["test"]["count"]
+    table = json.loads((folder / "comparison.json").read_text())
+    budget = table["budgets"][0]
+    assert [arm["name"] for arm in budget["arms"]] == ["scratch", "rotation"]
+    for arm in budget["arms"]:
+        assert arm["test_accuracy"]["n"] == 2
+        runs = [json.loads((folder / arm["name"] / f"seed-{s}" / "run.json").read_text()) for s in (0, 1)]
+        values = [run["test"]["accuracy"] for run in runs]
+        assert arm["test_accuracy"]["values"] == values
+        assert arm["test_accuracy"]["mean"] == pytest.approx(sum(values) / 2)
+    rotation = budget["arms"][1]
+    scratch_tests = budget["arms"][0]["test_accuracy"]["values"]
+    assert rotation["gain"]["values"] == pytest.approx([r - s for r, s in zip(rotation["test_accuracy"]["values"],
+                                                                              scratch_tests)])
+    assert any("[4/4] rotation, seed 1" in line for line in lines)
+    assert (folder / "report.html").stat().st_size > 50_000
+    assert (folder / "attention.npz").is_file()
+    for arm in ("scratch", "rotation"):
+        assert (folder / arm / "seed-0" / "init-probe.json").is_file()
+        assert (folder / arm / "seed-0" / f"{1 if arm == 'rotation' else 0}-task" / "probe.json").is_file()
+    assert result.verdicts and ("won with test accuracy" in result.verdicts[0])
+
+
+def test_time_to_target_counts_head_start_seconds_and_steps_from_the_stage_records(comparison):
+    _, result, _ = comparison
+    folder = result.folder / "rotation" / "seed-0"
+    outcome = run_outcome(folder)
+    rotation = json.loads((folder / "0-rotation" / "stage.json").read_text())
+    task = json.loads((folder / "1-task" / "stage.json").read_text())
+    assert outcome["head_start_seconds"] == pytest.approx(rotation["seconds"])
+    assert outcome["head_start_steps"] == rotation["steps"]
+    assert [point["val_accuracy"] for point in outcome["timeline"]] == [row["val_accuracy"] for row in task["history"]]
+    assert [point["full_steps"] for point in outcome["timeline"]] == [row["steps"] for row in task["history"]]
+    first = outcome["timeline"][0]
+    assert first["seconds"] > rotation["seconds"]  # the head start is part of the wall time
+    assert outcome["timeline"][-1]["seconds"] <= rotation["seconds"] + task["seconds"] + 1e-6
+    assert reach(outcome["timeline"], 0.0)["epoch"] == 1
+    assert reach(outcome["timeline"], 1.01) is None
+
+
+def test_cached_head_steps_are_not_counted_as_full_steps(tmp_path):
+    from headstart.config import parse_run
+    from headstart.structure import run
+
+    spec = parse_run({"output": str(tmp_path / "run"), "progress": False, "data": DATA, "model": TINY,
+                      "stages": [{"name": "head", "freeze": ["backbone"], "epochs": 2, "batch_size": 25},
+                                 {"name": "fine-tune", "epochs": 2, "batch_size": 25}]})
+    run(spec)
+    outcome = run_outcome(tmp_path / "run")
+    head = json.loads((tmp_path / "run" / "0-head" / "stage.json").read_text())
+    assert head["cached_features"] is True
+    assert [(p["full_steps"], p["cached_steps"]) for p in outcome["timeline"]] == [
+        (0, 4), (0, 8), (4, 8), (8, 8)]
+    assert outcome["head_start_steps"] == 0
+
+
+def test_a_rerun_reuses_finished_runs_and_resumes_an_interrupted_one(comparison, tmp_path):
+    spec, result, _ = comparison
+    copy = tmp_path / "copy"
+    shutil.copytree(result.folder, copy)
+    interrupted = copy / "rotation" / "seed-1"
+    record = json.loads((interrupted / "run.json").read_text())
+    record.update(status="interrupted", finished_stages=record["finished_stages"][:1], test=None)
+    (interrupted / "run.json").write_text(json.dumps(record))
+    shutil.rmtree(interrupted / "1-task")
+    untouched = (copy / "scratch" / "seed-0" / "0-task" / "weights.safetensors").stat().st_mtime_ns
+    lines: list[str] = []
+    again = run_comparison({**spec, "output": str(copy)}, echo=lines.append, progress=False)
+    assert sum("finished before, reused" in line for line in lines) == 3
+    assert any("rotation, seed 1: rotation → task (resuming)" in line for line in lines)
+    assert (copy / "scratch" / "seed-0" / "0-task" / "weights.safetensors").stat().st_mtime_ns == untouched
+    assert json.loads((interrupted / "run.json").read_text())["status"] == "finished"
+    assert again.table["budgets"][0]["arms"][1]["test_accuracy"]["n"] == 2
+
+
+def test_a_changed_arm_is_refused_unless_overwritten(comparison, tmp_path):
+    spec, result, _ = comparison
+    copy = tmp_path / "copy"
+    shutil.copytree(result.folder, copy)
+    changed = {**spec, "output": str(copy), "seeds": [0], "arms": {**_arms(task_epochs=2)}}
+    with pytest.raises(HeadstartError, match="different configuration.*--overwrite"):
+        run_comparison(changed, echo=lambda _: None, progress=False)
+    lines: list[str] = []
+    run_comparison(changed, overwrite=True, echo=lines.append, progress=False)
+    assert len(json.loads((copy / "scratch" / "seed-0" / "0-task" / "stage.json").read_text())["history"]) == 2
+
+
+def test_label_budgets_get_a_folder_and_a_table_each(tmp_path):
+    spec = {"name": "budgets", "output": str(tmp_path / "budgets"), "seeds": [3], "label_budgets": [5, 20],
+            "data": DATA, "arms": {"scratch": _arms(2)["scratch"]}, "probes": {"enabled": False},
+            "attention": {"enabled": False}}
+    result = run_comparison(spec, echo=lambda _: None, progress=False)
+    for budget, labelled in ((5, 50), (20, 200)):
+        record = json.loads((tmp_path / "budgets" / f"labels-{budget}" / "scratch" / "seed-3" / "0-task" /
+                             "stage.json").read_text())
+        assert record["history"][0]["steps"] == -(-labelled // 25)
+    assert [b["labels_per_class"] for b in result.table["budgets"]] == [5, 20]
+    assert "label budgets" in (tmp_path / "budgets" / "report.html").read_text()
+    assert all(line.startswith(("5 labels", "20 labels")) for line in result.verdicts)
+
+
+def test_an_arm_can_be_a_run_file_next_to_the_comparison_file(tmp_path):
+    (tmp_path / "scratch.yaml").write_text(yaml.safe_dump({
+        "name": "ignored", "seed": 99, "data": {"source": {"kind": "digits"}}, "model": TINY,
+        "stages": [{"name": "task", "epochs": 1, "batch_size": 50}]}))
+    (tmp_path / "compare.yaml").write_text(yaml.safe_dump({
+        "name": "from-files", "output": str(tmp_path / "out"), "seeds": 1, "data": DATA,
+        "arms": {"scratch": {"run": "scratch.yaml"}}, "probes": {"enabled": False}, "attention": {"enabled": False}}))
+    result = CliRunner().invoke(app, ["compare", str(tmp_path / "compare.yaml"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "out" / "scratch" / "seed-0" / "run.json").read_text())
+    assert record["config"]["seed"] == 0 and record["config"]["data"]["splits"]["labels_per_class"] == 10
+    assert "report:" in result.stdout and "scratch" in result.stdout
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"arms": {"a": {"model": TINY}}}, "needs `run`"),
+    ({"arms": {"a": {"run": "x.yaml", "model": TINY, "stages": [{"name": "t"}]}}}, "not both"),
+    ({"baseline": "nobody"}, "baseline 'nobody' is not an arm"),
+    ({"seeds": [1, 1]}, "seeds repeat"),
+    ({"label_budgets": [0]}, "positive numbers of labels"),
+    ({"probe": {}}, "probe: unknown key; did you mean 'probes'"),
+    ({"attention": {"layers": {"ghost": ["backbone.layer1"]}}}, "ghost"),
+])
+def test_bad_comparison_files_name_the_key(change, message):
+    base = {"data": DATA, "arms": {"a": {"model": TINY, "stages": [{"name": "t"}]}}}
+    with pytest.raises(HeadstartError, match=message):
+        parse_compare({**base, **change}, "cmp.yaml")
+
+
+def test_bad_comparison_file_on_the_command_line_is_one_line(tmp_path):
+    path = tmp_path / "cmp.yaml"
+    path.write_text("data: {source: {kind: digits}}\narms: {}\n")
+    result = CliRunner().invoke(app, ["compare", str(path)])
+    assert result.exit_code == 2 and "cmp.yaml: arms" in result.output and "Traceback" not in result.output
+    missing = CliRunner().invoke(app, ["compare", str(tmp_path / "none.yaml")])
+    assert missing.exit_code == 2 and "no such comparison file" in missing.output
+
+
+def test_a_folder_in_the_way_is_refused_before_anything_trains(tmp_path):
+    keep = tmp_path / "out" / "scratch" / "seed-0" / "thesis.tex"
+    keep.parent.mkdir(parents=True)
+    keep.write_text("precious")
+    spec = {"output": str(tmp_path / "out"), "seeds": [0, 1], "data": DATA, "arms": {"scratch": _arms()["scratch"]}}
+    with pytest.raises(HeadstartError, match="is not a headstart run"):
+        run_comparison(spec, echo=lambda _: None, progress=False)
+    assert keep.read_text() == "precious" and not (tmp_path / "out" / "scratch" / "seed-1").exists()
+
+
+def test_report_command_rebuilds_the_report_from_files_alone(comparison, tmp_path):
+    _, result, _ = comparison
+    copy = tmp_path / "copy"
+    shutil.copytree(result.folder, copy)
+    (copy / "report.html").unlink()
+    (copy / "comparison.json").unlink()
+    rebuilt = CliRunner().invoke(app, ["report", str(copy)])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    page = (copy / "report.html").read_text()
+    assert page.count("<tr>") > 8 and "seed-1" in page and "won with test accuracy" in rebuilt.stdout
+    assert summarise(copy, write=False)["budgets"][0]["arms"][0]["test_accuracy"]["n"] == 2
+    # a single run folder is a report of its own
+    single = CliRunner().invoke(app, ["report", str(copy / "rotation" / "seed-0")])
+    assert single.exit_code == 0, single.output
+    assert (copy / "rotation" / "seed-0" / "report.html").is_file()
+    nothing = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert nothing.exit_code == 2 and "neither a comparison" in nothing.output
+
+
+def test_plan_and_summary_arithmetic():
+    spec = parse_compare({"output": "o", "seeds": 2, "label_budgets": [5], "data": DATA, "arms": _arms()})
+    runs = plan(spec)
+    assert [(r.arm, r.seed) for r in runs] == [("scratch", 0), ("rotation", 0), ("scratch", 1), ("rotation", 1)]
+    assert runs[0].folder == Path("o/labels-5/scratch/seed-0")
+    assert runs[0].spec.data.splits.labels_per_class == 5
+    assert mean_std([1.0, 3.0]) == (2.0, pytest.approx(2 ** 0.5))
+    assert mean_std([4.0]) == (4.0, 0.0) and mean_std([]) == (None, None)
+    summary = {"budgets": [{"labels_per_class": None, "baseline": "a", "winner": {
+        "arm": "b", "gain": 0.01, "gain_std": 0.02, "spread": 0.03, "exceeds_spread": False, "positive_seeds": 2,
+        "seeds": 3}, "arms": [{"name": "b", "test_accuracy": {"mean": 0.9, "std": 0.03, "n": 3}}]}]}
+    assert "within the spread between seeds (±0.0300)" in summary_line(summary)[0]
+    assert os.sep not in spec.baseline_arm

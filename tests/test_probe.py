@@ -1,0 +1,126 @@
+"""Probes: the linear probe against scikit-learn, the k-NN probe against a direct loop, probes of a
+trained backbone above a random one on real digits, attention maps against their formula."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression
+from typer.testing import CliRunner
+
+from headstart.cli import app
+from headstart.errors import HeadstartError
+from headstart.probe import (attention_maps, fit_logistic_regression, knn_predict, linear_probe, probe_network,
+                             probe_stage, read_probe, run_data, standardize)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    features, labels = load_digits(return_X_y=True)
+    return torch.tensor(features, dtype=torch.float64), torch.tensor(labels)
+
+
+def test_linear_probe_agrees_with_scikit_learn_logistic_regression(digits):
+    features, labels = digits
+    bank, probe = standardize(features[:300], features[300:])
+    weights, bias = fit_logistic_regression(bank, labels[:300], 10, c=0.5)
+    reference = LogisticRegression(C=0.5, max_iter=20_000, tol=1e-10).fit(bank.numpy(), labels[:300].numpy())
+    ours = torch.softmax(probe @ weights.T + bias, 1).numpy()
+    assert np.abs(ours - reference.predict_proba(probe.numpy())).max() < 1e-3
+    assert np.abs(weights.numpy() - reference.coef_).max() < 1e-3
+    accuracy = linear_probe(features[:300], labels[:300], features[300:], labels[300:], c=0.5)
+    assert accuracy == pytest.approx((reference.predict(probe.numpy()) == labels[300:].numpy()).mean())
+    assert accuracy > 0.85  # real digits: far above chance (0.1)
+
+
+def test_knn_probe_is_the_weighted_cosine_vote_of_dino_and_lightly(digits):
+    features, labels = digits
+    bank, bank_labels, queries = features[:400].float(), labels[:400], features[400:460].float()
+    predicted = knn_predict(bank, bank_labels, queries, 10, k=20, temperature=0.07, chunk=7)
+    normal_bank = bank / bank.norm(dim=1, keepdim=True)
+    for row, query in enumerate(queries):
+        similarity = normal_bank @ (query / query.norm())
+        top = similarity.argsort(descending=True)[:20]
+        votes = np.zeros(10)
+        for index in top:
+            votes[int(bank_labels[index])] += float(torch.exp(similarity[index] / 0.07))
+        assert int(predicted[row]) == int(votes.argmax())
+    # k larger than the bank uses the whole bank; a bad k is refused
+    assert knn_predict(bank[:5], bank_labels[:5], queries, 10, k=50).shape == (60,)
+    with pytest.raises(HeadstartError, match="k=0"):
+        knn_predict(bank, bank_labels, queries, 10, k=0)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    from headstart.config import parse_run
+    from headstart.structure import run
+
+    folder = tmp_path_factory.mktemp("probe") / "run"
+    spec = parse_run({
+        "output": str(folder), "progress": False, "seed": 0,
+        "data": {"source": {"kind": "digits"}, "splits": {"labels_per_class": 20}},
+        "model": {"name": "test_resnet", "weights": None, "image_size": 16},
+        "stages": [{"name": "rotation", "data": "all", "pretext": {"name": "rotation"}, "epochs": 1, "batch_size": 64},
+                   {"name": "task", "epochs": 12, "batch_size": 25, "optimizer": {"lr": 3e-3}}],
+    })
+    run(spec)
+    return folder
+
+
+def test_probes_score_a_trained_backbone_above_a_random_one(trained_run):
+    from headstart.zoo import load
+
+    trained = probe_stage(trained_run / "1-task")
+    data, _ = run_data(trained_run)
+    torch.manual_seed(0)
+    random = probe_network(load("test_resnet", weights=None, include_top=False), data, image_size=16, source="init")
+    assert trained.linear_accuracy > random.linear_accuracy + 0.05
+    assert trained.knn_accuracy > random.knn_accuracy + 0.05
+    assert trained.bank_size == 200 and trained.probe_size == random.probe_size > 300
+    stored = json.loads((trained_run / "1-task" / "probe.json").read_text())
+    assert stored["knn_accuracy"] == trained.knn_accuracy
+    assert stored["settings"]["knn"] == {"k": 20, "metric": "cosine", "vote": "exp(similarity / 0.07)"}
+    assert stored["settings"]["linear"]["C"] == 1.0
+    assert read_probe(trained_run / "1-task") == trained
+
+
+def test_probe_command_reads_a_pretext_stage_and_names_bad_folders(trained_run, tmp_path):
+    result = CliRunner().invoke(app, ["probe", str(trained_run / "0-rotation"), "--k", "5", "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["settings"]["knn"]["k"] == 5 and 0.1 < record["knn_accuracy"] <= 1
+    assert (trained_run / "0-rotation" / "probe.json").is_file()
+    missing = CliRunner().invoke(app, ["probe", str(tmp_path)])
+    assert missing.exit_code == 2 and "no stage.json here" in missing.output and "Traceback" not in missing.output
+    unknown_split = CliRunner().invoke(app, ["probe", str(trained_run / "1-task"), "--split", "nope"])
+    assert unknown_split.exit_code == 2 and "nope" in unknown_split.output
+
+
+def test_attention_maps_follow_their_formula_and_refuse_unknown_layers(trained_run):
+    from headstart.checkpoint import load_backbone
+    from headstart.imageops import resize
+
+    network = load_backbone(trained_run / "1-task")
+    images = torch.rand(3, 1, 8, 8)
+    maps = attention_maps(network, images, image_size=16, power=2)
+    assert maps and all(value.shape[0] == 3 for value in maps.values())
+    name = next(iter(maps))
+    captured = {}
+    hook = dict(network.named_modules())[name].register_forward_hook(lambda _m, _i, out: captured.setdefault("a", out))
+    with torch.no_grad():
+        network.forward_features(network.encoder(16).prepare(resize(images, 16, "stretch")))
+    hook.remove()
+    expected = captured["a"].abs().pow(2).mean(1)
+    expected = (expected - expected.amin((1, 2), keepdim=True)) / (
+        expected.amax((1, 2), keepdim=True) - expected.amin((1, 2), keepdim=True))
+    assert torch.allclose(maps[name], expected, atol=1e-5)
+    assert float(maps[name].min()) == 0.0 and float(maps[name].max()) == pytest.approx(1.0)
+    with pytest.raises(HeadstartError, match="backbone.nowhere"):
+        attention_maps(network, images, layers=["backbone.nowhere"], image_size=16)
+    with pytest.raises(HeadstartError, match="power=0"):
+        attention_maps(network, images, power=0, image_size=16)

@@ -1,0 +1,94 @@
+"""The HTML report in a real browser: headless Chromium (Debian's ``chromium``) renders it from
+disk with no server and no network; the DOM has one table row per arm, every image decodes, and a
+screenshot is not blank.
+
+``.ci/run`` installs Chromium and sets ``HEADSTART_REQUIRE_BROWSER=1``, so there the test fails
+instead of skipping when no browser is found.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from headstart.compare import run as run_comparison
+
+CHECK = """<script>window.addEventListener("load", function () {
+  var rows = [].map.call(document.querySelectorAll("table[id^=comparison] tbody tr"),
+                         function (row) { return row.cells[0].textContent; });
+  var images = [].map.call(document.images, function (image) {
+    return {alt: image.alt, width: image.naturalWidth, height: image.naturalHeight}; });
+  var external = [].filter.call(document.querySelectorAll("[src],[href]"), function (node) {
+    var target = node.getAttribute("src") || node.getAttribute("href");
+    return !/^data:/.test(target) && !/^#/.test(target); }).length;
+  var out = document.createElement("pre"); out.id = "dom-check";
+  out.textContent = JSON.stringify({rows: rows, images: images, external: external});
+  document.body.appendChild(out);
+});</script>"""
+
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
+         "--disable-background-networking", "--no-first-run", "--disable-extensions"]
+
+
+def _browser() -> str | None:
+    found = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
+                  if shutil.which(name)), None)
+    if found is None and os.environ.get("HEADSTART_REQUIRE_BROWSER") == "1":
+        pytest.fail("HEADSTART_REQUIRE_BROWSER=1 but no chromium on PATH (apt-get install chromium)")
+    return found
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("report") / "digits"
+    tiny = {"name": "test_resnet", "weights": None, "image_size": 16}
+    run_comparison({
+        "name": "digits", "output": str(folder), "seeds": 2,
+        "data": {"source": {"kind": "digits"}, "splits": {"labels_per_class": 10}},
+        "arms": {
+            "scratch": {"model": tiny, "stages": [{"name": "task", "epochs": 3, "batch_size": 25}]},
+            "rotation": {"model": tiny, "stages": [
+                {"name": "rotation", "data": "all", "pretext": {"name": "rotation"}, "epochs": 1, "batch_size": 64},
+                {"name": "task", "epochs": 3, "batch_size": 25}]},
+            "frozen-head": {"model": tiny, "stages": [
+                {"name": "head", "freeze": ["backbone"], "epochs": 3, "batch_size": 25}]},
+        },
+        "attention": {"images": 3},
+    }, echo=lambda _: None, progress=False)
+    return folder / "report.html"
+
+
+def test_report_renders_in_headless_chromium_with_a_row_per_arm_and_every_image_decoded(report, tmp_path):
+    browser = _browser()
+    if browser is None:
+        pytest.skip("no chromium on PATH (.ci/run installs Debian's chromium)")
+    page = report.read_text(encoding="utf-8")
+    assert "<script" not in page  # the report itself runs nothing
+    checked = tmp_path / "checked.html"
+    checked.write_text(page.replace("</body>", CHECK + "</body>"), encoding="utf-8")
+    dumped = subprocess.run([browser, *FLAGS, "--virtual-time-budget=10000", "--dump-dom", checked.as_uri()],
+                            capture_output=True, text=True, timeout=120)
+    found = re.search(r'<pre id="dom-check">(.*?)</pre>', dumped.stdout, re.S)
+    assert found, dumped.stderr[-2000:]
+    dom = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    assert dom["rows"] == ["scratch", "rotation", "frozen-head"]
+    assert len(dom["images"]) >= 7  # bars, curves, confusion, attention, one schedule per arm
+    assert all(image["width"] > 0 and image["height"] > 0 for image in dom["images"]), dom["images"]
+    assert dom["external"] == 0
+
+    shot = tmp_path / "report.png"
+    subprocess.run([browser, *FLAGS, "--window-size=1280,2400", f"--screenshot={shot}", report.as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    with Image.open(shot) as image:
+        pixels = np.asarray(image.convert("L"), dtype=float)
+    assert pixels.shape == (2400, 1280)
+    assert pixels.std() > 20  # text, tables and plots, not a blank page
+    assert (pixels < 128).mean() > 0.01
