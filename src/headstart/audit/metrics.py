@@ -1,0 +1,88 @@
+"""The paper's measures, computed from the black box's answers to the crafted inputs.
+
+Rezaei & Liu (ICLR 2020) report, for a fine-tuned model with K target classes:
+
+* **NABAC** — number of attempts (crafted inputs, in a random neuron order) needed to break all
+  classes, a class being broken by the first crafted input the model assigns to it with confidence
+  above 0.99 (their ``confidenceLevel``); mean ± std over orders. Their face model (VGG-Face, LFW):
+  48.25 ± 42.5 for 5 classes, 149.97 ± 132.15 for 10, 323.36 ± 253.56 for 15.
+* **Effectiveness (x%)** — the share of those attempts whose top confidence reaches x% (their code:
+  ``1 − failedImage95 / totalAttempt``): 91.68% ± 5.69 at 95% and 87.82% ± 6.98 at 99% for 5
+  classes; 88.87% / 83.07% for 10.
+
+Every crafted input is queried once; a random neuron order is a permutation of those answers,
+so the mean ± std over many orders costs no further queries. When an order never breaks every
+class, NABAC is the number of attempts made (the paper's ``maxAttempt``) and ``reached`` says how
+many orders did break them all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class AttackMetrics:
+    classes: int
+    attempts: int
+    """Crafted inputs queried (neurons attacked)."""
+    orders: int
+    nabac_mean: float
+    nabac_std: float
+    reached: float
+    """Share of random orders that broke every class within ``attempts``."""
+    effectiveness: dict[str, tuple[float, float]]
+    """``"95"``/``"99"`` → (mean, std) share of attempts up to NABAC with top confidence ≥ 95%/99%."""
+    classes_hit: dict[str, float]
+    """``"95"``/``"99"`` → share of classes forced at that confidence by some crafted input."""
+    hits_per_class: list[int]
+    """Crafted inputs assigned to each class with confidence ≥ the break confidence."""
+    predicted_per_class: list[int] = field(default_factory=list)
+    """Crafted inputs whose top class is each class (any confidence)."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def row(self) -> str:
+        e95, e99 = self.effectiveness["95"], self.effectiveness["99"]
+        return (f"NABAC {self.nabac_mean:.2f} ± {self.nabac_std:.2f} (all classes broken in {self.reached:.0%} of "
+                f"orders), effectiveness 95% {100 * e95[0]:.2f}% ± {100 * e95[1]:.2f}, 99% {100 * e99[0]:.2f}% ± "
+                f"{100 * e99[1]:.2f}; classes hit at 99%: {self.classes_hit['99']:.0%}")
+
+
+def attack_metrics(probabilities, orders: int = 100, seed: int = 0, break_confidence: float = 0.99,
+                   levels: tuple[float, ...] = (0.95, 0.99)) -> AttackMetrics:
+    """NABAC and effectiveness from the black box's probabilities ``[attempts, classes]``."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    attempts, classes = probabilities.shape
+    confidence = probabilities.max(axis=1)
+    predicted = probabilities.argmax(axis=1)
+    rng = np.random.default_rng(seed)
+    nabacs, effective = [], {level: [] for level in levels}
+    reached = 0
+    for _ in range(orders):
+        order = rng.permutation(attempts)
+        broken: set[int] = set()
+        stop = attempts
+        for position, index in enumerate(order, start=1):
+            if confidence[index] > break_confidence:
+                broken.add(int(predicted[index]))
+                if len(broken) == classes:
+                    stop = position
+                    reached += 1
+                    break
+        nabacs.append(stop)
+        for level in levels:
+            effective[level].append(float((confidence[order[:stop]] >= level).mean()))
+    key = lambda level: f"{round(level * 100):d}"  # noqa: E731
+    breaks = confidence > break_confidence
+    return AttackMetrics(
+        classes=classes, attempts=attempts, orders=orders,
+        nabac_mean=float(np.mean(nabacs)), nabac_std=float(np.std(nabacs)), reached=reached / orders,
+        effectiveness={key(level): (float(np.mean(values)), float(np.std(values))) for level, values in effective.items()},
+        classes_hit={key(level): len(set(predicted[confidence >= level].tolist())) / classes for level in levels},
+        hits_per_class=np.bincount(predicted[breaks], minlength=classes).tolist(),
+        predicted_per_class=np.bincount(predicted, minlength=classes).tolist(),
+    )
