@@ -57,8 +57,10 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=MODELS)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    from headstart.interop import sample_batch
+    from headstart.interop import sample_batch  # before TensorFlow: torchvision imported after it segfaults
     from headstart.zoo import load
+    import timm.models  # noqa: F401
+    import torchvision.models  # noqa: F401
 
     converters = {}
     for name, convert in (("onnx2tf", _onnx2tf), ("nobuco", _nobuco)):

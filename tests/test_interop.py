@@ -104,6 +104,7 @@ def test_cli_export_errors_are_one_line(tmp_path):
     assert result.exit_code == 2 and "Traceback" not in result.output and "m.txt" in result.output
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("onnx2tf") is None, reason='needs the keras extra: pip install "headstart[keras]"')
 def test_keras_export_parity_within_1e4(tmp_path):
     # its own process: TensorFlow and torch share the process badly when torchvision is imported after TensorFlow
