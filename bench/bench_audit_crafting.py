@@ -58,7 +58,8 @@ def main() -> None:
     batched, single = best[f"batch {args.batch_size}"], best["one at a time"]
     print(f"batched: {batched['crafted_per_second']:.2f} crafted inputs/s, one at a time: "
           f"{single['crafted_per_second']:.2f} crafted inputs/s, ratio {batched['crafted_per_second'] / single['crafted_per_second']:.1f}x")
-    print(f"the whole layer (1280 neurons) batched: about {1280 / batched['crafted_per_second'] / 60:.0f} min")
+    minutes = 1280 * (49 / args.steps) / batched["crafted_per_second"] / 60
+    print(f"the whole layer (1280 neurons, 49 steps) batched: about {minutes:.0f} min")
 
 
 if __name__ == "__main__":
