@@ -301,6 +301,9 @@ KERAS_INSTALL = 'pip install "headstart[keras]"'
 
 
 def _import_onnx2tf():
+    import timm.models  # noqa: F401 - torchvision imported after TensorFlow crashes the process (segfault)
+    import torchvision.models  # noqa: F401
+
     try:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         import onnx2tf  # noqa: F401
