@@ -88,7 +88,12 @@ def _probe_table(budget: dict[str, Any]) -> str:
                          _value(probe["knn"]), str(probe["linear"]["n"])])
     if not rows:
         return '<p class="muted">No probes were run (probes: {enabled: false}).</p>'
-    described = "; ".join(f"{key}: {html.escape(str(value))}" for key, value in settings.items())
+    def plain(value: Any) -> str:
+        if isinstance(value, dict):
+            return ", ".join(f"{key} = {item}" for key, item in value.items())
+        return str(value)
+
+    described = "; ".join(f"{key}: {html.escape(plain(value))}" for key, value in settings.items())
     return (_table(["arm", "backbone", "linear probe", "k-NN probe", "n"], rows, ["name", "name", "", "", ""])
             + f'<p class="muted">Frozen, pooled features computed once in eval mode. {described}.</p>')
 
