@@ -165,6 +165,8 @@ def summary(
     include_top: bool = typer.Option(True, "--include-top/--no-top", help="Keep the pretrained classifier."),
     pooling: str = typer.Option("avg", help="avg, max, flatten or none (without the top)."),
     depth: int = typer.Option(2, min=1, help="Module levels below backbone and head to list."),
+    diagram: Optional[Path] = typer.Option(None, "--diagram", help="Also draw the architecture as an SVG file "
+                                           "(Keras' plot_model): blocks, output shapes, frozen parts marked."),
 ) -> None:
     """Print a Keras-style layer table with total, trainable and non-trainable parameters."""
     from headstart.zoo import load
@@ -173,6 +175,39 @@ def summary(
     if freeze:
         network.freeze(*freeze)
     typer.echo(network.summary(depth=depth))
+    if diagram is not None:
+        drawn = network.diagram(diagram, depth=depth)
+        typer.echo(f"diagram: {drawn.path} ({drawn.boxes} boxes, {drawn.width}×{drawn.height} px)")
+
+
+@app.command("lr-find")
+@user_errors
+def lr_find_command(
+    file: Path = typer.Argument(..., help="YAML run file (see headstart.config)."),
+    stage: str = typer.Option(..., "--stage", "-s", help="Name of the stage to sweep."),
+    output: Optional[Path] = typer.Option(None, help="Run folder holding the earlier stages (overrides the file's `output`)."),
+    run_earlier: bool = typer.Option(False, "--run-earlier", help="Train unfinished earlier stages in a temporary folder."),
+    plot: Optional[Path] = typer.Option(None, help="PNG of loss against rate; default lr-find-<run>-<stage>.png here."),
+    min_lr: float = typer.Option(1e-7, min=0, help="Rate at the first step (fastai's start_lr)."),
+    max_lr: float = typer.Option(10.0, min=0, help="Rate the sweep grows to (fastai's end_lr)."),
+    steps: int = typer.Option(100, min=20, help="Optimizer steps of the sweep."),
+    json_output: bool = typer.Option(False, "--json", help="Print the sweep as JSON."),
+) -> None:
+    """Sweep the learning rate for one stage of a run (LR range test) and suggest one; the run's folder is not touched."""
+    from headstart.config import load_run_file, parse_run
+    from headstart.lrfind import find_for_run
+
+    spec = load_run_file(file)
+    if output is not None:
+        spec = parse_run({**spec.model_dump(mode="json"), "output": str(output)}, str(file))
+    result = find_for_run(spec, stage, run_earlier=run_earlier, min_lr=min_lr, max_lr=max_lr, steps=steps,
+                          source=str(file))
+    path = result.plot(plot or Path(f"lr-find-{spec.name}-{stage}.png"))
+    if json_output:
+        typer.echo(result.model_dump_json(indent=2))
+        return
+    typer.echo(result.describe())
+    typer.echo(f"plot: {path}; to use it: optimizer: {{lr: {result.suggestion:.3g}}} (or lr: find)")
 
 
 def _print_stage_table(result) -> None:

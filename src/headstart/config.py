@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from headstart.data.sources import SourceSpec
 from headstart.errors import HeadstartError
@@ -107,10 +107,15 @@ class OptimizerSpec(_Strict):
     ``re:<regex>`` on parameter names) to its learning rate; parameters not matched use ``lr``.
     fastai's ``fine_tune`` uses ``slice(lr/100, lr)``: e.g. ``{stem: 1e-5, "blocks[:3]": 1e-4}``
     with ``lr: 1e-3``.
+
+    ``lr: find`` sweeps the rate first with this stage's freezing, BatchNorm policy, data and head
+    (the LR range test of :mod:`headstart.lrfind`), records the sweep in the stage folder and trains
+    with its suggestion.
     """
 
     name: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = Field(1e-3, gt=0)
+    lr: Annotated[float, Field(gt=0)] | Literal["find"] = Field(
+        1e-3, description='learning rate, or "find": sweep first and train with the suggestion (headstart.lrfind)')
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
     group_lr: dict[str, float] = Field(default_factory=dict)
@@ -174,6 +179,30 @@ class StageSpec(_Strict):
         return self
 
 
+class MLflowSpec(_Strict):
+    """Where the ``mlflow`` logger writes: one MLflow run per stage, in an experiment named after the run.
+
+    ``tracking_uri``: a folder (a local file store, no server), a ``file:``, ``sqlite:///``,
+    ``http(s)://`` or ``databricks`` URI; default: ``mlruns/`` beside the run's folder.
+    """
+
+    tracking_uri: str | None = Field(None, description="default: a file store in mlruns/ beside the run folder")
+    experiment: str | None = Field(None, description="MLflow experiment; default: the run's name")
+
+    @model_validator(mode="after")
+    def _check_uri(self) -> "MLflowSpec":
+        uri = self.tracking_uri
+        if uri is not None:
+            scheme = uri.split(":", 1)[0].lower() if ":" in uri and not (len(uri) > 1 and uri[1] == ":") else ""
+            known = ("file", "sqlite", "http", "https", "databricks", "postgresql", "mysql", "mssql")
+            if not uri.strip():
+                raise ValueError("tracking_uri is empty; give a folder or a URI such as sqlite:///mlflow.db")
+            if scheme and scheme.split("+")[0] not in known:
+                raise ValueError(f"tracking_uri {uri!r}: unknown scheme {scheme!r}; expected a folder or a "
+                                 "file:, sqlite:///, http(s)://, databricks or database URI")
+        return self
+
+
 class RunSpec(_Strict):
     """A whole run: data, model, stages, seed and where outputs go."""
 
@@ -190,9 +219,11 @@ class RunSpec(_Strict):
     num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
         "auto", description="processes decoding streamed images; auto: one per CPU core, at most 8, none on 2 cores or fewer")
     progress: bool = True
-    loggers: list[Literal["csv", "tensorboard"]] = Field(
+    loggers: list[Literal["csv", "tensorboard", "mlflow"]] = Field(
         default_factory=lambda: ["csv"],
-        description="metric logs written in each stage folder: csv (metrics.csv) and/or tensorboard (needs tensorboardX)")
+        description="metric logs written in each stage folder: csv (metrics.csv) and/or tensorboard (needs tensorboardX); "
+                    "mlflow: one MLflow run per stage (needs headstart[mlflow])")
+    mlflow: MLflowSpec | None = Field(None, description="settings of the mlflow logger (tracking_uri, experiment)")
 
     @model_validator(mode="after")
     def _check_general(self) -> "RunSpec":
@@ -205,10 +236,17 @@ class RunSpec(_Strict):
             raise ValueError(f"stage names must be unique; repeated: {', '.join(duplicates)}")
         return self
 
+    @field_validator("mlflow")
+    @classmethod
+    def _mlflow_needs_its_logger(cls, value: "MLflowSpec | None", info: ValidationInfo) -> "MLflowSpec | None":
+        if value is not None and "mlflow" not in info.data.get("loggers", ()):
+            raise ValueError("mlflow settings are given but loggers does not include mlflow; add it: loggers: [csv, mlflow]")
+        return value
+
     def config_hash(self) -> str:
         """SHA-256 of the canonical JSON of everything that changes results (not output/progress)."""
         payload = self.model_dump(mode="json", exclude={"output": True, "progress": True, "num_workers": True,
-                                                             "loggers": True, "data": {"residency"}})
+                                                             "loggers": True, "mlflow": True, "data": {"residency"}})
         for key, default in (("include_top", False), ("classes", None)):  # runs from before these keys keep their hash
             if payload["model"].get(key, default) == default:
                 payload["model"].pop(key, None)

@@ -549,6 +549,14 @@ class Network(nn.Module):
             "frozen_parameters": self.frozen_parameter_names(),
         }
 
+    def diagram(self, path=None, depth: int = 2, input_size: int | Sequence[int] | None = None):
+        """Draw the architecture as SVG, Keras' ``plot_model``: the backbone's blocks ``depth`` levels
+        down and the head, with output shapes and frozen parts marked (:mod:`headstart.diagram`).
+        Written to ``path`` when given; returns a :class:`~headstart.diagram.Diagram`."""
+        from headstart.diagram import draw
+
+        return draw(self, path, depth=depth, input_size=input_size)
+
     def summary(self, input_size: int | Sequence[int] | None = None, depth: int = 2) -> str:
         """A table like Keras' ``model.summary()``: layer, type, output shape, parameters, trainable.
 

@@ -37,6 +37,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -48,7 +49,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from headstart import checkpoint as ckpt
-from headstart.config import ModelSpec, StageSpec
+from headstart.config import MLflowSpec, ModelSpec, StageSpec
 from headstart.data.dataset import ImageSet
 from headstart.data.splits import Splits
 from headstart.data.task import TaskData
@@ -58,6 +59,7 @@ from headstart.engine.module import StageData, StageModule
 from headstart.engine.passes import compute_features, evaluate
 from headstart.errors import INTERRUPTED_EXIT_CODE, HeadstartError
 from headstart.heads import HeadSpec, build_head
+from headstart.lrfind import LRSweep
 
 LOG = logging.getLogger("headstart")
 BEST_FILE = "best.ckpt"
@@ -83,14 +85,24 @@ class TrainerOptions(BaseModel):
     """auto: stream files, gather in-memory sets; memory: decode once and hold; stream: always stream."""
     progress: bool | None = None
     """Progress bars; default: when standard error is a terminal."""
-    loggers: list[Literal["csv", "tensorboard"]] = Field(default_factory=lambda: ["csv"])
+    loggers: list[Literal["csv", "tensorboard", "mlflow"]] = Field(default_factory=lambda: ["csv"])
+    mlflow: MLflowSpec | None = None
+    """Store and experiment of the ``mlflow`` logger; default: ``mlruns/`` beside the stage folder
+    (a run's stages: beside the run folder), experiment named after the run
+    (:mod:`headstart.engine.tracking`)."""
 
     @classmethod
     def from_run(cls, spec: Any, progress: bool | None = None) -> "TrainerOptions":
         """The options a :class:`~headstart.config.RunSpec` sets."""
+        mlflow = None
+        if "mlflow" in spec.loggers:
+            chosen = spec.mlflow or MLflowSpec()
+            mlflow = MLflowSpec(tracking_uri=chosen.tracking_uri or str(spec.output_dir().parent / "mlruns"),
+                                experiment=chosen.experiment or spec.name)
         return cls(accelerator=spec.accelerator, devices=spec.devices, strategy=spec.strategy,
                    precision=spec.precision, num_workers=spec.num_workers, residency=spec.data.residency,
-                   progress=spec.progress if progress is None else progress, loggers=list(spec.loggers))
+                   progress=spec.progress if progress is None else progress, loggers=list(spec.loggers),
+                   mlflow=mlflow)
 
     @property
     def device(self) -> str:
@@ -166,6 +178,8 @@ class StageRecord(BaseModel):
     best_epoch: int | None = None
     data: DataRecord
     versions: dict[str, str] = Field(default_factory=dict)
+    lr_find: LRSweep | None = None
+    """The learning-rate sweep run first when the stage says ``optimizer: {lr: find}``."""
     _folder: Path | None = PrivateAttr(default=None)
 
     @property
@@ -293,11 +307,12 @@ def _progress(options: TrainerOptions) -> bool:
     return sys.stderr.isatty()
 
 
-def _trainer(options: TrainerOptions, stage: StageSpec, folder: Path, callbacks: list) -> pl.Trainer:
+def _trainer(options: TrainerOptions, stage: StageSpec, folder: Path, callbacks: list,
+             extra_loggers: list | None = None) -> pl.Trainer:
     return pl.Trainer(
         default_root_dir=folder, max_epochs=stage.epochs, limit_train_batches=stage.steps_per_epoch,
         accelerator=options.accelerator, devices=options.devices, strategy=options.strategy,
-        precision=options.precision, logger=_loggers(options, folder), callbacks=callbacks,
+        precision=options.precision, logger=_loggers(options, folder) + list(extra_loggers or []), callbacks=callbacks,
         plugins=[ckpt.AtomicCheckpointIO()], enable_progress_bar=_progress(options), enable_model_summary=False,
         num_sanity_val_steps=0, log_every_n_steps=1, use_distributed_sampler=False, deterministic=False,
         benchmark=False,
@@ -353,16 +368,7 @@ def fit_stage(network, stage: StageSpec | dict, data: TaskData | Splits, *, fold
     quiet_lightning()
     image_size = int(image_size or network.preprocessing.input_size[-1])
     model = model or ModelSpec(name=network.model_name, in_chans=network.in_chans, pooling=network.pooling)
-
-    pretext = None
-    if stage.pretext is not None:
-        from headstart import pretext as pretext_registry
-
-        pretext = pretext_registry.get(stage.pretext.name, **stage.pretext.options())
-    labels, train_set, val_set = _stage_splits(stage, data, index, pretext)
-    pl.seed_everything(seed + index, verbose=False)  # a new head's initial weights depend on (seed, index)
-    handover = install_head(network, stage, labels, pretext, image_size)
-    apply_freezing(network, stage)
+    pretext, train_set, val_set, handover = prepare_stage(network, stage, data, index, seed, image_size)
 
     def train(into: Path, resume: bool, keep: bool) -> StageRecord:
         return _fit(network, stage, index, seed, image_size, options, into, resume, pretext, train_set, val_set,
@@ -382,6 +388,59 @@ def fit_stage(network, stage: StageSpec | dict, data: TaskData | Splits, *, fold
             shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
     return train(folder, resume=resume, keep=True)
+
+
+def prepare_stage(network, stage: StageSpec, data: TaskData, index: int, seed: int,
+                  image_size: int) -> tuple[Any, ImageSet, ImageSet, Handover]:
+    """Steps 1 and 2 of the module docstring on ``network``: the stage's pretext task (or ``None``),
+    its training and validation images, the head installed and the freezing and BatchNorm policy
+    applied. ``fit_stage`` and the learning-rate finder both start a stage here."""
+    pretext = None
+    if stage.pretext is not None:
+        from headstart import pretext as pretext_registry
+
+        pretext = pretext_registry.get(stage.pretext.name, **stage.pretext.options())
+    labels, train_set, val_set = _stage_splits(stage, data, index, pretext)
+    pl.seed_everything(seed + index, verbose=False)  # a new head's initial weights depend on (seed, index)
+    handover = install_head(network, stage, labels, pretext, image_size)
+    apply_freezing(network, stage)
+    return pretext, train_set, val_set, handover
+
+
+@dataclass
+class PreparedData:
+    """What a stage's training reads (step 3 of the module docstring) and how it got there."""
+
+    data: StageData
+    cached: bool
+    train_plan: ImagePlan
+    seconds: float
+    """Wall time of planning and feature caching."""
+
+
+def prepare_data(network, stage: StageSpec, index: int, pretext, train_set: ImageSet, val_set: ImageSet | None,
+                 options: TrainerOptions, image_size: int) -> PreparedData:
+    """Plan the splits and, for a frozen backbone with frozen BatchNorm and no augmentation, compute
+    the features once (step 3). ``val_set=None``: training images only (the learning-rate sweep)."""
+    can_cache = (pretext is None and stage.augment == "none" and _whole_backbone_frozen(network)
+                 and default_bn_policy(stage) == "frozen")
+    if stage.cache_features and not can_cache:
+        raise HeadstartError(f"stages[{index}] ({stage.name}): cache_features needs the whole backbone frozen, "
+                             "bn_policy frozen, no pretext and augment: none")
+    cached = can_cache if stage.cache_features is None else stage.cache_features
+    started = time.perf_counter()
+    train_plan = _plan(train_set, options)
+    val_plan = _plan(val_set, options) if val_set is not None and len(val_set) else None
+    LOG.info("stage '%s': %s", stage.name, train_plan.describe())
+    if cached:
+        train_data: Any = compute_features(network, train_plan, image_size=image_size, device=options.device)
+        val_data: Any = (compute_features(network, val_plan, image_size=image_size, device=options.device)
+                         if val_plan is not None else None)
+        network.cpu()
+        stage_data = StageData(train_data, val_data)
+    else:
+        stage_data = StageData(train_plan, val_plan)
+    return PreparedData(stage_data, cached, train_plan, time.perf_counter() - started)
 
 
 def _check_arguments(network, stage, data, image_size, options) -> tuple[StageSpec, TaskData, TrainerOptions]:
@@ -423,26 +482,23 @@ def _check_arguments(network, stage, data, image_size, options) -> tuple[StageSp
 def _fit(network, stage: StageSpec, index: int, seed: int, image_size: int, options: TrainerOptions, folder: Path,
          resume: bool, pretext, train_set: ImageSet, val_set: ImageSet, handover: Handover, run_name: str,
          config_hash: str | None, model: ModelSpec, *, keep: bool) -> StageRecord:
-    can_cache = (pretext is None and stage.augment == "none" and _whole_backbone_frozen(network)
-                 and default_bn_policy(stage) == "frozen")
-    if stage.cache_features and not can_cache:
-        raise HeadstartError(f"stages[{index}] ({stage.name}): cache_features needs the whole backbone frozen, "
-                             "bn_policy frozen, no pretext and augment: none")
-    cached = can_cache if stage.cache_features is None else stage.cache_features
-    started = time.perf_counter()
-    train_plan = _plan(train_set, options)
-    val_plan = _plan(val_set, options) if len(val_set) else None
-    LOG.info("stage '%s': %s", stage.name, train_plan.describe())
-    if cached:
-        train_data: Any = compute_features(network, train_plan, image_size=image_size, device=options.device)
-        val_data: Any = (compute_features(network, val_plan, image_size=image_size, device=options.device)
-                         if val_plan is not None else None)
-        network.cpu()
-        stage_data = StageData(train_data, val_data)
-    else:
-        stage_data = StageData(train_plan, val_plan)
-    caching_seconds = time.perf_counter() - started
-    module = StageModule(network, stage, index, stage_data, seed=seed, image_size=image_size, pretext=pretext,
+    if "mlflow" in options.loggers:
+        from headstart.engine.tracking import require_mlflow
+
+        require_mlflow()  # before any data is read or feature computed
+    prepared = prepare_data(network, stage, index, pretext, train_set, val_set, options, image_size)
+    stage_data, cached, train_plan, caching_seconds = (prepared.data, prepared.cached, prepared.train_plan,
+                                                       prepared.seconds)
+    val_plan = stage_data.val
+    sweep: LRSweep | None = None
+    trained = stage
+    if stage.optimizer.lr == "find":
+        from headstart.lrfind import sweep_for_fit
+
+        sweep = sweep_for_fit(network, stage, index, seed, image_size, options, prepared, pretext,
+                              folder if keep else None, resume=resume)
+        trained = stage.model_copy(update={"optimizer": stage.optimizer.model_copy(update={"lr": sweep.suggestion})})
+    module = StageModule(network, trained, index, stage_data, seed=seed, image_size=image_size, pretext=pretext,
                          cached=cached, pin_memory=options.device == "cuda")
     history = EpochHistory()
     callbacks: list = [InterruptOnSignal(), history,
@@ -458,7 +514,16 @@ def _fit(network, stage: StageSpec, index: int, seed: int, image_size: int, opti
                                    monitor=stage.early_stopping.monitor, mode=mode, save_top_k=1,
                                    save_weights_only=True, enable_version_counter=False)
             callbacks.append(best)
-    trainer = _trainer(options, stage, folder, callbacks)
+    tracking = None
+    if keep and "mlflow" in options.loggers:
+        from headstart.engine.tracking import stage_logger, stage_params
+
+        tracking = stage_logger(options.mlflow, folder, default_store=folder.parent / "mlruns", run_name=run_name,
+                                index=index, resume=resume,
+                                params=stage_params(stage, model, seed=seed, image_size=image_size,
+                                                    config_hash=config_hash,
+                                                    learning_rate=sweep.suggestion if sweep is not None else None))
+    trainer = _trainer(options, stage, folder, callbacks, [tracking] if tracking is not None else None)
     # Lightning keeps the mode a module arrives in, and a loaded network arrives in eval mode: without
     # this, BatchNorm would normalise with its running statistics and never update them, and dropout
     # would be off. Network.train() keeps the layers of the `frozen` BatchNorm policy in eval mode.
@@ -492,10 +557,14 @@ def _fit(network, stage: StageSpec, index: int, seed: int, image_size: int, opti
         diagnostics=diagnostics, best_epoch=best_epoch,
         data=DataRecord(split=stage.data, train_images=len(train_set), val_images=len(val_set),
                         residency=train_plan.residency, workers=train_plan.workers, description=train_plan.describe()),
-        versions=ckpt.versions(),
+        versions=ckpt.versions(), lr_find=sweep,
     )
     if keep and trainer.is_global_zero:
         record.write(folder, network.state_dict())
+        if tracking is not None:
+            from headstart.engine.tracking import log_stage_folder
+
+            log_stage_folder(tracking, folder)
     return record
 
 

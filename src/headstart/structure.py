@@ -94,6 +94,10 @@ def _check_loggers(spec: RunSpec) -> None:
     if "tensorboard" in spec.loggers and find_spec("tensorboard") is None and find_spec("tensorboardX") is None:
         raise HeadstartError("loggers: tensorboard needs the tensorboardX package; "
                              "pip install 'headstart[tensorboard]' or remove it from loggers")
+    if "mlflow" in spec.loggers:
+        from headstart.engine.tracking import require_mlflow
+
+        require_mlflow()
 
 
 def _prepare_folder(spec: RunSpec, root: Path, resume: bool, overwrite: bool) -> None:
