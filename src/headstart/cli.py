@@ -5,7 +5,8 @@ pretraining vs ImageNet transfer); ``headstart run FILE`` runs the stages of a Y
 ``--resume`` continues one that was interrupted. ``headstart predict IMAGE...`` classifies images
 with a pretrained network or a trained checkpoint (Keras' ``model.predict`` + ``decode_predictions``
 in one line); ``headstart zoo list`` shows the model names; ``headstart summary MODEL`` prints the
-layer table with parameter counts, after freezing if asked.
+layer table with parameter counts, after freezing if asked (``--diagram FILE.svg`` also draws it);
+``headstart lr-find FILE --stage NAME`` sweeps the learning rate of one stage and suggests one.
 
 A user error (unreadable image, unknown model, a weights file that does not fit) prints one line,
 ``error: <what and where>``, on stderr and exits with code 2

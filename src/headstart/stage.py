@@ -25,7 +25,10 @@ What a stage does, in order:
    backbone, keeps BatchNorm statistics fixed and augments nothing computes the backbone features
    once, in one streaming pass, and trains only the head on them (``cached_features``).
 4. **Training** on Lightning: ``last.ckpt`` every epoch (resumable), early stopping and best
-   weights when asked, Ctrl+C/SIGTERM stop cleanly after the current step.
+   weights when asked, Ctrl+C/SIGTERM stop cleanly after the current step. ``optimizer: {lr:
+   find}`` first sweeps the rate on a copy of the network (:mod:`headstart.lrfind`) and trains
+   with its suggestion; ``loggers: [mlflow]`` makes the stage one MLflow run
+   (:mod:`headstart.engine.tracking`).
 5. **Record.** ``weights.safetensors`` then ``stage.json``, both written atomically; the presence
    of ``stage.json`` marks the stage finished.
 """
