@@ -103,6 +103,10 @@ def test_lr_find_in_a_run_file_sweeps_records_and_trains_with_the_suggestion(tmp
     assert (folder / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
     assert LRSweep.model_validate(json.loads((folder / "lr_find.json").read_text())) == record.lr_find
     assert math.isfinite(result.test["accuracy"])
+    # the report, built from the run's files, shows the sweep
+    from headstart.report.html import render
+
+    assert "Learning-rate sweep: sweep / head" in render(result.folder)
 
 
 def test_the_command_line_sweeps_and_refuses_bad_input_in_one_line(tmp_path, monkeypatch):

@@ -182,6 +182,12 @@ def render(folder: str | Path) -> str:
     budget = summary["budgets"][0]
     for name, runs in budget["runs"].items():
         parts.append(_image(figures.schedules(runs, name), f"learning-rate schedule of {name}"))
+    sweeps = [(name, stage["name"], Path(runs[0]["folder"]) / stage["folder"] / "lr_find.png")
+              for name, runs in budget["runs"].items() for stage in runs[0]["stages"]]
+    for name, stage, plot in sweeps:  # stages that said `lr: find` (headstart.lrfind)
+        if plot.is_file():
+            parts.append(f"<h3>Learning-rate sweep: {html.escape(name)} / {html.escape(stage)}</h3>")
+            parts.append(_image(plot.read_bytes(), f"learning-rate sweep of {name} / {stage}"))
     diagnostics = [(name, stage["name"], note) for name, runs in budget["runs"].items() for stage in runs[0]["stages"]
                    for note in stage["diagnostics"]]
     if diagnostics:
