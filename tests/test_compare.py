@@ -208,6 +208,9 @@ def test_report_command_rebuilds_the_report_from_files_alone(comparison, tmp_pat
     rebuilt = CliRunner().invoke(app, ["report", str(copy)])
     assert rebuilt.exit_code == 0, rebuilt.output
     page = (copy / "report.html").read_text()
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (copy / "report.html").stat().st_mode & 0o777 == 0o666 & ~mask  # readable like any file the user writes
     assert page.count("<tr>") > 8 and "seed-1" in page and "won with test accuracy" in rebuilt.stdout
     assert summarise(copy, write=False)["budgets"][0]["arms"][0]["test_accuracy"]["n"] == 2
     # a single run folder is a report of its own

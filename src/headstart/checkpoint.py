@@ -38,6 +38,12 @@ METADATA_FILE = "stage.json"
 RESUME_FILE = "last.ckpt"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
     """Write ``path`` through ``write(file_object)`` so that it is replaced whole or not at all."""
     path = Path(path)
@@ -48,6 +54,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
             write(file)
             file.flush()
             os.fsync(file.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 would hide reports from other users
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
