@@ -15,7 +15,7 @@ from headstart.cli import app
 from headstart.config import parse_run
 from headstart.data import TaskData
 from headstart.errors import HeadstartError
-from headstart.lrfind import LRSweep, find_for_run, lr_find, suggest, valley
+from headstart.lrfind import LRSweep, find_for_run, lr_find, smooth, suggest, valley
 from headstart.stage import StageRecord
 from headstart.structure import run
 from headstart.zoo import load
@@ -47,6 +47,8 @@ def test_valley_is_half_way_down_the_longest_fall():
     rate, window = suggest(rates, losses, steps=len(losses))
     assert window == (len(losses) // 10, len(losses) - 5)
     assert rates[window[0]] <= rate <= rates[window[1] - 1]
+    # bias-corrected smoothing keeps a constant loss constant from the first step on
+    assert smooth([2.3] * 5) == pytest.approx([2.3] * 5)
     with pytest.raises(HeadstartError, match="too early to suggest"):
         suggest(rates[:12], losses[:12], steps=100)
 

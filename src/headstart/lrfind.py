@@ -24,9 +24,11 @@ How it runs:
   logger: the caller's network and every file of a run stay as they were.
 * **Lightning's tuner** (``Tuner.lr_find``) sweeps: ``steps`` optimizer steps (default 100, as
   fastai and Lightning) with the rate growing exponentially from ``min_lr`` to ``max_lr``
-  (fastai's 1e-7 to 10), the loss smoothed with an exponential moving average (β = 0.98, bias
-  corrected) and the sweep stopped once the smoothed loss exceeds ``divergence`` × its best
-  (4, both libraries' default). Every parameter group sweeps at the same rate, as in fastai and
+  (fastai's 1e-7 to 10), stopped once its smoothed loss exceeds ``divergence`` × its best (4,
+  both libraries' default). The curve is smoothed here from the raw step losses (:func:`smooth`,
+  an exponential moving average, β = 0.98, with fastai's bias correction ``1 − β^k``): the
+  tuner's own curve divides by ``1 − β^(k+1)``, which halves its first point and draws a false
+  rise at the start. Every parameter group sweeps at the same rate, as in fastai and
   Lightning; ``group_lr`` applies to the training that follows.
 * **The suggestion** is fastai's ``valley`` rule, its default since fastai 2.5 (Mueller 2021):
   drop the first tenth of the planned steps and the last five points, find the longest run over
@@ -82,7 +84,9 @@ class LRSweep(BaseModel):
     learning_rates: list[float]
     """The rate of each sweep step."""
     losses: list[float]
-    """Smoothed training loss after each step (β = 0.98, bias corrected; NaN where a step had none)."""
+    """Smoothed training loss after each step (:func:`smooth`: β = 0.98, bias corrected)."""
+    raw_losses: list[float] = Field(default_factory=list)
+    """The training loss of each step as computed."""
     window: tuple[int, int]
     """``[start, stop)`` of the steps the rule read (the first tenth and last five left out)."""
     min_lr: float
@@ -117,6 +121,9 @@ class LRSweep(BaseModel):
         figure = Figure(figsize=(6.4, 4.0), dpi=100)
         FigureCanvasAgg(figure)
         axes = figure.add_subplot()
+        if self.raw_losses:
+            axes.plot(self.learning_rates[: len(self.raw_losses)], self.raw_losses, color="#1f77b4", alpha=0.25,
+                      linewidth=0.8, label="training loss per step")
         axes.plot(self.learning_rates, self.losses, color="#1f77b4", label="smoothed training loss")
         start, stop = self.window
         if stop > start:
@@ -156,6 +163,17 @@ class SweepInterrupted(HeadstartError):
 
 
 # ------------------------------------------------------------------------------------ the rule
+
+
+def smooth(losses: list[float], beta: float = 0.98) -> list[float]:
+    """Exponential moving average with bias correction, as fastai and Smith smooth the sweep:
+    ``a_k = β a_(k-1) + (1 − β) loss_k``, reported as ``a_k / (1 − β^k)``. A non-finite loss makes
+    the rest non-finite (the sweep has diverged)."""
+    average, smoothed = 0.0, []
+    for step, loss in enumerate(losses, start=1):
+        average = beta * average + (1 - beta) * loss
+        smoothed.append(average / (1 - beta**step))
+    return smoothed
 
 
 def valley(losses: list[float]) -> tuple[int, int]:
@@ -208,8 +226,11 @@ class SweepModule(StageModule):
     """
 
     interrupt: InterruptOnSignal | None = None
+    raw_losses: list[float]
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        self.raw_losses.append(float(loss) if loss is not None else float("nan"))
         if self.interrupt is not None:
             self.interrupt.on_train_batch_end(self.trainer, self, outputs, batch, batch_idx)
 
@@ -241,7 +262,7 @@ def sweep(network, stage, prepared: "PreparedData", *, index: int, seed: int, im
     module = SweepModule(network, at_start, index, StageData(prepared.data.train, None), seed=seed,
                          image_size=image_size, pretext=pretext, cached=prepared.cached,
                          pin_memory=options.device == "cuda")
-    module.interrupt = InterruptOnSignal()
+    module.interrupt, module.raw_losses = InterruptOnSignal(), []
     pl.seed_everything(seed + index, verbose=False)
     with tempfile.TemporaryDirectory(prefix="headstart-lr-find-") as scratch:
         trainer = pl.Trainer(default_root_dir=scratch, max_epochs=-1, max_steps=steps, accelerator=options.accelerator,
@@ -262,9 +283,11 @@ def sweep(network, stage, prepared: "PreparedData", *, index: int, seed: int, im
     if finder is None or not finder.results.get("lr"):
         raise HeadstartError(f"stage '{stage.name}': the learning-rate sweep took no step (no training batches?)")
     rates = [float(rate) for rate in finder.results["lr"]]
-    losses = [float(loss) for loss in finder.results["loss"]][: len(rates)]
+    raw = module.raw_losses[: len(rates)]
+    losses = smooth(raw)
     suggestion, window = suggest(rates, losses, steps)
-    return LRSweep(stage=stage.name, suggestion=suggestion, learning_rates=rates, losses=losses, window=window,
+    return LRSweep(stage=stage.name, suggestion=suggestion, learning_rates=rates, losses=losses, raw_losses=raw,
+                   window=window,
                    min_lr=min_lr, max_lr=max_lr, steps=steps, divergence=divergence, batch_size=stage.batch_size,
                    frozen_parameters=len(network.frozen_parameter_names()), bn_policy=default_bn_policy(stage),
                    cached_features=prepared.cached, seconds=time.perf_counter() - started)
@@ -353,7 +376,9 @@ def find_for_run(spec, stage_name: str, *, run_earlier: bool = False, progress: 
                              f"{', '.join(missing)}, not finished in {root}; run them first (headstart run) or pass "
                              "--run-earlier (run_earlier=True) to train them in a temporary folder")
     quiet_lightning()
-    options = TrainerOptions.from_run(spec, progress).model_copy(update={"loggers": ["csv"], "mlflow": None})
+    # one process: batch_size is the global batch, so one device sees the batches the run's processes share
+    options = TrainerOptions.from_run(spec, progress).model_copy(
+        update={"loggers": ["csv"], "mlflow": None, "devices": 1, "strategy": "auto"})
     network = initial_network(spec)
     image_size = spec.model.image_size or int(network.preprocessing.input_size[-1])
     data = TaskData.from_spec(spec.data, model_name=spec.model.name)

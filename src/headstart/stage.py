@@ -526,7 +526,8 @@ def _fit(network, stage: StageSpec, index: int, seed: int, image_size: int, opti
                                 params=stage_params(stage, model, seed=seed, image_size=image_size,
                                                     config_hash=config_hash,
                                                     learning_rate=sweep.suggestion if sweep is not None else None))
-    trainer = _trainer(options, stage, folder, callbacks, [tracking] if tracking is not None else None)
+    trainer = (_trainer(options, stage, folder, callbacks) if tracking is None
+               else _trainer(options, stage, folder, callbacks, [tracking]))
     # Lightning keeps the mode a module arrives in, and a loaded network arrives in eval mode: without
     # this, BatchNorm would normalise with its running statistics and never update them, and dropout
     # would be off. Network.train() keeps the layers of the `frozen` BatchNorm policy in eval mode.
