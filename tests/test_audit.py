@@ -140,3 +140,73 @@ def test_audit_errors_name_the_value(tmp_path):
     result = CliRunner().invoke(app, ["audit", str(tmp_path / "missing")])
     assert result.exit_code == 2 and "missing: no such stage or run folder" in result.output
     assert "Traceback" not in result.output
+
+
+def test_pooled_measures_equal_the_measures_over_every_victim_and_order():
+    from headstart.audit import pool_metrics
+
+    first = np.array([[0.995, 0.005], [0.2, 0.8], [0.001, 0.999], [0.97, 0.03]])
+    second = np.array([[0.999, 0.001], [0.0, 1.0], [0.5, 0.5], [0.6, 0.4], [0.996, 0.004]])
+    pooled = pool_metrics([attack_metrics(first, orders=50, seed=1), attack_metrics(second, orders=50, seed=2)])
+    runs = []
+    for probabilities, seed in ((first, 1), (second, 2)):
+        rng = np.random.default_rng(seed)
+        runs += [_papers_loop(probabilities, rng.permutation(len(probabilities)), 2) for _ in range(50)]
+    runs = np.array(runs)
+    assert pooled.orders == 100
+    assert pooled.nabac_mean == pytest.approx(runs[:, 0].mean()) and pooled.nabac_std == pytest.approx(runs[:, 0].std())
+    assert pooled.effectiveness["95"][0] == pytest.approx(runs[:, 1].mean())
+    assert pooled.effectiveness["99"][1] == pytest.approx(runs[:, 2].std())
+
+
+def test_crafting_leaves_the_callers_backbone_as_it_was():
+    # a hook left on the caller's backbone kept capturing (graph attached) on every later forward pass
+    public = _public()
+    public.train()
+    before = [parameter.requires_grad for parameter in public.parameters()]
+    hooks = sum(len(module._forward_pre_hooks) + len(module._forward_hooks) for module in public.modules())
+    features = PublicFeatures(public)
+    craft(features, torch.arange(2), 32, SMALL, batch_size=2)
+    assert features.layer == "pre-activation"
+    assert public.training and [parameter.requires_grad for parameter in public.parameters()] == before
+    assert sum(len(module._forward_pre_hooks) + len(module._forward_hooks) for module in public.modules()) == hooks
+
+
+def test_crafted_inputs_record_what_the_head_reads():
+    public = _public()
+    crafted = craft(PublicFeatures(public), torch.tensor([1, 3]), 32, SMALL, batch_size=2)
+    mean, std = public.preprocessing.mean, public.preprocessing.std
+    from headstart.imageops import normalize
+
+    with torch.no_grad():
+        read = public.eval().pooled(normalize(crafted.pixels / 255, mean, std))
+    assert torch.allclose(crafted.output_target, read[torch.arange(2), torch.tensor([1, 3])], atol=1e-5)
+    assert crafted.output_largest_other.shape == (2,)
+
+
+def test_victims_on_cached_features_answer_as_their_networks_do():
+    from headstart.audit.experiment import VictimConfig, _accuracy, cached_features, iter_victims, pool_cells
+
+    torch.manual_seed(0)
+    public = _public().eval()
+    images, labels = torch.rand(40, 3, 32, 32), torch.arange(40) % 10
+    features = cached_features(public, images)
+    config = VictimConfig(image_size=32, class_counts=(5,), layer_counts=(1, 2), seeds=2, head_epochs=2,
+                          fine_tune_seeds=1, fine_tune_epochs=1, fine_tune_batch=8)
+    mean, std = public.preprocessing.mean, public.preprocessing.std
+    results, seen = [], []
+    for victim in iter_victims(public, images, labels, features, config, echo=lambda line: None):
+        seen.append((victim.classes, victim.layers, victim.defence, victim.seed))
+        if victim.defence != "full fine-tuning":  # a head on cached features = the whole network on the images
+            chosen = torch.isin(labels, torch.tensor(victim.digits))
+            relabel = {digit: index for index, digit in enumerate(victim.digits)}
+            task = torch.tensor([relabel[int(label)] for label in labels[chosen]])
+            from_features = (victim.network.head(features[chosen]).argmax(1) == task).float().mean()
+            assert _accuracy(victim.network, images[chosen], task, mean, std) == pytest.approx(float(from_features))
+        probabilities = torch.softmax(torch.randn(6, 5), 1)
+        results.append({"victim": victim, "result": type("R", (), {"metrics": attack_metrics(probabilities, orders=4)})()})
+    assert len(seen) == 2 * 2 * 2 + 2 and len({digits for digits in map(tuple, [r["victim"].digits for r in results])}) == 2
+    cells = pool_cells(results)
+    assert [(cell.layers, cell.defence, cell.victims) for cell in cells] == [
+        (1, "none", 2), (2, "none", 2), (1, "feature clipping", 2), (2, "feature clipping", 2),
+        (1, "full fine-tuning", 1), (2, "full fine-tuning", 1)]

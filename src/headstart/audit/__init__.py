@@ -28,13 +28,13 @@ from typing import Callable
 
 import torch
 
-from headstart.audit.craft import AttackConfig, CraftedInputs, PublicFeatures, craft_batch
-from headstart.audit.metrics import AttackMetrics, attack_metrics
+from headstart.audit.craft import AttackConfig, CraftedInputs, PublicFeatures, craft_batch, read_out
+from headstart.audit.metrics import AttackMetrics, attack_metrics, pool_metrics
 from headstart.errors import HeadstartError
 from headstart.imageops import normalize
 
 __all__ = ["AttackConfig", "AttackMetrics", "AuditResult", "CraftedInputs", "PublicFeatures", "QueryOnly", "audit",
-           "attack_metrics", "craft", "public_backbone", "query"]
+           "attack_metrics", "craft", "pool_metrics", "public_backbone", "query"]
 
 
 class QueryOnly:
@@ -71,21 +71,20 @@ def craft(features: PublicFeatures, neurons: torch.Tensor, image_size: int, conf
     preprocessing = network.preprocessing
     device = next(network.parameters()).device
     shape = (preprocessing.in_chans, image_size, image_size)
-    pixels, targets, others = [], [], []
+    pixels, seen = [], {}
     started = time.perf_counter()
     for start in range(0, len(neurons), batch_size):
         batch = neurons[start:start + batch_size].to(device)
-        crafted, values = craft_batch(features, batch, shape, preprocessing.mean, preprocessing.std, config)
-        rows = torch.arange(len(batch), device=device)
-        targets.append(values[rows, batch].cpu())
-        masked = values.clone()
-        masked[rows, batch] = float("-inf")
-        others.append(masked.max(dim=1).values.cpu())
+        crafted, _ = craft_batch(features, batch, shape, preprocessing.mean, preprocessing.std, config)
+        for name, values in read_out(features, crafted, batch, preprocessing.mean, preprocessing.std).items():
+            seen.setdefault(name, []).append(values)
         pixels.append(crafted.cpu())
         if progress is not None:
             progress(min(start + batch_size, len(neurons)), len(neurons))
-    return CraftedInputs(neurons=neurons.cpu(), pixels=torch.cat(pixels), target_activation=torch.cat(targets),
-                         largest_other=torch.cat(others), seconds=time.perf_counter() - started,
+    seen = {name: torch.cat(values) for name, values in seen.items()}
+    return CraftedInputs(neurons=neurons.cpu(), pixels=torch.cat(pixels), target_activation=seen["target"],
+                         largest_other=seen["other"], output_target=seen["output_target"],
+                         output_largest_other=seen["output_other"], seconds=time.perf_counter() - started,
                          batch_size=batch_size, config=config)
 
 

@@ -16,6 +16,7 @@ real system would accept; the paper's code does not clip.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -52,6 +53,13 @@ class CraftedInputs:
     """The chosen neuron's pooled feature value after crafting, ``[N]``."""
     largest_other: torch.Tensor
     """The largest other feature value, ``[N]`` (the attack wants it near zero)."""
+    output_target: torch.Tensor | None = None
+    """The chosen neuron in the pooled features a head reads (after the backbone's last activation), ``[N]``.
+
+    Equal to :attr:`target_activation` when crafting reads the output; below a capped activation
+    (EfficientNet-Lite0's ReLU6) it stays at most 6 however large the pre-activation grows."""
+    output_largest_other: torch.Tensor | None = None
+    """The largest other pooled feature a head reads, ``[N]``."""
     seconds: float = 0.0
     batch_size: int = 0
     config: AttackConfig = field(default_factory=AttackConfig)
@@ -87,6 +95,22 @@ def craft_batch(features, neurons: torch.Tensor, image_shape: tuple[int, int, in
     return pixels.detach(), values.detach()
 
 
+def read_out(features, pixels: torch.Tensor, neurons: torch.Tensor, mean, std) -> dict[str, torch.Tensor]:
+    """Crafted images as the backbone sees them: the chosen neuron and the largest other, in the crafted layer
+    (``target``, ``other``) and in the pooled features a head reads (``output_target``, ``output_other``)."""
+    with torch.no_grad():
+        values = features(normalize(pixels / 255.0, mean, std))
+        output = features.last_output if features.last_output is not None else values
+    rows = torch.arange(len(neurons), device=values.device)
+    found = {}
+    for name, tensor in (("", values), ("output_", output)):
+        found[f"{name}target"] = tensor[rows, neurons].cpu()
+        masked = tensor.clone()
+        masked[rows, neurons] = float("-inf")
+        found[f"{name}other"] = masked.max(dim=1).values.cpu()
+    return found
+
+
 _ACTIVATIONS = (torch.nn.ReLU, torch.nn.ReLU6, torch.nn.SiLU, torch.nn.GELU, torch.nn.Hardswish, torch.nn.LeakyReLU,
                 torch.nn.ELU, torch.nn.Mish)
 
@@ -99,14 +123,19 @@ class PublicFeatures:
     ReLU (``layers[-4]``) for the same reason: below a ReLU (here EfficientNet-Lite0's ReLU6) a
     neuron that is zero everywhere has no gradient and can never be switched on. ``layer="output"``
     reads the pooled features themselves. The backbone's parameters never need gradients.
+
+    Works on its own copy of ``network``: the caller's module keeps its mode, its ``requires_grad``
+    flags and its hooks (a hook left on a shared backbone would keep capturing, graph attached, for
+    every later forward pass).
     """
 
     def __init__(self, network, layer: str = "pre-activation") -> None:
-        self.network = network.eval()
+        self.network = copy.deepcopy(network).eval()
         for parameter in self.network.parameters():
             parameter.requires_grad_(False)
         self.layer = "output"
         self._captured: list[torch.Tensor] = []
+        self.last_output: torch.Tensor | None = None
         if layer == "pre-activation":
             last = None
             for module in self.network.backbone.modules():
@@ -135,6 +164,7 @@ class PublicFeatures:
     def __call__(self, normalised: torch.Tensor) -> torch.Tensor:
         self._captured.clear()
         pooled = self.network.pooled(normalised)
+        self.last_output = pooled
         if self.layer == "output":
             return pooled
         return self.network.pool(self._captured[-1])

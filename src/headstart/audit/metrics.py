@@ -86,3 +86,35 @@ def attack_metrics(probabilities, orders: int = 100, seed: int = 0, break_confid
         hits_per_class=np.bincount(predicted[breaks], minlength=classes).tolist(),
         predicted_per_class=np.bincount(predicted, minlength=classes).tolist(),
     )
+
+
+def pool_metrics(parts: list[AttackMetrics]) -> AttackMetrics:
+    """Several victims' measures as one: mean ± std over every (victim, order) pair.
+
+    Rezaei & Liu's ± is over victims (one run per random draw of classes, neurons in a fixed
+    order); each part here is one victim over random orders, and pooling adds both sources of
+    spread (law of total variance, exact when every part has the same number of orders).
+    """
+    if not parts:
+        raise ValueError("pool_metrics: no measures to pool")
+    weights = np.array([part.orders for part in parts], dtype=np.float64)
+    weights /= weights.sum()
+
+    def pooled(pairs: list[tuple[float, float]]) -> tuple[float, float]:
+        means = np.array([mean for mean, _ in pairs])
+        second = np.array([std ** 2 + mean ** 2 for mean, std in pairs])
+        mean = float(weights @ means)
+        return mean, float(np.sqrt(max(float(weights @ second) - mean ** 2, 0.0)))
+
+    nabac = pooled([(part.nabac_mean, part.nabac_std) for part in parts])
+    width = max(len(part.hits_per_class) for part in parts)
+    summed = lambda lists: np.sum([np.pad(np.asarray(values), (0, width - len(values))) for values in lists], axis=0)  # noqa: E731
+    return AttackMetrics(
+        classes=parts[0].classes if len({part.classes for part in parts}) == 1 else -1,
+        attempts=parts[0].attempts, orders=sum(part.orders for part in parts),
+        nabac_mean=nabac[0], nabac_std=nabac[1], reached=float(weights @ [part.reached for part in parts]),
+        effectiveness={key: pooled([part.effectiveness[key] for part in parts]) for key in parts[0].effectiveness},
+        classes_hit={key: float(np.mean([part.classes_hit[key] for part in parts])) for key in parts[0].classes_hit},
+        hits_per_class=summed([part.hits_per_class for part in parts]).astype(int).tolist(),
+        predicted_per_class=summed([part.predicted_per_class for part in parts]).astype(int).tolist(),
+    )
