@@ -234,3 +234,30 @@ def test_plan_and_summary_arithmetic():
         "seeds": 3}, "arms": [{"name": "b", "test_accuracy": {"mean": 0.9, "std": 0.03, "n": 3}}]}]}
     assert "within the spread between seeds (±0.0300)" in summary_line(summary)[0]
     assert os.sep not in spec.baseline_arm
+
+
+def test_an_audit_in_the_folder_goes_into_the_report(comparison, tmp_path):
+    import io
+
+    from PIL import Image
+
+    from headstart.report.html import render
+
+    _, result, _ = comparison
+    copy = tmp_path / "copy"
+    shutil.copytree(result.folder, copy)
+    buffer = io.BytesIO()
+    Image.new("RGB", (20, 10), "red").save(buffer, format="PNG")
+    (copy / "audit-examples.png").write_bytes(buffer.getvalue())
+    (copy / "audit.md").write_text("# Target-agnostic attack\n\nCrafted on the public backbone.\n\n"
+                                   "| classes | NABAC |\n|---|---|\n| 5 | 48.2 ± 3.0 |\n\n![examples](audit-examples.png)\n")
+    page = render(copy)
+    assert '<table id="audit">' in page and "48.2 ± 3.0" in page and "<h2>Target-agnostic attack</h2>" in page
+    assert page.count('alt="examples" src="data:image/png;base64,') == 1
+    alone = tmp_path / "audit-only"
+    alone.mkdir()
+    for name in ("audit.md", "audit-examples.png"):
+        shutil.copy(copy / name, alone / name)
+    rebuilt = CliRunner().invoke(app, ["report", str(alone)])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert "48.2 ± 3.0" in (alone / "report.html").read_text()

@@ -353,14 +353,15 @@ def compare_command(
 
 @app.command("report")
 @user_errors
-def report_command(folder: Path = typer.Argument(..., help="A comparison folder or a run folder.")) -> None:
-    """Rebuild report.html from what a finished comparison or run wrote on disk."""
+def report_command(folder: Path = typer.Argument(..., help="A comparison folder, a run folder or an audit folder.")) -> None:
+    """Rebuild report.html from what a finished comparison, run or audit wrote on disk."""
     from headstart.report.html import write_report
     from headstart.report.summary import summarise, summary_line
 
     path = write_report(folder)
-    for line in summary_line(summarise(folder, write=False)):
-        typer.echo(line)
+    if any((folder / name).is_file() for name in ("compare.json", "run.json")):
+        for line in summary_line(summarise(folder, write=False)):
+            typer.echo(line)
     typer.echo(f"report: {path} ({path.stat().st_size / 1024:.0f} KiB)")
 
 

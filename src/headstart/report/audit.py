@@ -97,7 +97,8 @@ def _markdown_table(rows: list[list[str]]) -> str:
 
 
 def write_audit_report(experiment: dict, folder: str | os.PathLike) -> Path:
-    """Write ``audit.md`` and its PNG figures into ``folder``; return the Markdown path."""
+    """Write ``audit.md`` and its PNG figures into ``folder``, then the folder's ``report.html``
+    (:mod:`headstart.report.html` embeds the audit); return the Markdown path."""
     from headstart.checkpoint import atomic_write_bytes
 
     folder = Path(folder)
@@ -133,4 +134,7 @@ def write_audit_report(experiment: dict, folder: str | os.PathLike) -> Path:
     text += [f"![{name}](audit-{name}.png)" for name in sections["figures"]]
     path = folder / "audit.md"
     atomic_write_bytes(path, ("\n".join(text) + "\n").encode())
+    from headstart.report.html import write_report
+
+    write_report(folder)  # report.html: the audit alone, or inside the comparison or run report of this folder
     return path

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import datetime
 import html
+import re
 from pathlib import Path
 from typing import Any
 
@@ -134,9 +135,47 @@ def _evidence(summary: dict[str, Any], folder: Path) -> str:
                                   ["name", "", "", "", "", "name"]))
 
 
+AUDIT_FILE = "audit.md"
+
+
+def _markdown(text: str, folder: Path) -> str:
+    """The plain Markdown :mod:`headstart.report.audit` writes (headings, paragraphs, one table,
+    images beside it) as HTML, its images embedded."""
+    parts, table = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            if not set(line) <= set("|-: "):
+                table.append([html.escape(cell.strip()) for cell in line.strip("|").split("|")])
+            continue
+        if table:
+            parts.append(_table(table[0], table[1:], ["name"] + [""] * (len(table[0]) - 1), "audit"))
+            table = []
+        image = re.fullmatch(r"!\[(.*)\]\((.+\.png)\)", line.strip())
+        if image and (folder / image.group(2)).is_file():
+            parts.append(_image((folder / image.group(2)).read_bytes(), image.group(1)))
+        elif line.startswith("# "):
+            parts.append(f"<h2>{html.escape(line[2:])}</h2>")
+        elif line.strip():
+            parts.append(f"<p>{html.escape(line)}</p>")
+    return "\n".join(parts)
+
+
+def _audit(folder: Path) -> str:
+    path = folder / AUDIT_FILE
+    return _markdown(path.read_text(encoding="utf-8"), folder) if path.is_file() else ""
+
+
+def _page(title: str, body: str) -> str:
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)} — '
+            f"headstart report</title><style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")
+
+
 def render(folder: str | Path) -> str:
-    """The report's HTML for a comparison folder or a run folder (reads only files)."""
+    """The report's HTML for a comparison folder or a run folder (reads only files), with the
+    security audit when the folder holds one (``audit.md``, written by ``headstart audit``)."""
     folder = Path(folder)
+    if (folder / AUDIT_FILE).is_file() and not any((folder / name).is_file() for name in ("compare.json", "run.json")):
+        return _page("security audit", _audit(folder))
     summary = summarise(folder)
     verdicts = summary_line(summary)
     several = len(summary["budgets"]) > 1
@@ -194,11 +233,12 @@ def render(folder: str | Path) -> str:
         parts.append("<h3>Diagnostics</h3><ul>" + "".join(
             f"<li>{html.escape(name)} / {html.escape(stage)}: {html.escape(note)}</li>"
             for name, stage, note in diagnostics) + "</ul>")
+    audit = _audit(folder)
+    if audit:
+        parts.append(audit)
     parts.append("<h2>Evidence</h2>")
     parts.append(_evidence(summary, folder))
-    body = "\n".join(parts)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(summary["name"])} — '
-            f"headstart report</title><style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")
+    return _page(summary["name"], "\n".join(parts))
 
 
 def write_report(folder: str | Path) -> Path:
