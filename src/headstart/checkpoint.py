@@ -166,17 +166,23 @@ def find_stage_folder(path: str | os.PathLike) -> Path:
     raise HeadstartError(f"{path}: no {METADATA_FILE} here (expected a headstart stage folder or run folder)")
 
 
+def _bare_network(model):
+    """The network a stage's record describes, random weights, no head yet (nothing is downloaded)."""
+    from headstart.zoo import load
+
+    return load(model.name, weights=None, include_top=model.include_top, num_classes=model.classes,
+                pooling=model.pooling, in_chans=model.in_chans)
+
+
 def load_backbone(path: str | os.PathLike):
     """The backbone a stage trained (any stage, pretext stages included), with no head: for probes
     and attention maps. Weights of the stage's head are left out; every backbone weight must load."""
     from headstart.stage import StageRecord
-    from headstart.zoo import load
 
     folder = find_stage_folder(path)
     record = StageRecord.read(folder)
     model = record.model
-    network = load(model.name, weights=None, include_top=model.include_top, num_classes=model.classes,
-                   pooling=model.pooling, in_chans=model.in_chans)
+    network = _bare_network(model)
     state = {key: value for key, value in load_weights(folder / WEIGHTS_FILE).items() if key.startswith("backbone.")}
     result = network.load_state_dict(state, strict=False)
     missing = [key for key in result.missing_keys if key.startswith("backbone.")]
@@ -197,7 +203,6 @@ def load_network(path: str | os.PathLike):
     """
     from headstart.heads import build_head
     from headstart.stage import StageRecord
-    from headstart.zoo import load
 
     folder = find_stage_folder(path)
     record = StageRecord.read(folder)
@@ -207,8 +212,7 @@ def load_network(path: str | os.PathLike):
             "predict from a stage that trains the task head"
         )
     model = record.model
-    network = load(model.name, weights=None, include_top=model.include_top, num_classes=model.classes,
-                   pooling=model.pooling, in_chans=model.in_chans)
+    network = _bare_network(model)
     network.replace_head(build_head(record.head.spec, network.head_in_features), labels=record.head.labels)
     state = load_weights(folder / WEIGHTS_FILE)
     result = network.load_state_dict(state, strict=False)
