@@ -180,6 +180,11 @@ def test_bad_comparison_files_name_the_key(change, message):
         parse_compare({**base, **change}, "cmp.yaml")
 
 
+def test_a_spec_of_the_wrong_type_is_named():
+    with pytest.raises(HeadstartError, match="spec=int: expected a CompareSpec, a mapping or the path"):
+        run_comparison(3, echo=lambda _: None)
+
+
 def test_bad_comparison_file_on_the_command_line_is_one_line(tmp_path):
     path = tmp_path / "cmp.yaml"
     path.write_text("data: {source: {kind: digits}}\narms: {}\n")

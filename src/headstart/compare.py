@@ -329,6 +329,9 @@ def run(spec: CompareSpec | dict | str | Path, *, base: str | Path | None = None
         base = base or folder
     elif isinstance(spec, dict):
         spec = parse_compare(spec)
+    elif not isinstance(spec, CompareSpec):
+        raise HeadstartError(f"compare.run spec={type(spec).__name__}: expected a CompareSpec, a mapping or the path "
+                             "of a comparison file")
     base = Path(base or ".")
     started = time.perf_counter()
     runs = plan(spec, base)
