@@ -85,6 +85,7 @@ class StageModule(pl.LightningModule):
         self.encoder = network.encoder(image_size)
         self.generator: torch.Generator | None = None
         self.schedule: list[float] = []
+        self.planned_steps = 0
         if pretext is None:
             # predictions are class indices (task_predictions), so one metric serves one-sigmoid heads too
             classes = max(2, len(network.labels or ()))
@@ -161,6 +162,11 @@ class StageModule(pl.LightningModule):
             self.log(f"train_{name}", value, on_step=False, on_epoch=True, batch_size=size)
         return loss
 
+    def on_train_batch_end(self, outputs, batch, batch_index) -> None:
+        if self.pretext is not None:
+            planned = max(1, self.planned_steps)
+            self.pretext.after_step(self.network.head, self.encoder, min(1.0, self.global_step / planned))
+
     def validation_step(self, batch, batch_index):
         loss, metrics = self._step(batch, batch_index, training=False)
         size = len(batch[0])
@@ -172,7 +178,9 @@ class StageModule(pl.LightningModule):
     def configure_optimizers(self):
         spec = self.stage.optimizer
         optimizer = build_optimizer(self.network, spec, self.stage.name)
-        factors = learning_rate_factors(spec, self.stage.epochs, self.steps_per_epoch())
+        steps = self.steps_per_epoch()
+        self.planned_steps = self.stage.epochs * steps
+        factors = learning_rate_factors(spec, self.stage.epochs, steps)
         self.schedule = [float(value) * spec.lr for value in factors[:-1]]
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": ScheduleFromArray(optimizer, factors),
                                                          "interval": "step"}}

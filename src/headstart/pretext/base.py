@@ -210,6 +210,11 @@ class PretextTask(ABC):
             return {"accuracy": 1.0 / self.num_outputs}
         return {}
 
+    def after_step(self, head: nn.Module, encoder: Encoder, progress: float) -> None:
+        """Called after every optimizer step of a training stage, ``progress`` = steps done / steps
+        planned (0..1]. A no-op here; tasks with state outside the gradient (a momentum teacher,
+        BYOL/DINO) update it here."""
+
     def input_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
         """Height and width of what the encoder sees for images of ``image_size``."""
         return (int(image_size[0]), int(image_size[1]))
