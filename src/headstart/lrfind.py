@@ -301,14 +301,15 @@ def lr_find(network, stage, data, *, index: int = 0, seed: int = 0, image_size: 
 
     Returns an :class:`LRSweep`: ``suggestion``, the curve, ``plot(path)``.
     """
-    from headstart.stage import _check_arguments, prepare_data, prepare_stage, quiet_lightning
+    from headstart.stage import _check_arguments, prepare_data, prepare_stage, quiet_lightning, unlabelled_split
 
     stage, data, options = _check_arguments(network, stage, data, image_size, options)
     quiet_lightning()
     image_size = int(image_size or network.preprocessing.input_size[-1])
     work = copy.deepcopy(network)
     pretext, train_set, _, _ = prepare_stage(work, stage, data, index, seed, image_size)
-    prepared = prepare_data(work, stage, index, pretext, train_set, None, options, image_size)
+    prepared = prepare_data(work, stage, index, pretext, train_set, None, options, image_size,
+                            unlabelled_split(stage, data))
     return sweep(work, stage, prepared, index=index, seed=seed, image_size=image_size, options=options,
                  pretext=pretext, min_lr=min_lr, max_lr=max_lr, steps=steps, divergence=divergence)
 

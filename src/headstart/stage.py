@@ -147,6 +147,8 @@ class DataRecord(BaseModel):
     split: str
     train_images: int
     val_images: int
+    unlabelled_images: int = 0
+    """Images a semi-supervised stage read without labels."""
     residency: Literal["memory", "stream"]
     workers: int
     description: str
@@ -372,10 +374,11 @@ def fit_stage(network, stage: StageSpec | dict, data: TaskData | Splits, *, fold
     image_size = int(image_size or network.preprocessing.input_size[-1])
     model = model or ModelSpec(name=network.model_name, in_chans=network.in_chans, pooling=network.pooling)
     pretext, train_set, val_set, handover = prepare_stage(network, stage, data, index, seed, image_size)
+    unlabelled_set = unlabelled_split(stage, data)
 
     def train(into: Path, resume: bool, keep: bool) -> StageRecord:
         return _fit(network, stage, index, seed, image_size, options, into, resume, pretext, train_set, val_set,
-                    handover, run_name, config_hash, model, keep=keep)
+                    handover, run_name, config_hash, model, keep=keep, unlabelled_set=unlabelled_set)
 
     if folder is None:
         with tempfile.TemporaryDirectory(prefix="headstart-stage-") as scratch:
@@ -410,6 +413,17 @@ def prepare_stage(network, stage: StageSpec, data: TaskData, index: int, seed: i
     return pretext, train_set, val_set, handover
 
 
+def unlabelled_split(stage: StageSpec, data: TaskData) -> ImageSet | None:
+    """The images a semi-supervised stage reads without labels (``None`` for other stages)."""
+    if stage.semi_supervised is None:
+        return None
+    images = data.split(stage.semi_supervised.unlabelled)
+    if not len(images):
+        raise HeadstartError(f"stage '{stage.name}': semi_supervised.unlabelled is {stage.semi_supervised.unlabelled!r} "
+                             "but that split has no images; keep fewer labels (splits.labels_per_class) or use 'all'")
+    return images
+
+
 @dataclass
 class PreparedData:
     """What a stage's training reads (step 3 of the module docstring) and how it got there."""
@@ -422,11 +436,12 @@ class PreparedData:
 
 
 def prepare_data(network, stage: StageSpec, index: int, pretext, train_set: ImageSet, val_set: ImageSet | None,
-                 options: TrainerOptions, image_size: int) -> PreparedData:
+                 options: TrainerOptions, image_size: int, unlabelled_set: ImageSet | None = None) -> PreparedData:
     """Plan the splits and, for a frozen backbone with frozen BatchNorm and no augmentation, compute
-    the features once (step 3). ``val_set=None``: training images only (the learning-rate sweep)."""
+    the features once (step 3). ``val_set=None``: training images only (the learning-rate sweep).
+    ``unlabelled_set``: the images a semi-supervised stage reads without labels."""
     can_cache = (pretext is None and stage.augment == "none" and _whole_backbone_frozen(network)
-                 and default_bn_policy(stage) == "frozen")
+                 and default_bn_policy(stage) == "frozen" and stage.semi_supervised is None)
     if stage.cache_features and not can_cache:
         raise HeadstartError(f"stages[{index}] ({stage.name}): cache_features needs the whole backbone frozen, "
                              "bn_policy frozen, no pretext and augment: none")
@@ -442,7 +457,8 @@ def prepare_data(network, stage: StageSpec, index: int, pretext, train_set: Imag
         network.cpu()
         stage_data = StageData(train_data, val_data)
     else:
-        stage_data = StageData(train_plan, val_plan)
+        unlabelled_plan = _plan(unlabelled_set, options) if unlabelled_set is not None else None
+        stage_data = StageData(train_plan, val_plan, unlabelled_plan)
     return PreparedData(stage_data, cached, train_plan, time.perf_counter() - started)
 
 
@@ -484,12 +500,12 @@ def _check_arguments(network, stage, data, image_size, options) -> tuple[StageSp
 
 def _fit(network, stage: StageSpec, index: int, seed: int, image_size: int, options: TrainerOptions, folder: Path,
          resume: bool, pretext, train_set: ImageSet, val_set: ImageSet, handover: Handover, run_name: str,
-         config_hash: str | None, model: ModelSpec, *, keep: bool) -> StageRecord:
+         config_hash: str | None, model: ModelSpec, *, keep: bool, unlabelled_set: ImageSet | None = None) -> StageRecord:
     if "mlflow" in options.loggers:
         from headstart.engine.tracking import require_mlflow
 
         require_mlflow()  # before any data is read or feature computed
-    prepared = prepare_data(network, stage, index, pretext, train_set, val_set, options, image_size)
+    prepared = prepare_data(network, stage, index, pretext, train_set, val_set, options, image_size, unlabelled_set)
     stage_data, cached, train_plan, caching_seconds = (prepared.data, prepared.cached, prepared.train_plan,
                                                        prepared.seconds)
     val_plan = stage_data.val
@@ -560,6 +576,7 @@ def _fit(network, stage: StageSpec, index: int, seed: int, image_size: int, opti
         step_losses=history.step_losses, learning_rates=module.schedule, handover=handover, cached_features=cached,
         diagnostics=diagnostics, best_epoch=best_epoch,
         data=DataRecord(split=stage.data, train_images=len(train_set), val_images=len(val_set),
+                        unlabelled_images=len(unlabelled_set) if unlabelled_set is not None else 0,
                         residency=train_plan.residency, workers=train_plan.workers, description=train_plan.describe()),
         versions=ckpt.versions(), lr_find=sweep,
     )

@@ -73,6 +73,48 @@ class EpochBatches:
         return len(self._global_batches())
 
 
+class StreamBatches:
+    """``steps`` index batches of ``batch_size`` from an endless stream of shuffled passes, starting
+    at optimizer step ``start_step``: the unlabelled batches of a semi-supervised stage.
+
+    Pass ``p`` over the ``count`` images is ``randperm`` seeded by ``(seed, p)``, and step ``s`` takes
+    the next ``batch_size`` indices after ``s × batch_size``, so the batch of any step is fixed by
+    the seed alone (a resumed stage reads the same unlabelled images as an uninterrupted one).
+    Under DDP rank ``r`` of ``N`` takes every ``N``-th index of a global batch ``N`` times larger.
+    """
+
+    def __init__(self, count: int, batch_size: int, *, seed: int, start_step: int, steps: int,
+                 rank: int = 0, world_size: int = 1) -> None:
+        if count <= 0:
+            raise HeadstartError("no unlabelled images to draw batches from")
+        self.count, self.batch_size, self.seed = count, batch_size, seed
+        self.start_step, self.steps, self.rank, self.world_size = start_step, steps, rank, world_size
+        self._pass, self._order = -1, torch.empty(0, dtype=torch.long)
+
+    def _permutation(self, number: int) -> Tensor:
+        if number != self._pass:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + number)
+            self._pass, self._order = number, torch.randperm(self.count, generator=generator)
+        return self._order
+
+    def _indices(self, start: int, size: int) -> Tensor:
+        chunks = []
+        while size > 0:
+            number, offset = divmod(start, self.count)
+            take = min(size, self.count - offset)
+            chunks.append(self._permutation(number)[offset : offset + take])
+            start, size = start + take, size - take
+        return torch.cat(chunks)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        size = self.batch_size * self.world_size
+        for step in range(self.start_step, self.start_step + self.steps):
+            yield self._indices(step * size, size)[self.rank :: self.world_size]
+
+    def __len__(self) -> int:
+        return self.steps
+
+
 class LoaderError(HeadstartError):
     """A file failed to decode inside a ``DataLoader`` worker.
 
@@ -179,8 +221,10 @@ def plan_images(images: ImageSet, *, prefer: ResidencyChoice = "auto", workers: 
 
 
 def make_loader(data: Batchable | ImagePlan, batch_size: int, *, seed: int, shuffle: bool, rank: int = 0,
-                world_size: int = 1, pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    """A ``DataLoader`` yielding whole batches of ``data`` in :class:`EpochBatches` order.
+                world_size: int = 1, pin_memory: bool = False,
+                sampler: "EpochBatches | StreamBatches | None" = None) -> torch.utils.data.DataLoader:
+    """A ``DataLoader`` yielding whole batches of ``data`` in :class:`EpochBatches` order (or the
+    given index ``sampler``'s).
 
     A streamed :class:`ImagePlan` decodes in its worker processes (kept alive between epochs, two
     batches prefetched each); in-memory images and tensors are gathered in the main process. A
@@ -194,11 +238,13 @@ def make_loader(data: Batchable | ImagePlan, batch_size: int, *, seed: int, shuf
         workers = data.workers if data.residency == "stream" else 0
     else:
         dataset = TensorBatches(*data)
-    sampler = EpochBatches(len(dataset), batch_size, seed=seed, shuffle=shuffle, drop_last=shuffle,
-                           rank=rank, world_size=world_size)
+    persistent = sampler is None and workers > 0
+    if sampler is None:
+        sampler = EpochBatches(len(dataset), batch_size, seed=seed, shuffle=shuffle, drop_last=shuffle,
+                               rank=rank, world_size=world_size)
     return torch.utils.data.DataLoader(
         dataset, batch_size=None, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
-        persistent_workers=workers > 0, prefetch_factor=2 if workers > 0 else None,
+        persistent_workers=persistent, prefetch_factor=2 if workers > 0 else None,
         multiprocessing_context=_worker_context() if workers > 0 else None,
     )
 
@@ -219,5 +265,5 @@ def count_of(data: Batchable | ImagePlan) -> int:
     return int(len(data[0]))
 
 
-__all__ = ["Batchable", "EpochBatches", "ImagePlan", "LoaderError", "Residency", "ResidencyChoice", "SetBatches",
+__all__ = ["Batchable", "EpochBatches", "ImagePlan", "LoaderError", "Residency", "ResidencyChoice", "SetBatches", "StreamBatches",
            "TensorBatches", "count_of", "default_workers", "make_loader", "plan_images"]

@@ -25,33 +25,12 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from headstart.config import StageSpec
-from headstart.engine.batches import Batchable, ImagePlan, count_of, make_loader
+from headstart.engine.augment import augment, strong_augment
+from headstart.engine.batches import Batchable, ImagePlan, StreamBatches, count_of, make_loader
 from headstart.engine.callbacks import NonFiniteLoss
+from headstart.engine.fixmatch import pseudo_labels, unlabelled_loss
 from headstart.engine.losses import ScheduleFromArray, build_optimizer, learning_rate_factors, task_loss, task_predictions
 from headstart.imageops import resize, to_unit_range
-
-
-def augment(images: Tensor, mode: str, generator: torch.Generator) -> Tensor:
-    """Batched random augmentation on the device.
-
-    ``crop``: a random crop after reflect-padding by 1/8 of the side (a shift of up to ±1/8);
-    ``flip``: random horizontal flip; ``crop_flip``: both. Digits and text should not be flipped.
-    """
-    if mode == "none":
-        return images
-    batch, _, height, width = images.shape
-    if mode in ("crop", "crop_flip"):
-        pad = max(1, height // 8)
-        padded = F.pad(images, (pad, pad, pad, pad), mode="reflect")
-        offsets = torch.randint(0, 2 * pad + 1, (batch, 2), generator=generator, device=images.device)
-        rows = offsets[:, 0, None] + torch.arange(height, device=images.device)
-        cols = offsets[:, 1, None] + torch.arange(width, device=images.device)
-        index = torch.arange(batch, device=images.device)[:, None, None]
-        images = padded.permute(0, 2, 3, 1)[index, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-    if mode == "crop":
-        return images
-    flip = torch.rand(batch, generator=generator, device=images.device) < 0.5
-    return torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
 
 
 @dataclass
@@ -60,6 +39,8 @@ class StageData:
 
     train: Batchable | ImagePlan
     val: Batchable | ImagePlan | None
+    unlabelled: ImagePlan | None = None
+    """Images a semi-supervised stage reads without labels (``semi_supervised``)."""
 
 
 def stage_seed(seed: int, stage_index: int, epoch: int, rank: int = 0, step: int = 0) -> int:
@@ -86,6 +67,7 @@ class StageModule(pl.LightningModule):
         self.generator: torch.Generator | None = None
         self.schedule: list[float] = []
         self.planned_steps = 0
+        self.unlabelled_batches: Any = None
         if pretext is None:
             # predictions are class indices (task_predictions), so one metric serves one-sigmoid heads too
             classes = max(2, len(network.labels or ()))
@@ -116,8 +98,16 @@ class StageModule(pl.LightningModule):
 
     # randomness -------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
-        rank, _ = self._rank()
+        rank, world = self._rank()
         torch.manual_seed(stage_seed(self.seed, self.stage_index, self.current_epoch, rank))
+        semi = self.stage.semi_supervised
+        if semi is not None and self.data.unlabelled is not None:
+            # this epoch's unlabelled batches, fixed by the seed and the global step (resumes exactly)
+            sampler = StreamBatches(count_of(self.data.unlabelled), semi.ratio * self.stage.batch_size,
+                                    seed=stage_seed(self.seed, self.stage_index, 0) + 1, start_step=self.global_step,
+                                    steps=self.steps_per_epoch(), rank=rank, world_size=world)
+            self.unlabelled_batches = iter(make_loader(self.data.unlabelled, sampler.batch_size, seed=0, shuffle=True,
+                                                       pin_memory=self.pin_memory, sampler=sampler))
 
     def _batch_generator(self, batch_index: int) -> torch.Generator:
         rank, _ = self._rank()
@@ -143,7 +133,25 @@ class StageModule(pl.LightningModule):
             if training and self.pretext.kind == "classification":
                 metrics = {"accuracy": (outputs.detach().argmax(1) == targets).float().mean()}
             return loss, metrics
+        if training and self.unlabelled_batches is not None:
+            return self._semi_supervised_step(images, labels, generator)
         return self._task_step(self.network(self.encoder.prepare(images)), labels, training)
+
+    def _semi_supervised_step(self, images: Tensor, labels: Tensor,
+                              generator: torch.Generator) -> tuple[Tensor, dict[str, Any]]:
+        """FixMatch (:mod:`headstart.engine.fixmatch`): labelled loss + weight × pseudo-label loss."""
+        semi = self.stage.semi_supervised
+        pixels, _ = next(self.unlabelled_batches)
+        unlabelled = resize(to_unit_range(pixels.to(self.device, non_blocking=True)), self.image_size, "stretch")
+        weak = augment(unlabelled, self.stage.augment, generator)
+        strong = strong_augment(unlabelled, generator, ops=semi.strong_ops, cutout_fraction=semi.cutout)
+        with torch.no_grad():
+            pseudo = pseudo_labels(_as_classes(self.network(self.encoder.prepare(weak))), semi.threshold)
+        logits = self.network(self.encoder.prepare(torch.cat([images, strong])))
+        labelled_logits, strong_logits = logits[: len(images)], logits[len(images) :]
+        loss, metrics = self._task_step(labelled_logits, labels, training=True)
+        loss = loss + semi.weight * unlabelled_loss(_as_classes(strong_logits), pseudo)
+        return loss, {**metrics, "unlabelled_used": pseudo.used}
 
     def _task_step(self, logits: Tensor, labels: Tensor, training: bool) -> tuple[Tensor, dict[str, Any]]:
         loss = task_loss(self.stage.loss, logits, labels)
@@ -174,6 +182,9 @@ class StageModule(pl.LightningModule):
         for name, value in metrics.items():
             self.log(f"val_{name}", value, on_epoch=True, prog_bar=name == "accuracy", batch_size=size, sync_dist=True)
 
+    def on_train_epoch_end(self) -> None:
+        self.unlabelled_batches = None  # ends this epoch's loader (and its workers)
+
     # optimisation -----------------------------------------------------------------------------
     def configure_optimizers(self):
         spec = self.stage.optimizer
@@ -184,3 +195,9 @@ class StageModule(pl.LightningModule):
         self.schedule = [float(value) * spec.lr for value in factors[:-1]]
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": ScheduleFromArray(optimizer, factors),
                                                          "interval": "step"}}
+
+
+def _as_classes(logits: Tensor) -> Tensor:
+    """A one-sigmoid head's logit ``z`` as two-class logits ``[0, z]`` (softmax of which is the
+    sigmoid), so pseudo-labels and their loss work the same for every task head."""
+    return torch.cat([torch.zeros_like(logits), logits], dim=1) if logits.shape[1] == 1 else logits
