@@ -267,7 +267,7 @@ def _print_comparison(result) -> None:
     """The comparison's table per label budget (mean ± std over seeds), its verdicts and the report."""
     from rich.table import Table
 
-    from headstart.report.summary import summary_line
+    from headstart.report.summary import step_lines, summary_line
 
     for budget in result.table["budgets"]:
         target = budget["target_val_accuracy"]
@@ -295,6 +295,10 @@ def _print_comparison(result) -> None:
         _console().print(shown)
     for line in summary_line(result.table):
         typer.echo(line)
+    several = len(result.table["budgets"]) > 1
+    for budget in result.table["budgets"]:
+        for line in step_lines(budget, f"{budget['labels_per_class']} labels per class: " if several else ""):
+            typer.echo(line)
     typer.echo(f"report: {result.report} ({result.report.stat().st_size / 1024:.0f} KiB); "
                f"{result.seconds:.0f} s in all")
 

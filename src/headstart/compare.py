@@ -31,7 +31,10 @@ A comparison file (``headstart compare FILE``)::
 Each run lands in ``OUTPUT/[labels-N/]ARM/seed-S`` as an ordinary run folder. A rerun reuses the
 runs that finished with the same configuration and resumes the interrupted one, so a long
 comparison survives Ctrl+C; a folder written by a different configuration is refused unless
-``overwrite``. The splits are the same for every seed (``data.splits.seed``): seeds vary the
+``overwrite``. An arm whose first stages equal another arm's (same model, data, seed and stage
+settings) starts from that arm's finished stages instead of training them again — they would
+come out the same — and counts their wall time as its own; the report says what the extra stages
+added (the paired gain over the shorter arm). The splits are the same for every seed (``data.splits.seed``): seeds vary the
 initialisation, the order of batches and the augmentations, which is the spread a user will see.
 """
 
@@ -227,6 +230,73 @@ def _reuse_or_resume(planned: PlannedRun, overwrite: bool) -> str:
     return "reuse" if record.status == "finished" else "resume"
 
 
+def _prefix_key(spec: RunSpec, stages: int) -> str:
+    """What fixes the weights after the first ``stages`` stages of a run: everything in its
+    configuration but its name, output and later stages."""
+    import json
+
+    payload = spec.model_dump(mode="json", exclude={"name", "output", "progress", "num_workers", "loggers", "mlflow"})
+    payload["stages"] = payload["stages"][:stages]
+    return json.dumps(payload, sort_keys=True)
+
+
+def shared_stages(planned: PlannedRun, finished: list[PlannedRun]) -> tuple[PlannedRun, int] | None:
+    """The finished run whose first stages equal ``planned``'s (same model, data, seed and stage
+    settings — so the same weights on a deterministic device), and how many: the longest such prefix."""
+    best: tuple[PlannedRun, int] | None = None
+    for donor in finished:
+        if donor.seed != planned.seed or donor.budget != planned.budget:
+            continue
+        count = 0
+        for index in range(1, min(len(donor.spec.stages), len(planned.spec.stages)) + 1):
+            if _prefix_key(donor.spec, index) != _prefix_key(planned.spec, index):
+                break
+            count = index
+        if count and (best is None or count > best[1]):
+            best = (donor, count)
+    return best
+
+
+def _link_stages(donor: PlannedRun, planned: PlannedRun, count: int) -> list[str]:
+    """Hard-link (copy where links fail) the donor's first ``count`` finished stage folders into
+    ``planned``'s folder, training checkpoints left out; the run then resumes after them."""
+    from headstart.structure import stage_folder
+
+    names = []
+    for index, stage in enumerate(planned.spec.stages[:count]):
+        source = stage_folder(donor.folder, index, stage.name)
+        target = stage_folder(planned.folder, index, stage.name)
+        for path in source.rglob("*"):
+            if path.is_dir() or path.suffix == ".ckpt":
+                continue
+            destination = target / path.relative_to(source)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                destination.hardlink_to(path)
+            except OSError:
+                shutil.copy2(path, destination)
+        names.append(target.name)
+    if (donor.folder / INIT_PROBE_FILE).is_file() and not (planned.folder / INIT_PROBE_FILE).exists():
+        shutil.copy2(donor.folder / INIT_PROBE_FILE, planned.folder / INIT_PROBE_FILE)
+    return names
+
+
+def extends(runs: list[PlannedRun]) -> dict[str, str]:
+    """For each arm whose stages start with all of another arm's (same model and settings), that
+    other arm — the longest such: what the extra stages added is the paired gain over it."""
+    first_seed = {}
+    for planned in runs:
+        first_seed.setdefault(planned.arm, planned)
+    parents = {}
+    for name, planned in first_seed.items():
+        candidates = [(len(other.spec.stages), other.arm) for other in first_seed.values()
+                      if other.arm != name and len(other.spec.stages) < len(planned.spec.stages)
+                      and _prefix_key(other.spec, len(other.spec.stages)) == _prefix_key(planned.spec, len(other.spec.stages))]
+        if candidates:
+            parents[name] = max(candidates)[1]
+    return parents
+
+
 def _probe_run(planned: PlannedRun, options: ProbeOptions, echo: Callable[[str], None]) -> None:
     """Probe the backbone the run starts from and each finished stage's; skip those already probed."""
     from headstart.checkpoint import atomic_write_json
@@ -342,10 +412,11 @@ def run(spec: CompareSpec | dict | str | Path, *, base: str | Path | None = None
                 "arms": list(spec.arms), "seeds": spec.seeds, "label_budgets": spec.label_budgets,
                 "runs": [{"arm": p.arm, "seed": p.seed, "budget": p.budget,
                           "folder": str(p.folder.relative_to(root))} for p in runs],
-                "hardware": hardware(), "versions": versions()}
+                "extends": extends(runs), "hardware": hardware(), "versions": versions()}
     atomic_write_json(root / MANIFEST_FILE, manifest)
     show_bars = progress if progress is not None else (spec.progress if spec.progress is not None
                                                        else sys.stderr.isatty())
+    finished: list[PlannedRun] = []
     for number, (planned, decision) in enumerate(zip(runs, decisions), start=1):
         budget = f", {planned.budget} labels per class" if planned.budget is not None else ""
         stages = " → ".join(stage.name for stage in planned.spec.stages)
@@ -356,13 +427,22 @@ def run(spec: CompareSpec | dict | str | Path, *, base: str | Path | None = None
             echo(f"{prefix}: {stages}" + (" (resuming)" if decision == "resume" else ""))
             if decision == "overwrite":
                 shutil.rmtree(planned.folder)
+            resume = decision == "resume"
+            shared = shared_stages(planned, finished) if decision in ("fresh", "overwrite") else None
+            if shared is not None:
+                donor, count = shared
+                names = _link_stages(donor, planned, count)
+                echo(f"    {', '.join(names)} shared with {donor.arm}, seed {donor.seed} (same model, data, seed and "
+                     "stage settings)")
+                resume = True
             try:
-                result = run_structure(planned.spec, resume=decision == "resume", progress=show_bars)
+                result = run_structure(planned.spec, resume=resume, progress=show_bars)
             except Interrupted as interruption:
                 raise Interrupted(interruption.folder, interruption.stage,
                                   f"the same command again ({how_to_continue}); finished runs are reused") from None
             echo(f"    test accuracy {result.test['accuracy']:.4f} in {result.seconds:.1f} s"
                  if result.test else f"    finished in {result.seconds:.1f} s")
+        finished.append(planned)
         if spec.probes.enabled:
             _probe_run(planned, spec.probes, echo)
     if spec.attention.enabled:

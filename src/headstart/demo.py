@@ -43,17 +43,21 @@ def _arm_definitions(quick: bool) -> dict[str, dict[str, Any]]:
         return max(1, round(count * scale))
 
     small = {"name": SMALL_MODEL, "weights": None, "image_size": SMALL_SIZE}
+    rotation_stages = [
+        {"name": "rotation", "data": "all", "pretext": {"name": "rotation"}, "epochs": epochs(12),
+         "batch_size": 128, "augment": "crop", "optimizer": {"name": "adam", "lr": 2e-3, "schedule": "cosine"}},
+        _task_stage(epochs(40), 1e-3),
+    ]
     return {
         "scratch": {
             "model": small,
             "stages": [_task_stage(epochs(40), 2e-3)],
         },
-        "rotation": {
+        "rotation": {"model": small, "stages": rotation_stages},
+        "rotation+fixmatch": {
             "model": small,
-            "stages": [
-                {"name": "rotation", "data": "all", "pretext": {"name": "rotation"}, "epochs": epochs(12),
-                 "batch_size": 128, "augment": "crop", "optimizer": {"name": "adam", "lr": 2e-3, "schedule": "cosine"}},
-                _task_stage(epochs(40), 1e-3),
+            "stages": rotation_stages + [
+                _task_stage(epochs(30), 2e-3, name="fixmatch", semi_supervised={"ratio": 7, "threshold": 0.95}),
             ],
         },
         "imagenet": {

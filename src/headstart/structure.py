@@ -51,6 +51,10 @@ class RunRecord(BaseModel):
     """Test split confusion matrix, ``[true class][predicted class]`` counts, classes in ``labels`` order."""
     labels: list[str] | None = None
     seconds: float | None = None
+    """Wall time of the session that finished the run."""
+    earlier_seconds: float = 0.0
+    """Wall time of the stages read back instead of trained in that session (resumed, or shared with
+    another run of a comparison), as their ``stage.json`` records it."""
     versions: dict[str, str] = Field(default_factory=dict)
     hardware: dict[str, str | int] = Field(default_factory=dict)
 
@@ -157,6 +161,7 @@ def run(spec: RunSpec, *, resume: bool = False, progress: bool | None = None, ov
             raise Interrupted(root, stage.name, "headstart run FILE --resume") from interruption
         if finished_before:
             resumed.append(stage.name)
+            status.earlier_seconds += record.seconds
         records.append(record)
         status.finished_stages.append(folder.name)
         status.write(root)

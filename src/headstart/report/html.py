@@ -22,7 +22,7 @@ import numpy as np
 
 from headstart.checkpoint import atomic_write_bytes
 from headstart.report import figures
-from headstart.report.summary import summarise, summary_line
+from headstart.report.summary import step_lines, summarise, summary_line
 
 REPORT_FILE = "report.html"
 
@@ -187,6 +187,8 @@ def render(folder: str | Path) -> str:
     for budget, verdict in zip(summary["budgets"], verdicts):
         clear = budget["winner"] is not None and budget["winner"]["exceeds_spread"]
         parts.append(f'<div class="verdict{"" if clear else " within"}">{html.escape(verdict)}</div>')
+        for line in step_lines(budget, f"{budget['labels_per_class']} labels per class: " if several else ""):
+            parts.append(f'<div class="verdict step">{html.escape(line)}</div>')
     if several:
         parts.append(_image(figures.budgets(summary), "test accuracy against labels per class"))
     for index, budget in enumerate(summary["budgets"]):

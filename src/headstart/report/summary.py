@@ -115,7 +115,8 @@ def run_outcome(folder: Path) -> dict[str, Any] | None:
         "folder": str(folder), "name": run.name, "seed": run.config.get("seed"), "config_hash": run.config_hash,
         "test_accuracy": float(run.test["accuracy"]) if run.test and "accuracy" in run.test else None,
         "test_count": int(run.test["count"]) if run.test and "count" in run.test else 0,
-        "confusion": run.test_confusion, "labels": run.labels, "seconds": float(run.seconds or 0.0),
+        "confusion": run.test_confusion, "labels": run.labels,
+        "seconds": float(run.seconds or 0.0) + run.earlier_seconds,
         "head_start_seconds": head_start_seconds, "head_start_steps": head_start_steps,
         "timeline": timeline, "stages": stages, "hardware": run.hardware, "versions": run.versions,
         "init_probe": read_json(init_probe) if init_probe.is_file() else None,
@@ -157,17 +158,25 @@ def _probe_rows(outcomes: list[dict[str, Any]]) -> list[dict[str, Any]]:
              "settings": settings} for label in order]
 
 
-def _budget_table(outcomes: dict[str, list[dict[str, Any]]], baseline: str, target: float | None) -> dict[str, Any]:
+def _paired_gains(runs: list[dict[str, Any]], other: list[dict[str, Any]]) -> list[float]:
+    """Test accuracy minus ``other``'s at the same seed, for the seeds both have."""
+    by_seed = {o["seed"]: o["test_accuracy"] for o in other if o["test_accuracy"] is not None}
+    return [o["test_accuracy"] - by_seed[o["seed"]] for o in runs
+            if o["test_accuracy"] is not None and o["seed"] in by_seed]
+
+
+def _budget_table(outcomes: dict[str, list[dict[str, Any]]], baseline: str, target: float | None,
+                  parents: dict[str, str] | None = None) -> dict[str, Any]:
+    parents = parents or {}
     base = outcomes.get(baseline, [])
     if target is None:
         bests = [max(point["val_accuracy"] for point in o["timeline"]) for o in base if o["timeline"]]
         target = min(bests) if bests else None
-    base_by_seed = {o["seed"]: o["test_accuracy"] for o in base if o["test_accuracy"] is not None}
     arms = []
     for name, runs in outcomes.items():
         tests = [o["test_accuracy"] for o in runs if o["test_accuracy"] is not None]
-        gains = [o["test_accuracy"] - base_by_seed[o["seed"]] for o in runs
-                 if o["test_accuracy"] is not None and o["seed"] in base_by_seed]
+        gains = _paired_gains(runs, base)
+        parent = parents.get(name) if parents.get(name) in outcomes else None
         reached = [reach(o["timeline"], target) for o in runs] if target is not None else [None] * len(runs)
         hits = [point for point in reached if point is not None]
         arms.append({
@@ -176,6 +185,8 @@ def _budget_table(outcomes: dict[str, list[dict[str, Any]]], baseline: str, targ
             "seeds": [o["seed"] for o in runs],
             "test_accuracy": _spread(tests),
             "gain": _spread(gains) if name != baseline else _spread([0.0] * len(gains)),
+            "extends": parent,
+            "step_gain": _spread(_paired_gains(runs, outcomes[parent])) if parent else None,
             "seconds": _spread([o["seconds"] for o in runs]),
             "head_start_seconds": _spread([o["head_start_seconds"] for o in runs]),
             "head_start_steps": _spread([float(o["head_start_steps"]) for o in runs]),
@@ -230,7 +241,7 @@ def summarise(folder: str | Path, *, write: bool = True) -> dict[str, Any]:
         outcomes = {arm: runs for arm, runs in outcomes.items() if runs}
         if not outcomes:
             continue
-        table = _budget_table(outcomes, manifest["baseline"], target)
+        table = _budget_table(outcomes, manifest["baseline"], target, manifest.get("extends"))
         table["labels_per_class"] = budget
         table["winner"] = winner(table)
         table["runs"] = outcomes
@@ -270,4 +281,20 @@ def summary_line(summary: dict[str, Any]) -> list[str]:
             else:
                 text += f"the gain is within the spread between seeds (±{best['spread']:.4f})"
         lines.append(text)
+    return lines
+
+
+def step_lines(budget: dict[str, Any], where: str = "") -> list[str]:
+    """What each step added: for an arm that extends another (its stages begin with all of the other's),
+    the paired gain of its extra stages."""
+    lines = []
+    for arm in budget["arms"]:
+        gain = arm.get("step_gain")
+        if not arm.get("extends") or not gain or gain["mean"] is None:
+            continue
+        extra = arm["stages"][len(next(a for a in budget["arms"] if a["name"] == arm["extends"])["stages"]):]
+        better = sum(1 for value in gain["values"] if value > 0)
+        spread = f" ± {gain['std']:.4f}" if gain["std"] is not None else ""
+        lines.append(f"{where}{' → '.join(extra)} added {gain['mean']:+.4f}{spread} to {arm['extends']} "
+                     f"({arm['name']}; paired by seed, better in {better} of {len(gain['values'])})")
     return lines
