@@ -1,0 +1,223 @@
+"""The semi-supervised task stage (FixMatch): its loss, its unlabelled batches, its strong
+augmentation, the threshold's effect on real digits, resuming, and bad settings."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from headstart.config import StageSpec, parse_run
+from headstart.data import TaskData
+from headstart.engine.augment import STRONG_OPERATIONS, border_mean, cutout, strong_augment
+from headstart.engine.batches import StreamBatches
+from headstart.engine.fixmatch import pseudo_labels, unlabelled_loss
+from headstart.errors import HeadstartError
+from headstart.stage import Interrupted, fit_stage
+from headstart.zoo import load
+
+
+def _network(seed: int = 0):
+    torch.manual_seed(seed)
+    return load("test_resnet", weights=None, include_top=False, in_chans=1)
+
+
+def _digits(labels_per_class: int = 5) -> TaskData:
+    return TaskData.load({"kind": "digits"}, {"labels_per_class": labels_per_class, "seed": 0})
+
+
+def _semi_stage(threshold: float, epochs: int = 3, **extra) -> StageSpec:
+    return StageSpec(name="fixmatch", epochs=epochs, batch_size=10, augment="crop",
+                     optimizer={"lr": 3e-3}, semi_supervised={"ratio": 4, "threshold": threshold, **extra})
+
+
+# ------------------------------------------------------------------------------------------ the loss
+
+
+def test_unlabelled_loss_is_the_masked_cross_entropy_of_the_paper():
+    weak = torch.tensor([[4.0, 0.0, 0.0], [0.2, 0.1, 0.0], [0.0, 0.0, 9.0], [0.0, 4.5, 0.0]])
+    strong = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    pseudo = pseudo_labels(weak, threshold=0.95)
+    confidence = weak.softmax(1).max(1).values
+    assert torch.equal(pseudo.mask, confidence >= 0.95)
+    assert pseudo.mask.tolist() == [True, False, True, True]
+    assert pseudo.labels.tolist() == [0, 0, 2, 1]
+    expected = sum(-F.log_softmax(strong[b], 0)[pseudo.labels[b]] for b in (0, 2, 3)) / 4  # over all μB images
+    assert unlabelled_loss(strong, pseudo).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert pseudo.used.item() == pytest.approx(0.75)
+
+
+def test_the_threshold_decides_which_images_teach_and_no_gradient_reaches_the_weak_copy():
+    weak = torch.tensor([[3.0, 0.0], [1.0, 0.0], [0.0, 0.5]], requires_grad=True)
+    strong = torch.zeros(3, 2, requires_grad=True)
+    loose, strict = pseudo_labels(weak, 0.5), pseudo_labels(weak, 0.95)
+    assert loose.used.item() == 1.0 and strict.used.item() == pytest.approx(1 / 3)
+    unlabelled_loss(strong, strict).backward()
+    assert weak.grad is None
+    # only the confident first image pulls its strong copy towards class 0
+    assert strong.grad[0, 0] < 0 < strong.grad[0, 1] and torch.all(strong.grad[1:] == 0)
+    assert unlabelled_loss(torch.zeros(3, 2), pseudo_labels(weak.detach(), 1.0)).item() == 0.0
+
+
+# ------------------------------------------------------------------------------ unlabelled batches
+
+
+def test_unlabelled_batches_are_fixed_by_the_seed_and_the_step():
+    whole = list(StreamBatches(23, 5, seed=3, start_step=0, steps=12))
+    later = list(StreamBatches(23, 5, seed=3, start_step=7, steps=5))
+    assert [b.tolist() for b in whole[7:]] == [b.tolist() for b in later]  # a resumed epoch reads the same images
+    flat = torch.cat(whole)
+    first_pass, second_pass = flat[:23], flat[23:46]
+    assert sorted(first_pass.tolist()) == list(range(23)) == sorted(second_pass.tolist())  # each image once per pass
+    assert first_pass.tolist() != second_pass.tolist()  # a new order each pass
+    assert [b.tolist() for b in StreamBatches(23, 5, seed=4, start_step=0, steps=3)] != [b.tolist() for b in whole[:3]]
+
+
+def test_unlabelled_batches_split_across_ranks_like_one_larger_batch():
+    single = list(StreamBatches(50, 8, seed=0, start_step=2, steps=3))
+    ranks = [list(StreamBatches(50, 4, seed=0, start_step=2, steps=3, rank=r, world_size=2)) for r in range(2)]
+    for step in range(3):
+        together = torch.stack([ranks[0][step], ranks[1][step]], 1).flatten()
+        assert together.tolist() == single[step].tolist()
+
+
+def test_no_unlabelled_images_is_an_error():
+    with pytest.raises(HeadstartError, match="no unlabelled images"):
+        StreamBatches(0, 5, seed=0, start_step=0, steps=1)
+
+
+# --------------------------------------------------------------------------------- strong augment
+
+
+def _digit_batch(count: int = 64) -> torch.Tensor:
+    from headstart.imageops import to_unit_range
+
+    return to_unit_range(_digits().split("all").store.load(np.arange(count)))
+
+
+def test_strong_augmentation_is_seeded_batched_and_keeps_grey_images_grey():
+    images = torch.nn.functional.interpolate(_digit_batch(), size=32)
+
+    def draw(seed):
+        return strong_augment(images, torch.Generator().manual_seed(seed))
+
+    first, again, other = draw(0), draw(0), draw(1)
+    assert first.shape == images.shape and torch.equal(first, again) and not torch.equal(first, other)
+    assert 0.0 <= first.min() and first.max() <= 1.0
+    changed = (first - images).abs().flatten(1).amax(1) > 0
+    assert changed.float().mean() > 0.9  # cutout alone changes almost every image
+
+
+def test_each_strong_operation_alters_images_within_range():
+    images = torch.nn.functional.interpolate(_digit_batch(16), size=24)
+    colour = torch.rand(16, 3, 24, 24, generator=torch.Generator().manual_seed(0))
+    for name, operation in STRONG_OPERATIONS.items():
+        for batch in (images, colour):
+            out = operation(batch, torch.full((len(batch),), 0.8), torch.Generator().manual_seed(0))
+            assert out.shape == batch.shape and 0.0 <= out.min() and out.max() <= 1.0, name
+            if name not in ("identity",) and not (name == "colour" and batch.shape[1] == 1):
+                assert not torch.equal(out, batch), name
+    grey = images.repeat(1, 3, 1, 1)
+    assert torch.allclose(STRONG_OPERATIONS["colour"](grey, torch.ones(16), torch.Generator()), grey, atol=1e-6)
+
+
+def test_geometric_operations_fill_with_the_border_and_cutout_covers_a_square():
+    image = torch.zeros(1, 1, 16, 16)
+    image[..., 4:12, 4:12] = 1.0
+    rotated = STRONG_OPERATIONS["rotate"](image, torch.ones(1), torch.Generator().manual_seed(0))
+    assert rotated[..., 0, 0].item() == 0.0  # black digit background stays black in the corners
+    flat = torch.full((2, 1, 10, 10), 0.3)
+    assert torch.allclose(border_mean(flat), torch.full((2, 1, 1, 1), 0.3))
+    noisy = torch.rand(4, 1, 20, 20, generator=torch.Generator().manual_seed(2)) * 0.5 + 0.5
+    covered = cutout(noisy, 0.5, torch.Generator().manual_seed(0))
+    changed = (covered != noisy).flatten(1).sum(1)
+    assert torch.all(changed <= 100) and torch.all(changed > 0)  # at most a 10×10 square, clipped at the edges
+    assert torch.equal(strong_augment(noisy, torch.Generator().manual_seed(0), ops=1, operations=("identity",),
+                                      cutout_fraction=0.5), cutout(noisy, 0.5, _after_identity_draws(4)))
+
+
+def _after_identity_draws(batch: int) -> torch.Generator:
+    """The generator as strong_augment leaves it after drawing one round of choices and magnitudes."""
+    generator = torch.Generator().manual_seed(0)
+    torch.randint(0, 1, (batch,), generator=generator)
+    torch.rand(batch, generator=generator)
+    return generator
+
+
+# ------------------------------------------------------------------------------ the stage, for real
+
+
+def test_the_threshold_decides_how_much_of_the_unlabelled_pool_teaches_on_real_digits(tmp_path):
+    data = _digits()
+    loose = fit_stage(_network(), _semi_stage(0.3), data, folder=tmp_path / "loose", image_size=16)
+    strict = fit_stage(_network(), _semi_stage(0.99), data, folder=tmp_path / "strict", image_size=16)
+    used_loose = [row["train_unlabelled_used"] for row in loose.history]
+    used_strict = [row["train_unlabelled_used"] for row in strict.history]
+    assert all(0.0 <= value <= 1.0 for value in used_loose + used_strict)
+    assert used_loose[-1] > 0.1 and np.mean(used_loose) > np.mean(used_strict) + 0.05, (used_loose, used_strict)
+    assert loose.data.unlabelled_images == len(data.split("all")) > loose.data.train_images
+    assert loose.stage.semi_supervised.threshold == 0.3
+    with pytest.raises(HeadstartError, match="no images"):
+        fit_stage(_network(), _semi_stage(0.9, unlabelled="unlabelled"), TaskData.load(
+            {"kind": "digits"}, {"labelled_fraction": 1.0, "seed": 0}), folder=tmp_path / "none", image_size=16)
+
+
+def test_pseudo_labels_from_a_trained_network_lift_accuracy_above_labels_alone(tmp_path):
+    """Five labels per class: the stage with FixMatch beats the same stage without it."""
+    data = _digits(5)
+    supervised = StageSpec(name="task", epochs=12, batch_size=10, augment="crop", optimizer={"lr": 3e-3})
+    semi = _semi_stage(0.8, epochs=12)
+    plain = fit_stage(_network(), supervised, data, folder=tmp_path / "plain", image_size=16)
+    fixmatch = fit_stage(_network(), semi, data, folder=tmp_path / "semi", image_size=16)
+    assert fixmatch.history[-1]["val_accuracy"] > plain.history[-1]["val_accuracy"] + 0.03, (
+        plain.history[-1], fixmatch.history[-1])
+
+
+def test_an_interrupted_semi_supervised_stage_resumes_to_the_same_weights(tmp_path):
+    from lightning.pytorch.callbacks import Callback
+
+    import headstart.stage as stage_module
+
+    class CtrlCAtSecondEpoch(Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    data = _digits()
+    spec = _semi_stage(0.5, epochs=3)
+    fit_stage(_network(), spec, data, folder=tmp_path / "whole", image_size=16)
+    original = stage_module._trainer
+    stage_module._trainer = lambda options, stage, folder, callbacks: original(options, stage, folder,
+                                                                               [*callbacks, CtrlCAtSecondEpoch()])
+    try:
+        with pytest.raises(Interrupted):
+            fit_stage(_network(), spec, data, folder=tmp_path / "cut", image_size=16)
+    finally:
+        stage_module._trainer = original
+    resumed = fit_stage(_network(), spec, data, folder=tmp_path / "cut", image_size=16, resume=True)
+    assert [row["epoch"] for row in resumed.history] == [0, 1, 2]
+    whole, cut = load_file(tmp_path / "whole" / "weights.safetensors"), load_file(tmp_path / "cut" / "weights.safetensors")
+    assert all(torch.equal(whole[key], cut[key]) for key in whole)
+
+
+# ------------------------------------------------------------------------------------ bad settings
+
+
+@pytest.mark.parametrize("stage, message", [
+    ({"name": "s", "pretext": {"name": "rotation"}, "data": "all", "semi_supervised": {}},
+     "a pretext stage has no task labels"),
+    ({"name": "s", "data": "all", "semi_supervised": {}}, "semi_supervised needs data: train"),
+    ({"name": "s", "semi_supervised": {"treshold": 0.9}}, "did you mean 'threshold'"),
+    ({"name": "s", "semi_supervised": {"threshold": 1.5}}, "threshold"),
+    ({"name": "s", "semi_supervised": {"ratio": 0}}, "ratio"),
+    ({"name": "s", "semi_supervised": {"method": "mixmatch"}}, "fixmatch"),
+])
+def test_bad_semi_supervised_settings_name_the_key(stage, message):
+    with pytest.raises(HeadstartError, match=message):
+        parse_run({"name": "r", "data": {"source": {"kind": "digits"}}, "model": {"name": "test_resnet"},
+                   "stages": [stage]}, "run.yaml")
