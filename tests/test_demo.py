@@ -92,6 +92,10 @@ def test_quick_demo_runs_the_four_arms_over_two_seeds_and_reports_them(tmp_path:
     assert result.stderr.count("0-rotation, 1-task shared with rotation") == 2
     assert "[8/8] imagenet, seed 1" in result.stderr
     assert (output / "report.html").stat().st_size > 100_000
+    assert "Semi-supervised stages" in (output / "report.html").read_text()
+    fixmatch = json.loads((output / "rotation+fixmatch" / "seed-0" / "2-fixmatch" / "stage.json").read_text())
+    assert all(0.0 <= row["train_unlabelled_used"] <= 1.0 for row in fixmatch["history"])
+    assert fixmatch["data"]["unlabelled_images"] == 3750
     # a second demo reuses every finished run
     again = CliRunner().invoke(app, ["demo", "--quick", "--seeds", "2", "--output", str(output)])
     assert again.exit_code == 0 and again.stderr.count("finished before, reused") == 8

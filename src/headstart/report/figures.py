@@ -157,6 +157,43 @@ def schedules(runs: list[dict[str, Any]], arm: str) -> bytes:
     return _png(figure)
 
 
+def unlabelled_used(budget: dict[str, Any]) -> bytes | None:
+    """Share of unlabelled images above the pseudo-label threshold per epoch of every semi-supervised
+    stage (mean over seeds, band = min..max), beside its validation accuracy; ``None`` when no arm has one."""
+    series = []
+    for arm, runs in budget["runs"].items():
+        for index, stage in enumerate(runs[0]["stages"]):
+            if stage.get("unlabelled_used"):
+                used = [run["stages"][index].get("unlabelled_used") or [] for run in runs]
+                accuracy = [[point["val_accuracy"] for point in run["timeline"] if point["stage"] == stage["name"]]
+                            for run in runs]
+                series.append((f"{arm} / {stage['name']}", used, accuracy))
+    if not series:
+        return None
+    plt = _pyplot()
+    figure, (share, validation) = plt.subplots(1, 2, figsize=(11, 3.6))
+    palette = colours([label for label, _, _ in series])
+    for label, used, accuracy in series:
+        for axes, values in ((share, used), (validation, accuracy)):
+            length = min(len(v) for v in values)
+            if not length:
+                continue
+            table = np.array([v[:length] for v in values])
+            epochs = np.arange(1, length + 1)
+            axes.plot(epochs, table.mean(0), color=palette[label], label=label)
+            axes.fill_between(epochs, table.min(0), table.max(0), color=palette[label], alpha=0.2)
+    share.set_ylim(0, 1)
+    share.set_ylabel("unlabelled images used (confidence ≥ threshold)")
+    validation.set_ylabel("validation accuracy")
+    for axes in (share, validation):
+        axes.set_xlabel("epoch of the semi-supervised stage")
+        axes.grid(alpha=0.3)
+    share.legend(fontsize=8, loc="lower right")
+    share.set_title("share of the unlabelled batch that teaches (mean, band over seeds)")
+    validation.set_title("validation accuracy in that stage")
+    return _png(figure)
+
+
 def attention(npz: Any) -> bytes:
     """Input images in the first column, then each arm's maps per layer (Gidaris et al. 2018, fig. 3)."""
     plt = _pyplot()

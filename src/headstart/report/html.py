@@ -219,8 +219,15 @@ def render(folder: str | Path) -> str:
             parts.append(_image(figures.attention(npz), "attention maps"))
         parts.append('<p class="muted">Zagoruyko &amp; Komodakis 2017; Gidaris et al. 2018, figure 3: where each layer '
                      "responds, scaled to 0..1 per image.</p>")
-    parts.append("<h2>Learning-rate schedules</h2>")
     budget = summary["budgets"][0]
+    semi = figures.unlabelled_used(budget)
+    if semi is not None:
+        parts.append("<h2>Semi-supervised stages</h2>")
+        parts.append(_image(semi, "share of unlabelled images used per epoch"))
+        parts.append('<p class="muted">FixMatch (Sohn et al. 2020): a pseudo-label teaches only when the network\'s '
+                     "confidence on the weakly augmented image reaches the threshold; the share that does grows as "
+                     "the network improves.</p>")
+    parts.append("<h2>Learning-rate schedules</h2>")
     for name, runs in budget["runs"].items():
         parts.append(_image(figures.schedules(runs, name), f"learning-rate schedule of {name}"))
     sweeps = [(name, stage["name"], Path(runs[0]["folder"]) / stage["folder"] / "lr_find.png")

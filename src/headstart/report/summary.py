@@ -86,6 +86,8 @@ def run_outcome(folder: Path) -> dict[str, Any] | None:
                        "step_losses": record.step_losses, "frozen": len(record.frozen), "bn_policy": record.bn_policy,
                        "pretext": record.stage.pretext.name if record.stage.pretext else None,
                        "diagnostics": record.diagnostics,
+                       "unlabelled_used": [float(row["train_unlabelled_used"]) for row in record.history
+                                           if "train_unlabelled_used" in row],
                        "probe": (probe.model_dump() if (probe := read_probe(record.folder)) else None)})
         if head_start:
             head_start_seconds += record.seconds
