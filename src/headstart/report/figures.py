@@ -183,14 +183,14 @@ def unlabelled_used(budget: dict[str, Any]) -> bytes | None:
             axes.plot(epochs, table.mean(0), color=palette[label], label=label)
             axes.fill_between(epochs, table.min(0), table.max(0), color=palette[label], alpha=0.2)
     share.set_ylim(0, 1)
-    share.set_ylabel("unlabelled images used (confidence ≥ threshold)")
+    share.set_ylabel("share used")
     validation.set_ylabel("validation accuracy")
     for axes in (share, validation):
         axes.set_xlabel("epoch of the semi-supervised stage")
         axes.grid(alpha=0.3)
     share.legend(fontsize=8, loc="lower right")
-    share.set_title("share of the unlabelled batch that teaches (mean, band over seeds)")
-    validation.set_title("validation accuracy in that stage")
+    share.set_title("unlabelled images above the threshold")
+    validation.set_title("validation accuracy (mean, band = min..max over seeds)")
     return _png(figure)
 
 
