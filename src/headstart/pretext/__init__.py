@@ -24,7 +24,9 @@ from headstart.pretext.base import Encoder, PretextTask, SimpleEncoder
 from headstart.pretext.color_shift import ColorShiftTask
 from headstart.pretext.colorization import ColorizationTask
 from headstart.pretext.context import ContextTask
+from headstart.pretext.contrastive import SimCLRTask
 from headstart.pretext.custom import CustomTask, HeadSpec
+from headstart.pretext.distillation import BYOLTask, DINOTask
 from headstart.pretext.jigsaw import JigsawTask
 from headstart.pretext.masked_patches import MaskedPatchesTask
 from headstart.pretext.noise_level import NoiseLevelTask
@@ -100,14 +102,19 @@ for _task in (
     JigsawTask,
     MaskedPatchesTask,
     CustomTask,
+    SimCLRTask,
+    BYOLTask,
+    DINOTask,
 ):
     register(_task)
 
 __all__ = [
+    "BYOLTask",
     "ColorShiftTask",
     "ColorizationTask",
     "ContextTask",
     "CustomTask",
+    "DINOTask",
     "Encoder",
     "HeadSpec",
     "JigsawTask",
@@ -116,6 +123,7 @@ __all__ = [
     "NoisePresenceTask",
     "PretextTask",
     "RotationTask",
+    "SimCLRTask",
     "SimpleEncoder",
     "get",
     "names",

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from headstart.errors import HeadstartError
 from headstart.imageops import convert_channels
 
-TaskKind = Literal["classification", "regression", "reconstruction"]
+TaskKind = Literal["classification", "regression", "reconstruction", "embedding"]
 
 
 @runtime_checkable
@@ -157,7 +157,12 @@ class PretextTask(ABC):
     classification   cross-entropy on logits      ``accuracy``         1 / number of classes
     regression       mean squared error           ``mae``              task-specific
     reconstruction   mean squared error on pixels ``mse``, ``psnr``    none (depends on data)
+    embedding        the task's own (no labels)   the task's own       none
     ================ ============================ ==================== ========================
+
+    Embedding tasks (SimCLR, BYOL, DINO) have no targets worth the name: their loss compares the
+    embeddings of two views of each image, so they define :meth:`loss` and :meth:`metrics`; their
+    headline metric is the loss itself (lower is better).
     """
 
     name: ClassVar[str]
@@ -222,7 +227,7 @@ class PretextTask(ABC):
     @property
     def metric(self) -> str:
         """The headline metric: ``accuracy``, ``mae`` or ``mse``."""
-        return {"classification": "accuracy", "regression": "mae", "reconstruction": "mse"}[self.kind]
+        return {"classification": "accuracy", "regression": "mae", "reconstruction": "mse", "embedding": "loss"}[self.kind]
 
     @property
     def higher_is_better(self) -> bool:

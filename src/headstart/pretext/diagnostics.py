@@ -34,6 +34,28 @@ def _series(history: list[dict], metric: str) -> tuple[str, list[float]]:
     )
 
 
+UNDERFIT_RISE = 0.02
+"""Rise of training accuracy over the last quarter of the epochs above which a stage is still learning."""
+UNDERFIT_CEILING = 0.95
+"""Training accuracy above which a still-rising classification task is not called underfit."""
+
+
+def _still_learning(history: list[dict], task: PretextTask) -> list[str]:
+    """**underfit**: the training accuracy still rose by more than 0.02 over the last quarter of the
+    epochs and ended below 0.95 — the pretext task was stopped while it was still being learned (a
+    rotation stage stopped at 0.75 training accuracy teaches less than one trained to 0.98)."""
+    series = [float(entry["train_accuracy"]) for entry in history if "train_accuracy" in entry]
+    if len(series) < 4:
+        return []
+    earlier = series[-1 - max(1, len(series) // 4)]
+    last = series[-1]
+    if last - earlier > UNDERFIT_RISE and last < UNDERFIT_CEILING:
+        return [f"underfit: still learning — {task.name} train_accuracy rose from {earlier:.3f} to {last:.3f} over "
+                f"the last {max(1, len(series) // 4)} of {len(series)} epochs; train longer, or lighten the "
+                "augmentation of this stage"]
+    return []
+
+
 def diagnose(history: list[dict], task: PretextTask, *, margin: float = 0.1) -> list[str]:
     """Warnings about ``task`` from ``history`` (one dict of metrics per epoch, first epoch first).
 
@@ -44,7 +66,11 @@ def diagnose(history: list[dict], task: PretextTask, *, margin: float = 0.1) -> 
       ``chance + margin · (1 − chance)``, or error above ``(1 − margin) · chance error``; for
       reconstruction (no data-free chance level), an error that fell by less than ``margin``.
 
-    Returns an empty list when neither applies.
+    * **underfit** (classification) — the training accuracy still rose by more than 0.02 over the
+      last quarter of the epochs and ended below 0.95: train longer.
+    * **not learning** (embedding tasks) — the loss did not fall.
+
+    Returns an empty list when none applies.
     """
     if not history:
         raise HeadstartError("diagnose: the history is empty; record at least one epoch of metrics")
@@ -59,6 +85,7 @@ def diagnose(history: list[dict], task: PretextTask, *, margin: float = 0.1) -> 
                 f"too easy: likely a shortcut — {task.name} reached {key} {first:.3f} in the first epoch; "
                 "look for a trivial cue (borders, interpolation artefacts, colour) and make the alteration harder"
             )
+        warnings.extend(_still_learning(history, task))
         if chance is not None and last <= chance + margin * (1.0 - chance):
             warnings.append(
                 f"too hard: stuck at chance — {task.name} ended at {key} {last:.3f}, chance is {chance:.3f}; "
@@ -75,6 +102,12 @@ def diagnose(history: list[dict], task: PretextTask, *, margin: float = 0.1) -> 
             warnings.append(
                 f"too hard: stuck at chance — {task.name} ended at {key} {last:.4f}; predicting the mean "
                 f"scores {chance:.4f}"
+            )
+    elif task.kind == "embedding":
+        if len(values) > 1 and last >= first - 1e-3 * abs(first):
+            warnings.append(
+                f"not learning — {task.name} {key} went from {first:.4f} to {last:.4f}; raise the learning rate, "
+                "train longer or check the views differ (crop_scale, colour_jitter)"
             )
     elif len(values) > 1 and last >= (1.0 - margin) * first:
         warnings.append(
