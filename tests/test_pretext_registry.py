@@ -14,10 +14,10 @@ from headstart.errors import HeadstartError
 from headstart.pretext import CustomTask, HeadSpec, PretextTask, SimpleEncoder
 
 
-def test_the_chapter_tasks_and_jigsaw_are_registered():
+def test_the_chapter_tasks_jigsaw_and_joint_embedding_tasks_are_registered():
     assert pretext.names() == [
-        "color_shift", "colorization", "context", "custom", "jigsaw",
-        "masked_patches", "noise_level", "noise_presence", "rotation",
+        "byol", "color_shift", "colorization", "context", "custom", "dino", "jigsaw",
+        "masked_patches", "noise_level", "noise_presence", "rotation", "simclr",
     ]  # fmt: skip
     task = pretext.get("rotation", all_rotations=True)
     assert isinstance(task, pretext.RotationTask) and task.all_rotations and task.angles == (0, 90, 180, 270)

@@ -45,6 +45,7 @@ class SimCLRTask(ViewOptions, PretextTask):
 
     name: ClassVar[str] = "simclr"
     kind: ClassVar[str] = "embedding"
+    loss_should_fall: ClassVar[bool] = True
 
     temperature: float = 0.5
     """NT-Xent τ (the paper: 0.1 at batch 4096, 0.5 at small batches; lightly's default 0.5)."""

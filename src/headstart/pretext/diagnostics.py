@@ -10,6 +10,7 @@ at chance teaches nothing either. :func:`diagnose` reads a training history for 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 from torch import Tensor, nn
@@ -68,7 +69,8 @@ def diagnose(history: list[dict], task: PretextTask, *, margin: float = 0.1) -> 
 
     * **underfit** (classification) — the training accuracy still rose by more than 0.02 over the
       last quarter of the epochs and ended below 0.95: train longer.
-    * **not learning** (embedding tasks) — the loss did not fall.
+    * **not learning** (contrastive tasks) — the loss did not fall; **collapsed** (DINO) — the
+      teacher's entropy ended near 0 (one prototype) or near its maximum (uniform).
 
     Returns an empty list when none applies.
     """
@@ -104,11 +106,22 @@ def diagnose(history: list[dict], task: PretextTask, *, margin: float = 0.1) -> 
                 f"scores {chance:.4f}"
             )
     elif task.kind == "embedding":
-        if len(values) > 1 and last >= first - 1e-3 * abs(first):
+        # a contrastive loss falls as the task is learned; a loss against a moving teacher need not,
+        # so distillation tasks are watched for collapse instead
+        if getattr(task, "loss_should_fall", False) and len(values) > 1 and last >= first - 1e-3 * abs(first):
             warnings.append(
                 f"not learning — {task.name} {key} went from {first:.4f} to {last:.4f}; raise the learning rate, "
                 "train longer or check the views differ (crop_scale, colour_jitter)"
             )
+        entropy = history[-1].get("val_teacher_entropy")
+        prototypes = getattr(task, "output_dim", None)
+        if entropy is not None and prototypes:
+            if entropy < 0.1:
+                warnings.append(f"collapsed — {task.name}'s teacher puts every image on one prototype (entropy "
+                                f"{entropy:.3f} nats); lower teacher_temperature less, or raise center_momentum")
+            elif entropy > 0.98 * math.log(prototypes):
+                warnings.append(f"collapsed — {task.name}'s teacher output is uniform (entropy {entropy:.3f} of at most "
+                                f"{math.log(prototypes):.3f} nats); lower teacher_temperature or train longer")
     elif len(values) > 1 and last >= (1.0 - margin) * first:
         warnings.append(
             f"too hard: stuck — {task.name} {key} went from {first:.4f} to {last:.4f}, "
