@@ -306,3 +306,20 @@ def test_an_arm_that_extends_another_shares_its_stages_and_reports_what_the_extr
     shared, trained = load_file(sharer / "2-more" / "weights.safetensors"), load_file(
         tmp_path / "alone" / "rotation+more" / "seed-0" / "2-more" / "weights.safetensors")
     assert all(torch.equal(shared[key], trained[key]) for key in trained)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "examples" / "compare").glob("*.yaml")),
+                         ids=lambda path: path.name)
+def test_example_comparison_files_plan_and_name_known_pretexts(path):
+    from headstart import pretext
+    from headstart.compare import extends, load_compare_file
+
+    spec, base = load_compare_file(path)
+    runs = plan(spec, base)
+    assert {run.seed for run in runs} == set(spec.seeds) and len(runs) == len(spec.seeds) * len(spec.arms)
+    for run in runs:
+        for stage in run.spec.stages:
+            if stage.pretext is not None:
+                pretext.get(stage.pretext.name, **stage.pretext.options())
+    parents = extends(runs)
+    assert all(parent in spec.arms for parent in parents.values())

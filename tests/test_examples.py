@@ -20,7 +20,6 @@ import yaml
 from PIL import Image
 
 from headstart.config import RunSpec, load_run_file, parse_run
-from headstart.errors import HeadstartError
 from headstart.structure import run
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -35,6 +34,7 @@ EXPECTED = {
     "context-then-task.yaml": [("context", "new context pretext head"), ("task", "new task head")],
     "faces-binary.yaml": [("noise-level", "new noise_level pretext head"), ("task", "new task head")],
     "folder-template.yaml": [("head", "new task head"), ("fine-tune", "kept")],
+    "imagenet-simclr-fixmatch.yaml": [("simclr", "new simclr pretext head"), ("fixmatch", "new task head")],
 }
 def shrink(spec: RunSpec, output: Path, *, model: dict | None = None, image_size: int = 16) -> RunSpec:
     """The same structure with one epoch per stage, a tiny model, output under ``output``."""

@@ -149,7 +149,7 @@ class Network(nn.Module):
                                  "uint8 pixels as a numpy array (batch, height, width, channels) and they are "
                                  "preprocessed first")
         if x.shape[1] != self.in_chans:
-            hint = (f"; it looks channels-last [batch, height, width, channels]: pass x.permute(0, 3, 1, 2), or the "
+            hint = ("; it looks channels-last [batch, height, width, channels]: pass x.permute(0, 3, 1, 2), or the "
                     "raw pixels as a numpy array" if x.shape[-1] == self.in_chans else "")
             raise HeadstartError(f"{name} has {x.shape[1]} channels; {self.model_name} reads {self.in_chans} "
                                  f"(in_chans={self.in_chans}){hint}")
