@@ -3,8 +3,6 @@ augmentation, the threshold's effect on real digits, resuming, and bad settings.
 
 from __future__ import annotations
 
-import os
-import signal
 
 import numpy as np
 import pytest
@@ -18,7 +16,7 @@ from headstart.engine.augment import STRONG_OPERATIONS, border_mean, cutout, str
 from headstart.engine.batches import StreamBatches
 from headstart.engine.fixmatch import pseudo_labels, unlabelled_loss
 from headstart.errors import HeadstartError
-from headstart.stage import Interrupted, fit_stage
+from headstart.stage import fit_stage
 from headstart.zoo import load
 
 
@@ -178,28 +176,13 @@ def test_pseudo_labels_from_a_trained_network_lift_accuracy_above_labels_alone(t
         plain.history[-1], fixmatch.history[-1])
 
 
-def test_an_interrupted_semi_supervised_stage_resumes_to_the_same_weights(tmp_path):
-    from lightning.pytorch.callbacks import Callback
-
-    import headstart.stage as stage_module
-
-    class CtrlCAtSecondEpoch(Callback):
-        def on_train_epoch_start(self, trainer, pl_module):
-            if trainer.current_epoch == 1:
-                os.kill(os.getpid(), signal.SIGINT)
-
+def test_an_interrupted_semi_supervised_stage_resumes_to_the_same_weights(tmp_path, interrupted_then_resumed):
     data = _digits()
     spec = _semi_stage(0.5, epochs=3)
     fit_stage(_network(), spec, data, folder=tmp_path / "whole", image_size=16)
-    original = stage_module._trainer
-    stage_module._trainer = lambda options, stage, folder, callbacks: original(options, stage, folder,
-                                                                               [*callbacks, CtrlCAtSecondEpoch()])
-    try:
-        with pytest.raises(Interrupted):
-            fit_stage(_network(), spec, data, folder=tmp_path / "cut", image_size=16)
-    finally:
-        stage_module._trainer = original
-    resumed = fit_stage(_network(), spec, data, folder=tmp_path / "cut", image_size=16, resume=True)
+    resumed = interrupted_then_resumed(
+        lambda folder, resume: fit_stage(_network(), spec, data, folder=folder, image_size=16, resume=resume),
+        tmp_path / "cut")
     assert [row["epoch"] for row in resumed.history] == [0, 1, 2]
     whole, cut = load_file(tmp_path / "whole" / "weights.safetensors"), load_file(tmp_path / "cut" / "weights.safetensors")
     assert all(torch.equal(whole[key], cut[key]) for key in whole)

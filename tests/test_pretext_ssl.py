@@ -3,8 +3,6 @@ views, the momentum teacher, stages that train and resume on real digits, diagno
 
 from __future__ import annotations
 
-import os
-import signal
 
 import pytest
 import torch
@@ -17,7 +15,7 @@ from headstart.data import TaskData
 from headstart.errors import HeadstartError
 from headstart.pretext.diagnostics import diagnose
 from headstart.pretext.views import ViewOptions, is_grey
-from headstart.stage import Interrupted, fit_stage
+from headstart.stage import fit_stage
 from headstart.zoo import load
 
 
@@ -198,28 +196,13 @@ def test_simclr_views_make_a_better_backbone_than_random_weights(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["simclr", "byol"])
-def test_an_interrupted_stage_resumes_to_the_same_weights(tmp_path, name):
-    from lightning.pytorch.callbacks import Callback
-
-    import headstart.stage as stage_module
-
-    class CtrlCAtSecondEpoch(Callback):
-        def on_train_epoch_start(self, trainer, pl_module):
-            if trainer.current_epoch == 1:
-                os.kill(os.getpid(), signal.SIGINT)
-
+def test_an_interrupted_stage_resumes_to_the_same_weights(tmp_path, name, interrupted_then_resumed):
     data = _digits()
     spec = {"name": name, "data": "all", "pretext": {"name": name}, "epochs": 3, "batch_size": 128}
     fit_stage(_network(), spec, data, folder=tmp_path / "whole", image_size=16)
-    original = stage_module._trainer
-    stage_module._trainer = lambda options, stage, folder, callbacks: original(options, stage, folder,
-                                                                               [*callbacks, CtrlCAtSecondEpoch()])
-    try:
-        with pytest.raises(Interrupted):
-            fit_stage(_network(), spec, data, folder=tmp_path / "cut", image_size=16)
-    finally:
-        stage_module._trainer = original
-    fit_stage(_network(), spec, data, folder=tmp_path / "cut", image_size=16, resume=True)
+    interrupted_then_resumed(
+        lambda folder, resume: fit_stage(_network(), spec, data, folder=folder, image_size=16, resume=resume),
+        tmp_path / "cut")
     whole, cut = load_file(tmp_path / "whole" / "weights.safetensors"), load_file(tmp_path / "cut" / "weights.safetensors")
     assert set(whole) == set(cut) and any(key.startswith("head.") for key in whole)
     assert all(torch.equal(whole[key], cut[key]) for key in whole)
