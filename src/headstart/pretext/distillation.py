@@ -169,10 +169,10 @@ class BYOLTask(_MomentumTask):
 
 
 def _cross_cosine(outputs: Tensor) -> Tensor:
+    """Per view: cosine between its prediction and the teacher's projection of the other view."""
     predictions, projections = outputs
-    first, second = predictions.chunk(2)
-    target_first, target_second = projections.chunk(2)
-    return 0.5 * (F.cosine_similarity(first, target_second, dim=1) + F.cosine_similarity(second, target_first, dim=1))
+    other = torch.cat(projections.chunk(2)[::-1])
+    return F.cosine_similarity(predictions, other, dim=1)
 
 
 class DINOHead(MomentumHead):
