@@ -205,3 +205,15 @@ def test_bad_semi_supervised_settings_name_the_key(stage, message):
     with pytest.raises(HeadstartError, match=message):
         parse_run({"name": "r", "data": {"source": {"kind": "digits"}}, "model": {"name": "test_resnet"},
                    "stages": [stage]}, "run.yaml")
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"operations": ("rotate", "equalise")}, "operations has 'equalise'"),
+    ({"ops": -1}, "ops=-1"),
+    ({"cutout_fraction": 1.5}, "cutout_fraction=1.5"),
+])
+def test_strong_augment_names_a_bad_argument(arguments, message):
+    with pytest.raises(HeadstartError, match=message):
+        strong_augment(torch.rand(2, 1, 8, 8), torch.Generator(), **arguments)
+    with pytest.raises(HeadstartError, match="expected float"):
+        strong_augment(torch.zeros(2, 8, 8, dtype=torch.uint8), torch.Generator())

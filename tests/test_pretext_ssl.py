@@ -14,6 +14,7 @@ from headstart.checkpoint import load_backbone
 from headstart.data import TaskData
 from headstart.errors import HeadstartError
 from headstart.pretext.diagnostics import diagnose
+from headstart.pretext.distillation import followed_pair
 from headstart.pretext.views import ViewOptions, is_grey
 from headstart.stage import fit_stage
 from headstart.zoo import load
@@ -151,12 +152,14 @@ def test_the_teacher_moves_only_by_its_momentum_update(name):
     assert all(parameter.grad is None for parameter in head.teacher.parameters())
     assert all(torch.equal(head.teacher.state_dict()[key], value) for key, value in teacher_before.items()
                if value.is_floating_point() and "running" not in key)  # BatchNorm statistics follow batches
-    student = dict(network.backbone.named_parameters())
-    teacher = {key: value.clone() for key, value in head.teacher.named_parameters()}
+    student_module, teacher_module = followed_pair(encoder, head.teacher)
+    assert teacher_module is not network.backbone and student_module is network.backbone
+    student = dict(student_module.named_parameters())
+    teacher = {key: value.clone() for key, value in teacher_module.named_parameters()}
     momentum = task.momentum_at(0.0)
     assert momentum == pytest.approx(0.9)
     task.after_step(head, encoder, 0.0)
-    for key, value in head.teacher.named_parameters():
+    for key, value in teacher_module.named_parameters():
         assert torch.allclose(value, momentum * teacher[key] + (1 - momentum) * student[key], atol=1e-6)
     assert task.momentum_at(1.0) == pytest.approx(1.0) and 0.9 < task.momentum_at(0.5) < 1.0
 
@@ -229,3 +232,8 @@ def test_diagnostics_say_when_a_pretext_is_still_learning_or_an_embedding_is_not
                     dino) == []  # a loss against a moving teacher may rise
     assert "one prototype" in diagnose([{"val_loss": 4.0, "val_teacher_entropy": 0.01}], dino)[0]
     assert "uniform" in diagnose([{"val_loss": 4.0, "val_teacher_entropy": 4.15}], dino)[0]
+
+
+def test_view_options_are_checked_when_made_directly():
+    with pytest.raises(HeadstartError, match="views: blur 2"):
+        ViewOptions(blur=2)

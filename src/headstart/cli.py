@@ -297,7 +297,7 @@ def _print_comparison(result) -> None:
         typer.echo(line)
     several = len(result.table["budgets"]) > 1
     for budget in result.table["budgets"]:
-        for line in step_lines(budget, f"{budget['labels_per_class']} labels per class: " if several else ""):
+        for line in step_lines(budget, several):
             typer.echo(line)
     typer.echo(f"report: {result.report} ({result.report.stat().st_size / 1024:.0f} KiB); "
                f"{result.seconds:.0f} s in all")

@@ -240,21 +240,24 @@ def _prefix_key(spec: RunSpec, stages: int) -> str:
     return json.dumps(payload, sort_keys=True)
 
 
+def common_stages(first: RunSpec, second: RunSpec) -> int:
+    """How many leading stages two runs share with everything that fixes their weights (model,
+    data, seed, stage settings) — equal weights after them on a deterministic device."""
+    count = 0
+    for index in range(1, min(len(first.stages), len(second.stages)) + 1):
+        if _prefix_key(first, index) != _prefix_key(second, index):
+            break
+        count = index
+    return count
+
+
 def shared_stages(planned: PlannedRun, finished: list[PlannedRun]) -> tuple[PlannedRun, int] | None:
-    """The finished run whose first stages equal ``planned``'s (same model, data, seed and stage
-    settings — so the same weights on a deterministic device), and how many: the longest such prefix."""
-    best: tuple[PlannedRun, int] | None = None
-    for donor in finished:
-        if donor.seed != planned.seed or donor.budget != planned.budget:
-            continue
-        count = 0
-        for index in range(1, min(len(donor.spec.stages), len(planned.spec.stages)) + 1):
-            if _prefix_key(donor.spec, index) != _prefix_key(planned.spec, index):
-                break
-            count = index
-        if count and (best is None or count > best[1]):
-            best = (donor, count)
-    return best
+    """The finished run (same seed and label budget) sharing the most leading stages with
+    ``planned``, and how many; ``None`` when none shares any."""
+    candidates = [(common_stages(donor.spec, planned.spec), donor) for donor in finished
+                  if donor.seed == planned.seed and donor.budget == planned.budget]
+    count, donor = max(candidates, key=lambda pair: pair[0], default=(0, None))
+    return (donor, count) if count else None
 
 
 def _link_stages(donor: PlannedRun, planned: PlannedRun, count: int) -> list[str]:
@@ -291,7 +294,7 @@ def extends(runs: list[PlannedRun]) -> dict[str, str]:
     for name, planned in first_seed.items():
         candidates = [(len(other.spec.stages), other.arm) for other in first_seed.values()
                       if other.arm != name and len(other.spec.stages) < len(planned.spec.stages)
-                      and _prefix_key(other.spec, len(other.spec.stages)) == _prefix_key(planned.spec, len(other.spec.stages))]
+                      and common_stages(other.spec, planned.spec) == len(other.spec.stages)]
         if candidates:
             parents[name] = max(candidates)[1]
     return parents

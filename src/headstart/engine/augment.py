@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from headstart.errors import HeadstartError
+
 
 def augment(images: Tensor, mode: str, generator: torch.Generator) -> Tensor:
     """Batched random augmentation on the device (a stage's ``augment`` option).
@@ -203,6 +205,15 @@ def strong_augment(images: Tensor, generator: torch.Generator, *, ops: int = 2, 
     """RandAugment with ``ops`` random operations per image, random magnitudes, then Cutout
     (FixMatch's strong augmentation; module docstring). ``operations`` restricts the pool."""
     pool = list(operations or STRONG_OPERATIONS)
+    unknown = [name for name in pool if name not in STRONG_OPERATIONS]
+    if unknown:
+        raise HeadstartError(f"strong_augment: operations has {unknown[0]!r}; known: {', '.join(STRONG_OPERATIONS)}")
+    if ops < 0 or not 0 <= cutout_fraction < 1:
+        raise HeadstartError(f"strong_augment: ops={ops}, cutout_fraction={cutout_fraction}; expected ops >= 0 and "
+                             "0 <= cutout_fraction < 1")
+    if images.dim() != 4 or not images.is_floating_point():
+        raise HeadstartError(f"strong_augment: images {tuple(images.shape)} {images.dtype}; expected float [B, C, H, W] "
+                             "in 0..1")
     out = images
     batch = images.shape[0]
     for _ in range(ops):

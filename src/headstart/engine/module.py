@@ -120,7 +120,7 @@ class StageModule(pl.LightningModule):
         inputs, labels = batch
         if self.cached:
             return self._task_step(self.network.head(inputs), labels, training)
-        images = resize(to_unit_range(inputs), self.image_size, "stretch")
+        images = self._unit_images(inputs)
         generator = self._batch_generator(batch_index if training else 10_000_000 + batch_index)
         if training:
             images = augment(images, self.stage.augment, generator)
@@ -136,12 +136,16 @@ class StageModule(pl.LightningModule):
             return self._semi_supervised_step(images, labels, generator)
         return self._task_step(self.network(self.encoder.prepare(images)), labels, training)
 
+    def _unit_images(self, pixels: Tensor) -> Tensor:
+        """Stored pixels as 0..1 floats at the stage's image size."""
+        return resize(to_unit_range(pixels), self.image_size, "stretch")
+
     def _semi_supervised_step(self, images: Tensor, labels: Tensor,
                               generator: torch.Generator) -> tuple[Tensor, dict[str, Any]]:
         """FixMatch (:mod:`headstart.engine.fixmatch`): labelled loss + weight × pseudo-label loss."""
         semi = self.stage.semi_supervised
         pixels, _ = next(self.unlabelled_batches)
-        unlabelled = resize(to_unit_range(pixels.to(self.device, non_blocking=True)), self.image_size, "stretch")
+        unlabelled = self._unit_images(pixels.to(self.device, non_blocking=True))
         weak = augment(unlabelled, self.stage.augment, generator)
         strong = strong_augment(unlabelled, generator, ops=semi.strong_ops, cutout_fraction=semi.cutout)
         with torch.no_grad():

@@ -43,8 +43,8 @@ UNDERFIT_CEILING = 0.95
 
 def _still_learning(history: list[dict], task: PretextTask) -> list[str]:
     """**underfit**: the training accuracy still rose by more than 0.02 over the last quarter of the
-    epochs and ended below 0.95 — the pretext task was stopped while it was still being learned (a
-    rotation stage stopped at 0.75 training accuracy teaches less than one trained to 0.98)."""
+    epochs and ended below 0.95 — the pretext task was stopped while it was still being learned, and
+    an underfit pretext hands over features that have learned less of it."""
     series = [float(entry["train_accuracy"]) for entry in history if "train_accuracy" in entry]
     if len(series) < 4:
         return []

@@ -44,24 +44,33 @@ from headstart.pretext.base import Encoder, PretextTask, check_generator, check_
 from headstart.pretext.views import ViewOptions
 
 
-def student_module(encoder: Encoder) -> nn.Module:
-    """The module whose weights the teacher follows: a network's backbone, or the encoder itself."""
+def teacher_copy(encoder: Encoder) -> nn.Module:
+    """A copy of what computes the encoder's features: a headstart network without its head (its
+    ``head_input`` gives the teacher what the head would read), or the encoder module itself."""
     network = getattr(encoder, "network", None)
-    if network is not None:
-        return network.backbone
-    if isinstance(encoder, nn.Module):
-        return encoder
-    raise HeadstartError(f"a momentum teacher needs an encoder that is an nn.Module or wraps a headstart Network; "
-                         f"got {type(encoder).__name__}")
+    if network is None:
+        if not isinstance(encoder, nn.Module):
+            raise HeadstartError(f"a momentum teacher needs an encoder that is an nn.Module or wraps a headstart "
+                                 f"Network; got {type(encoder).__name__}")
+        return copy.deepcopy(encoder)
+    head, network.head = network.head, nn.Identity()  # the old head is not part of the teacher
+    try:
+        return copy.deepcopy(network)
+    finally:
+        network.head = head
+
+
+def followed_pair(encoder: Encoder, teacher: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """``(student, teacher)`` modules whose weights the momentum update pairs."""
+    network = getattr(encoder, "network", None)
+    return (network.backbone, teacher.backbone) if network is not None else (encoder, teacher)
 
 
 def teacher_pooled(encoder: Encoder, teacher: nn.Module, images01: Tensor) -> Tensor:
-    """What the head would read, computed by the teacher's copy of the student module."""
-    network = getattr(encoder, "network", None)
-    if network is None:
-        return teacher.pooled(images01)
-    features = teacher.forward_features(encoder.prepare(images01))
-    return teacher.forward_head(features) if network.include_top else network.pool(features)
+    """What the head would read, computed by the teacher."""
+    if getattr(encoder, "network", None) is not None:
+        return teacher.head_input(encoder.prepare(images01))
+    return teacher.pooled(images01)
 
 
 class MomentumHead(nn.Module):
@@ -72,7 +81,7 @@ class MomentumHead(nn.Module):
         super().__init__()
         self.projection = make_projection()
         self.predictor = predictor
-        self.teacher = copy.deepcopy(student_module(encoder))
+        self.teacher = teacher_copy(encoder)
         # built twice and copied (a weight-normalised layer, DINO's last, cannot be deep-copied)
         self.teacher_projection = make_projection()
         self.teacher_projection.load_state_dict(self.projection.state_dict())
@@ -92,7 +101,7 @@ class MomentumHead(nn.Module):
         """``teacher ← momentum·teacher + (1 − momentum)·student`` for backbone and projection."""
         from lightly.models.utils import update_momentum
 
-        update_momentum(student_module(encoder), self.teacher, momentum)
+        update_momentum(*followed_pair(encoder, self.teacher), momentum)
         update_momentum(self.projection, self.teacher_projection, momentum)
 
 
@@ -254,4 +263,4 @@ class DINOTask(_MomentumTask):
         return [f"prototype={int(index)}" for index in self._teacher_probabilities(outputs[1]).argmax(1).tolist()]
 
 
-__all__ = ["BYOLTask", "DINOHead", "DINOTask", "MomentumHead", "student_module", "teacher_pooled"]
+__all__ = ["BYOLTask", "DINOHead", "DINOTask", "MomentumHead", "followed_pair", "teacher_copy", "teacher_pooled"]

@@ -132,6 +132,9 @@ class ViewOptions:
     greyscale: float = 0.2
     blur: float = 0.0
 
+    def __post_init__(self) -> None:
+        self.check("views")
+
     def check(self, task: str) -> None:
         low, high = (float(value) for value in self.crop_scale)
         require(0 < low <= high <= 1, f"{task}: crop_scale {tuple(self.crop_scale)}: expected 0 < low <= high <= 1")

@@ -187,7 +187,7 @@ def render(folder: str | Path) -> str:
     for budget, verdict in zip(summary["budgets"], verdicts):
         clear = budget["winner"] is not None and budget["winner"]["exceeds_spread"]
         parts.append(f'<div class="verdict{"" if clear else " within"}">{html.escape(verdict)}</div>')
-        for line in step_lines(budget, f"{budget['labels_per_class']} labels per class: " if several else ""):
+        for line in step_lines(budget, several):
             parts.append(f'<div class="verdict step">{html.escape(line)}</div>')
     if several:
         parts.append(_image(figures.budgets(summary), "test accuracy against labels per class"))

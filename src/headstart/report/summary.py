@@ -286,9 +286,10 @@ def summary_line(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-def step_lines(budget: dict[str, Any], where: str = "") -> list[str]:
+def step_lines(budget: dict[str, Any], several: bool = False) -> list[str]:
     """What each step added: for an arm that extends another (its stages begin with all of the other's),
-    the paired gain of its extra stages."""
+    the paired gain of its extra stages (prefixed with the label budget when ``several``)."""
+    where = f"{budget['labels_per_class']} labels per class: " if several else ""
     lines = []
     for arm in budget["arms"]:
         gain = arm.get("step_gain")
