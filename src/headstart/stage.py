@@ -42,7 +42,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Sequence
 
 import lightning.pytorch as pl
 import torch
@@ -360,7 +360,7 @@ def fit_stage(network, stage: StageSpec | dict, data: TaskData | Splits, *, fold
               index: int = 0, seed: int = 0, image_size: int | None = None,
               options: TrainerOptions | dict | None = None,
               resume: bool = False, run_name: str = "", config_hash: str | None = None,
-              model: ModelSpec | None = None) -> StageRecord:
+              model: ModelSpec | None = None, callbacks: Sequence[Any] = ()) -> StageRecord:
     """Train ``network`` for one stage in place and return its record (see the module docstring).
 
     ``data``: a :class:`~headstart.data.TaskData` (or :class:`~headstart.data.Splits`).
@@ -368,6 +368,7 @@ def fit_stage(network, stage: StageSpec | dict, data: TaskData | Splits, *, fold
     metrics; ``None`` trains in a temporary folder and keeps nothing. ``resume``: a finished
     folder is read back instead of trained (its weights loaded into ``network``); an interrupted
     one continues from its last epoch. ``index`` and ``seed`` fix the stage's random streams.
+    ``callbacks``: extra Lightning callbacks, called after headstart's own (progress, checkpoints).
     """
     stage, data, options = _check_arguments(network, stage, data, image_size, options)
     quiet_lightning()
@@ -378,7 +379,8 @@ def fit_stage(network, stage: StageSpec | dict, data: TaskData | Splits, *, fold
 
     def train(into: Path, resume: bool, keep: bool) -> StageRecord:
         return _fit(network, stage, index, seed, image_size, options, into, resume, pretext, train_set, val_set,
-                    handover, run_name, config_hash, model, keep=keep, unlabelled_set=unlabelled_set)
+                    handover, run_name, config_hash, model, keep=keep, unlabelled_set=unlabelled_set,
+                    extra_callbacks=list(callbacks))
 
     if folder is None:
         with tempfile.TemporaryDirectory(prefix="headstart-stage-") as scratch:
@@ -500,7 +502,8 @@ def _check_arguments(network, stage, data, image_size, options) -> tuple[StageSp
 
 def _fit(network, stage: StageSpec, index: int, seed: int, image_size: int, options: TrainerOptions, folder: Path,
          resume: bool, pretext, train_set: ImageSet, val_set: ImageSet, handover: Handover, run_name: str,
-         config_hash: str | None, model: ModelSpec, *, keep: bool, unlabelled_set: ImageSet | None = None) -> StageRecord:
+         config_hash: str | None, model: ModelSpec, *, keep: bool, unlabelled_set: ImageSet | None = None,
+         extra_callbacks: list | None = None) -> StageRecord:
     if "mlflow" in options.loggers:
         from headstart.engine.tracking import require_mlflow
 
@@ -533,6 +536,7 @@ def _fit(network, stage: StageSpec, index: int, seed: int, image_size: int, opti
                                    monitor=stage.early_stopping.monitor, mode=mode, save_top_k=1,
                                    save_weights_only=True, enable_version_counter=False)
             callbacks.append(best)
+    callbacks.extend(extra_callbacks or [])
     tracking = None
     if keep and "mlflow" in options.loggers:
         from headstart.engine.tracking import stage_logger, stage_params

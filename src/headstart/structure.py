@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 import lightning.pytorch as pl
 from pydantic import BaseModel, Field
@@ -130,8 +130,11 @@ def initial_network(spec: RunSpec):
 
 
 def run(spec: RunSpec, *, resume: bool = False, progress: bool | None = None, overwrite: bool = False,
-        on_stage_end: Callable[[StageRecord], None] | None = None) -> RunResult:
-    """Run every stage of ``spec`` in order (see the module docstring); returns a :class:`RunResult`."""
+        on_stage_end: Callable[[StageRecord], None] | None = None, callbacks: Sequence[Any] = ()) -> RunResult:
+    """Run every stage of ``spec`` in order (see the module docstring); returns a :class:`RunResult`.
+
+    ``callbacks``: extra Lightning callbacks given to every stage (see :func:`~headstart.stage.fit_stage`).
+    """
     from headstart.data.task import TaskData
 
     _check_loggers(spec)
@@ -154,7 +157,7 @@ def run(spec: RunSpec, *, resume: bool = False, progress: bool | None = None, ov
         try:
             record = fit_stage(network, stage, data, folder=folder, index=index, seed=spec.seed, image_size=image_size,
                                options=options, resume=resume, run_name=spec.name, config_hash=status.config_hash,
-                               model=spec.model)
+                               model=spec.model, callbacks=callbacks)
         except Interrupted as interruption:
             status.status = "interrupted"
             status.write(root)

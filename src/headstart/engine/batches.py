@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from headstart.data.dataset import ArrayStore, ImageSet
+from headstart import seeds
 from headstart.errors import HeadstartError
 
 Residency = Literal["memory", "stream"]
@@ -53,7 +54,7 @@ class EpochBatches:
 
     def _global_batches(self) -> list[Tensor]:
         if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            generator = torch.Generator().manual_seed(seeds.stream(self.seed, self.epoch))
             order = torch.randperm(self.count, generator=generator)
         else:
             order = torch.arange(self.count)
@@ -93,7 +94,7 @@ class StreamBatches:
 
     def _permutation(self, number: int) -> Tensor:
         if number != self._pass:
-            generator = torch.Generator().manual_seed(self.seed * 100_003 + number)
+            generator = torch.Generator().manual_seed(seeds.stream(self.seed, number))
             self._pass, self._order = number, torch.randperm(self.count, generator=generator)
         return self._order
 

@@ -29,6 +29,7 @@ from headstart.engine.batches import Batchable, ImagePlan, StreamBatches, count_
 from headstart.engine.callbacks import NonFiniteLoss
 from headstart.engine.fixmatch import pseudo_labels, unlabelled_loss
 from headstart.engine.losses import ScheduleFromArray, build_optimizer, learning_rate_factors, task_loss, task_predictions
+from headstart import seeds
 from headstart.imageops import resize, to_unit_range
 
 
@@ -40,10 +41,6 @@ class StageData:
     val: Batchable | ImagePlan | None
     unlabelled: ImagePlan | None = None
     """Images a semi-supervised stage reads without labels (``semi_supervised``)."""
-
-
-def stage_seed(seed: int, stage_index: int, epoch: int, rank: int = 0, step: int = 0) -> int:
-    return (seed * 1_000_003 + stage_index * 10_007 + epoch * 101 + rank) * 1_000_033 + step
 
 
 class StageModule(pl.LightningModule):
@@ -80,7 +77,7 @@ class StageModule(pl.LightningModule):
 
     def train_dataloader(self):
         rank, world = self._rank()
-        return make_loader(self.data.train, self.stage.batch_size, seed=stage_seed(self.seed, self.stage_index, 0),
+        return make_loader(self.data.train, self.stage.batch_size, seed=seeds.derive(self.seed, "order", self.stage_index),
                            shuffle=True, rank=rank, world_size=world, pin_memory=self.pin_memory)
 
     def val_dataloader(self):
@@ -98,12 +95,12 @@ class StageModule(pl.LightningModule):
     # randomness -------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
         rank, world = self._rank()
-        torch.manual_seed(stage_seed(self.seed, self.stage_index, self.current_epoch, rank))
+        torch.manual_seed(seeds.epoch(self.seed, self.stage_index, self.current_epoch, rank))
         semi = self.stage.semi_supervised
         if semi is not None and self.data.unlabelled is not None:
             # this epoch's unlabelled batches, fixed by the seed and the global step (resumes exactly)
             sampler = StreamBatches(count_of(self.data.unlabelled), semi.ratio * self.stage.batch_size,
-                                    seed=stage_seed(self.seed, self.stage_index, 0) + 1, start_step=self.global_step,
+                                    seed=seeds.derive(self.seed, "unlabelled", self.stage_index), start_step=self.global_step,
                                     steps=self.steps_per_epoch(), rank=rank, world_size=world)
             self.unlabelled_batches = iter(make_loader(self.data.unlabelled, sampler.batch_size, seed=0, shuffle=True,
                                                        pin_memory=self.pin_memory, sampler=sampler))
@@ -112,7 +109,7 @@ class StageModule(pl.LightningModule):
         rank, _ = self._rank()
         if self.generator is None or self.generator.device != self.device:
             self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(stage_seed(self.seed, self.stage_index, self.current_epoch, rank, batch_index + 1))
+        self.generator.manual_seed(seeds.step(self.seed, self.stage_index, self.current_epoch, rank, batch_index + 1))
         return self.generator
 
     # steps ------------------------------------------------------------------------------------
