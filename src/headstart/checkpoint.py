@@ -1,151 +1,202 @@
-"""What a stage leaves on disk, written atomically, and how a trained network is read back.
+"""The records of stages and runs — ``stage.json`` and ``run.json`` — and the networks they rebuild.
 
-A finished stage writes, in its own folder ``<run>/<index>-<name>/``:
+A finished stage leaves, in its own folder ``<run>/<index>-<name>/``:
 
 * ``weights.safetensors`` — the whole network (backbone and the stage's head); no pickle.
-* ``stage.json`` — the stage's record, one schema (:class:`headstart.stage.StageRecord`) for the
-  writer and every reader: stage index and name, frozen parameter names, BatchNorm policy, head
-  (kind, spec, labels), preprocessing, model, config hash, library versions, metrics, learning
-  rates, how its data was read and what was handed over from the previous stage.
+* ``stage.json`` — its :class:`StageRecord`, one schema for the writer and every reader: stage
+  index and name, frozen parameter names, BatchNorm policy, head (kind, spec, labels),
+  preprocessing, model, config hash, library versions, metrics, learning rates, how its data was
+  read and what was handed over from the previous stage.
 
 While a stage trains, ``last.ckpt`` (Lightning's format: weights, optimizer, scheduler, loop and
-callback state) is rewritten at the end of every epoch; ``--resume`` continues from it.
+callback state) is rewritten at the end of every epoch; ``--resume`` continues from it. A run
+folder holds its stages and ``run.json`` (:class:`RunRecord`).
 
-Every file is written to a temporary name in the same folder, flushed with ``fsync`` and moved
-into place with ``os.replace``: a failed write (disk full) or a ``kill -9`` mid-save leaves the
-previous file intact and loadable.
+Every file is written atomically (:mod:`headstart.files`): a failed write (disk full) or a
+``kill -9`` mid-save leaves the previous file intact and loadable. This module reads what stages
+wrote and rebuilds their networks (:func:`load_network`, :func:`load_backbone`); it never trains.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import platform
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Literal, TypeVar
 
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors_bytes
-from safetensors.torch import save as save_safetensors_bytes
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from headstart.config import ModelSpec, StageSpec
 from headstart.errors import HeadstartError
+from headstart.files import (
+    RESUME_FILE,
+    RUN_FILE,
+    STAGE_FILE,
+    WEIGHTS_FILE,
+    atomic_write_json,
+    is_finished_stage,
+    is_run,
+    read_json,
+)
+from headstart.heads import HeadSpec, build_head
+from headstart.lrfind import LRSweep
+from headstart.validation import validate
+from headstart.weights import load_weights, save_weights
 
-WEIGHTS_FILE = "weights.safetensors"
-METADATA_FILE = "stage.json"
-RESUME_FILE = "last.ckpt"
+__all__ = [
+    "DataRecord", "Handover", "HeadRecord", "ModelRecord", "RunRecord", "StageRecord", "find_stage_folder",
+    "load_backbone", "load_checked", "load_network", "stage_folder", "RESUME_FILE", "RUN_FILE", "STAGE_FILE", "WEIGHTS_FILE",
+]
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
-    """Write ``path`` through ``write(file_object)`` so that it is replaced whole or not at all."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 would hide reports from other users
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+Record = TypeVar("Record", bound=BaseModel)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    atomic_write(path, lambda file: file.write(data))
+def _read_record(kind: type[Record], path: Path, what: str) -> Record:
+    return validate(kind, read_json(path), f"{path}: not a {what} of this headstart version")
 
 
-def atomic_write_json(path: str | os.PathLike, payload: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n").encode())
+# ------------------------------------------------------------------------------------- stage.json
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise HeadstartError(f"{path}: no such file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise HeadstartError(f"{path}: not valid JSON metadata ({error})") from None
+class ModelRecord(ModelSpec):
+    """The model a stage trained, with the input size it trained at."""
+
+    image_size: int = Field(gt=0)
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint I/O whose saves are atomic and whose loads never run pickled code."""
+class HeadRecord(BaseModel):
+    """What the network's head predicts after the stage."""
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        atomic_write(path, lambda file: torch.save(checkpoint, file))
-
-    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        try:
-            return torch.load(path, map_location=map_location or "cpu", weights_only=True)
-        except Exception as error:  # noqa: BLE001 - reported with the file name
-            raise HeadstartError(f"{path}: cannot resume from this checkpoint ({str(error).splitlines()[0]})") from None
+    kind: Literal["task", "pretext", "none"]
+    labels: list[str] | None = None
+    spec: HeadSpec | None = None
+    pretext: str | None = None
 
 
-def hardware() -> dict[str, str | int]:
-    """The machine a run trained on, recorded in ``run.json`` and shown in reports."""
-    import os
+class Handover(BaseModel):
+    """What came from the previous stage and what is new."""
 
-    processor = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            processor = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")),
-                             processor)
-    except OSError:
-        pass
-    machine: dict[str, str | int] = {"cpu": processor, "cpu_cores": os.cpu_count() or 1,
-                                     "torch_threads": torch.get_num_threads()}
-    if torch.cuda.is_available():
-        machine["gpu"] = torch.cuda.get_device_name(0)
-        machine["gpu_count"] = torch.cuda.device_count()
-    return machine
+    kept_backbone_tensors: int
+    head: str
+    """``kept``, ``new task head`` or ``new <task> pretext head``."""
+    reinitialised: list[str] = Field(default_factory=list)
 
 
-def versions() -> dict[str, str]:
-    """Versions recorded in every checkpoint and report."""
-    import lightning
-    import timm
+class DataRecord(BaseModel):
+    """Which images the stage read and how they reached the training step."""
 
-    import headstart
-
-    return {
-        "headstart": headstart.__version__,
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "lightning": lightning.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
+    split: str
+    train_images: int
+    val_images: int
+    unlabelled_images: int = 0
+    """Images a semi-supervised stage read without labels."""
+    residency: Literal["memory", "stream"]
+    workers: int
+    description: str
 
 
-def save_weights(path: str | os.PathLike, state_dict: dict[str, torch.Tensor]) -> None:
-    tensors = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in state_dict.items()}
-    atomic_write_bytes(path, save_safetensors_bytes(tensors))
+class StageRecord(BaseModel):
+    """The typed content of ``stage.json``: written by :func:`~headstart.stage.fit_stage`, read by
+    everything else."""
+
+    model_config = ConfigDict(extra="forbid")
+    run_name: str = ""
+    stage_index: int
+    stage_name: str
+    status: Literal["finished"] = "finished"
+    stage: StageSpec
+    model: ModelRecord
+    frozen: list[str]
+    bn_policy: Literal["frozen", "train"]
+    head: HeadRecord
+    preprocessing: dict[str, Any]
+    config_hash: str | None = None
+    seconds: float
+    """Wall time of the stage (feature caching included), summed over resumed sessions."""
+    steps: int
+    """Optimizer steps taken."""
+    history: list[dict[str, float]]
+    step_losses: list[float]
+    learning_rates: list[float]
+    """Base learning rate (``optimizer.lr``) times the schedule, per planned step."""
+    handover: Handover
+    cached_features: bool
+    diagnostics: list[str] = Field(default_factory=list)
+    best_epoch: int | None = None
+    data: DataRecord
+    versions: dict[str, str] = Field(default_factory=dict)
+    lr_find: LRSweep | None = None
+    """The learning-rate sweep run first when the stage says ``optimizer: {lr: find}``."""
+    _folder: Path | None = PrivateAttr(default=None)
+
+    @property
+    def folder(self) -> Path | None:
+        """The stage folder this record was written to or read from (``None`` when kept in memory)."""
+        return self._folder
+
+    @property
+    def last_metrics(self) -> dict[str, float]:
+        """The metrics of the last trained epoch (empty when none was recorded)."""
+        return dict(self.history[-1]) if self.history else {}
+
+    def write(self, folder: str | os.PathLike, state_dict: dict[str, torch.Tensor]) -> None:
+        """Write the weights, then ``stage.json`` (its presence marks the stage finished); atomic."""
+        folder = Path(folder)
+        save_weights(folder / WEIGHTS_FILE, state_dict)
+        atomic_write_json(folder / STAGE_FILE, self.model_dump(mode="json"))
+        self._folder = folder
+
+    @classmethod
+    def read(cls, folder: str | os.PathLike) -> "StageRecord":
+        """Read a finished stage's ``stage.json`` through this schema; errors name the file and key."""
+        record = _read_record(cls, Path(folder) / STAGE_FILE, "stage record")
+        record._folder = Path(folder)
+        return record
 
 
-def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    path = Path(path)
-    try:
-        return load_safetensors_bytes(path.read_bytes())
-    except FileNotFoundError:
-        raise HeadstartError(f"{path}: no such weights file") from None
-    except (SafetensorError, ValueError, OSError) as error:
-        raise HeadstartError(f"{path}: not a complete safetensors file ({error})") from None
+# --------------------------------------------------------------------------------------- run.json
+
+
+class RunRecord(BaseModel):
+    """The typed content of ``run.json``: the configuration, which stages finished, the test metrics."""
+
+    name: str
+    config_hash: str
+    config: dict[str, Any]
+    finished_stages: list[str] = Field(default_factory=list)
+    status: Literal["running", "interrupted", "finished"] = "running"
+    test: dict[str, float] | None = None
+    test_confusion: list[list[int]] | None = None
+    """Test split confusion matrix, ``[true class][predicted class]`` counts, classes in ``labels`` order."""
+    labels: list[str] | None = None
+    seconds: float | None = None
+    """Wall time of the session that finished the run."""
+    earlier_seconds: float = 0.0
+    """Wall time of the stages read back instead of trained in that session (resumed, or shared with
+    another run of a comparison), as their ``stage.json`` records it."""
+    versions: dict[str, str] = Field(default_factory=dict)
+    hardware: dict[str, str | int] = Field(default_factory=dict)
+
+    def write(self, root: Path) -> None:
+        """Write ``run.json`` into the run folder ``root`` (atomic)."""
+        atomic_write_json(Path(root) / RUN_FILE, self.model_dump(mode="json"))
+
+    @classmethod
+    def read(cls, root: str | Path) -> "RunRecord":
+        """Read a run folder's ``run.json``; errors name the file and key."""
+        return _read_record(cls, Path(root) / RUN_FILE, "run record")
+
+    def stage_records(self, root: str | Path) -> list[StageRecord]:
+        """The records of the finished stages, in order, read from their folders."""
+        return [StageRecord.read(Path(root) / name) for name in self.finished_stages]
+
+
+def stage_folder(root: Path, index: int, name: str) -> Path:
+    """The folder of stage ``index`` named ``name`` inside the run folder ``root``."""
+    return Path(root) / f"{index}-{name}"
+
+
+# ---------------------------------------------------------------------------------- rebuilding
 
 
 def find_stage_folder(path: str | os.PathLike) -> Path:
@@ -155,18 +206,17 @@ def find_stage_folder(path: str | os.PathLike) -> Path:
         raise HeadstartError(f"{path}: no such checkpoint (expected a run folder or a stage folder)")
     if path.is_file():
         path = path.parent
-    if (path / METADATA_FILE).is_file():
+    if is_finished_stage(path):
         return path
-    run_file = path / "run.json"
-    if run_file.is_file():
-        finished = [Path(p) for p in read_json(run_file).get("finished_stages", [])]  # the run record's field
+    if is_run(path):
+        finished = RunRecord.read(path).finished_stages
         if finished:
             return path / finished[-1]
         raise HeadstartError(f"{path}: the run has no finished stage yet")
-    raise HeadstartError(f"{path}: no {METADATA_FILE} here (expected a headstart stage folder or run folder)")
+    raise HeadstartError(f"{path}: no {STAGE_FILE} here (expected a headstart stage folder or run folder)")
 
 
-def _bare_network(model):
+def _bare_network(model: ModelRecord):
     """The network a stage's record describes, random weights, no head yet (nothing is downloaded)."""
     from headstart.zoo import load
 
@@ -174,21 +224,24 @@ def _bare_network(model):
                 pooling=model.pooling, in_chans=model.in_chans)
 
 
+def load_checked(network, state: dict[str, torch.Tensor], path: Path, what: str, *, backbone_only: bool = False) -> None:
+    """Load ``state`` into ``network``; any key missing (of the backbone only, with ``backbone_only``)
+    or unexpected is a :class:`HeadstartError` naming ``path`` and ``what`` it should have matched."""
+    result = network.load_state_dict(state, strict=False)
+    missing = [key for key in result.missing_keys if key.startswith("backbone.") or not backbone_only]
+    if missing or result.unexpected_keys:
+        raise HeadstartError(f"{path}: does not match {what} (missing {missing[:5]}, "
+                             f"unexpected {result.unexpected_keys[:5]})")
+
+
 def load_backbone(path: str | os.PathLike):
     """The backbone a stage trained (any stage, pretext stages included), with no head: for probes
     and attention maps. Weights of the stage's head are left out; every backbone weight must load."""
-    from headstart.stage import StageRecord
-
     folder = find_stage_folder(path)
-    record = StageRecord.read(folder)
-    model = record.model
+    model = StageRecord.read(folder).model
     network = _bare_network(model)
     state = {key: value for key, value in load_weights(folder / WEIGHTS_FILE).items() if key.startswith("backbone.")}
-    result = network.load_state_dict(state, strict=False)
-    missing = [key for key in result.missing_keys if key.startswith("backbone.")]
-    if missing or result.unexpected_keys:
-        raise HeadstartError(f"{folder / WEIGHTS_FILE}: does not match the backbone of {model.name} "
-                             f"(missing {missing[:5]}, unexpected {result.unexpected_keys[:5]})")
+    load_checked(network, state, folder / WEIGHTS_FILE, f"the backbone of {model.name}", backbone_only=True)
     network.set_training_size(model.image_size)
     network.eval()
     return network
@@ -197,13 +250,10 @@ def load_backbone(path: str | os.PathLike):
 def load_network(path: str | os.PathLike):
     """Rebuild the trained network of a stage (or of a run's last stage) for prediction.
 
-    Everything comes from the stage's record (:class:`headstart.stage.StageRecord`, read from
-    ``stage.json``): the model name, input channels, pooling, head spec, labels and the input
-    size the stage trained at; the weights from ``weights.safetensors``. Nothing is downloaded.
+    Everything comes from the stage's record (:class:`StageRecord`, read from ``stage.json``): the
+    model name, input channels, pooling, head spec, labels and the input size the stage trained
+    at; the weights from ``weights.safetensors``. Nothing is downloaded.
     """
-    from headstart.heads import build_head
-    from headstart.stage import StageRecord
-
     folder = find_stage_folder(path)
     record = StageRecord.read(folder)
     if record.head.kind != "task" or record.head.spec is None:
@@ -214,13 +264,8 @@ def load_network(path: str | os.PathLike):
     model = record.model
     network = _bare_network(model)
     network.replace_head(build_head(record.head.spec, network.head_in_features), labels=record.head.labels)
-    state = load_weights(folder / WEIGHTS_FILE)
-    result = network.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise HeadstartError(
-            f"{folder / WEIGHTS_FILE}: does not match {model.name} with this head "
-            f"(missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})"
-        )
+    load_checked(network, load_weights(folder / WEIGHTS_FILE), folder / WEIGHTS_FILE,
+                  f"{model.name} with this head", backbone_only=False)
     network.set_training_size(model.image_size)
     network.eval()
     return network

@@ -26,6 +26,7 @@ from typing import List, Optional
 import typer
 
 from headstart.errors import INTERRUPTED_EXIT_CODE, USER_ERROR_EXIT_CODE, HeadstartError
+from headstart.files import is_comparison, is_run
 
 app = typer.Typer(
     name="headstart",
@@ -73,14 +74,8 @@ def user_errors(command):
 
 def _network_for(model: str, weights: str, checkpoint: Optional[Path]):
     if checkpoint is not None:
-        try:
-            from headstart.checkpoint import load_network
-        except ModuleNotFoundError as exc:
-            if exc.name != "headstart.checkpoint":
-                raise
-            raise HeadstartError(
-                f"--checkpoint {checkpoint}: this installation has no headstart.checkpoint module"
-            ) from None
+        from headstart.checkpoint import load_network
+
         return load_network(checkpoint)
     from headstart.zoo import load
 
@@ -196,12 +191,12 @@ def lr_find_command(
 ) -> None:
     """Sweep the learning rate for one stage of a run (LR range test) and suggest one; the run's folder is not touched."""
     from headstart.config import load_run_file, parse_run
-    from headstart.lrfind import find_for_run
+    from headstart.structure import find_learning_rate
 
     spec = load_run_file(file)
     if output is not None:
         spec = parse_run({**spec.model_dump(mode="json"), "output": str(output)}, str(file))
-    result = find_for_run(spec, stage, run_earlier=run_earlier, min_lr=min_lr, max_lr=max_lr, steps=steps,
+    result = find_learning_rate(spec, stage, run_earlier=run_earlier, min_lr=min_lr, max_lr=max_lr, steps=steps,
                           source=str(file))
     path = result.plot(plot or Path(f"lr-find-{spec.name}-{stage}.png"))
     if json_output:
@@ -363,7 +358,7 @@ def report_command(folder: Path = typer.Argument(..., help="A comparison folder,
     from headstart.report.summary import summarise, summary_line
 
     path = write_report(folder)
-    if any((folder / name).is_file() for name in ("compare.json", "run.json")):
+    if is_comparison(folder) or is_run(folder):
         for line in summary_line(summarise(folder, write=False)):
             typer.echo(line)
     typer.echo(f"report: {path} ({path.stat().st_size / 1024:.0f} KiB)")
@@ -444,7 +439,7 @@ def audit_command(
     typer.echo(f"crafted {len(result.crafted.neurons)} inputs on {result.backbone} in {result.crafted.seconds:.1f} s "
                f"({result.crafted.per_second:.2f} per second); hits per class {result.metrics.hits_per_class}")
     if output is not None:
-        from headstart.checkpoint import atomic_write_json
+        from headstart.files import atomic_write_json
 
         atomic_write_json(Path(output) / "audit.json", result.to_dict())
         typer.echo(f"written {Path(output) / 'audit.json'}")

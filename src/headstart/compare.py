@@ -47,12 +47,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from headstart.config import (DataSpec, ModelSpec, RunSpec, StageSpec, _Strict, describe_validation_error,
+from headstart.config import (DataSpec, ModelSpec, RunSpec, StageSpec, _Strict,
                               load_run_file, parse_run, read_yaml_file, resolve_data_paths)
+from headstart.checkpoint import RunRecord, StageRecord, load_backbone, stage_folder
+from headstart.files import atomic_write_bytes, atomic_write_json, hardware, is_run, versions
+from headstart.stage import Interrupted
+from headstart.structure import prepare_run
 from headstart.errors import HeadstartError
 from headstart.report.summary import MANIFEST_FILE
+from headstart.validation import validate
 
 INIT_PROBE_FILE = "init-probe.json"
 ATTENTION_FILE = "attention.npz"
@@ -157,10 +162,7 @@ def parse_compare(data: Any, source: str = "<compare>") -> CompareSpec:
     """Validate a mapping (from YAML or Python) into a :class:`CompareSpec`."""
     if not isinstance(data, dict):
         raise HeadstartError(f"{source}: expected a mapping with keys data, arms; got {type(data).__name__}")
-    try:
-        return CompareSpec.model_validate(data)
-    except ValidationError as error:
-        raise HeadstartError(describe_validation_error(error, source, CompareSpec)) from None
+    return validate(CompareSpec, data, source)
 
 
 def load_compare_file(path: str | Path) -> tuple[CompareSpec, Path]:
@@ -214,10 +216,8 @@ def plan(spec: CompareSpec, base: Path = Path(".")) -> list[PlannedRun]:
 
 def _reuse_or_resume(planned: PlannedRun, overwrite: bool) -> str:
     """``fresh``, ``reuse`` (finished with this configuration), ``resume`` or ``overwrite``."""
-    from headstart.structure import RunRecord
-
     folder = planned.folder
-    if not (folder / "run.json").is_file():
+    if not is_run(folder):
         if folder.exists() and any(folder.iterdir()):
             raise HeadstartError(f"{folder}: exists and is not a headstart run; choose another output")
         return "fresh"
@@ -230,22 +230,12 @@ def _reuse_or_resume(planned: PlannedRun, overwrite: bool) -> str:
     return "reuse" if record.status == "finished" else "resume"
 
 
-def _prefix_key(spec: RunSpec, stages: int) -> str:
-    """What fixes the weights after the first ``stages`` stages of a run: everything in its
-    configuration but its name, output and later stages."""
-    import json
-
-    payload = spec.model_dump(mode="json", exclude={"name", "output", "progress", "num_workers", "loggers", "mlflow"})
-    payload["stages"] = payload["stages"][:stages]
-    return json.dumps(payload, sort_keys=True)
-
-
 def common_stages(first: RunSpec, second: RunSpec) -> int:
     """How many leading stages two runs share with everything that fixes their weights (model,
     data, seed, stage settings) — equal weights after them on a deterministic device."""
     count = 0
     for index in range(1, min(len(first.stages), len(second.stages)) + 1):
-        if _prefix_key(first, index) != _prefix_key(second, index):
+        if first.prefix_key(index) != second.prefix_key(index):
             break
         count = index
     return count
@@ -263,8 +253,6 @@ def shared_stages(planned: PlannedRun, finished: list[PlannedRun]) -> tuple[Plan
 def _link_stages(donor: PlannedRun, planned: PlannedRun, count: int) -> list[str]:
     """Hard-link (copy where links fail) the donor's first ``count`` finished stage folders into
     ``planned``'s folder, training checkpoints left out; the run then resumes after them."""
-    from headstart.structure import stage_folder
-
     names = []
     for index, stage in enumerate(planned.spec.stages[:count]):
         source = stage_folder(donor.folder, index, stage.name)
@@ -302,9 +290,7 @@ def extends(runs: list[PlannedRun]) -> dict[str, str]:
 
 def _probe_run(planned: PlannedRun, options: ProbeOptions, echo: Callable[[str], None]) -> None:
     """Probe the backbone the run starts from and each finished stage's; skip those already probed."""
-    from headstart.checkpoint import atomic_write_json
     from headstart.probe import PROBE_FILE, probe_network, probe_stage, run_data
-    from headstart.structure import RunRecord, initial_network
 
     settings = {"k": options.k, "temperature": options.temperature, "c": options.c,
                 "bank_split": options.bank_split, "probe_split": options.probe_split}
@@ -316,9 +302,8 @@ def _probe_run(planned: PlannedRun, options: ProbeOptions, echo: Callable[[str],
     started = time.perf_counter()
     data, spec = run_data(folder)
     if not (folder / INIT_PROBE_FILE).is_file():
-        network = initial_network(spec)
-        image_size = spec.model.image_size or int(network.preprocessing.input_size[-1])
-        record = probe_network(network, data, image_size=image_size, source="init", **settings)
+        start = prepare_run(spec, data=data)
+        record = probe_network(start.network, data, image_size=start.image_size, source="init", **settings)
         atomic_write_json(folder / INIT_PROBE_FILE, record.model_dump(mode="json"))
     for name in pending:
         probe_stage(folder / name, data=data, **settings)
@@ -332,10 +317,7 @@ def _attention(spec: CompareSpec, runs: list[PlannedRun], echo: Callable[[str], 
 
     import numpy as np
 
-    from headstart.checkpoint import atomic_write_bytes, load_backbone
     from headstart.probe import attention_maps, run_data
-    from headstart.stage import StageRecord
-    from headstart.structure import RunRecord
 
     first = [run for run in runs if run.seed == spec.seeds[0] and run.budget == (spec.label_budgets or [None])[0]]
     data, _ = run_data(first[0].folder)
@@ -391,10 +373,8 @@ def run(spec: CompareSpec | dict | str | Path, *, base: str | Path | None = None
     ``spec`` is a :class:`CompareSpec`, a mapping, or the path of a comparison file (whose folder
     then resolves relative paths, like ``base``).
     """
-    from headstart.checkpoint import atomic_write_json, hardware, versions
     from headstart.report.html import write_report
     from headstart.report.summary import summarise
-    from headstart.stage import Interrupted
     from headstart.structure import run as run_structure
 
     if isinstance(spec, (str, Path)):

@@ -30,7 +30,6 @@ checked: an unknown or mistyped key fails with its path (``stages[1].freeze``) a
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 from pathlib import Path
@@ -40,22 +39,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from headstart.data.sources import SourceSpec
+from headstart.data.splits import SplitSpec
+from headstart import validation
 from headstart.errors import HeadstartError
+from headstart.validation import validate
 from headstart.heads import HeadSpec
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class SplitSpec(_Strict):
-    """How the task data is divided. The test split is never seen by any pretraining stage."""
-
-    test_fraction: float = Field(0.2, gt=0, lt=1)
-    val_fraction: float = Field(0.1, ge=0, lt=1)
-    labels_per_class: int | None = Field(None, gt=0, description="keep this many labelled images per class")
-    labelled_fraction: float | None = Field(None, gt=0, le=1, description="keep this fraction labelled")
-    seed: int = 0
 
 
 class DataSpec(_Strict):
@@ -278,8 +270,10 @@ class RunSpec(_Strict):
             raise ValueError("mlflow settings are given but loggers does not include mlflow; add it: loggers: [csv, mlflow]")
         return value
 
-    def config_hash(self) -> str:
-        """SHA-256 of the canonical JSON of everything that changes results (not output/progress)."""
+    def results_payload(self) -> dict[str, Any]:
+        """Everything in this run that changes its results, as canonical JSON data: the one place
+        that says which settings do not (where outputs go, progress bars, loggers, decoding
+        workers, whether images are held in memory or streamed: the same pixels either way)."""
         payload = self.model_dump(mode="json", exclude={"output": True, "progress": True, "num_workers": True,
                                                              "loggers": True, "mlflow": True, "data": {"residency"}})
         for key, default in (("include_top", False), ("classes", None)):  # runs from before these keys keep their hash
@@ -288,69 +282,36 @@ class RunSpec(_Strict):
         for stage in payload["stages"]:
             if stage.get("semi_supervised") is None:
                 stage.pop("semi_supervised", None)
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+        return payload
+
+    def config_hash(self) -> str:
+        """SHA-256 of the canonical JSON of everything that changes results (:meth:`results_payload`)."""
+        return hashlib.sha256(json.dumps(self.results_payload(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def prefix_key(self, stages: int) -> str:
+        """What fixes the weights after the first ``stages`` stages: :meth:`results_payload` without
+        the run's name and later stages. Two runs with the same key end those stages with the same
+        weights on a deterministic device."""
+        payload = self.results_payload()
+        payload.pop("name", None)
+        payload["stages"] = payload["stages"][:stages]
+        return json.dumps(payload, sort_keys=True)
 
     def output_dir(self) -> Path:
         return Path(self.output) if self.output else Path("runs") / self.name
 
 
-def _location(loc: tuple[Any, ...]) -> str:
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        elif part in ("function-after", "function-before") or str(part).startswith(("function-", "literal[", "constrained-")):
-            continue
-        else:
-            text += f".{part}" if text else str(part)
-    return text or "(top level)"
-
-
-def _known_fields(loc: tuple[Any, ...], root: type[BaseModel]) -> list[str]:
-    model: Any = root
-    for part in loc[:-1]:
-        if isinstance(part, int) or model is None:
-            continue
-        field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            return []
-        annotation = field.annotation
-        candidates = getattr(annotation, "__args__", (annotation,))
-        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-        if model is None:
-            inner = [a for c in candidates for a in getattr(c, "__args__", ())]
-            model = next((c for c in inner if isinstance(c, type) and issubclass(c, BaseModel)), None)
-    return list(getattr(model, "model_fields", {}))
-
-
 def describe_validation_error(error: ValidationError, source: str, model: type[BaseModel] | None = None) -> str:
-    """One line per problem: ``FILE: stages[1].freeze: expected a list of selectors``.
-
-    Suggestions for unknown keys come from the fields of ``model``, the one that was validated
-    (default: a whole run file).
-    """
-    root = model or RunSpec
-    lines = []
-    for problem in error.errors():
-        where = _location(problem["loc"])
-        if problem["type"] == "extra_forbidden":
-            key = str(problem["loc"][-1])
-            close = difflib.get_close_matches(key, _known_fields(problem["loc"], root), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            lines.append(f"{source}: {where}: unknown key{hint}")
-        else:
-            lines.append(f"{source}: {where}: {problem['msg']} (got {problem.get('input')!r})")
-    return "\n".join(lines)
+    """One line per problem (:func:`headstart.validation.describe_validation_error`); suggestions
+    for unknown keys come from ``model`` (default: a whole run file)."""
+    return validation.describe_validation_error(error, source, model or RunSpec)
 
 
 def parse_run(data: Any, source: str = "<run>") -> RunSpec:
     """Validate a mapping (from YAML or Python) into a :class:`RunSpec`."""
     if not isinstance(data, dict):
         raise HeadstartError(f"{source}: expected a mapping with keys data, model, stages; got {type(data).__name__}")
-    try:
-        return RunSpec.model_validate(data)
-    except ValidationError as error:
-        raise HeadstartError(describe_validation_error(error, source)) from None
+    return validate(RunSpec, data, source)
 
 
 def read_yaml_file(path: str | Path, what: str = "run file") -> Any:

@@ -33,6 +33,8 @@ import torch
 from torch import nn
 
 from headstart.errors import HeadstartError
+from headstart.files import atomic_write_bytes
+from headstart.summary import expands, input_size_of, output_shapes
 
 PAGE_WIDTH = 794
 """An A4 page at 96 dots per inch is 794 × 1123 pixels; sub-blocks wrap to stay within its width."""
@@ -122,11 +124,9 @@ def _tree(network, depth: int) -> tuple[list[Node], list[str]]:
         result = Node(name=name, label=f"{label}: {type(module).__name__}", module=module,
                       parameters=sum(p.numel() for p in parameters),
                       trainable=sum(p.numel() for p in parameters if p.requires_grad), bn_fixed=name in bn_fixed)
-        children = list(module.named_children())
-        own = any(True for _ in module.parameters(recurse=False))
-        if level < depth and children and not own and any(True for _, child in children for _ in child.parameters()):
+        if expands(module, level, depth):
             result.children = [node(child, f"{name}.{child_name}", child_name, level + 1)
-                               for child_name, child in children]
+                               for child_name, child in module.named_children()]
         return result
 
     backbone = node(network.backbone, "backbone", "backbone", 0)
@@ -147,27 +147,12 @@ def _measure_shapes(network, nodes: list[Node], input_size: tuple[int, ...]) -> 
             walk(item.children)
 
     walk(nodes)
-    hooks = []
+    outputs, final = output_shapes(network, {item.name: item.module for item in everything if item.module is not None},
+                                   input_size, caller="diagram")
     for item in everything:
-        def record(_module, _inputs, output, item=item):
-            if item.shape is None:
-                item.shape = _shape(output)
-
-        hooks.append(item.module.register_forward_hook(record))
-    parameter = next(network.parameters())
-    was_training = network.training
-    try:
-        network.eval()
-        with torch.no_grad():
-            output = network(torch.zeros((1, *input_size), device=parameter.device, dtype=parameter.dtype))
-    except (RuntimeError, ValueError) as error:
-        raise HeadstartError(f"diagram: a {tuple(input_size)} input does not run through {network.model_name}: "
-                             f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
-    finally:
-        for hook in hooks:
-            hook.remove()
-        network.train(was_training)
-    return _shape(output) or "?"
+        if item.name in outputs:
+            item.shape = _shape(outputs[item.name])
+    return _shape(final) or "?"
 
 
 # ----------------------------------------------------------------------------------------- layout
@@ -256,11 +241,7 @@ def draw(network, path: str | Path | None = None, *, depth: int = 2,
     """Draw ``network`` (module docstring); write the SVG to ``path`` when given (atomic)."""
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
         raise HeadstartError(f"diagram: depth={depth!r}; expected a whole number of at least 1")
-    if input_size is None:
-        input_size = tuple(network.preprocessing.input_size)
-    elif isinstance(input_size, int):
-        input_size = (network.in_chans, input_size, input_size)
-    input_size = tuple(int(value) for value in input_size)
+    input_size = input_size_of(network, input_size)
     top, blocks = _tree(network, depth)
     output_shape = _measure_shapes(network, top, input_size)
     source = Node(name="input", label="input", module=None, shape="×".join(str(size) for size in input_size))
@@ -315,8 +296,6 @@ def draw(network, path: str | Path | None = None, *, depth: int = 2,
     ])
     diagram = Diagram(svg=svg, width=width, height=height, boxes=count, blocks=blocks)
     if path is not None:
-        from headstart.checkpoint import atomic_write_bytes
-
         diagram.path = Path(path)
         atomic_write_bytes(diagram.path, svg.encode("utf-8"))
     return diagram

@@ -103,13 +103,14 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def png_bytes(figure, *, dpi: int = 100) -> bytes:
-    """A matplotlib figure as PNG bytes (laid out tight); the figure is closed afterwards."""
-    import matplotlib.pyplot as plt
+    """A matplotlib figure as PNG bytes (laid out tight); a pyplot figure is closed afterwards."""
+    import sys
 
     buffer = io.BytesIO()
     figure.tight_layout()
     figure.savefig(buffer, format="png", dpi=dpi)
-    plt.close(figure)
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close(figure)
     return buffer.getvalue()
 
 

@@ -22,7 +22,7 @@ The chapter converts a PyTorch SqueezeNet to Keras with ``pytorch2keras`` (listi
 Every export runs the original network and the exported file on the same real photographs
 (scikit-image's sample images, preprocessed by the network's own pipeline) and reports the largest
 absolute difference of the outputs; beyond ``tolerance`` (default 1e-4) it fails and writes nothing.
-Files are written to a temporary name and moved into place (``os.replace``), so a failed export
+Files are written atomically (:mod:`headstart.files`: a temporary name, ``fsync``, ``os.replace``), so a failed export
 never leaves a half-written file.
 """
 
@@ -40,6 +40,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from headstart.files import WEIGHTS_FILE, atomic_move, atomic_write_bytes, atomic_write_json
+from headstart.modes import evaluating
+from headstart.weights import load_weights
 from headstart.errors import HeadstartError
 from headstart.network import Network
 from headstart.preprocess import Preprocessing
@@ -275,17 +278,11 @@ def export_onnx(model: Network | str | os.PathLike, path: str | os.PathLike, *, 
     metadata (:func:`read_metadata`). Raises :class:`HeadstartError` and writes nothing when the
     export fails or the outputs differ by more than ``tolerance``.
     """
-    from headstart.checkpoint import atomic_write_bytes
-
     started = time.perf_counter()
     path = Path(path)
     network = as_network(model, weights)
-    was_training = network.training
-    network.eval()
-    try:
+    with evaluating(network):
         data, axes, checks = _onnx_bytes(network, dynamic_size)
-    finally:
-        network.train(was_training)
     report = ExportReport(path=str(path), format="onnx", model_name=network.model_name, dynamic_axes=axes,
                           checks=checks, tolerance=tolerance, converter=f"torch.onnx {torch.__version__}")
     _check_tolerance(report)
@@ -328,22 +325,16 @@ def export_keras(model: Network | str | os.PathLike, path: str | os.PathLike, *,
     real images as the ONNX export; beyond ``tolerance`` nothing is written. Needs the ``keras``
     extra (``pip install "headstart[keras]"``).
     """
-    from headstart.checkpoint import atomic_write_json
-
     started = time.perf_counter()
     path = Path(path)
     if path.suffix not in (".keras", ".h5"):
         raise HeadstartError(f"{path}: a Keras model file ends with .keras or .h5")
     onnx2tf = _import_onnx2tf()
     network = as_network(model, weights)
-    was_training = network.training
-    network.eval()
-    try:
+    with evaluating(network):
         data, _, _ = _onnx_bytes(network, dynamic_size=False)
         batches = [sample_batch(network.preprocessing, count=3)]
         references = [_torch_outputs(network, batch) for batch in batches]
-    finally:
-        network.train(was_training)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".headstart-keras-", dir=path.parent) as scratch:
         onnx_file = Path(scratch) / "model.onnx"
@@ -367,7 +358,7 @@ def export_keras(model: Network | str | os.PathLike, path: str | os.PathLike, *,
         _check_tolerance(report)
         temporary = Path(scratch) / f"model{path.suffix}"
         keras_model.save(str(temporary))
-        os.replace(temporary, path)
+        atomic_move(temporary, path)
     sidecar = {**{key.removeprefix(METADATA_PREFIX): value for key, value in _metadata(network, ["batch"]).items()},
                "input": "float32 [batch, height, width, channels]" if channels_last else
                "float32 [batch, channels, height, width]"}
@@ -607,18 +598,14 @@ def load_imported_stage(onnx_path: str | os.PathLike, stage_folder: str | os.Pat
     (``headstart.checkpoint.load_network`` rebuilds zoo models by name; an imported backbone is
     rebuilt from its ONNX file.)
     """
-    from headstart import checkpoint as ckpt
+    from headstart.checkpoint import StageRecord, find_stage_folder, load_checked
     from headstart.heads import build_head
-    from headstart.stage import StageRecord
 
-    folder = ckpt.find_stage_folder(stage_folder)
+    folder = find_stage_folder(stage_folder)
     record = StageRecord.read(folder)
     network = import_onnx(onnx_path, pooling=record.model.pooling, name=record.model.name)
     if record.head.spec is not None:
         network.replace_head(build_head(record.head.spec, network.num_features), labels=record.head.labels)
-    result = network.load_state_dict(ckpt.load_weights(folder / ckpt.WEIGHTS_FILE), strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise HeadstartError(f"{folder}: weights do not fit {onnx_path} (missing {result.missing_keys[:5]}, "
-                             f"unexpected {result.unexpected_keys[:5]})")
+    load_checked(network, load_weights(folder / WEIGHTS_FILE), folder / WEIGHTS_FILE, f"the network of {onnx_path}")
     network.set_training_size(record.model.image_size)
     return network.eval()

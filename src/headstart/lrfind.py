@@ -8,7 +8,7 @@ made it routine; this module runs it *per stage*, because the right rate for a n
 frozen backbone (features cached, BatchNorm statistics fixed) is far from the right one for
 fine-tuning everything::
 
-    sweep = lr_find(network, {"name": "head", "freeze": ["backbone"]}, data, image_size=32)
+    sweep = headstart.stage.lr_find(network, {"name": "head", "freeze": ["backbone"]}, data, image_size=32)
     print(sweep.suggestion); sweep.plot("head-lr.png")
 
 or ``headstart lr-find run.yaml --stage fine-tune``, or ``optimizer: {lr: find}`` in a run file.
@@ -37,6 +37,10 @@ How it runs:
   It lands in the steep, still-safe part of the curve; Lightning's own rule, the steepest
   gradient against the linear rate, is noisier on short sweeps.
 
+This module holds the rule and the record (:class:`LRSweep`, :func:`smooth`, :func:`valley`,
+:func:`suggest`); the sweep itself runs on Lightning in :mod:`headstart.engine.sweep`, and only
+the stage calls it (:func:`headstart.stage.lr_find`, :func:`headstart.structure.find_learning_rate`).
+
 ``optimizer: {lr: find}`` sweeps when the run reaches the stage, writes ``lr_find.json`` and
 ``lr_find.png`` into the stage folder, records the sweep in ``stage.json`` (``lr_find``) and
 trains with the suggestion; a resumed stage reuses the sweep it recorded.
@@ -44,23 +48,13 @@ trains with the suggestion; a resumed stage reuses the sweep it recorded.
 
 from __future__ import annotations
 
-import copy
-import io
 import math
-import tempfile
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
-from headstart import checkpoint as ckpt
-from headstart.engine.callbacks import InterruptOnSignal, RunInterrupted
-from headstart.engine.module import StageData, StageModule
 from headstart.errors import INTERRUPTED_EXIT_CODE, HeadstartError
-
-if TYPE_CHECKING:
-    from headstart.stage import PreparedData, TrainerOptions
+from headstart.files import atomic_write_bytes, png_bytes
 
 MIN_LR = 1e-7
 """Where the sweep starts (fastai's ``start_lr``)."""
@@ -144,15 +138,12 @@ class LRSweep(BaseModel):
             axes.set_ylim(low - margin, high + 3 * margin)
         axes.legend(loc="best")
         axes.grid(True, which="major", alpha=0.3)
-        figure.tight_layout()
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png")
-        return buffer.getvalue()
+        return png_bytes(figure)
 
     def plot(self, path: str | Path) -> Path:
         """Write :meth:`plot_png` to ``path`` (atomic); return the path."""
         path = Path(path)
-        ckpt.atomic_write_bytes(path, self.plot_png())
+        atomic_write_bytes(path, self.plot_png())
         return path
 
 
@@ -213,183 +204,3 @@ def suggest(learning_rates: list[float], losses: list[float], steps: int) -> tup
                              "the stage more training images")
     offset, _ = valley(losses[start:stop])
     return float(learning_rates[start + offset]), (start, stop)
-
-
-# ------------------------------------------------------------------------------------ the sweep
-
-
-class SweepModule(StageModule):
-    """The stage's module; Ctrl+C or SIGTERM stops the sweep after the current step.
-
-    Lightning's tuner replaces the trainer's callbacks with its own during the sweep, so the check
-    runs from this module's hook, with the stage's own :class:`InterruptOnSignal`.
-    """
-
-    interrupt: InterruptOnSignal | None = None
-    raw_losses: list[float]
-
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        self.raw_losses.append(float(loss) if loss is not None else float("nan"))
-        if self.interrupt is not None:
-            self.interrupt.on_train_batch_end(self.trainer, self, outputs, batch, batch_idx)
-
-
-def sweep(network, stage, prepared: "PreparedData", *, index: int, seed: int, image_size: int,
-          options: "TrainerOptions", pretext=None, min_lr: float = MIN_LR, max_lr: float = MAX_LR,
-          steps: int = STEPS, divergence: float | None = DIVERGENCE) -> LRSweep:
-    """Run the LR range test on ``network`` as prepared for ``stage`` (module docstring).
-
-    ``network`` is trained in place during the sweep (Lightning's tuner puts its weights back at
-    the end); pass a copy when the weights matter.
-    """
-    import lightning.pytorch as pl
-    from lightning.pytorch.tuner import Tuner
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-    from headstart.stage import default_bn_policy
-
-    if not 0 < min_lr < max_lr:
-        raise HeadstartError(f"lr_find: min_lr={min_lr} and max_lr={max_lr}; expected 0 < min_lr < max_lr")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 20:
-        raise HeadstartError(f"lr_find: steps={steps!r}; expected at least 20 (the rule leaves out the first tenth "
-                             "and the last five)")
-    if options.devices > 1:
-        raise HeadstartError(f"stage '{stage.name}': the learning-rate sweep runs on one device (devices is "
-                             f"{options.devices}); run `headstart lr-find` first and write the rate into the run file")
-    started = time.perf_counter()
-    at_start = stage.model_copy(update={"optimizer": stage.optimizer.model_copy(update={"lr": min_lr})})
-    module = SweepModule(network, at_start, index, StageData(prepared.data.train, None), seed=seed,
-                         image_size=image_size, pretext=pretext, cached=prepared.cached,
-                         pin_memory=options.device == "cuda")
-    module.interrupt, module.raw_losses = InterruptOnSignal(), []
-    pl.seed_everything(seed + index, verbose=False)
-    with tempfile.TemporaryDirectory(prefix="headstart-lr-find-") as scratch:
-        trainer = pl.Trainer(default_root_dir=scratch, max_epochs=-1, max_steps=steps, accelerator=options.accelerator,
-                             devices=1, precision=options.precision, logger=False, enable_checkpointing=False,
-                             plugins=[ckpt.AtomicCheckpointIO()], enable_progress_bar=False,
-                             enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-                             use_distributed_sampler=False, deterministic=False, benchmark=False)
-        network.train()  # as fit_stage: the frozen BatchNorm policy keeps its layers in eval mode
-        module.interrupt.on_fit_start(trainer, module)
-        try:
-            finder = Tuner(trainer).lr_find(module, min_lr=min_lr, max_lr=max_lr, num_training=steps,
-                                            mode="exponential", early_stop_threshold=divergence, update_attr=False)
-        except (RunInterrupted, SIGTERMException, KeyboardInterrupt) as interruption:
-            raise SweepInterrupted(f"interrupted during the learning-rate sweep of stage '{stage.name}'; nothing was "
-                                   "written") from interruption
-        finally:
-            module.interrupt._restore()
-    if finder is None or not finder.results.get("lr"):
-        raise HeadstartError(f"stage '{stage.name}': the learning-rate sweep took no step (no training batches?)")
-    rates = [float(rate) for rate in finder.results["lr"]]
-    raw = module.raw_losses[: len(rates)]
-    losses = smooth(raw)
-    suggestion, window = suggest(rates, losses, steps)
-    return LRSweep(stage=stage.name, suggestion=suggestion, learning_rates=rates, losses=losses, raw_losses=raw,
-                   window=window,
-                   min_lr=min_lr, max_lr=max_lr, steps=steps, divergence=divergence, batch_size=stage.batch_size,
-                   frozen_parameters=len(network.frozen_parameter_names()), bn_policy=default_bn_policy(stage),
-                   cached_features=prepared.cached, seconds=time.perf_counter() - started)
-
-
-def lr_find(network, stage, data, *, index: int = 0, seed: int = 0, image_size: int | None = None,
-            options: "TrainerOptions | dict | None" = None, min_lr: float = MIN_LR, max_lr: float = MAX_LR,
-            steps: int = STEPS, divergence: float | None = DIVERGENCE) -> LRSweep:
-    """Sweep the learning rate for ``stage`` as :func:`~headstart.stage.fit_stage` would train it
-    on ``network`` (same arguments); ``network`` itself is left unchanged, nothing is written.
-
-    Returns an :class:`LRSweep`: ``suggestion``, the curve, ``plot(path)``.
-    """
-    from headstart.stage import _check_arguments, prepare_data, prepare_stage, quiet_lightning, unlabelled_split
-
-    stage, data, options = _check_arguments(network, stage, data, image_size, options)
-    quiet_lightning()
-    image_size = int(image_size or network.preprocessing.input_size[-1])
-    work = copy.deepcopy(network)
-    pretext, train_set, _, _ = prepare_stage(work, stage, data, index, seed, image_size)
-    prepared = prepare_data(work, stage, index, pretext, train_set, None, options, image_size,
-                            unlabelled_split(stage, data))
-    return sweep(work, stage, prepared, index=index, seed=seed, image_size=image_size, options=options,
-                 pretext=pretext, min_lr=min_lr, max_lr=max_lr, steps=steps, divergence=divergence)
-
-
-def sweep_for_fit(network, stage, index: int, seed: int, image_size: int, options: "TrainerOptions",
-                  prepared: "PreparedData", pretext, folder: Path | None, *, resume: bool) -> LRSweep:
-    """The sweep of a stage that says ``lr: find``, run by ``fit_stage`` before it trains.
-
-    Recorded in ``folder`` (``lr_find.json``, ``lr_find.png``) when there is one; a resumed stage
-    reads the sweep it recorded instead of sweeping again, so it trains on with the same rate.
-    """
-    if folder is not None and resume and (folder / SWEEP_FILE).is_file():
-        return LRSweep.model_validate(ckpt.read_json(folder / SWEEP_FILE))
-    from headstart.stage import Interrupted
-
-    try:
-        result = sweep(copy.deepcopy(network), stage, prepared, index=index, seed=seed, image_size=image_size,
-                       options=options, pretext=pretext)
-    except SweepInterrupted as interruption:
-        raise Interrupted(folder or Path("."), stage.name) from interruption
-    if folder is not None:
-        ckpt.atomic_write_json(folder / SWEEP_FILE, result.model_dump(mode="json"))
-        result.plot(folder / PLOT_FILE)
-    return result
-
-
-# ------------------------------------------------------------------------------ a stage of a run
-
-
-def find_for_run(spec, stage_name: str, *, run_earlier: bool = False, progress: bool = False,
-                 min_lr: float = MIN_LR, max_lr: float = MAX_LR, steps: int = STEPS,
-                 divergence: float | None = DIVERGENCE, source: str = "run file") -> LRSweep:
-    """Sweep stage ``stage_name`` of the run ``spec`` (a :class:`~headstart.config.RunSpec`).
-
-    The stage starts from what the earlier stages hand over. Finished earlier stages in the run's
-    folder (same configuration up to this stage) are read back as ``--resume`` reads them; any
-    that are not finished are trained first in a temporary folder when ``run_earlier``, otherwise
-    the error names them. Nothing in the run's folder is written or changed.
-    """
-    from headstart.config import RunSpec
-    from headstart.data.task import TaskData
-    from headstart.stage import TrainerOptions, fit_stage, quiet_lightning
-    from headstart.structure import RUN_FILE, RunRecord, initial_network, stage_folder
-
-    names = [stage.name for stage in spec.stages]
-    if stage_name not in names:
-        raise HeadstartError(f"{source}: no stage named {stage_name!r}; its stages are {', '.join(names)}")
-    index = names.index(stage_name)
-    root = spec.output_dir()
-    finished = 0
-    if index and (root / RUN_FILE).is_file():
-        record = RunRecord.read(root)
-
-        def earlier(config: dict) -> str:
-            return RunSpec.model_validate({**config, "stages": config["stages"][:index]}).config_hash()
-
-        if earlier(record.config) != earlier(spec.model_dump(mode="json")):
-            raise HeadstartError(f"{root}: its stages were trained with a different configuration than {source} "
-                                 f"up to stage '{stage_name}'; their weights are not this run's")
-        while finished < index and (stage_folder(root, finished, names[finished]) / ckpt.METADATA_FILE).is_file():
-            finished += 1
-    missing = names[finished:index]
-    if missing and not run_earlier:
-        raise HeadstartError(f"stage '{stage_name}' starts from the weights of the earlier stage(s) "
-                             f"{', '.join(missing)}, not finished in {root}; run them first (headstart run) or pass "
-                             "--run-earlier (run_earlier=True) to train them in a temporary folder")
-    quiet_lightning()
-    # one process: batch_size is the global batch, so one device sees the batches the run's processes share
-    options = TrainerOptions.from_run(spec, progress).model_copy(
-        update={"loggers": ["csv"], "mlflow": None, "devices": 1, "strategy": "auto"})
-    network = initial_network(spec)
-    image_size = spec.model.image_size or int(network.preprocessing.input_size[-1])
-    data = TaskData.from_spec(spec.data, model_name=spec.model.name)
-    common = dict(seed=spec.seed, image_size=image_size, options=options)
-    for position, stage in enumerate(spec.stages[:index]):
-        if position < finished:  # read back, as --resume does: nothing is written
-            fit_stage(network, stage, data, folder=stage_folder(root, position, stage.name), index=position,
-                      resume=True, run_name=spec.name, model=spec.model, **common)
-        else:  # trained in a temporary folder that is removed afterwards
-            fit_stage(network, stage, data, folder=None, index=position, run_name=spec.name, model=spec.model,
-                      **common)
-    return lr_find(network, spec.stages[index], data, index=index, min_lr=min_lr, max_lr=max_lr, steps=steps,
-                   divergence=divergence, **common)

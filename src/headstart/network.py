@@ -24,24 +24,33 @@ stops the statistics from drifting; a fine-tuning stage usually wants both.
 
 from __future__ import annotations
 
-import difflib
-import re
+from dataclasses import replace
 from typing import Literal, Sequence
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from headstart import selectors
+from headstart.diagram import Diagram, draw
 from headstart.errors import HeadstartError
+from headstart.heads import (
+    GlobalPooling,
+    HeadSpec,
+    PoolingMode,
+    build_head,
+    head_spec_from_mapping,
+    output_kind,
+    outputs_fit_labels,
+    to_probabilities,
+)
 from headstart.imageops import ResizeMode, convert_channels, normalize
-from headstart.heads import GlobalPooling, HeadSpec, PoolingMode, build_head, head_spec_from_mapping, output_kind, to_probabilities
-from headstart.preprocess import DecodeStyle, Preprocessing, decode_predictions, preprocess_input
+from headstart.modes import evaluating
+from headstart.preprocess import DecodeStyle, Preprocessing, check_batch, decode_predictions, predict_batch
+from headstart.summary import summary as summary_table
 
 BatchNormPolicy = Literal["frozen", "train"]
 BN_POLICIES: tuple[str, ...] = ("frozen", "train")
-
-_GROUP_KEYWORDS = ("all", "backbone", "head", "stem", "blocks", "stages")
-_RANGE_SELECTOR = re.compile(r"^(blocks|stages)\[\s*(-?\d*)\s*(?:(:)\s*(-?\d*)\s*)?\]$")
 
 
 class Network(nn.Module):
@@ -97,12 +106,8 @@ class Network(nn.Module):
             return int(self.backbone.num_features)
         parameter = next(self.backbone.parameters())
         probe = torch.zeros((1, *self.preprocessing.input_size), device=parameter.device, dtype=parameter.dtype)
-        was_training = self.backbone.training
-        self.backbone.eval()
-        with torch.no_grad():
-            width = self.pooled(probe).shape[1]
-        self.backbone.train(was_training)
-        return int(width)
+        with evaluating(self.backbone):
+            return int(self.pooled(probe).shape[1])
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The backbone's unpooled features, ``[B, C, h, w]`` (``[B, N, D]`` for transformers)."""
@@ -136,25 +141,9 @@ class Network(nn.Module):
         return output_kind(self.head)
 
     def check_input(self, x: torch.Tensor, caller: str = "predict") -> None:
-        """Raise a :class:`HeadstartError` unless ``x`` is a float batch ``[B, in_chans, H, W]``."""
-        name = f"{caller}: x of shape {tuple(x.shape)}"
-        if x.ndim == 3 and x.shape[0] == self.in_chans:
-            raise HeadstartError(f"{name} is one image; expected a batch [batch, {self.in_chans}, height, width]: "
-                                 "pass x.unsqueeze(0), as Keras wants np.array([im])")
-        if x.ndim != 4:
-            raise HeadstartError(f"{name}: expected a batch [batch, {self.in_chans}, height, width] of normalised "
-                                 "floats, or raw images as a numpy batch (batch, height, width, channels)")
-        if not x.is_floating_point():
-            raise HeadstartError(f"{name} has dtype {x.dtype}; a tensor must hold normalised floats. Pass raw "
-                                 "uint8 pixels as a numpy array (batch, height, width, channels) and they are "
-                                 "preprocessed first")
-        if x.shape[1] != self.in_chans:
-            hint = ("; it looks channels-last [batch, height, width, channels]: pass x.permute(0, 3, 1, 2), or the "
-                    "raw pixels as a numpy array" if x.shape[-1] == self.in_chans else "")
-            raise HeadstartError(f"{name} has {x.shape[1]} channels; {self.model_name} reads {self.in_chans} "
-                                 f"(in_chans={self.in_chans}){hint}")
-        if x.shape[0] == 0:
-            raise HeadstartError(f"{name} holds no images; expected at least one")
+        """Raise a :class:`HeadstartError` unless ``x`` is a float batch ``[B, in_chans, H, W]``
+        (:func:`headstart.preprocess.check_batch`)."""
+        check_batch(x, in_chans=self.in_chans, model_name=self.model_name, caller=caller)
 
     @torch.no_grad()
     def predict(self, x, *, batch_size: int = 32, resize: ResizeMode = "crop",
@@ -171,17 +160,15 @@ class Network(nn.Module):
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise HeadstartError(f"predict: batch_size={batch_size!r}; expected a positive whole number")
-        if not isinstance(x, torch.Tensor):
-            x = preprocess_input(x, self.preprocessing, resize=resize, float_scale=float_scale)
-        self.check_input(x)
+        x = predict_batch(x, self.preprocessing, in_chans=self.in_chans, model_name=self.model_name, resize=resize,
+                          float_scale=float_scale)
         parameter = next(self.parameters(), None)
         device = parameter.device if parameter is not None else x.device
         dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else x.dtype
-        was_training = self.training
-        self.eval()
         try:
-            outputs = [to_probabilities(self(chunk.to(device=device, dtype=dtype)), self.output_kind)
-                       for chunk in x.split(batch_size)]
+            with evaluating(self):
+                outputs = [to_probabilities(self(chunk.to(device=device, dtype=dtype)), self.output_kind)
+                           for chunk in x.split(batch_size)]
         except (RuntimeError, AssertionError) as error:
             height, width = (int(size) for size in x.shape[-2:])
             made_for = tuple(int(size) for size in self.preprocessing.input_size[-2:])
@@ -190,8 +177,6 @@ class Network(nn.Module):
             raise HeadstartError(f"predict: images of {height}×{width} pixels do not fit {self.model_name} (made for "
                                  f"{made_for[0]}×{made_for[1]}: {str(error).splitlines()[0] if str(error) else 'failed'}); "
                                  "pass raw images to have them resized, or resize the tensor") from None
-        finally:
-            self.train(was_training)
         return torch.cat(outputs)
 
     def decode(self, logits: torch.Tensor, top: int = 5, *, style: DecodeStyle = "pairs") -> list[list[tuple]]:
@@ -237,10 +222,8 @@ class Network(nn.Module):
         parameter = next(head.parameters(), None)
         probe = torch.zeros(2, self.head_in_features, device=parameter.device if parameter is not None else "cpu",
                             dtype=parameter.dtype if parameter is not None and parameter.is_floating_point() else None)
-        was_training = head.training
-        head.eval()
         try:
-            with torch.no_grad():
+            with evaluating(head):
                 outputs = head(probe)
         except (RuntimeError, ValueError, TypeError, IndexError) as error:
             raise HeadstartError(
@@ -248,14 +231,12 @@ class Network(nn.Module):
                 f"({'the classifier outputs' if self.include_top else f'{self.pooling}-pooled features'}): "
                 f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
             ) from None
-        finally:
-            head.train(was_training)
         if not isinstance(outputs, torch.Tensor) or outputs.ndim != 2:
             shape = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
             raise HeadstartError(f"replace_head: the head returns {shape} for [2, {self.head_in_features}] features; "
                                  "expected logits [batch, outputs]")
         count = outputs.shape[1]
-        if labels is not None and not (count == len(labels) or (count == 1 and len(labels) == 2)):
+        if labels is not None and not outputs_fit_labels(count, labels):
             raise HeadstartError(f"replace_head: {len(labels)} labels for a head of {count} outputs, expected as many "
                                  "(or one sigmoid output for two labels)")
 
@@ -294,8 +275,6 @@ class Network(nn.Module):
         on :attr:`preprocessing` describes that pipeline, so prediction prepares images as
         training did.
         """
-        from dataclasses import replace
-
         self.preprocessing = replace(self.preprocessing, input_size=(self.in_chans, int(image_size), int(image_size)),
                                      interpolation="bilinear", crop_pct=1.0, crop_mode="squash")
 
@@ -304,150 +283,37 @@ class Network(nn.Module):
         return NetworkEncoder(self, image_size)
 
     # ------------------------------------------------------------------ parameter groups
-    def _classifier_names(self) -> list[str]:
-        """Names of the backbone's own classifier parameters (only present when ``include_top``)."""
-        if not self.include_top or not hasattr(self.backbone, "get_classifier"):
-            return []
-        classifier = self.backbone.get_classifier()
-        if not isinstance(classifier, nn.Module):
-            return []
-        ids = {id(parameter) for parameter in classifier.parameters()}
-        return [f"backbone.{name}" for name, parameter in self.backbone.named_parameters() if id(parameter) in ids]
-
-    def _backbone_groups(self, coarse: bool) -> tuple[list[str], list[list[str]]]:
-        """``(stem names, block groups)`` from timm's ``group_matcher``, classifier left out."""
-        from timm.models import group_parameters
-
-        classifier = set(self._classifier_names())
-        names = [f"backbone.{name}" for name, _ in self.backbone.named_parameters()]
-        if not hasattr(self.backbone, "group_matcher"):
-            children = [f"backbone.{child}." for child, _ in self.backbone.named_children()]
-            blocks = [[name for name in names if name.startswith(child) and name not in classifier] for child in children]
-            return [], [block for block in blocks if block]
-        matcher = self.backbone.group_matcher(coarse=coarse)
-        layer_of = {f"backbone.{name}": layer for name, layer in group_parameters(self.backbone, matcher, reverse=True).items()}
-        if isinstance(matcher, dict) and matcher.get("stem"):
-            stem_spec = matcher["stem"]
-            patterns = [stem_spec] if isinstance(stem_spec, str) else [entry[0] for entry in stem_spec]
-            stem_layers = {
-                layer_of[name]
-                for name in names
-                if any(re.match(pattern, name[len("backbone.") :]) for pattern in patterns)
-            }
-        else:
-            stem_layers = {0}
-        stem = [name for name in names if layer_of[name] in stem_layers and name not in classifier]
-        by_layer: dict[int, list[str]] = {}
-        for name in names:
-            if name not in classifier and layer_of[name] not in stem_layers:
-                by_layer.setdefault(layer_of[name], []).append(name)
-        return stem, [by_layer[layer] for layer in sorted(by_layer)]
-
-    def _head_names(self) -> list[str]:
-        return self._classifier_names() + [f"head.{name}" for name, _ in self.head.named_parameters()]
-
     def param_groups(self) -> dict[str, list[str]]:
         """Group name → parameter names, in network order: ``stem``, ``blocks[0]``, …, ``head``.
 
         Blocks are timm's fine ``group_matcher`` groups (the layer ids of layer-wise learning-rate
-        decay); every key is also a valid :meth:`freeze` selector.
+        decay); every key is also a valid :meth:`freeze` selector (:mod:`headstart.selectors`).
         """
-        stem, blocks = self._backbone_groups(coarse=False)
-        groups: dict[str, list[str]] = {}
-        if stem:
-            groups["stem"] = stem
-        for index, block in enumerate(blocks):
-            groups[f"blocks[{index}]"] = block
-        head = self._head_names()
-        if head:
-            groups["head"] = head
-        return groups
+        return selectors.param_groups(self)
 
-    def _names_for(self, selector: str) -> list[str]:
-        all_names = [name for name, _ in self.named_parameters()]
-        if not isinstance(selector, str) or not selector.strip():
-            raise HeadstartError(
-                f"selector {selector!r} ({type(selector).__name__}): expected a name such as 'backbone', 'stem', "
-                "'blocks[:3]', 'head', 'all' or 're:<regular expression>'"
-            )
-        selector = selector.strip()
-        if selector.startswith("re:"):
-            try:
-                pattern = re.compile(selector[3:])
-            except re.error as exc:
-                raise HeadstartError(f"selector {selector!r}: invalid regular expression ({exc})") from None
-            return [name for name in all_names if pattern.search(name)]
-        if selector == "all":
-            return all_names
-        if selector == "head":
-            return self._head_names()
-        if selector == "backbone":
-            classifier = set(self._classifier_names())
-            return [name for name in all_names if name.startswith("backbone.") and name not in classifier]
-        if selector == "stem":
-            return self._backbone_groups(coarse=False)[0]
-        if selector in ("blocks", "stages"):
-            return [name for block in self._backbone_groups(coarse=selector == "stages")[1] for name in block]
-        match = _RANGE_SELECTOR.match(selector)
-        if match:
-            kind, start, colon, stop = match.groups()
-            blocks = self._backbone_groups(coarse=kind == "stages")[1]
-            if colon:
-                chosen = blocks[slice(int(start) if start else None, int(stop) if stop else None)]
-            else:
-                if not start:
-                    raise HeadstartError(f"selector {selector!r}: expected an index or a range such as {kind}[:2]")
-                index = int(start)
-                if not -len(blocks) <= index < len(blocks):
-                    raise HeadstartError(
-                        f"selector {selector!r}: {self.model_name} has {len(blocks)} {kind} (indices 0..{len(blocks) - 1})"
-                    )
-                chosen = [blocks[index]]
-            return [name for block in chosen for name in block]
-        options = list(_GROUP_KEYWORDS) + list(self.param_groups())
-        close = difflib.get_close_matches(selector, options, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise HeadstartError(
-            f"unknown selector {selector!r}: expected all, backbone, head, stem, blocks, stages, "
-            f"blocks[i] / blocks[a:b], stages[i] / stages[a:b] or re:<regular expression>{hint}"
-        )
-
-    def select(self, *selectors: str) -> list[str]:
-        """Parameter names chosen by ``selectors`` (their union), in network order.
-
-        A selector that chooses nothing is an error (usually a typo in a regular expression). A
-        list of selectors counts as its items (``freeze(["stem", "blocks[:2]"])``, as a run file
-        writes them).
-        """
-        selectors = tuple(item for selector in selectors
-                          for item in (selector if isinstance(selector, (list, tuple)) else (selector,)))
-        if not selectors:
-            raise HeadstartError("no selector given: expected e.g. 'backbone', 'stem', 'blocks[:3]', 'head'")
-        chosen: set[str] = set()
-        for selector in selectors:
-            names = self._names_for(selector)
-            if not names:
-                raise HeadstartError(f"selector {selector!r} selects no parameters of {self.model_name}")
-            chosen.update(names)
-        return [name for name, _ in self.named_parameters() if name in chosen]
+    def select(self, *chosen: str) -> list[str]:
+        """Parameter names chosen by selectors (their union), in network order; the language is
+        :mod:`headstart.selectors` (``backbone``, ``stem``, ``blocks[:3]``, ``re:…``). A selector that
+        chooses nothing is an error; a list counts as its items."""
+        return selectors.select(self, chosen)
 
     # ------------------------------------------------------------------ freezing
-    def preview_freeze(self, *selectors: str) -> list[str]:
+    def preview_freeze(self, *chosen: str) -> list[str]:
         """Names :meth:`freeze` would change (selected and now trainable); changes nothing."""
         parameters = dict(self.named_parameters())
-        return [name for name in self.select(*selectors) if parameters[name].requires_grad]
+        return [name for name in self.select(*chosen) if parameters[name].requires_grad]
 
-    def freeze(self, *selectors: str) -> list[str]:
+    def freeze(self, *chosen: str) -> list[str]:
         """Stop gradients for the selected parameters; return the names that changed."""
-        return self._set_trainable(selectors, trainable=False)
+        return self._set_trainable(chosen, trainable=False)
 
-    def unfreeze(self, *selectors: str) -> list[str]:
+    def unfreeze(self, *chosen: str) -> list[str]:
         """Let the selected parameters train again; return the names that changed."""
-        return self._set_trainable(selectors, trainable=True)
+        return self._set_trainable(chosen, trainable=True)
 
-    def _set_trainable(self, selectors: Sequence[str], trainable: bool) -> list[str]:
+    def _set_trainable(self, chosen: Sequence[str], trainable: bool) -> list[str]:
         parameters = dict(self.named_parameters())
-        changed = [name for name in self.select(*selectors) if parameters[name].requires_grad != trainable]
+        changed = [name for name in self.select(*chosen) if parameters[name].requires_grad != trainable]
         for name in changed:
             parameters[name].requires_grad_(trainable)
         return changed
@@ -549,104 +415,18 @@ class Network(nn.Module):
             "frozen_parameters": self.frozen_parameter_names(),
         }
 
-    def diagram(self, path=None, depth: int = 2, input_size: int | Sequence[int] | None = None):
+    def diagram(self, path=None, depth: int = 2, input_size: int | Sequence[int] | None = None) -> Diagram:
         """Draw the architecture as SVG, Keras' ``plot_model``: the backbone's blocks ``depth`` levels
         down and the head, with output shapes and frozen parts marked (:mod:`headstart.diagram`).
         Written to ``path`` when given; returns a :class:`~headstart.diagram.Diagram`."""
-        from headstart.diagram import draw
-
         return draw(self, path, depth=depth, input_size=input_size)
 
     def summary(self, input_size: int | Sequence[int] | None = None, depth: int = 2) -> str:
-        """A table like Keras' ``model.summary()``: layer, type, output shape, parameters, trainable.
-
-        Rows are modules ``depth`` levels below the backbone and head (depth 2: the backbone's
-        top-level modules, its stages split into blocks); output shapes come from forward hooks on
-        one dummy batch of ``input_size`` (``(C, H, W)`` or ``H``; default the pretrained size).
-        The footer gives Total / Trainable / Non-trainable parameters, the numbers the chapter
-        compares before and after freezing.
-        """
-        if depth < 1:
-            raise HeadstartError(f"summary depth={depth}: expected at least 1")
-        if input_size is None:
-            input_size = self.preprocessing.input_size
-        elif isinstance(input_size, int):
-            input_size = (self.in_chans, input_size, input_size)
-        input_size = tuple(int(value) for value in input_size)
-
-        rows: list[tuple[str, nn.Module]] = []
-
-        def frontier(module: nn.Module, name: str, level: int) -> None:
-            # A module holding parameters itself is one layer (a BatchNorm with its activation);
-            # a container whose children hold none (a pooling wrapper) is one row too.
-            children = list(module.named_children())
-            own = any(True for _ in module.parameters(recurse=False))
-            children_hold = any(True for _, child in children for _ in child.parameters())
-            if level >= depth or own or not children_hold:
-                rows.append((name, module))
-                return
-            for child_name, child in children:
-                frontier(child, f"{name}.{child_name}", level + 1)
-
-        for child_name, child in self.named_children():
-            frontier(child, child_name, 0)
-
-        shapes: dict[str, str] = {}
-
-        def describe(output) -> str:
-            if isinstance(output, torch.Tensor):
-                return "(None, " + ", ".join(str(size) for size in output.shape[1:]) + ")"
-            if isinstance(output, (tuple, list)):
-                return " ".join(describe(item) for item in output)
-            return "?"
-
-        hooks = []
-        for name, module in rows:
-            def record(_module, _inputs, output, name=name):
-                shapes.setdefault(name, describe(output))
-
-            hooks.append(module.register_forward_hook(record))
-        parameter = next(self.parameters())
-        was_training = self.training
-        try:
-            self.eval()
-            with torch.no_grad():
-                self(torch.zeros((1, *input_size), device=parameter.device, dtype=parameter.dtype))
-        finally:
-            for hook in hooks:
-                hook.remove()
-            self.train(was_training)
-
-        table = [("Layer (type)", "Output shape", "Param #", "Trainable")]
-        for name, module in rows:
-            parameters = list(module.parameters())
-            count = sum(parameter.numel() for parameter in parameters)
-            trainable = sum(parameter.numel() for parameter in parameters if parameter.requires_grad)
-            flag = "-" if count == 0 else "yes" if trainable == count else "no" if trainable == 0 else "partly"
-            label = f"{name} ({type(module).__name__})"
-            table.append((label, shapes.get(name, "-"), f"{count:,}", flag))
-        widths = [max(len(row[column]) for row in table) for column in range(4)]
-
-        def line(row) -> str:
-            return "  ".join(
-                cell.ljust(width) if column in (0, 1) else cell.rjust(width)
-                for column, (cell, width) in enumerate(zip(row, widths))
-            ).rstrip()
-
-        total = sum(parameter.numel() for parameter in self.parameters())
-        trainable_total = sum(parameter.numel() for parameter in self.parameters() if parameter.requires_grad)
-        rule = "=" * len(line(table[0]))
-        header = (
-            f'Network "{self.model_name}": include_top={self.include_top}, pooling={self.pooling}, '
-            f"input {input_size}, BatchNorm policy {self._bn_policy}"
-        )
-        body = [header, rule, line(table[0]), rule] + [line(row) for row in table[1:]] + [rule]
-        body += [
-            f"Total params: {total:,}",
-            f"Trainable params: {trainable_total:,}",
-            f"Non-trainable params: {total - trainable_total:,}",
-        ]
-        return "\n".join(body)
+        """A table like Keras' ``model.summary()`` (:func:`headstart.summary.summary`): layer, type,
+        output shape, parameters, trainable, and Total / Trainable / Non-trainable parameters, the
+        numbers the chapter compares before and after freezing. ``input_size``: ``(C, H, W)`` or
+        ``H``, default the pretrained size; ``depth``: levels below the backbone and head."""
+        return summary_table(self, input_size, depth)
 
 
 class NetworkEncoder:
@@ -686,9 +466,6 @@ class NetworkEncoder:
             size = self.image_size or 64
             parameter = next(self.network.parameters())
             probe = torch.zeros(1, self.network.in_chans, size, size, device=parameter.device)
-            was_training = self.network.training
-            self.network.eval()
-            with torch.no_grad():
+            with evaluating(self.network):
                 self._feature_channels = int(self.feature_map(probe).shape[1])
-            self.network.train(was_training)
         return self._feature_channels

@@ -291,6 +291,41 @@ def preprocess_input(images: Any, preprocessing: Any, *, resize: ResizeMode = "c
                         for where, image in items])
 
 
+def check_batch(x: torch.Tensor, *, in_chans: int, model_name: str, caller: str = "predict") -> None:
+    """Raise a :class:`HeadstartError` unless ``x`` is a float batch ``[B, in_chans, H, W]``, saying
+    what to do in Keras' terms (one image → ``np.array([im])``, channels-last → permute)."""
+    name = f"{caller}: x of shape {tuple(x.shape)}"
+    if x.ndim == 3 and x.shape[0] == in_chans:
+        raise HeadstartError(f"{name} is one image; expected a batch [batch, {in_chans}, height, width]: "
+                             "pass x.unsqueeze(0), as Keras wants np.array([im])")
+    if x.ndim != 4:
+        raise HeadstartError(f"{name}: expected a batch [batch, {in_chans}, height, width] of normalised "
+                             "floats, or raw images as a numpy batch (batch, height, width, channels)")
+    if not x.is_floating_point():
+        raise HeadstartError(f"{name} has dtype {x.dtype}; a tensor must hold normalised floats. Pass raw "
+                             "uint8 pixels as a numpy array (batch, height, width, channels) and they are "
+                             "preprocessed first")
+    if x.shape[1] != in_chans:
+        hint = ("; it looks channels-last [batch, height, width, channels]: pass x.permute(0, 3, 1, 2), or the "
+                "raw pixels as a numpy array" if x.shape[-1] == in_chans else "")
+        raise HeadstartError(f"{name} has {x.shape[1]} channels; {model_name} reads {in_chans} "
+                             f"(in_chans={in_chans}){hint}")
+    if x.shape[0] == 0:
+        raise HeadstartError(f"{name} holds no images; expected at least one")
+
+
+def predict_batch(x: Any, preprocessing: Preprocessing, *, in_chans: int, model_name: str, resize: ResizeMode = "crop",
+                  float_scale: float = 1.0, caller: str = "predict") -> torch.Tensor:
+    """What Keras' ``model.predict`` accepts, as a checked network batch: a normalised float tensor
+    ``[B, C, H, W]`` is checked as it is; raw images (a numpy batch ``(batch, height, width,
+    channels)``, one image, a list of paths, PIL images or arrays) are preprocessed first
+    (:func:`preprocess_input` with ``resize`` and ``float_scale``)."""
+    if not isinstance(x, torch.Tensor):
+        x = preprocess_input(x, preprocessing, resize=resize, float_scale=float_scale)
+    check_batch(x, in_chans=in_chans, model_name=model_name, caller=caller)
+    return x
+
+
 def normalize(images01: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
     """Normalise a batch ``[B, C, H, W]`` of 0..1 values with the pipeline's mean and std.
 

@@ -1,6 +1,7 @@
 """Every random stream of a run derives its seed here, from the run's seed and named parts.
 
-One rule: :func:`derive` hashes ``(seed, *parts)`` with BLAKE2b into a 63-bit integer, so two
+One rule: :func:`derive` hashes ``(seed, *parts)`` with BLAKE2b into a 32-bit integer (what
+numpy and ``lightning.seed_everything`` accept as well as torch), so two
 streams that differ in any part (stage index, epoch, rank, step, purpose) never share a seed and
 no arithmetic between parts can collide (``seed + index`` would give stage 1 of seed 0 the seed
 of stage 0 of seed 1). The streams a run draws:
@@ -17,13 +18,13 @@ from __future__ import annotations
 
 import hashlib
 
-_MASK = (1 << 63) - 1
+_MASK = (1 << 32) - 1
 
 
 def derive(seed: int, *parts: int | str) -> int:
-    """A seed for the stream named by ``parts`` under the run seed ``seed`` (a non-negative int < 2^63)."""
+    """A seed for the stream named by ``parts`` under the run seed ``seed`` (a non-negative int < 2^32)."""
     text = "/".join(str(part) for part in (int(seed), *parts)).encode()
-    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") & _MASK
+    return int.from_bytes(hashlib.blake2b(text, digest_size=4).digest(), "little") & _MASK
 
 
 def stage(seed: int, index: int) -> int:

@@ -13,7 +13,9 @@ The chapter's structures are all lists of stages over one network:
 Each stage is one call of :func:`headstart.stage.fit_stage`; this module is the loop over them plus
 the run's own folder and ``run.json``. Weights flow from stage to stage in memory. ``resume=True``
 reads finished stages back from disk, continues an interrupted one from its last epoch, and ends
-where an uninterrupted run ends.
+where an uninterrupted run ends. :func:`prepare_run` is the one way a run's network, data and
+options are built — for :func:`run`, for :func:`find_learning_rate` (``headstart lr-find``) and
+for the comparisons' probes.
 
 The test split is evaluated once, after the last stage, and never seen by any earlier stage.
 """
@@ -25,54 +27,24 @@ import time
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Sequence
 
 import lightning.pytorch as pl
-from pydantic import BaseModel, Field
 
-from headstart import checkpoint as ckpt
-from headstart.config import RunSpec
+from headstart.checkpoint import RunRecord, StageRecord, stage_folder
+from headstart.config import RunSpec, parse_run
+from headstart.data.task import TaskData
+from headstart.engine.tracking import require_mlflow
+from headstart.engine.trainer import TrainerOptions, is_rank_zero, quiet_lightning
 from headstart.errors import HeadstartError
-from headstart.stage import Interrupted, StageRecord, TrainerOptions, _is_rank_zero, evaluate_split, fit_stage, quiet_lightning
+from headstart.files import RUN_FILE, hardware, is_finished_stage, is_run, versions
+from headstart.lrfind import DIVERGENCE, MAX_LR, MIN_LR, STEPS, LRSweep
+from headstart.network import Network
+from headstart.stage import Interrupted, evaluate_split, fit_stage, lr_find
+from headstart.zoo import load
 
-RUN_FILE = "run.json"
-
-
-class RunRecord(BaseModel):
-    """The typed content of ``run.json``: the configuration, which stages finished, the test metrics."""
-
-    name: str
-    config_hash: str
-    config: dict[str, Any]
-    finished_stages: list[str] = Field(default_factory=list)
-    status: Literal["running", "interrupted", "finished"] = "running"
-    test: dict[str, float] | None = None
-    test_confusion: list[list[int]] | None = None
-    """Test split confusion matrix, ``[true class][predicted class]`` counts, classes in ``labels`` order."""
-    labels: list[str] | None = None
-    seconds: float | None = None
-    """Wall time of the session that finished the run."""
-    earlier_seconds: float = 0.0
-    """Wall time of the stages read back instead of trained in that session (resumed, or shared with
-    another run of a comparison), as their ``stage.json`` records it."""
-    versions: dict[str, str] = Field(default_factory=dict)
-    hardware: dict[str, str | int] = Field(default_factory=dict)
-
-    def write(self, root: Path) -> None:
-        if _is_rank_zero():
-            ckpt.atomic_write_json(root / RUN_FILE, self.model_dump(mode="json"))
-
-    @classmethod
-    def read(cls, root: str | Path) -> "RunRecord":
-        path = Path(root) / RUN_FILE
-        try:
-            return cls.model_validate(ckpt.read_json(path))
-        except ValueError as error:
-            raise HeadstartError(f"{path}: not a run record of this headstart version ({error})") from None
-
-    def stage_records(self, root: str | Path) -> list[StageRecord]:
-        """The records of the finished stages, in order, read from their folders."""
-        return [StageRecord.read(Path(root) / name) for name in self.finished_stages]
+__all__ = ["PreparedRun", "RunRecord", "RunResult", "find_learning_rate", "initial_network", "prepare_run", "run",
+           "stage_folder"]
 
 
 @dataclass
@@ -89,44 +61,34 @@ class RunResult:
     """Names of the stages read back from disk instead of trained (``resume=True``)."""
 
 
-def stage_folder(root: Path, index: int, name: str) -> Path:
-    return root / f"{index}-{name}"
+@dataclass
+class PreparedRun:
+    """What every stage of a run shares: its starting network, input size, data and trainer options."""
+
+    spec: RunSpec
+    network: Network
+    image_size: int
+    data: TaskData
+    options: TrainerOptions
 
 
-def _check_loggers(spec: RunSpec) -> None:
-    """Fail before anything is written when a chosen logger's package is missing."""
-    if "tensorboard" in spec.loggers and find_spec("tensorboard") is None and find_spec("tensorboardX") is None:
-        raise HeadstartError("loggers: tensorboard needs the tensorboardX package; "
-                             "pip install 'headstart[tensorboard]' or remove it from loggers")
-    if "mlflow" in spec.loggers:
-        from headstart.engine.tracking import require_mlflow
-
-        require_mlflow()
-
-
-def _prepare_folder(spec: RunSpec, root: Path, resume: bool, overwrite: bool) -> None:
-    run_file = root / RUN_FILE
-    if _is_rank_zero() and run_file.exists() and not resume:
-        if not overwrite:
-            raise HeadstartError(f"{root}: a run is already there; pass --resume to continue it or choose another output")
-        shutil.rmtree(root)
-    if resume and run_file.exists():
-        previous = RunRecord.read(root)
-        if previous.config_hash != spec.config_hash():
-            raise HeadstartError(f"{run_file}: written by a different configuration (hash {previous.config_hash}, "
-                                 f"this one {spec.config_hash()}); resume needs the same run file")
-    if _is_rank_zero():
-        root.mkdir(parents=True, exist_ok=True)
-
-
-def initial_network(spec: RunSpec):
+def initial_network(spec: RunSpec) -> Network:
     """The network a run starts from: its model with the run's seed (random layers are the same at
     every call with the same seed, so probes of the start see what the first stage saw)."""
-    from headstart.zoo import load
-
     pl.seed_everything(spec.seed, verbose=False)
     return load(spec.model.name, weights=spec.model.weights, include_top=spec.model.include_top,
                 num_classes=spec.model.classes, pooling=spec.model.pooling, in_chans=spec.model.in_chans)
+
+
+def prepare_run(spec: RunSpec, *, progress: bool | None = None, data: TaskData | None = None) -> PreparedRun:
+    """The starting network (:func:`initial_network`), the input size every stage trains at (the
+    model's ``image_size``, else the pretrained one), the task data (loaded and checked, unless
+    given) and the trainer options of ``spec``."""
+    network = initial_network(spec)
+    image_size = spec.model.image_size or int(network.preprocessing.input_size[-1])
+    if data is None:
+        data = TaskData.from_spec(spec.data, model_name=spec.model.name)
+    return PreparedRun(spec, network, image_size, data, TrainerOptions.from_run(spec, progress))
 
 
 def run(spec: RunSpec, *, resume: bool = False, progress: bool | None = None, overwrite: bool = False,
@@ -135,48 +97,115 @@ def run(spec: RunSpec, *, resume: bool = False, progress: bool | None = None, ov
 
     ``callbacks``: extra Lightning callbacks given to every stage (see :func:`~headstart.stage.fit_stage`).
     """
-    from headstart.data.task import TaskData
-
     _check_loggers(spec)
     quiet_lightning()
     started = time.perf_counter()
     root = spec.output_dir()
     _prepare_folder(spec, root, resume, overwrite)
-    options = TrainerOptions.from_run(spec, progress)
-    network = initial_network(spec)
-    image_size = spec.model.image_size or int(network.preprocessing.input_size[-1])
-    data = TaskData.from_spec(spec.data, model_name=spec.model.name)
+    prepared = prepare_run(spec, progress=progress)
+    network, data = prepared.network, prepared.data
     status = RunRecord(name=spec.name, config_hash=spec.config_hash(), config=spec.model_dump(mode="json"),
-                       versions=ckpt.versions(), hardware=ckpt.hardware())
-    status.write(root)
+                       versions=versions(), hardware=hardware())
+    _write(status, root)
     records: list[StageRecord] = []
     resumed: list[str] = []
     for index, stage in enumerate(spec.stages):
         folder = stage_folder(root, index, stage.name)
-        finished_before = resume and (folder / ckpt.METADATA_FILE).is_file()
+        finished_before = resume and is_finished_stage(folder)
         try:
-            record = fit_stage(network, stage, data, folder=folder, index=index, seed=spec.seed, image_size=image_size,
-                               options=options, resume=resume, run_name=spec.name, config_hash=status.config_hash,
-                               model=spec.model, callbacks=callbacks)
+            record = fit_stage(network, stage, data, folder=folder, index=index, seed=spec.seed,
+                               image_size=prepared.image_size, options=prepared.options, resume=resume,
+                               run_name=spec.name, config_hash=status.config_hash, model=spec.model,
+                               callbacks=callbacks)
         except Interrupted as interruption:
             status.status = "interrupted"
-            status.write(root)
+            _write(status, root)
             raise Interrupted(root, stage.name, "headstart run FILE --resume") from interruption
         if finished_before:
             resumed.append(stage.name)
             status.earlier_seconds += record.seconds
         records.append(record)
         status.finished_stages.append(folder.name)
-        status.write(root)
+        _write(status, root)
         if on_stage_end is not None and not finished_before:
             on_stage_end(record)
 
     last = spec.stages[-1]
     test = None
     if records[-1].head.kind == "task" and last.data != "general" and len(data.split("test")):
-        test = evaluate_split(network, data, "test", image_size=image_size, loss=last.loss, options=options,
-                              confusion=True)
+        test = evaluate_split(network, data, "test", image_size=prepared.image_size, loss=last.loss,
+                              options=prepared.options, confusion=True)
         status.test_confusion, status.labels = test.pop("confusion"), list(data.class_names)
     status.status, status.test, status.seconds = "finished", test, time.perf_counter() - started
-    status.write(root)
+    _write(status, root)
     return RunResult(spec, root, records, test, status.seconds, network, tuple(resumed))
+
+
+def find_learning_rate(spec: RunSpec, stage_name: str, *, run_earlier: bool = False, progress: bool = False,
+                       min_lr: float = MIN_LR, max_lr: float = MAX_LR, steps: int = STEPS,
+                       divergence: float | None = DIVERGENCE, source: str = "run file") -> LRSweep:
+    """Sweep the learning rate of stage ``stage_name`` of the run ``spec`` (``headstart lr-find``).
+
+    The stage starts from what the earlier stages hand over. Finished earlier stages in the run's
+    folder (same configuration up to this stage) are read back as ``--resume`` reads them; any
+    that are not finished are trained first in a temporary folder when ``run_earlier``, otherwise
+    the error names them. Nothing in the run's folder is written or changed.
+    """
+    names = [stage.name for stage in spec.stages]
+    if stage_name not in names:
+        raise HeadstartError(f"{source}: no stage named {stage_name!r}; its stages are {', '.join(names)}")
+    index = names.index(stage_name)
+    root = spec.output_dir()
+    finished = 0
+    if index and is_run(root):
+        recorded = parse_run(RunRecord.read(root).config, str(root))
+        if recorded.prefix_key(index) != spec.prefix_key(index):
+            raise HeadstartError(f"{root}: its stages were trained with a different configuration than {source} "
+                                 f"up to stage '{stage_name}'; their weights are not this run's")
+        while finished < index and is_finished_stage(stage_folder(root, finished, names[finished])):
+            finished += 1
+    missing = names[finished:index]
+    if missing and not run_earlier:
+        raise HeadstartError(f"stage '{stage_name}' starts from the weights of the earlier stage(s) "
+                             f"{', '.join(missing)}, not finished in {root}; run them first (headstart run) or pass "
+                             "--run-earlier (run_earlier=True) to train them in a temporary folder")
+    quiet_lightning()
+    prepared = prepare_run(spec, progress=progress)
+    # one process: batch_size is the global batch, so one device sees the batches the run's processes share
+    options = prepared.options.model_copy(update={"loggers": ["csv"], "mlflow": None, "devices": 1, "strategy": "auto"})
+    common = dict(seed=spec.seed, image_size=prepared.image_size, options=options)
+    for position, stage in enumerate(spec.stages[:index]):
+        # finished stages are read back, as --resume does; the others train in a temporary folder
+        folder = stage_folder(root, position, stage.name) if position < finished else None
+        fit_stage(prepared.network, stage, prepared.data, folder=folder, index=position, resume=folder is not None,
+                  run_name=spec.name, model=spec.model, **common)
+    return lr_find(prepared.network, spec.stages[index], prepared.data, index=index, min_lr=min_lr, max_lr=max_lr,
+                   steps=steps, divergence=divergence, **common)
+
+
+def _write(record: RunRecord, root: Path) -> None:
+    if is_rank_zero():
+        record.write(root)
+
+
+def _check_loggers(spec: RunSpec) -> None:
+    """Fail before anything is written when a chosen logger's package is missing."""
+    if "tensorboard" in spec.loggers and find_spec("tensorboard") is None and find_spec("tensorboardX") is None:
+        raise HeadstartError("loggers: tensorboard needs the tensorboardX package; "
+                             "pip install 'headstart[tensorboard]' or remove it from loggers")
+    if "mlflow" in spec.loggers:
+        require_mlflow()
+
+
+def _prepare_folder(spec: RunSpec, root: Path, resume: bool, overwrite: bool) -> None:
+    if is_rank_zero() and is_run(root) and not resume:
+        if not overwrite:
+            raise HeadstartError(f"{root}: a run is already there; pass --resume to continue it or choose another output")
+        shutil.rmtree(root)
+    if resume and is_run(root):
+        previous = RunRecord.read(root)
+        if previous.config_hash != spec.config_hash():
+            raise HeadstartError(f"{root / RUN_FILE}: written by a different configuration (hash "
+                                 f"{previous.config_hash}, this one {spec.config_hash()}); resume needs the same run file")
+    if is_rank_zero():
+        root.mkdir(parents=True, exist_ok=True)

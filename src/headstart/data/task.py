@@ -22,8 +22,9 @@ from typing import Any
 from headstart.data.checks import check_dataset
 from headstart.data.dataset import ImageSet
 from headstart.data.sources import SourceSpec, load_source
-from headstart.data.splits import Splits, make_splits
+from headstart.data.splits import SplitSpec, Splits, make_splits
 from headstart.errors import HeadstartError
+from headstart.validation import validate
 
 SPLIT_NAMES = ("train", "unlabelled", "all", "val", "test", "general", "general_val")
 
@@ -39,12 +40,10 @@ class TaskData:
     @classmethod
     def load(cls, source: SourceSpec | dict, splits: Any = None, general: SourceSpec | dict | None = None,
              *, model_name: str = "", min_image_size: int | None = None) -> "TaskData":
-        """Load ``source``, split it as ``splits`` (a :class:`~headstart.config.SplitSpec` or mapping) and
+        """Load ``source``, split it as ``splits`` (a :class:`~headstart.data.splits.SplitSpec` or mapping) and
         check it; ``general`` is split 80/10/10 with the same seed."""
-        from headstart.config import SplitSpec
-
-        source = source if isinstance(source, SourceSpec) else SourceSpec.model_validate(source)
-        split = splits if isinstance(splits, SplitSpec) else SplitSpec.model_validate(splits or {})
+        source = validate(SourceSpec, source, "source")
+        split = validate(SplitSpec, splits or {}, "splits")
         images = load_source(source)
         task_splits = make_splits(images, test_fraction=split.test_fraction, val_fraction=split.val_fraction,
                                   seed=split.seed, labels_per_class=split.labels_per_class,
@@ -56,7 +55,7 @@ class TaskData:
             logging.getLogger("headstart").warning(warning)
         general_splits = None
         if general is not None:
-            general = general if isinstance(general, SourceSpec) else SourceSpec.model_validate(general)
+            general = validate(SourceSpec, general, "general")
             general_splits = make_splits(load_source(general), test_fraction=0.1, val_fraction=0.1, seed=split.seed)
         return cls(task_splits, general_splits, list(warnings))
 

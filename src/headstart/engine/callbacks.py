@@ -48,7 +48,8 @@ class InterruptOnSignal(Callback):
             except ValueError:  # not the main thread
                 pass
 
-    def _restore(self) -> None:
+    def restore(self) -> None:
+        """Put back the signal handlers that were in place before the fit started."""
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
@@ -58,10 +59,10 @@ class InterruptOnSignal(Callback):
             raise RunInterrupted(self.signal_name)
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        self._restore()
+        self.restore()
 
     def on_exception(self, trainer, pl_module, exception) -> None:
-        self._restore()
+        self.restore()
 
 
 class EpochHistory(Callback):

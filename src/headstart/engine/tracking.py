@@ -29,13 +29,13 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-from headstart import checkpoint as ckpt
 from headstart.config import MLflowSpec
 from headstart.errors import HeadstartError
+from headstart.files import RESUME_FILE, atomic_write_json, read_json
 
 MLFLOW_FILE = "mlflow.json"
 """Where a stage folder records its MLflow run (tracking URI, experiment, run id)."""
-NOT_LOGGED = (ckpt.RESUME_FILE,)
+NOT_LOGGED = (RESUME_FILE,)
 """Stage files left out of the artifacts: resume state, as large as the weights and optimizer together."""
 
 
@@ -81,7 +81,7 @@ def stage_logger(spec: MLflowSpec | None, folder: Path, *, default_store: Path, 
     previous = folder / MLFLOW_FILE
     run_id = None
     if resume and previous.is_file():
-        recorded = ckpt.read_json(previous)
+        recorded = read_json(previous)
         if recorded.get("tracking_uri") == uri:
             run_id = recorded.get("run_id")
     tags = {"headstart.run": run_name, "headstart.stage": folder.name, "headstart.stage_index": str(index),
@@ -92,8 +92,8 @@ def stage_logger(spec: MLflowSpec | None, folder: Path, *, default_store: Path, 
         if run_id is None:
             logger.log_hyperparams(params)
         if rank_zero_only.rank == 0:  # the logger acts on rank zero only, as Lightning's loggers do
-            ckpt.atomic_write_json(previous, {"tracking_uri": uri, "experiment": experiment,
-                                              "experiment_id": logger.experiment_id, "run_id": logger.run_id})
+            atomic_write_json(previous, {"tracking_uri": uri, "experiment": experiment,
+                                         "experiment_id": logger.experiment_id, "run_id": logger.run_id})
     except HeadstartError:
         raise
     except Exception as error:  # MLflow's own errors: an unreachable server, a store it refuses
@@ -123,3 +123,39 @@ def log_stage_folder(logger, folder: Path) -> int:
         client.log_artifact(run_id, str(path), artifact_path=None if parent == Path(".") else parent.as_posix())
         count += 1
     return count
+
+
+class StageTracking:
+    """The MLflow side of one stage, in one object: :meth:`start` before training (a logger, or
+    nothing when the options do not ask for ``mlflow`` or the stage keeps no folder), its
+    :attr:`loggers` for the trainer, :meth:`finish` once the stage's files are written."""
+
+    def __init__(self, logger=None) -> None:
+        self.logger = logger
+
+    @staticmethod
+    def check(options: Any) -> None:
+        """Fail before any data is read when the options ask for MLflow and it is missing."""
+        if "mlflow" in options.loggers:
+            require_mlflow()
+
+    @classmethod
+    def start(cls, options: Any, folder: Path | None, *, run_name: str, index: int, resume: bool,
+              stage: Any, model: Any, seed: int, image_size: int, config_hash: str | None,
+              learning_rate: float | None) -> "StageTracking":
+        if folder is None or "mlflow" not in options.loggers:
+            return cls()
+        params = stage_params(stage, model, seed=seed, image_size=image_size, config_hash=config_hash,
+                              learning_rate=learning_rate)
+        return cls(stage_logger(options.mlflow, folder, default_store=folder.parent / "mlruns", run_name=run_name,
+                                index=index, resume=resume, params=params))
+
+    @property
+    def loggers(self) -> list:
+        """The loggers to add to the stage's trainer."""
+        return [self.logger] if self.logger is not None else []
+
+    def finish(self, folder: Path) -> None:
+        """Log the finished stage folder as the MLflow run's artifacts."""
+        if self.logger is not None:
+            log_stage_folder(self.logger, folder)
