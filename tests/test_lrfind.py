@@ -1,4 +1,5 @@
-"""The learning-rate finder of a stage: suggestion within the sweep, run folder untouched, lr: find in a run."""
+"""The learning-rate finder of a stage: the valley rule on the smoothed sweep, run folder untouched,
+lr: find in a run."""
 
 from __future__ import annotations
 
@@ -9,22 +10,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
-
 from headstart.cli import app
 from headstart.config import parse_run
-from headstart.data import TaskData
 from headstart.errors import HeadstartError
-from headstart.lrfind import LRSweep, find_for_run, lr_find, smooth, suggest, valley
+from headstart.lrfind import LRSweep, smooth, suggest, valley
+from headstart.stage import lr_find
+from headstart.structure import find_learning_rate
 from headstart.stage import StageRecord
 from headstart.structure import run
-from headstart.zoo import load
+from typer.testing import CliRunner
+
+from helpers import digit_data, digit_network, digit_run
 
 
 def _spec(output: Path, stages: list[dict], **extra) -> dict:
-    return {"name": "sweep", "output": str(output), "progress": False, **extra,
-            "data": {"source": {"kind": "digits"}, "splits": {"labels_per_class": 20}},
-            "model": {"name": "test_resnet", "weights": None, "image_size": 16}, "stages": stages}
+    return digit_run(output, stages, labels_per_class=20, name="sweep", **extra)
 
 
 TWO_STAGES = [
@@ -38,6 +38,23 @@ def _hashes(folder: Path) -> dict[str, str]:
             for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
+def _follows_the_valley_rule(sweep: LRSweep) -> None:
+    """The sweep's curve is the bias-corrected smoothing of its step losses; the rule read it from
+    the end of the first tenth of the planned steps to five points before its end (or to its first
+    non-finite point); the suggestion is the rate at the index ``valley`` gives for that stretch and
+    lies on the way down: at a rate no higher than that of the lowest smoothed loss (so below where
+    the loss turns up and diverges), with a loss below the one the stretch starts at."""
+    assert sweep.losses == pytest.approx(smooth(sweep.raw_losses))
+    start, stop = sweep.window
+    finite = [index for index, loss in enumerate(sweep.losses) if not math.isfinite(loss)]
+    assert start == sweep.steps // 10 and stop == min([len(sweep.losses) - 5, *finite])
+    offset, _ = valley(sweep.losses[start:stop])
+    suggested = start + offset
+    assert sweep.suggestion == sweep.learning_rates[suggested]
+    lowest = min(range(start, stop), key=sweep.losses.__getitem__)
+    assert suggested <= lowest and sweep.losses[suggested] < sweep.losses[start], (suggested, lowest, sweep.losses)
+
+
 def test_valley_is_half_way_down_the_longest_fall():
     # flat at 5, a strict fall over 60 steps, then a climb: the valley is the fall (plus one flat point)
     losses = [5.0] * 5 + [4.9 - 0.06 * step for step in range(60)] + [1.5 + 0.2 * step for step in range(20)]
@@ -45,8 +62,14 @@ def test_valley_is_half_way_down_the_longest_fall():
     assert length == 61 and index == (64 - 61) + 20 + 10
     rates = [1e-7 * 10 ** (8 * step / len(losses)) for step in range(len(losses))]
     rate, window = suggest(rates, losses, steps=len(losses))
-    assert window == (len(losses) // 10, len(losses) - 5)
-    assert rates[window[0]] <= rate <= rates[window[1] - 1]
+    assert window == (len(losses) // 10, len(losses) - 5) == (8, 80)
+    # inside the window the fall is steps 8..64 (57 points); counted from the point before it, as
+    # fastai counts, the rule goes ⌊57/3⌋ + ⌊57/6⌋ = 28 steps down it: step 35, well above the bottom (64)
+    assert valley(losses[8:80]) == (27, 57)
+    assert rate == rates[35]
+    # a non-finite loss ends the window there
+    diverged = losses[:70] + [math.inf] * 15
+    assert suggest(rates, diverged, steps=len(losses))[1] == (8, 70)
     # bias-corrected smoothing keeps a constant loss constant from the first step on
     assert smooth([2.3] * 5) == pytest.approx([2.3] * 5)
     with pytest.raises(HeadstartError, match="too early to suggest"):
@@ -57,11 +80,14 @@ def test_a_stage_sweep_suggests_a_rate_inside_the_range_and_leaves_the_run_folde
     spec = parse_run(_spec(tmp_path / "run", TWO_STAGES))
     result = run(spec)
     before = _hashes(result.folder)
-    sweep = find_for_run(spec, "fine-tune", steps=40)
+    sweep = find_learning_rate(spec, "fine-tune", steps=40)
     assert _hashes(result.folder) == before  # not a file added, removed or changed
-    assert sweep.min_lr <= sweep.suggestion <= sweep.max_lr
-    assert min(sweep.learning_rates) <= sweep.suggestion <= max(sweep.learning_rates)
-    assert sweep.learning_rates == sorted(sweep.learning_rates) and len(sweep.losses) == len(sweep.learning_rates)
+    _follows_the_valley_rule(sweep)
+    # the rates grow exponentially from min_lr towards max_lr, one rate per step of the sweep
+    assert sweep.learning_rates[0] == pytest.approx(sweep.min_lr) and sweep.learning_rates[-1] <= sweep.max_lr
+    ratios = [later / earlier for earlier, later in zip(sweep.learning_rates[1:], sweep.learning_rates[2:])]
+    assert ratios == pytest.approx([(sweep.max_lr / sweep.min_lr) ** (1 / sweep.steps)] * len(ratios))
+    assert len(sweep.losses) == len(sweep.raw_losses) == len(sweep.learning_rates)
     # the sweep trained the stage as fit_stage trains it: nothing frozen, BatchNorm training, not cached
     assert (sweep.frozen_parameters, sweep.bn_policy, sweep.cached_features) == (0, "train", False)
     png = sweep.plot(tmp_path / "sweep.png")
@@ -69,14 +95,15 @@ def test_a_stage_sweep_suggests_a_rate_inside_the_range_and_leaves_the_run_folde
 
 
 def test_a_head_sweep_keeps_the_stage_freezing_and_the_caller_network():
-    data = TaskData.load({"kind": "digits"}, {"labels_per_class": 20, "seed": 0})
-    torch.manual_seed(0)
-    network = load("test_resnet", weights=None, include_top=False, in_chans=1)
+    data = digit_data(20)
+    network = digit_network()
     weights = {key: value.clone() for key, value in network.state_dict().items()}
     sweep = lr_find(network, {"name": "head", "freeze": ["backbone"], "batch_size": 16}, data, image_size=16, steps=30)
     # the stage's freezing and BatchNorm policy, features cached as fit_stage would
-    assert sweep.bn_policy == "frozen" and sweep.cached_features and sweep.frozen_parameters > 0
-    assert 1e-7 <= sweep.suggestion <= 10
+    assert sweep.bn_policy == "frozen" and sweep.cached_features
+    backbone = [name for name, _ in network.named_parameters() if name.startswith("backbone.")]
+    assert sweep.frozen_parameters == len(backbone)
+    _follows_the_valley_rule(sweep)
     # the caller's network is as it was: same weights, no head put on it
     assert isinstance(network.head, torch.nn.Identity) and not network.frozen_parameter_names()
     for key, value in network.state_dict().items():
@@ -86,9 +113,9 @@ def test_a_head_sweep_keeps_the_stage_freezing_and_the_caller_network():
 def test_earlier_stages_must_have_run_or_run_in_a_temporary_folder(tmp_path):
     spec = parse_run(_spec(tmp_path / "fresh", TWO_STAGES))
     with pytest.raises(HeadstartError, match="earlier stage\\(s\\) head, not finished"):
-        find_for_run(spec, "fine-tune", steps=30)
-    sweep = find_for_run(spec, "fine-tune", steps=30, run_earlier=True)
-    assert 1e-7 <= sweep.suggestion <= 10
+        find_learning_rate(spec, "fine-tune", steps=30)
+    sweep = find_learning_rate(spec, "fine-tune", steps=30, run_earlier=True)
+    _follows_the_valley_rule(sweep)
     assert not (tmp_path / "fresh").exists()  # the earlier stage trained in a temporary folder
 
 
@@ -99,12 +126,13 @@ def test_lr_find_in_a_run_file_sweeps_records_and_trains_with_the_suggestion(tmp
     record = StageRecord.read(folder)
     assert record.stage.optimizer.lr == "find" and record.lr_find is not None
     suggestion = record.lr_find.suggestion
-    assert 1e-7 <= suggestion <= 10 and len(record.lr_find.losses) > 20
+    _follows_the_valley_rule(record.lr_find)
+    assert len(record.lr_find.losses) > 20
     # constant schedule: every planned step trained at the suggested rate
     assert record.learning_rates == pytest.approx([suggestion] * record.steps)
     assert (folder / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
     assert LRSweep.model_validate(json.loads((folder / "lr_find.json").read_text())) == record.lr_find
-    assert math.isfinite(result.test["accuracy"])
+    assert result.test["accuracy"] > 0.2  # chance is 0.1: the head learnt at the suggested rate
     # the report, built from the run's files, shows the sweep
     from headstart.report.html import render
 
