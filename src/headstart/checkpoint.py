@@ -44,8 +44,21 @@ from headstart.validation import validate
 from headstart.weights import load_weights, save_weights
 
 __all__ = [
-    "DataRecord", "Handover", "HeadRecord", "ModelRecord", "RunRecord", "StageRecord", "find_stage_folder",
-    "load_backbone", "load_checked", "load_network", "stage_folder", "RESUME_FILE", "RUN_FILE", "STAGE_FILE", "WEIGHTS_FILE",
+    "DataRecord",
+    "Handover",
+    "HeadRecord",
+    "ModelRecord",
+    "RunRecord",
+    "StageRecord",
+    "find_stage_folder",
+    "load_backbone",
+    "load_checked",
+    "load_network",
+    "stage_folder",
+    "RESUME_FILE",
+    "RUN_FILE",
+    "STAGE_FILE",
+    "WEIGHTS_FILE",
 ]
 
 Record = TypeVar("Record", bound=BaseModel)
@@ -147,7 +160,7 @@ class StageRecord(BaseModel):
         self._folder = folder
 
     @classmethod
-    def read(cls, folder: str | os.PathLike) -> "StageRecord":
+    def read(cls, folder: str | os.PathLike) -> StageRecord:
         """Read a finished stage's ``stage.json`` through this schema; errors name the file and key."""
         record = _read_record(cls, Path(folder) / STAGE_FILE, "stage record")
         record._folder = Path(folder)
@@ -182,7 +195,7 @@ class RunRecord(BaseModel):
         atomic_write_json(Path(root) / RUN_FILE, self.model_dump(mode="json"))
 
     @classmethod
-    def read(cls, root: str | Path) -> "RunRecord":
+    def read(cls, root: str | Path) -> RunRecord:
         """Read a run folder's ``run.json``; errors name the file and key."""
         return _read_record(cls, Path(root) / RUN_FILE, "run record")
 
@@ -220,18 +233,27 @@ def _bare_network(model: ModelRecord):
     """The network a stage's record describes, random weights, no head yet (nothing is downloaded)."""
     from headstart.zoo import load
 
-    return load(model.name, weights=None, include_top=model.include_top, num_classes=model.classes,
-                pooling=model.pooling, in_chans=model.in_chans)
+    return load(
+        model.name,
+        weights=None,
+        include_top=model.include_top,
+        num_classes=model.classes,
+        pooling=model.pooling,
+        in_chans=model.in_chans,
+    )
 
 
-def load_checked(network, state: dict[str, torch.Tensor], path: Path, what: str, *, backbone_only: bool = False) -> None:
+def load_checked(
+    network, state: dict[str, torch.Tensor], path: Path, what: str, *, backbone_only: bool = False
+) -> None:
     """Load ``state`` into ``network``; any key missing (of the backbone only, with ``backbone_only``)
     or unexpected is a :class:`HeadstartError` naming ``path`` and ``what`` it should have matched."""
     result = network.load_state_dict(state, strict=False)
     missing = [key for key in result.missing_keys if key.startswith("backbone.") or not backbone_only]
     if missing or result.unexpected_keys:
-        raise HeadstartError(f"{path}: does not match {what} (missing {missing[:5]}, "
-                             f"unexpected {result.unexpected_keys[:5]})")
+        raise HeadstartError(
+            f"{path}: does not match {what} (missing {missing[:5]}, unexpected {result.unexpected_keys[:5]})"
+        )
 
 
 def load_backbone(path: str | os.PathLike):
@@ -264,8 +286,13 @@ def load_network(path: str | os.PathLike):
     model = record.model
     network = _bare_network(model)
     network.replace_head(build_head(record.head.spec, network.head_in_features), labels=record.head.labels)
-    load_checked(network, load_weights(folder / WEIGHTS_FILE), folder / WEIGHTS_FILE,
-                  f"{model.name} with this head", backbone_only=False)
+    load_checked(
+        network,
+        load_weights(folder / WEIGHTS_FILE),
+        folder / WEIGHTS_FILE,
+        f"{model.name} with this head",
+        backbone_only=False,
+    )
     network.set_training_size(model.image_size)
     network.eval()
     return network

@@ -21,7 +21,6 @@ import functools
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -72,7 +71,7 @@ def user_errors(command):
     return guarded
 
 
-def _network_for(model: str, weights: str, checkpoint: Optional[Path]):
+def _network_for(model: str, weights: str, checkpoint: Path | None):
     if checkpoint is not None:
         from headstart.checkpoint import load_network
 
@@ -85,10 +84,10 @@ def _network_for(model: str, weights: str, checkpoint: Optional[Path]):
 @app.command()
 @user_errors
 def predict(
-    images: List[Path] = typer.Argument(..., help="Image files to classify."),
+    images: list[Path] = typer.Argument(..., help="Image files to classify."),
     model: str = typer.Option("EfficientNetLite0", "--model", "-m", help="Zoo alias or timm name."),
     weights: str = typer.Option("imagenet", help="imagenet, none, or a .safetensors/.pth file."),
-    checkpoint: Optional[Path] = typer.Option(
+    checkpoint: Path | None = typer.Option(
         None, help="A headstart checkpoint to predict with (its network, head and labels); overrides --model."
     ),
     top: int = typer.Option(5, min=1, help="Predictions listed per image."),
@@ -122,7 +121,9 @@ def predict(
         table.add_column(column, justify=justify)
     for result in results:
         for rank, prediction in enumerate(result["predictions"], start=1):
-            table.add_row(result["file"] if rank == 1 else "", str(rank), prediction["label"], f"{prediction['probability']:.4f}")
+            table.add_row(
+                result["file"] if rank == 1 else "", str(rank), prediction["label"], f"{prediction['probability']:.4f}"
+            )
     _console().print(table)
 
 
@@ -157,12 +158,18 @@ def zoo_list(json_output: bool = typer.Option(False, "--json", help="Print JSON 
 def summary(
     model: str = typer.Argument(..., help="Zoo alias or timm name."),
     weights: str = typer.Option("none", help="imagenet, none, or a weights file (counts do not depend on it)."),
-    freeze: List[str] = typer.Option([], "--freeze", help="Selector to freeze first (repeatable): backbone, stem, blocks[:3], re:..."),
+    freeze: list[str] = typer.Option(
+        [], "--freeze", help="Selector to freeze first (repeatable): backbone, stem, blocks[:3], re:..."
+    ),
     include_top: bool = typer.Option(True, "--include-top/--no-top", help="Keep the pretrained classifier."),
     pooling: str = typer.Option("avg", help="avg, max, flatten or none (without the top)."),
     depth: int = typer.Option(2, min=1, help="Module levels below backbone and head to list."),
-    diagram: Optional[Path] = typer.Option(None, "--diagram", help="Also draw the architecture as an SVG file "
-                                           "(Keras' plot_model): blocks, output shapes, frozen parts marked."),
+    diagram: Path | None = typer.Option(
+        None,
+        "--diagram",
+        help="Also draw the architecture as an SVG file "
+        "(Keras' plot_model): blocks, output shapes, frozen parts marked.",
+    ),
 ) -> None:
     """Print a Keras-style layer table with total, trainable and non-trainable parameters."""
     from headstart.zoo import load
@@ -181,9 +188,13 @@ def summary(
 def lr_find_command(
     file: Path = typer.Argument(..., help="YAML run file (see headstart.config)."),
     stage: str = typer.Option(..., "--stage", "-s", help="Name of the stage to sweep."),
-    output: Optional[Path] = typer.Option(None, help="Run folder holding the earlier stages (overrides the file's `output`)."),
-    run_earlier: bool = typer.Option(False, "--run-earlier", help="Train unfinished earlier stages in a temporary folder."),
-    plot: Optional[Path] = typer.Option(None, help="PNG of loss against rate; default lr-find-<run>-<stage>.png here."),
+    output: Path | None = typer.Option(
+        None, help="Run folder holding the earlier stages (overrides the file's `output`)."
+    ),
+    run_earlier: bool = typer.Option(
+        False, "--run-earlier", help="Train unfinished earlier stages in a temporary folder."
+    ),
+    plot: Path | None = typer.Option(None, help="PNG of loss against rate; default lr-find-<run>-<stage>.png here."),
     min_lr: float = typer.Option(1e-7, min=0, help="Rate at the first step (fastai's start_lr)."),
     max_lr: float = typer.Option(10.0, min=0, help="Rate the sweep grows to (fastai's end_lr)."),
     steps: int = typer.Option(100, min=20, help="Optimizer steps of the sweep."),
@@ -196,8 +207,9 @@ def lr_find_command(
     spec = load_run_file(file)
     if output is not None:
         spec = parse_run({**spec.model_dump(mode="json"), "output": str(output)}, str(file))
-    result = find_learning_rate(spec, stage, run_earlier=run_earlier, min_lr=min_lr, max_lr=max_lr, steps=steps,
-                          source=str(file))
+    result = find_learning_rate(
+        spec, stage, run_earlier=run_earlier, min_lr=min_lr, max_lr=max_lr, steps=steps, source=str(file)
+    )
     path = result.plot(plot or Path(f"lr-find-{spec.name}-{stage}.png"))
     if json_output:
         typer.echo(result.model_dump_json(indent=2))
@@ -214,15 +226,27 @@ def _print_stage_table(result) -> None:
         table.add_column(column)
     for record in result.stages:
         last = record.last_metrics
-        val = next((f"{key}={last[key]:.4f}" for key in ("val_accuracy", "val_mae", "val_mse", "val_loss") if key in last), "")
+        val = next(
+            (f"{key}={last[key]:.4f}" for key in ("val_accuracy", "val_mae", "val_mse", "val_loss") if key in last), ""
+        )
         data = "cached features" if record.cached_features else record.data.residency
         notes = "resumed: done before" if record.stage_name in result.resumed else "; ".join(record.diagnostics)
-        table.add_row(record.stage_name, str(len(record.history)), str(record.steps), f"{record.seconds:.1f}",
-                      f"{last.get('train_loss', float('nan')):.4f}", val, data, notes)
+        table.add_row(
+            record.stage_name,
+            str(len(record.history)),
+            str(record.steps),
+            f"{record.seconds:.1f}",
+            f"{last.get('train_loss', float('nan')):.4f}",
+            val,
+            data,
+            notes,
+        )
     _console().print(table)
     if result.test is not None:
-        typer.echo(f"test accuracy {result.test['accuracy']:.4f} on {result.test['count']} images "
-                   f"(never seen by any stage); {result.seconds:.1f} s")
+        typer.echo(
+            f"test accuracy {result.test['accuracy']:.4f} on {result.test['count']} images "
+            f"(never seen by any stage); {result.seconds:.1f} s"
+        )
 
 
 @app.command("run")
@@ -231,20 +255,27 @@ def run_command(
     file: Path = typer.Argument(..., help="YAML run file (see headstart.config)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in the output folder where it stopped."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run in the output folder."),
-    output: Optional[Path] = typer.Option(None, help="Output folder (overrides the file's `output`)."),
-    devices: Optional[int] = typer.Option(None, help="Processes/devices (overrides the file's `devices`)."),
-    accelerator: Optional[str] = typer.Option(None, help="cpu, gpu or auto (overrides the file)."),
-    precision: Optional[str] = typer.Option(None, help="32-true, bf16-mixed or 16-mixed (overrides the file)."),
-    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bars."),
+    output: Path | None = typer.Option(None, help="Output folder (overrides the file's `output`)."),
+    devices: int | None = typer.Option(None, help="Processes/devices (overrides the file's `devices`)."),
+    accelerator: str | None = typer.Option(None, help="cpu, gpu or auto (overrides the file)."),
+    precision: str | None = typer.Option(None, help="32-true, bf16-mixed or 16-mixed (overrides the file)."),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress bars."),
 ) -> None:
     """Run the stages of a YAML run file in order; Ctrl+C stops cleanly and --resume continues."""
     from headstart.config import load_run_file, parse_run
     from headstart.structure import run
 
     spec = load_run_file(file)
-    overrides = {key: value for key, value in (("output", str(output) if output else None), ("devices", devices),
-                                                ("accelerator", accelerator), ("precision", precision))
-                 if value is not None}
+    overrides = {
+        key: value
+        for key, value in (
+            ("output", str(output) if output else None),
+            ("devices", devices),
+            ("accelerator", accelerator),
+            ("precision", precision),
+        )
+        if value is not None
+    }
     if overrides:
         spec = parse_run({**spec.model_dump(mode="json"), **overrides}, str(file))
     result = run(spec, resume=resume, overwrite=overwrite, progress=progress)
@@ -268,9 +299,16 @@ def _print_comparison(result) -> None:
         target = budget["target_val_accuracy"]
         label = f", {budget['labels_per_class']} labels per class" if budget["labels_per_class"] is not None else ""
         shown = Table(title=f"{result.table['name']}{label}")
-        for column in ("arm", "stages", "n", "test accuracy", f"vs {budget['baseline']}",
-                       f"to val {target:.3f}: seconds (seeds)" if target is not None else "time to target",
-                       "full + cached steps", "wall time (s)"):
+        for column in (
+            "arm",
+            "stages",
+            "n",
+            "test accuracy",
+            f"vs {budget['baseline']}",
+            f"to val {target:.3f}: seconds (seeds)" if target is not None else "time to target",
+            "full + cached steps",
+            "wall time (s)",
+        ):
             shown.add_column(column)
 
         def spread(values, digits=4):
@@ -280,13 +318,27 @@ def _print_comparison(result) -> None:
 
         for arm in budget["arms"]:
             seeds = len(arm["seeds"])
-            reached = f"{spread(arm['seconds_to_target'], 1)} ({arm['reached']}/{seeds})" if arm["reached"] \
+            reached = (
+                f"{spread(arm['seconds_to_target'], 1)} ({arm['reached']}/{seeds})"
+                if arm["reached"]
                 else f"never (0/{seeds})"
-            steps = f"{spread(arm['full_steps_to_target'], 0)} + {spread(arm['cached_steps_to_target'], 0)}" \
-                if arm["reached"] else "—"
+            )
+            steps = (
+                f"{spread(arm['full_steps_to_target'], 0)} + {spread(arm['cached_steps_to_target'], 0)}"
+                if arm["reached"]
+                else "—"
+            )
             gain = "baseline" if arm["name"] == budget["baseline"] else spread(arm["gain"])
-            shown.add_row(arm["name"], " → ".join(arm["stages"]), str(arm["test_accuracy"]["n"]),
-                          spread(arm["test_accuracy"]), gain, reached, steps, spread(arm["seconds"], 1))
+            shown.add_row(
+                arm["name"],
+                " → ".join(arm["stages"]),
+                str(arm["test_accuracy"]["n"]),
+                spread(arm["test_accuracy"]),
+                gain,
+                reached,
+                steps,
+                spread(arm["seconds"], 1),
+            )
         _console().print(shown)
     for line in summary_line(result.table):
         typer.echo(line)
@@ -294,11 +346,12 @@ def _print_comparison(result) -> None:
     for budget in result.table["budgets"]:
         for line in step_lines(budget, several):
             typer.echo(line)
-    typer.echo(f"report: {result.report} ({result.report.stat().st_size / 1024:.0f} KiB); "
-               f"{result.seconds:.0f} s in all")
+    typer.echo(
+        f"report: {result.report} ({result.report.stat().st_size / 1024:.0f} KiB); {result.seconds:.0f} s in all"
+    )
 
 
-def _progress_default(progress: Optional[bool]) -> bool:
+def _progress_default(progress: bool | None) -> bool:
     return sys.stderr.isatty() if progress is None else progress
 
 
@@ -307,12 +360,13 @@ def _progress_default(progress: Optional[bool]) -> bool:
 def demo(
     output: Path = typer.Option(Path("headstart-demo"), help="Folder of the comparison (runs, report.html)."),
     seeds: int = typer.Option(3, min=1, help="Seeds per arm (0, 1, …); --seeds 1 is quick."),
-    seed: Optional[int] = typer.Option(None, help="Run this one seed only (instead of --seeds)."),
+    seed: int | None = typer.Option(None, help="Run this one seed only (instead of --seeds)."),
     quick: bool = typer.Option(False, help="Fewer epochs (a smoke test of the same structure)."),
     show_config: bool = typer.Option(False, "--show-config", help="Print the comparison file and exit."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Retrain runs left by a different configuration."),
-    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
-                                            help="Progress bars per stage (default: when stderr is a terminal)."),
+    progress: bool | None = typer.Option(
+        None, "--progress/--no-progress", help="Progress bars per stage (default: when stderr is a terminal)."
+    ),
 ) -> None:
     """MNIST with 10 labels per class: from scratch vs rotation pretraining vs ImageNet transfer, over seeds."""
     import yaml
@@ -324,8 +378,14 @@ def demo(
         spec = demo_comparison(output, seeds=chosen, quick=quick)
         typer.echo(yaml.safe_dump(spec.model_dump(mode="json", exclude_defaults=True), sort_keys=False))
         return
-    result = run_demo(output, seeds=chosen, quick=quick, progress=_progress_default(progress), overwrite=overwrite,
-                      echo=lambda line: typer.echo(line, err=True))
+    result = run_demo(
+        output,
+        seeds=chosen,
+        quick=quick,
+        progress=_progress_default(progress),
+        overwrite=overwrite,
+        echo=lambda line: typer.echo(line, err=True),
+    )
     _print_comparison(result)
 
 
@@ -333,10 +393,11 @@ def demo(
 @user_errors
 def compare_command(
     file: Path = typer.Argument(..., help="YAML comparison file (see headstart.compare)."),
-    output: Optional[Path] = typer.Option(None, help="Output folder (overrides the file's `output`)."),
+    output: Path | None = typer.Option(None, help="Output folder (overrides the file's `output`)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Retrain runs left by a different configuration."),
-    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
-                                            help="Progress bars per stage (default: when stderr is a terminal)."),
+    progress: bool | None = typer.Option(
+        None, "--progress/--no-progress", help="Progress bars per stage (default: when stderr is a terminal)."
+    ),
 ) -> None:
     """Arms × seeds × label budgets on one task; finished runs are reused; writes report.html."""
     from headstart.compare import load_compare_file, parse_compare
@@ -345,14 +406,22 @@ def compare_command(
     spec, base = load_compare_file(file)
     if output is not None:
         spec = parse_compare({**spec.model_dump(mode="json"), "output": str(output)}, str(file))
-    result = run_comparison(spec, base=base, overwrite=overwrite, progress=_progress_default(progress),
-                            echo=lambda line: typer.echo(line, err=True), how_to_continue=f"headstart compare {file}")
+    result = run_comparison(
+        spec,
+        base=base,
+        overwrite=overwrite,
+        progress=_progress_default(progress),
+        echo=lambda line: typer.echo(line, err=True),
+        how_to_continue=f"headstart compare {file}",
+    )
     _print_comparison(result)
 
 
 @app.command("report")
 @user_errors
-def report_command(folder: Path = typer.Argument(..., help="A comparison folder, a run folder or an audit folder.")) -> None:
+def report_command(
+    folder: Path = typer.Argument(..., help="A comparison folder, a run folder or an audit folder."),
+) -> None:
     """Rebuild report.html from what a finished comparison, run or audit wrote on disk."""
     from headstart.report.html import write_report
     from headstart.report.summary import summarise, summary_line
@@ -384,9 +453,11 @@ def probe_command(
     if json_output:
         typer.echo(record.model_dump_json(indent=2))
         return
-    typer.echo(f"{folder}: linear probe {record.linear_accuracy:.4f}, k-NN probe (k={record.settings['knn']['k']}) "
-               f"{record.knn_accuracy:.4f} on {record.probe_size} {split} images; bank: {record.bank_size} {bank} "
-               f"images, {record.num_features} features; {record.seconds:.1f} s (saved in {folder / 'probe.json'})")
+    typer.echo(
+        f"{folder}: linear probe {record.linear_accuracy:.4f}, k-NN probe (k={record.settings['knn']['k']}) "
+        f"{record.knn_accuracy:.4f} on {record.probe_size} {split} images; bank: {record.bank_size} {bank} "
+        f"images, {record.num_features} features; {record.seconds:.1f} s (saved in {folder / 'probe.json'})"
+    )
 
 
 @app.command("export")
@@ -418,26 +489,37 @@ def export_command(
 @user_errors
 def audit_command(
     target: str = typer.Argument(..., help="A stage or run folder (the fine-tuned model to audit)."),
-    neurons: Optional[int] = typer.Option(None, min=1, help="Feature neurons attacked (default: all), drawn at random."),
+    neurons: int | None = typer.Option(
+        None, min=1, help="Feature neurons attacked (default: all), drawn at random."
+    ),
     steps: int = typer.Option(49, min=1, help="Gradient steps per crafted input (Rezaei & Liu: 49)."),
     clip: bool = typer.Option(True, "--clip/--no-clip", help="Keep crafted pixels in 0..255 (the paper does not)."),
     batch_size: int = typer.Option(64, min=1, help="Neurons crafted together."),
     orders: int = typer.Option(100, min=1, help="Random neuron orders for NABAC mean ± std."),
     seed: int = typer.Option(0, help="Seed of the neuron draw and orders."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
-    output: Optional[Path] = typer.Option(None, help="Folder for audit.json (and crafted examples)."),
+    output: Path | None = typer.Option(None, help="Folder for audit.json (and crafted examples)."),
 ) -> None:
     """Target-agnostic attack (Rezaei & Liu 2020) on a fine-tuned model, crafting on its public backbone."""
     from headstart.audit import AttackConfig, audit
 
     if not Path(target).exists():
         raise HeadstartError(f"{target}: no such stage or run folder")
-    result = audit(target, neurons=neurons, config=AttackConfig(steps=steps, clip=clip), batch_size=batch_size,
-                   orders=orders, seed=seed, device=device,
-                   progress=lambda done, total: typer.echo(f"crafted {done}/{total}", err=True))
+    result = audit(
+        target,
+        neurons=neurons,
+        config=AttackConfig(steps=steps, clip=clip),
+        batch_size=batch_size,
+        orders=orders,
+        seed=seed,
+        device=device,
+        progress=lambda done, total: typer.echo(f"crafted {done}/{total}", err=True),
+    )
     typer.echo(f"{result.target}: {result.metrics.row()}")
-    typer.echo(f"crafted {len(result.crafted.neurons)} inputs on {result.backbone} in {result.crafted.seconds:.1f} s "
-               f"({result.crafted.per_second:.2f} per second); hits per class {result.metrics.hits_per_class}")
+    typer.echo(
+        f"crafted {len(result.crafted.neurons)} inputs on {result.backbone} in {result.crafted.seconds:.1f} s "
+        f"({result.crafted.per_second:.2f} per second); hits per class {result.metrics.hits_per_class}"
+    )
     if output is not None:
         from headstart.files import atomic_write_json
 

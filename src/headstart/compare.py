@@ -43,20 +43,30 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from headstart.config import (DataSpec, ModelSpec, RunSpec, StageSpec, _Strict,
-                              load_run_file, parse_run, read_yaml_file, resolve_data_paths)
 from headstart.checkpoint import RunRecord, StageRecord, load_backbone, stage_folder
+from headstart.config import (
+    DataSpec,
+    ModelSpec,
+    RunSpec,
+    StageSpec,
+    _Strict,
+    load_run_file,
+    parse_run,
+    read_yaml_file,
+    resolve_data_paths,
+)
+from headstart.errors import HeadstartError
 from headstart.files import atomic_write_bytes, atomic_write_json, hardware, is_run, versions
+from headstart.report.summary import MANIFEST_FILE
 from headstart.stage import Interrupted
 from headstart.structure import prepare_run
-from headstart.errors import HeadstartError
-from headstart.report.summary import MANIFEST_FILE
 from headstart.validation import validate
 
 INIT_PROBE_FILE = "init-probe.json"
@@ -71,7 +81,7 @@ class ArmSpec(_Strict):
     stages: list[StageSpec] | None = Field(None, min_length=1)
 
     @model_validator(mode="after")
-    def _one_form(self) -> "ArmSpec":
+    def _one_form(self) -> ArmSpec:
         if self.run is not None and (self.model is not None or self.stages is not None):
             raise ValueError("give either `run` (a run file) or `model` and `stages`, not both")
         if self.run is None and (self.model is None or self.stages is None):
@@ -97,7 +107,8 @@ class AttentionOptions(_Strict):
     images: int = Field(4, gt=0, le=16)
     power: float = Field(1.0, gt=0, description="map = mean over channels of |activation|^power")
     layers: dict[str, list[str]] = Field(
-        default_factory=dict, description="arm → module names (e.g. backbone.layer3); default: last 3 feature stages")
+        default_factory=dict, description="arm → module names (e.g. backbone.layer3); default: last 3 feature stages"
+    )
 
 
 class CompareSpec(_Strict):
@@ -110,9 +121,15 @@ class CompareSpec(_Strict):
     seeds: list[int] | int = Field([0, 1, 2], description="seeds, or how many (3 → 0, 1, 2)")
     label_budgets: list[int] | None = Field(None, description="labels per class; one comparison per budget")
     baseline: str | None = Field(None, description="the arm gains are measured against; default: the first")
-    target: float | None = Field(None, gt=0, le=1, description=(
-        "validation accuracy that counts as converged; default: the lowest of the baseline's best "
-        "validation accuracies over seeds (what every seed of the baseline reached)"))
+    target: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description=(
+            "validation accuracy that counts as converged; default: the lowest of the baseline's best "
+            "validation accuracies over seeds (what every seed of the baseline reached)"
+        ),
+    )
     probes: ProbeOptions = ProbeOptions()
     attention: AttentionOptions = AttentionOptions()
     progress: bool | None = Field(None, description="progress bars; default: when the output is a terminal")
@@ -139,7 +156,7 @@ class CompareSpec(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _check_arms(self) -> "CompareSpec":
+    def _check_arms(self) -> CompareSpec:
         for name in self.arms:
             if not name or "/" in name or name.startswith(".") or name.startswith("labels-"):
                 raise ValueError(f"arm name {name!r}: use a plain folder name")
@@ -190,26 +207,33 @@ class PlannedRun:
 def plan(spec: CompareSpec, base: Path = Path(".")) -> list[PlannedRun]:
     """Every run of the comparison, seeds outermost (a comparison cut short still has whole seeds)."""
     root = spec.output_dir()
-    overrides = {key: getattr(spec, key) for key in ("num_workers", "accelerator", "devices", "precision")
-                 if getattr(spec, key) is not None}
+    overrides = {
+        key: getattr(spec, key)
+        for key in ("num_workers", "accelerator", "devices", "precision")
+        if getattr(spec, key) is not None
+    }
     arms: dict[str, dict[str, Any]] = {}
     for name, arm in spec.arms.items():
         if arm.run is not None:
             path = Path(arm.run) if Path(arm.run).is_absolute() else base / arm.run
             arms[name] = load_run_file(path).model_dump(mode="json", exclude={"name", "seed", "output", "data"})
         else:
-            arms[name] = {"model": arm.model.model_dump(mode="json"),
-                          "stages": [stage.model_dump(mode="json") for stage in arm.stages]}
+            arms[name] = {
+                "model": arm.model.model_dump(mode="json"),
+                "stages": [stage.model_dump(mode="json") for stage in arm.stages],
+            }
     runs = []
-    for budget in (spec.label_budgets or [None]):
+    for budget in spec.label_budgets or [None]:
         data = spec.data.model_dump(mode="json")
         if budget is not None:
             data["splits"] = {**data["splits"], "labels_per_class": budget, "labelled_fraction": None}
         for seed in spec.seeds:
             for name, arm in arms.items():
                 folder = root / (f"labels-{budget}" if budget is not None else "") / name / f"seed-{seed}"
-                run_spec = parse_run({**arm, **overrides, "name": name, "seed": seed, "output": str(folder),
-                                      "data": data}, f"arms.{name}")
+                run_spec = parse_run(
+                    {**arm, **overrides, "name": name, "seed": seed, "output": str(folder), "data": data},
+                    f"arms.{name}",
+                )
                 runs.append(PlannedRun(name, seed, budget, run_spec))
     return runs
 
@@ -225,8 +249,10 @@ def _reuse_or_resume(planned: PlannedRun, overwrite: bool) -> str:
     if record.config_hash != planned.spec.config_hash():
         if overwrite:
             return "overwrite"
-        raise HeadstartError(f"{folder}: holds a run of a different configuration (hash {record.config_hash}, this "
-                             f"arm {planned.spec.config_hash()}); pass --overwrite or choose another output")
+        raise HeadstartError(
+            f"{folder}: holds a run of a different configuration (hash {record.config_hash}, this "
+            f"arm {planned.spec.config_hash()}); pass --overwrite or choose another output"
+        )
     return "reuse" if record.status == "finished" else "resume"
 
 
@@ -244,8 +270,11 @@ def common_stages(first: RunSpec, second: RunSpec) -> int:
 def shared_stages(planned: PlannedRun, finished: list[PlannedRun]) -> tuple[PlannedRun, int] | None:
     """The finished run (same seed and label budget) sharing the most leading stages with
     ``planned``, and how many; ``None`` when none shares any."""
-    candidates = [(common_stages(donor.spec, planned.spec), donor) for donor in finished
-                  if donor.seed == planned.seed and donor.budget == planned.budget]
+    candidates = [
+        (common_stages(donor.spec, planned.spec), donor)
+        for donor in finished
+        if donor.seed == planned.seed and donor.budget == planned.budget
+    ]
     count, donor = max(candidates, key=lambda pair: pair[0], default=(0, None))
     return (donor, count) if count else None
 
@@ -280,9 +309,13 @@ def extends(runs: list[PlannedRun]) -> dict[str, str]:
         first_seed.setdefault(planned.arm, planned)
     parents = {}
     for name, planned in first_seed.items():
-        candidates = [(len(other.spec.stages), other.arm) for other in first_seed.values()
-                      if other.arm != name and len(other.spec.stages) < len(planned.spec.stages)
-                      and common_stages(other.spec, planned.spec) == len(other.spec.stages)]
+        candidates = [
+            (len(other.spec.stages), other.arm)
+            for other in first_seed.values()
+            if other.arm != name
+            and len(other.spec.stages) < len(planned.spec.stages)
+            and common_stages(other.spec, planned.spec) == len(other.spec.stages)
+        ]
         if candidates:
             parents[name] = max(candidates)[1]
     return parents
@@ -292,8 +325,13 @@ def _probe_run(planned: PlannedRun, options: ProbeOptions, echo: Callable[[str],
     """Probe the backbone the run starts from and each finished stage's; skip those already probed."""
     from headstart.probe import PROBE_FILE, probe_network, probe_stage, run_data
 
-    settings = {"k": options.k, "temperature": options.temperature, "c": options.c,
-                "bank_split": options.bank_split, "probe_split": options.probe_split}
+    settings = {
+        "k": options.k,
+        "temperature": options.temperature,
+        "c": options.c,
+        "bank_split": options.bank_split,
+        "probe_split": options.probe_split,
+    }
     folder = planned.folder
     stages = RunRecord.read(folder).finished_stages
     pending = [name for name in stages if not (folder / name / PROBE_FILE).is_file()]
@@ -333,17 +371,34 @@ def _attention(spec: CompareSpec, runs: list[PlannedRun], echo: Callable[[str], 
         stage_folder = planned.folder / stages[-1]
         network = load_backbone(stage_folder)
         record = StageRecord.read(stage_folder)
-        maps = attention_maps(network, images, layers=spec.attention.layers.get(planned.arm) or None,
-                              power=spec.attention.power, image_size=record.model.image_size)
+        maps = attention_maps(
+            network,
+            images,
+            layers=spec.attention.layers.get(planned.arm) or None,
+            power=spec.attention.power,
+            image_size=record.model.image_size,
+        )
         for layer, values in maps.items():
             key = f"map{len(meta)}"
             arrays[key] = values.numpy()
-            meta.append({"key": key, "arm": planned.arm, "layer": layer, "stage": stages[-1],
-                         "shape": list(values.shape[1:])})
+            meta.append(
+                {"key": key, "arm": planned.arm, "layer": layer, "stage": stages[-1], "shape": list(values.shape[1:])}
+            )
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, meta=np.array(json.dumps(
-        {"maps": meta, "power": spec.attention.power, "seed": spec.seeds[0],
-         "labels": [test.class_names[int(label)] for label in test.labels[:count]]})), **arrays)
+    np.savez_compressed(
+        buffer,
+        meta=np.array(
+            json.dumps(
+                {
+                    "maps": meta,
+                    "power": spec.attention.power,
+                    "seed": spec.seeds[0],
+                    "labels": [test.class_names[int(label)] for label in test.labels[:count]],
+                }
+            )
+        ),
+        **arrays,
+    )
     atomic_write_bytes(spec.output_dir() / ATTENTION_FILE, buffer.getvalue())
     echo(f"attention maps of {len(first)} arms × {count} images written")
 
@@ -365,9 +420,15 @@ class CompareResult:
         return summary_line(self.table)
 
 
-def run(spec: CompareSpec | dict | str | Path, *, base: str | Path | None = None, overwrite: bool = False,
-        progress: bool | None = None, echo: Callable[[str], None] = print,
-        how_to_continue: str = "headstart.compare.run") -> CompareResult:
+def run(
+    spec: CompareSpec | dict | str | Path,
+    *,
+    base: str | Path | None = None,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    echo: Callable[[str], None] = print,
+    how_to_continue: str = "headstart.compare.run",
+) -> CompareResult:
     """Run (or reuse) every planned run, probe the backbones, draw attention maps, write the report.
 
     ``spec`` is a :class:`CompareSpec`, a mapping, or the path of a comparison file (whose folder
@@ -383,22 +444,34 @@ def run(spec: CompareSpec | dict | str | Path, *, base: str | Path | None = None
     elif isinstance(spec, dict):
         spec = parse_compare(spec)
     elif not isinstance(spec, CompareSpec):
-        raise HeadstartError(f"compare.run spec={type(spec).__name__}: expected a CompareSpec, a mapping or the path "
-                             "of a comparison file")
+        raise HeadstartError(
+            f"compare.run spec={type(spec).__name__}: expected a CompareSpec, a mapping or the path "
+            "of a comparison file"
+        )
     base = Path(base or ".")
     started = time.perf_counter()
     runs = plan(spec, base)
     decisions = [_reuse_or_resume(planned, overwrite) for planned in runs]  # refuse before training anything
     root = spec.output_dir()
     root.mkdir(parents=True, exist_ok=True)
-    manifest = {"name": spec.name, "spec": spec.model_dump(mode="json"), "baseline": spec.baseline_arm,
-                "arms": list(spec.arms), "seeds": spec.seeds, "label_budgets": spec.label_budgets,
-                "runs": [{"arm": p.arm, "seed": p.seed, "budget": p.budget,
-                          "folder": str(p.folder.relative_to(root))} for p in runs],
-                "extends": extends(runs), "hardware": hardware(), "versions": versions()}
+    manifest = {
+        "name": spec.name,
+        "spec": spec.model_dump(mode="json"),
+        "baseline": spec.baseline_arm,
+        "arms": list(spec.arms),
+        "seeds": spec.seeds,
+        "label_budgets": spec.label_budgets,
+        "runs": [
+            {"arm": p.arm, "seed": p.seed, "budget": p.budget, "folder": str(p.folder.relative_to(root))} for p in runs
+        ],
+        "extends": extends(runs),
+        "hardware": hardware(),
+        "versions": versions(),
+    }
     atomic_write_json(root / MANIFEST_FILE, manifest)
-    show_bars = progress if progress is not None else (spec.progress if spec.progress is not None
-                                                       else sys.stderr.isatty())
+    show_bars = (
+        progress if progress is not None else (spec.progress if spec.progress is not None else sys.stderr.isatty())
+    )
     finished: list[PlannedRun] = []
     for number, (planned, decision) in enumerate(zip(runs, decisions), start=1):
         budget = f", {planned.budget} labels per class" if planned.budget is not None else ""
@@ -415,16 +488,24 @@ def run(spec: CompareSpec | dict | str | Path, *, base: str | Path | None = None
             if shared is not None:
                 donor, count = shared
                 names = _link_stages(donor, planned, count)
-                echo(f"    {', '.join(names)} shared with {donor.arm}, seed {donor.seed} (same model, data, seed and "
-                     "stage settings)")
+                echo(
+                    f"    {', '.join(names)} shared with {donor.arm}, seed {donor.seed} (same model, data, seed and "
+                    "stage settings)"
+                )
                 resume = True
             try:
                 result = run_structure(planned.spec, resume=resume, progress=show_bars)
             except Interrupted as interruption:
-                raise Interrupted(interruption.folder, interruption.stage,
-                                  f"the same command again ({how_to_continue}); finished runs are reused") from None
-            echo(f"    test accuracy {result.test['accuracy']:.4f} in {result.seconds:.1f} s"
-                 if result.test else f"    finished in {result.seconds:.1f} s")
+                raise Interrupted(
+                    interruption.folder,
+                    interruption.stage,
+                    f"the same command again ({how_to_continue}); finished runs are reused",
+                ) from None
+            echo(
+                f"    test accuracy {result.test['accuracy']:.4f} in {result.seconds:.1f} s"
+                if result.test
+                else f"    finished in {result.seconds:.1f} s"
+            )
         finished.append(planned)
         if spec.probes.enabled:
             _probe_run(planned, spec.probes, echo)

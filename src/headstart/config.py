@@ -38,12 +38,12 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from headstart import validation
 from headstart.data.sources import SourceSpec
 from headstart.data.splits import SplitSpec
-from headstart import validation
 from headstart.errors import HeadstartError
-from headstart.validation import validate
 from headstart.heads import HeadSpec
+from headstart.validation import validate
 
 
 class _Strict(BaseModel):
@@ -57,8 +57,10 @@ class DataSpec(_Strict):
     splits: SplitSpec = SplitSpec()
     general: SourceSpec | None = None
     residency: Literal["auto", "memory", "stream"] = Field(
-        "auto", description="auto: stream files from disk, gather in-memory sets; memory: decode every split once "
-                            "and hold it (uint8); stream: decode lazily in worker processes every epoch")
+        "auto",
+        description="auto: stream files from disk, gather in-memory sets; memory: decode every split once "
+        "and hold it (uint8); stream: decode lazily in worker processes every epoch",
+    )
 
 
 class ModelSpec(_Strict):
@@ -66,16 +68,24 @@ class ModelSpec(_Strict):
 
     name: str
     weights: str | None = Field(None, description='"imagenet", a .safetensors/.pth file, or none')
-    image_size: int | None = Field(None, gt=0, description="side in pixels fed to the network; default: the model's own")
+    image_size: int | None = Field(
+        None, gt=0, description="side in pixels fed to the network; default: the model's own"
+    )
     in_chans: int = Field(3, gt=0)
     pooling: Literal["avg", "max", "flatten", "none"] = Field(
-        "avg", description="none keeps the 4-D feature map: only pretext heads that read it can sit on top")
+        "avg", description="none keeps the 4-D feature map: only pretext heads that read it can sit on top"
+    )
     include_top: bool = Field(
-        False, description="true: keep the full classifier and put each stage's head on its outputs (the chapter's "
-                           "listing 2-21, Dense(4) on EfficientNetB4(classes=100)); false: heads read pooled features")
+        False,
+        description="true: keep the full classifier and put each stage's head on its outputs (the chapter's "
+        "listing 2-21, Dense(4) on EfficientNetB4(classes=100)); false: heads read pooled features",
+    )
     classes: int | None = Field(
-        None, gt=0, description="outputs of the full classifier with include_top (Keras' classes=); default: the "
-                                "pretrained count, 1000 for ImageNet")
+        None,
+        gt=0,
+        description="outputs of the full classifier with include_top (Keras' classes=); default: the "
+        "pretrained count, 1000 for ImageNet",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -85,10 +95,12 @@ class ModelSpec(_Strict):
         return values
 
     @model_validator(mode="after")
-    def _classes_need_the_top(self) -> "ModelSpec":
+    def _classes_need_the_top(self) -> ModelSpec:
         if self.classes is not None and not self.include_top:
-            raise ValueError("classes sizes the full classifier; set include_top: true, or remove classes "
-                             "(a stage's head follows the data's classes)")
+            raise ValueError(
+                "classes sizes the full classifier; set include_top: true, or remove classes "
+                "(a stage's head follows the data's classes)"
+            )
         return self
 
 
@@ -107,7 +119,8 @@ class OptimizerSpec(_Strict):
 
     name: Literal["adam", "adamw", "sgd"] = "adam"
     lr: Annotated[float, Field(gt=0)] | Literal["find"] = Field(
-        1e-3, description='learning rate, or "find": sweep first and train with the suggestion (headstart.lrfind)')
+        1e-3, description='learning rate, or "find": sweep first and train with the suggestion (headstart.lrfind)'
+    )
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
     group_lr: dict[str, float] = Field(default_factory=dict)
@@ -149,8 +162,10 @@ class SemiSupervisedSpec(_Strict):
 
     method: Literal["fixmatch"] = "fixmatch"
     unlabelled: Literal["all", "unlabelled"] = Field(
-        "all", description="images used without labels: all of the training pool (FixMatch's choice, the labelled "
-                           "images included) or only the unlabelled rest")
+        "all",
+        description="images used without labels: all of the training pool (FixMatch's choice, the labelled "
+        "images included) or only the unlabelled rest",
+    )
     ratio: int = Field(7, gt=0, description="unlabelled images per labelled image in a step (μ)")
     threshold: float = Field(0.95, gt=0, le=1, description="confidence a pseudo-label needs (τ)")
     weight: float = Field(1.0, ge=0, description="weight of the unlabelled loss (λu)")
@@ -183,24 +198,30 @@ class StageSpec(_Strict):
     augment: Literal["none", "crop", "flip", "crop_flip"] = "none"
     early_stopping: EarlyStoppingSpec | None = None
     steps_per_epoch: int | None = Field(
-        None, gt=0, description="cap on optimizer steps per epoch (Keras' steps_per_epoch); default: the whole split")
+        None, gt=0, description="cap on optimizer steps per epoch (Keras' steps_per_epoch); default: the whole split"
+    )
     cache_features: bool | None = Field(
         None, description="default: on when the whole backbone is frozen, BN frozen and no augmentation"
     )
     semi_supervised: SemiSupervisedSpec | None = Field(
-        None, description="also learn from the unlabelled images: {method: fixmatch, ratio: 7, threshold: 0.95}")
+        None, description="also learn from the unlabelled images: {method: fixmatch, ratio: 7, threshold: 0.95}"
+    )
 
     @model_validator(mode="after")
-    def _check(self) -> "StageSpec":
+    def _check(self) -> StageSpec:
         if self.pretext is not None and isinstance(self.head, HeadSpec):
             raise ValueError("a pretext stage brings its own head; remove `head` or `pretext`")
         if self.semi_supervised is not None:
             if self.pretext is not None:
-                raise ValueError("semi_supervised trains the task's head on pseudo-labels; a pretext stage has no "
-                                 "task labels: remove `semi_supervised` or `pretext`")
+                raise ValueError(
+                    "semi_supervised trains the task's head on pseudo-labels; a pretext stage has no "
+                    "task labels: remove `semi_supervised` or `pretext`"
+                )
             if self.data != "train":
-                raise ValueError(f"semi_supervised needs data: train (the labelled split; the unlabelled images are "
-                                 f"chosen by semi_supervised.unlabelled), not {self.data!r}")
+                raise ValueError(
+                    f"semi_supervised needs data: train (the labelled split; the unlabelled images are "
+                    f"chosen by semi_supervised.unlabelled), not {self.data!r}"
+                )
             if self.cache_features:
                 raise ValueError("semi_supervised augments every image; it cannot train on cached features")
         return self
@@ -217,7 +238,7 @@ class MLflowSpec(_Strict):
     experiment: str | None = Field(None, description="MLflow experiment; default: the run's name")
 
     @model_validator(mode="after")
-    def _check_uri(self) -> "MLflowSpec":
+    def _check_uri(self) -> MLflowSpec:
         uri = self.tracking_uri
         if uri is not None:
             scheme = uri.split(":", 1)[0].lower() if ":" in uri and not (len(uri) > 1 and uri[1] == ":") else ""
@@ -225,8 +246,10 @@ class MLflowSpec(_Strict):
             if not uri.strip():
                 raise ValueError("tracking_uri is empty; give a folder or a URI such as sqlite:///mlflow.db")
             if scheme and scheme.split("+")[0] not in known:
-                raise ValueError(f"tracking_uri {uri!r}: unknown scheme {scheme!r}; expected a folder or a "
-                                 "file:, sqlite:///, http(s)://, databricks or database URI")
+                raise ValueError(
+                    f"tracking_uri {uri!r}: unknown scheme {scheme!r}; expected a folder or a "
+                    "file:, sqlite:///, http(s)://, databricks or database URI"
+                )
         return self
 
 
@@ -244,16 +267,19 @@ class RunSpec(_Strict):
     accelerator: Literal["cpu", "gpu", "auto"] = "cpu"
     strategy: Literal["auto", "ddp", "ddp_spawn"] = "auto"
     num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
-        "auto", description="processes decoding streamed images; auto: one per CPU core, at most 8, none on 2 cores or fewer")
+        "auto",
+        description="processes decoding streamed images; auto: one per CPU core, at most 8, none on 2 cores or fewer",
+    )
     progress: bool = True
     loggers: list[Literal["csv", "tensorboard", "mlflow"]] = Field(
         default_factory=lambda: ["csv"],
         description="metric logs written in each stage folder: csv (metrics.csv) and/or tensorboard (needs tensorboardX); "
-                    "mlflow: one MLflow run per stage (needs headstart[mlflow])")
+        "mlflow: one MLflow run per stage (needs headstart[mlflow])",
+    )
     mlflow: MLflowSpec | None = Field(None, description="settings of the mlflow logger (tracking_uri, experiment)")
 
     @model_validator(mode="after")
-    def _check_general(self) -> "RunSpec":
+    def _check_general(self) -> RunSpec:
         for index, stage in enumerate(self.stages):
             if stage.data == "general" and self.data.general is None:
                 raise ValueError(f"stages[{index}] uses data: general but data.general is not set")
@@ -265,17 +291,28 @@ class RunSpec(_Strict):
 
     @field_validator("mlflow")
     @classmethod
-    def _mlflow_needs_its_logger(cls, value: "MLflowSpec | None", info: ValidationInfo) -> "MLflowSpec | None":
+    def _mlflow_needs_its_logger(cls, value: MLflowSpec | None, info: ValidationInfo) -> MLflowSpec | None:
         if value is not None and "mlflow" not in info.data.get("loggers", ()):
-            raise ValueError("mlflow settings are given but loggers does not include mlflow; add it: loggers: [csv, mlflow]")
+            raise ValueError(
+                "mlflow settings are given but loggers does not include mlflow; add it: loggers: [csv, mlflow]"
+            )
         return value
 
     def results_payload(self) -> dict[str, Any]:
         """Everything in this run that changes its results, as canonical JSON data: the one place
         that says which settings do not (where outputs go, progress bars, loggers, decoding
         workers, whether images are held in memory or streamed: the same pixels either way)."""
-        payload = self.model_dump(mode="json", exclude={"output": True, "progress": True, "num_workers": True,
-                                                             "loggers": True, "mlflow": True, "data": {"residency"}})
+        payload = self.model_dump(
+            mode="json",
+            exclude={
+                "output": True,
+                "progress": True,
+                "num_workers": True,
+                "loggers": True,
+                "mlflow": True,
+                "data": {"residency"},
+            },
+        )
         for key, default in (("include_top", False), ("classes", None)):  # runs from before these keys keep their hash
             if payload["model"].get(key, default) == default:
                 payload["model"].pop(key, None)
@@ -322,7 +359,9 @@ def read_yaml_file(path: str | Path, what: str = "run file") -> Any:
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.constructor.ConstructorError as error:
-        raise HeadstartError(f"{path}: refused tag {error.problem} (only plain YAML is read, nothing that runs code)") from None
+        raise HeadstartError(
+            f"{path}: refused tag {error.problem} (only plain YAML is read, nothing that runs code)"
+        ) from None
     except yaml.YAMLError as error:
         raise HeadstartError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
     except UnicodeDecodeError:

@@ -22,8 +22,9 @@ plain comparison file, printed with ``headstart demo --show-config`` and runnabl
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from headstart.compare import CompareResult, CompareSpec, parse_compare, plan
 from headstart.compare import run as run_comparison
@@ -36,8 +37,15 @@ SMALL_SIZE = 32
 
 
 def _task_stage(epochs: int, lr: float, **extra: Any) -> dict[str, Any]:
-    return {"name": "task", "data": "train", "epochs": epochs, "batch_size": 25, "augment": "crop",
-            "optimizer": {"name": "adam", "lr": lr, "schedule": "cosine"}, **extra}
+    return {
+        "name": "task",
+        "data": "train",
+        "epochs": epochs,
+        "batch_size": 25,
+        "augment": "crop",
+        "optimizer": {"name": "adam", "lr": lr, "schedule": "cosine"},
+        **extra,
+    }
 
 
 def _arm_definitions(quick: bool) -> dict[str, dict[str, Any]]:
@@ -48,8 +56,15 @@ def _arm_definitions(quick: bool) -> dict[str, dict[str, Any]]:
 
     small = {"name": SMALL_MODEL, "weights": None, "image_size": SMALL_SIZE}
     rotation_stages = [
-        {"name": "rotation", "data": "all", "pretext": {"name": "rotation"}, "epochs": epochs(12),
-         "batch_size": 128, "augment": "crop", "optimizer": {"name": "adam", "lr": 2e-3, "schedule": "cosine"}},
+        {
+            "name": "rotation",
+            "data": "all",
+            "pretext": {"name": "rotation"},
+            "epochs": epochs(12),
+            "batch_size": 128,
+            "augment": "crop",
+            "optimizer": {"name": "adam", "lr": 2e-3, "schedule": "cosine"},
+        },
         _task_stage(epochs(40), 1e-3),
     ]
     return {
@@ -60,15 +75,22 @@ def _arm_definitions(quick: bool) -> dict[str, dict[str, Any]]:
         "rotation": {"model": small, "stages": rotation_stages},
         "rotation+fixmatch": {
             "model": small,
-            "stages": rotation_stages + [
+            "stages": rotation_stages
+            + [
                 _task_stage(epochs(30), 2e-3, name="fixmatch", semi_supervised={"ratio": 7, "threshold": 0.95}),
             ],
         },
         "imagenet": {
             "model": {"name": "efficientnet_lite0", "weights": "imagenet", "image_size": 64},
             "stages": [
-                {"name": "head", "data": "train", "freeze": ["backbone"], "epochs": epochs(60), "batch_size": 25,
-                 "optimizer": {"name": "adam", "lr": 3e-3}},
+                {
+                    "name": "head",
+                    "data": "train",
+                    "freeze": ["backbone"],
+                    "epochs": epochs(60),
+                    "batch_size": 25,
+                    "optimizer": {"name": "adam", "lr": 3e-3},
+                },
                 _task_stage(epochs(15), 3e-4, name="fine-tune", bn_policy="frozen", augment="none"),
             ],
         },
@@ -79,12 +101,22 @@ DATA = {"source": {"kind": "mnist5k"}, "splits": SPLITS}
 DEFAULT_SEEDS = (0, 1, 2)
 
 
-def demo_comparison(output: str | Path = "headstart-demo", *, seeds: Sequence[int] = DEFAULT_SEEDS,
-                    quick: bool = False) -> CompareSpec:
+def demo_comparison(
+    output: str | Path = "headstart-demo", *, seeds: Sequence[int] = DEFAULT_SEEDS, quick: bool = False
+) -> CompareSpec:
     """The main job as a comparison file: four arms, the same splits, ``seeds`` (module docstring)."""
     title = f"MNIST-5k, {LABELS_PER_CLASS} labels per class"
-    return parse_compare({"name": title, "output": str(output), "seeds": list(seeds), "data": DATA,
-                          "baseline": "scratch", "arms": _arm_definitions(quick)}, "demo")
+    return parse_compare(
+        {
+            "name": title,
+            "output": str(output),
+            "seeds": list(seeds),
+            "data": DATA,
+            "baseline": "scratch",
+            "arms": _arm_definitions(quick),
+        },
+        "demo",
+    )
 
 
 def demo_arms(output: str = "headstart-demo", seed: int = 0, quick: bool = False) -> dict[str, RunSpec]:
@@ -92,10 +124,21 @@ def demo_arms(output: str = "headstart-demo", seed: int = 0, quick: bool = False
     return {planned.arm: planned.spec for planned in plan(demo_comparison(output, seeds=[seed], quick=quick))}
 
 
-def run_demo(output: str | Path = "headstart-demo", *, seeds: Sequence[int] = DEFAULT_SEEDS, quick: bool = False,
-             progress: bool | None = None, overwrite: bool = False,
-             echo: Callable[[str], None] = print) -> CompareResult:
+def run_demo(
+    output: str | Path = "headstart-demo",
+    *,
+    seeds: Sequence[int] = DEFAULT_SEEDS,
+    quick: bool = False,
+    progress: bool | None = None,
+    overwrite: bool = False,
+    echo: Callable[[str], None] = print,
+) -> CompareResult:
     """Run the four arms over ``seeds`` (finished runs of the same configuration are reused), probe
     the backbones, draw attention maps and write ``report.html`` and ``comparison.json`` to ``output``."""
-    return run_comparison(demo_comparison(output, seeds=seeds, quick=quick), overwrite=overwrite, progress=progress,
-                          echo=echo, how_to_continue="headstart demo")
+    return run_comparison(
+        demo_comparison(output, seeds=seeds, quick=quick),
+        overwrite=overwrite,
+        progress=progress,
+        echo=echo,
+        how_to_continue="headstart demo",
+    )

@@ -24,9 +24,9 @@ element with ``class="block …"`` (``frozen``, ``partly-frozen``, ``trainable``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 from xml.sax.saxutils import escape, quoteattr
 
 import torch
@@ -46,8 +46,13 @@ PAD = 6
 GAP = 10
 _CHAR = 0.6 * FONT
 
-COLOURS = {"trainable": "#dbeafe", "frozen": "#d9d9d9", "partly-frozen": "#fde9c4", "no-parameters": "#ffffff",
-           "unused": "#ffffff"}
+COLOURS = {
+    "trainable": "#dbeafe",
+    "frozen": "#d9d9d9",
+    "partly-frozen": "#fde9c4",
+    "no-parameters": "#ffffff",
+    "unused": "#ffffff",
+}
 
 
 @dataclass
@@ -58,7 +63,7 @@ class Node:
     """Full module name (``backbone.layer1.0``); ``input`` for the input."""
     label: str
     module: nn.Module | None
-    children: list["Node"] = field(default_factory=list)
+    children: list[Node] = field(default_factory=list)
     shape: str | None = None
     parameters: int = 0
     trainable: int = 0
@@ -121,19 +126,32 @@ def _tree(network, depth: int) -> tuple[list[Node], list[str]]:
 
     def node(module: nn.Module, name: str, label: str, level: int) -> Node:
         parameters = list(module.parameters())
-        result = Node(name=name, label=f"{label}: {type(module).__name__}", module=module,
-                      parameters=sum(p.numel() for p in parameters),
-                      trainable=sum(p.numel() for p in parameters if p.requires_grad), bn_fixed=name in bn_fixed)
+        result = Node(
+            name=name,
+            label=f"{label}: {type(module).__name__}",
+            module=module,
+            parameters=sum(p.numel() for p in parameters),
+            trainable=sum(p.numel() for p in parameters if p.requires_grad),
+            bn_fixed=name in bn_fixed,
+        )
         if expands(module, level, depth):
-            result.children = [node(child, f"{name}.{child_name}", child_name, level + 1)
-                               for child_name, child in module.named_children()]
+            result.children = [
+                node(child, f"{name}.{child_name}", child_name, level + 1)
+                for child_name, child in module.named_children()
+            ]
         return result
 
     backbone = node(network.backbone, "backbone", "backbone", 0)
     if not backbone.children:  # a backbone that is one layer still shows as one block
-        backbone.children = [node(child, f"backbone.{child_name}", child_name, 1)
-                             for child_name, child in network.backbone.named_children()]
-    top = [backbone, node(network.pool, "pool", f"pool ({network.pooling})", depth), node(network.head, "head", "head", 0)]
+        backbone.children = [
+            node(child, f"backbone.{child_name}", child_name, 1)
+            for child_name, child in network.backbone.named_children()
+        ]
+    top = [
+        backbone,
+        node(network.pool, "pool", f"pool ({network.pooling})", depth),
+        node(network.head, "head", "head", 0),
+    ]
     blocks = [child.name for child in backbone.children] + ["pool", "head"]
     return top, blocks
 
@@ -147,8 +165,12 @@ def _measure_shapes(network, nodes: list[Node], input_size: tuple[int, ...]) -> 
             walk(item.children)
 
     walk(nodes)
-    outputs, final = output_shapes(network, {item.name: item.module for item in everything if item.module is not None},
-                                   input_size, caller="diagram")
+    outputs, final = output_shapes(
+        network,
+        {item.name: item.module for item in everything if item.module is not None},
+        input_size,
+        caller="diagram",
+    )
     for item in everything:
         if item.name in outputs:
             item.shape = _shape(outputs[item.name])
@@ -163,7 +185,7 @@ class _Box:
     node: Node
     width: float
     height: float
-    inner: list[tuple["_Box", float, float]] = field(default_factory=list)
+    inner: list[tuple[_Box, float, float]] = field(default_factory=list)
     """Children with their offsets inside this box."""
     vertical: bool = True
 
@@ -215,11 +237,15 @@ def _emit(box: _Box, x: float, y: float, out: list[str]) -> int:
     dash = ' stroke-dasharray="4 3"' if state in ("unused", "no-parameters") or box.inner else ""
     out.append(f'<g class="{classes}" data-name={quoteattr(node.name)}>')
     out.append(f"<title>{escape(node.name)}: {node.parameters:,} parameters, {node.trainable:,} trainable</title>")
-    out.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{box.width:.1f}" height="{box.height:.1f}" rx="4" '
-               f'fill="{fill}" stroke="#555"{dash}/>')
+    out.append(
+        f'<rect x="{x:.1f}" y="{y:.1f}" width="{box.width:.1f}" height="{box.height:.1f}" rx="4" '
+        f'fill="{fill}" stroke="#555"{dash}/>'
+    )
     if state == "frozen" or (state == "partly-frozen" and not box.inner):  # a frame's blocks show which part
-        out.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{box.width:.1f}" height="{box.height:.1f}" rx="4" '
-                   f'fill="url(#hatch)" stroke="none"/>')
+        out.append(
+            f'<rect x="{x:.1f}" y="{y:.1f}" width="{box.width:.1f}" height="{box.height:.1f}" rx="4" '
+            f'fill="url(#hatch)" stroke="none"/>'
+        )
     for line_index, line in enumerate(node.lines()):
         weight = ' font-weight="bold"' if line_index == 0 else ""
         out.append(f'<text x="{x + PAD:.1f}" y="{y + LINE * (line_index + 1) - 2:.1f}"{weight}>{escape(line)}</text>')
@@ -230,14 +256,17 @@ def _emit(box: _Box, x: float, y: float, out: list[str]) -> int:
         count += _emit(child, x + dx, y + dy, out)
         if box.vertical and previous is not None:
             middle = x + dx + min(child.width, previous[2]) / 2
-            out.append(f'<line x1="{middle:.1f}" y1="{previous[1]:.1f}" x2="{middle:.1f}" y2="{y + dy:.1f}" '
-                       'stroke="#555" marker-end="url(#arrow)"/>')
+            out.append(
+                f'<line x1="{middle:.1f}" y1="{previous[1]:.1f}" x2="{middle:.1f}" y2="{y + dy:.1f}" '
+                'stroke="#555" marker-end="url(#arrow)"/>'
+            )
         previous = (x + dx, y + dy + child.height, child.width)
     return count
 
 
-def draw(network, path: str | Path | None = None, *, depth: int = 2,
-         input_size: int | Sequence[int] | None = None) -> Diagram:
+def draw(
+    network, path: str | Path | None = None, *, depth: int = 2, input_size: int | Sequence[int] | None = None
+) -> Diagram:
     """Draw ``network`` (module docstring); write the SVG to ``path`` when given (atomic)."""
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
         raise HeadstartError(f"diagram: depth={depth!r}; expected a whole number of at least 1")
@@ -250,8 +279,10 @@ def draw(network, path: str | Path | None = None, *, depth: int = 2,
     laid = [_layout(item, vertical=True, available=available) for item in [source] + top + [output]]
     total = sum(p.numel() for p in network.parameters())
     trainable = sum(p.numel() for p in network.parameters() if p.requires_grad)
-    header = (f"include_top={network.include_top}, pooling={network.pooling}, {_count(total)} parameters, "
-              f"{_count(trainable)} trainable, BatchNorm policy {network.bn_policy}")
+    header = (
+        f"include_top={network.include_top}, pooling={network.pooling}, {_count(total)} parameters, "
+        f"{_count(trainable)} trainable, BatchNorm policy {network.bn_policy}"
+    )
     body: list[str] = []
     count = 0
     y = GAP + 3 * LINE
@@ -259,8 +290,10 @@ def draw(network, path: str | Path | None = None, *, depth: int = 2,
     for box in laid:
         if previous is not None:
             middle = GAP + min(box.width, previous[1]) / 2
-            body.append(f'<line x1="{middle:.1f}" y1="{previous[0]:.1f}" x2="{middle:.1f}" y2="{y:.1f}" '
-                        'stroke="#555" marker-end="url(#arrow)"/>')
+            body.append(
+                f'<line x1="{middle:.1f}" y1="{previous[0]:.1f}" x2="{middle:.1f}" y2="{y:.1f}" '
+                'stroke="#555" marker-end="url(#arrow)"/>'
+            )
         count += _emit(box, GAP, y, body)
         previous = (y + box.height, box.width)
         y += box.height + GAP
@@ -269,31 +302,45 @@ def draw(network, path: str | Path | None = None, *, depth: int = 2,
     height = int(legend_y + GAP)
     legend = []
     x = float(GAP)
-    for state, words in (("trainable", "trainable"), ("frozen", "frozen"), ("partly-frozen", "partly frozen"),
-                         ("no-parameters", "no parameters")):
-        hatch = ('<rect x="{x:.1f}" y="{y:.1f}" width="14" height="10" fill="url(#hatch)"/>'
-                 if state in ("frozen", "partly-frozen") else "")
-        legend.append(f'<rect x="{x:.1f}" y="{legend_y - 9:.1f}" width="14" height="10" fill="{COLOURS[state]}" '
-                      f'stroke="#555"/>' + hatch.format(x=x, y=legend_y - 9))
+    for state, words in (
+        ("trainable", "trainable"),
+        ("frozen", "frozen"),
+        ("partly-frozen", "partly frozen"),
+        ("no-parameters", "no parameters"),
+    ):
+        hatch = (
+            '<rect x="{x:.1f}" y="{y:.1f}" width="14" height="10" fill="url(#hatch)"/>'
+            if state in ("frozen", "partly-frozen")
+            else ""
+        )
+        legend.append(
+            f'<rect x="{x:.1f}" y="{legend_y - 9:.1f}" width="14" height="10" fill="{COLOURS[state]}" '
+            f'stroke="#555"/>' + hatch.format(x=x, y=legend_y - 9)
+        )
         legend.append(f'<text x="{x + 18:.1f}" y="{legend_y:.1f}">{escape(words)}</text>')
         x += 18 + len(words) * _CHAR + 16
     legend.append(f'<text x="{x:.1f}" y="{legend_y:.1f}" fill="#555">shapes per example: channels×height×width</text>')
-    svg = "\n".join([
-        '<?xml version="1.0" encoding="UTF-8"?>',
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif" font-size="{FONT}">',
-        f"<title>{escape(network.model_name)} architecture</title>",
-        "<defs>",
-        '<pattern id="hatch" patternUnits="userSpaceOnUse" width="6" height="6" patternTransform="rotate(45)">'
-        '<line x1="0" y1="0" x2="0" y2="6" stroke="#8a8a8a" stroke-width="1.5"/></pattern>',
-        '<marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="6" markerHeight="6" orient="auto">'
-        '<path d="M0,0 L10,5 L0,10 z" fill="#555"/></marker>',
-        "</defs>",
-        f'<rect width="{width}" height="{height}" fill="white"/>',
-        f'<text x="{GAP}" y="{GAP + LINE}" font-size="{FONT + 2}" font-weight="bold">{escape(network.model_name)}</text>',
-        f'<text x="{GAP}" y="{GAP + 2 * LINE + 2}">{escape(header)}</text>',
-        *body, *legend, "</svg>", "",
-    ])
+    svg = "\n".join(
+        [
+            '<?xml version="1.0" encoding="UTF-8"?>',
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif" font-size="{FONT}">',
+            f"<title>{escape(network.model_name)} architecture</title>",
+            "<defs>",
+            '<pattern id="hatch" patternUnits="userSpaceOnUse" width="6" height="6" patternTransform="rotate(45)">'
+            '<line x1="0" y1="0" x2="0" y2="6" stroke="#8a8a8a" stroke-width="1.5"/></pattern>',
+            '<marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="6" markerHeight="6" orient="auto">'
+            '<path d="M0,0 L10,5 L0,10 z" fill="#555"/></marker>',
+            "</defs>",
+            f'<rect width="{width}" height="{height}" fill="white"/>',
+            f'<text x="{GAP}" y="{GAP + LINE}" font-size="{FONT + 2}" font-weight="bold">{escape(network.model_name)}</text>',
+            f'<text x="{GAP}" y="{GAP + 2 * LINE + 2}">{escape(header)}</text>',
+            *body,
+            *legend,
+            "</svg>",
+            "",
+        ]
+    )
     diagram = Diagram(svg=svg, width=width, height=height, boxes=count, blocks=blocks)
     if path is not None:
         diagram.path = Path(path)

@@ -13,8 +13,9 @@ import json
 import os
 import platform
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from headstart.errors import HeadstartError
 
@@ -136,12 +137,16 @@ def hardware() -> dict[str, str | int]:
     processor = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as info:
-            processor = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")),
-                             processor)
+            processor = next(
+                (line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), processor
+            )
     except OSError:
         pass
-    machine: dict[str, str | int] = {"cpu": processor, "cpu_cores": os.cpu_count() or 1,
-                                     "torch_threads": torch.get_num_threads()}
+    machine: dict[str, str | int] = {
+        "cpu": processor,
+        "cpu_cores": os.cpu_count() or 1,
+        "torch_threads": torch.get_num_threads(),
+    }
     if torch.cuda.is_available():
         machine["gpu"] = torch.cuda.get_device_name(0)
         machine["gpu_count"] = torch.cuda.device_count()

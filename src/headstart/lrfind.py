@@ -102,10 +102,12 @@ class LRSweep(BaseModel):
     def describe(self) -> str:
         """One line: the suggestion and how it was found."""
         stop = f"; stopped after {len(self.losses)} steps, the loss diverging" if self.stopped_early else ""
-        return (f"stage '{self.stage}': suggested learning rate {self.suggestion:.3g} (fastai's {self.rule} rule) from "
-                f"{len(self.losses)} steps between {self.min_lr:.0e} and {self.max_lr:g}{stop}; "
-                f"{self.frozen_parameters} frozen parameter tensors, BatchNorm {self.bn_policy}"
-                f"{', cached features' if self.cached_features else ''}, batch {self.batch_size}; {self.seconds:.1f} s")
+        return (
+            f"stage '{self.stage}': suggested learning rate {self.suggestion:.3g} (fastai's {self.rule} rule) from "
+            f"{len(self.losses)} steps between {self.min_lr:.0e} and {self.max_lr:g}{stop}; "
+            f"{self.frozen_parameters} frozen parameter tensors, BatchNorm {self.bn_policy}"
+            f"{', cached features' if self.cached_features else ''}, batch {self.batch_size}; {self.seconds:.1f} s"
+        )
 
     def plot_png(self) -> bytes:
         """Loss against learning rate (log axis), the rule's window shaded, the suggestion marked."""
@@ -116,17 +118,36 @@ class LRSweep(BaseModel):
         FigureCanvasAgg(figure)
         axes = figure.add_subplot()
         if self.raw_losses:
-            axes.plot(self.learning_rates[: len(self.raw_losses)], self.raw_losses, color="#1f77b4", alpha=0.25,
-                      linewidth=0.8, label="training loss per step")
+            axes.plot(
+                self.learning_rates[: len(self.raw_losses)],
+                self.raw_losses,
+                color="#1f77b4",
+                alpha=0.25,
+                linewidth=0.8,
+                label="training loss per step",
+            )
         axes.plot(self.learning_rates, self.losses, color="#1f77b4", label="smoothed training loss")
         start, stop = self.window
         if stop > start:
-            axes.axvspan(self.learning_rates[start], self.learning_rates[stop - 1], color="#dddddd", alpha=0.6,
-                         label="read by the rule")
-        nearest = min(range(len(self.learning_rates)),
-                      key=lambda index: abs(math.log(self.learning_rates[index]) - math.log(self.suggestion)))
-        axes.plot([self.suggestion], [self.losses[nearest]], "o", color="#d62728", markersize=8,
-                  label=f"suggestion {self.suggestion:.3g} ({self.rule})")
+            axes.axvspan(
+                self.learning_rates[start],
+                self.learning_rates[stop - 1],
+                color="#dddddd",
+                alpha=0.6,
+                label="read by the rule",
+            )
+        nearest = min(
+            range(len(self.learning_rates)),
+            key=lambda index: abs(math.log(self.learning_rates[index]) - math.log(self.suggestion)),
+        )
+        axes.plot(
+            [self.suggestion],
+            [self.losses[nearest]],
+            "o",
+            color="#d62728",
+            markersize=8,
+            label=f"suggestion {self.suggestion:.3g} ({self.rule})",
+        )
         axes.set_xscale("log")
         axes.set_xlabel("learning rate")
         axes.set_ylabel("loss")
@@ -199,8 +220,10 @@ def suggest(learning_rates: list[float], losses: list[float], steps: int) -> tup
             stop = index
             break
     if stop - start < 3:
-        raise HeadstartError(f"the learning-rate sweep stopped after {len(losses)} of {steps} steps, too early to "
-                             f"suggest a rate (the loss diverged at {learning_rates[-1]:.2g}); lower max_lr or give "
-                             "the stage more training images")
+        raise HeadstartError(
+            f"the learning-rate sweep stopped after {len(losses)} of {steps} steps, too early to "
+            f"suggest a rate (the loss diverged at {learning_rates[-1]:.2g}); lower max_lr or give "
+            "the stage more training images"
+        )
     offset, _ = valley(losses[start:stop])
     return float(learning_rates[start + offset]), (start, stop)

@@ -24,8 +24,9 @@ stops the statistics from drifting; a fine-tuning stage usually wants both.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -146,8 +147,9 @@ class Network(nn.Module):
         check_batch(x, in_chans=self.in_chans, model_name=self.model_name, caller=caller)
 
     @torch.no_grad()
-    def predict(self, x, *, batch_size: int = 32, resize: ResizeMode = "crop",
-                float_scale: float = 1.0) -> torch.Tensor:
+    def predict(
+        self, x, *, batch_size: int = 32, resize: ResizeMode = "crop", float_scale: float = 1.0
+    ) -> torch.Tensor:
         """Probabilities ``[batch, outputs]``, computed in evaluation mode (mode restored).
 
         ``x`` is either a float tensor ``[B, C, H, W]`` already normalised (what
@@ -160,30 +162,41 @@ class Network(nn.Module):
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise HeadstartError(f"predict: batch_size={batch_size!r}; expected a positive whole number")
-        x = predict_batch(x, self.preprocessing, in_chans=self.in_chans, model_name=self.model_name, resize=resize,
-                          float_scale=float_scale)
+        x = predict_batch(
+            x,
+            self.preprocessing,
+            in_chans=self.in_chans,
+            model_name=self.model_name,
+            resize=resize,
+            float_scale=float_scale,
+        )
         parameter = next(self.parameters(), None)
         device = parameter.device if parameter is not None else x.device
         dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else x.dtype
         try:
             with evaluating(self):
-                outputs = [to_probabilities(self(chunk.to(device=device, dtype=dtype)), self.output_kind)
-                           for chunk in x.split(batch_size)]
+                outputs = [
+                    to_probabilities(self(chunk.to(device=device, dtype=dtype)), self.output_kind)
+                    for chunk in x.split(batch_size)
+                ]
         except (RuntimeError, AssertionError) as error:
             height, width = (int(size) for size in x.shape[-2:])
             made_for = tuple(int(size) for size in self.preprocessing.input_size[-2:])
             if (height, width) == made_for:
                 raise
-            raise HeadstartError(f"predict: images of {height}×{width} pixels do not fit {self.model_name} (made for "
-                                 f"{made_for[0]}×{made_for[1]}: {str(error).splitlines()[0] if str(error) else 'failed'}); "
-                                 "pass raw images to have them resized, or resize the tensor") from None
+            raise HeadstartError(
+                f"predict: images of {height}×{width} pixels do not fit {self.model_name} (made for "
+                f"{made_for[0]}×{made_for[1]}: {str(error).splitlines()[0] if str(error) else 'failed'}); "
+                "pass raw images to have them resized, or resize the tensor"
+            ) from None
         return torch.cat(outputs)
 
     def decode(self, logits: torch.Tensor, top: int = 5, *, style: DecodeStyle = "pairs") -> list[list[tuple]]:
         """The ``top`` classes of each row of ``logits``, best first: ``(label, probability)`` pairs,
         or Keras' ``(class id, name, probability)`` with ``style="keras"`` (see ``decode_predictions``)."""
-        return decode_predictions(to_probabilities(logits.detach(), self.output_kind), self.labels, top=top,
-                                  style=style)
+        return decode_predictions(
+            to_probabilities(logits.detach(), self.output_kind), self.labels, top=top, style=style
+        )
 
     def replace_head(self, head: nn.Module | HeadSpec | dict, labels: Sequence[str] | None = None) -> nn.Module:
         """Put ``head`` on top (a module, or a spec built on :attr:`head_in_features`) and return it.
@@ -203,16 +216,20 @@ class Network(nn.Module):
                 )
             head = build_head(head, self.head_in_features)
         if not isinstance(head, nn.Module):
-            raise HeadstartError(f"replace_head: head of type {type(head).__name__}: expected an nn.Module, a HeadSpec "
-                                 "or a mapping such as {'hidden': [256], 'outputs': 10}")
+            raise HeadstartError(
+                f"replace_head: head of type {type(head).__name__}: expected an nn.Module, a HeadSpec "
+                "or a mapping such as {'hidden': [256], 'outputs': 10}"
+            )
         if labels is not None:
             if isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence):
                 raise HeadstartError(f"replace_head: labels={labels!r}; expected a list of class names, one per output")
             labels = [str(label) for label in labels]
         spec = getattr(head, "spec", None)
         if labels is not None and isinstance(spec, HeadSpec) and not spec.fits_labels(labels):
-            raise HeadstartError(f"replace_head: {len(labels)} labels for a head of {spec.outputs} outputs, expected as "
-                                 "many (or one sigmoid output for two labels)")
+            raise HeadstartError(
+                f"replace_head: {len(labels)} labels for a head of {spec.outputs} outputs, expected as "
+                "many (or one sigmoid output for two labels)"
+            )
         if not isinstance(spec, HeadSpec) and (self.include_top or self.pooling != "none"):
             self._try_head(head, labels)
         return self._install_head(head, labels)
@@ -220,8 +237,12 @@ class Network(nn.Module):
     def _try_head(self, head: nn.Module, labels: list[str] | None) -> None:
         """Run a custom ``head`` once on zeros ``[2, head_in_features]``; refuse it if that fails."""
         parameter = next(head.parameters(), None)
-        probe = torch.zeros(2, self.head_in_features, device=parameter.device if parameter is not None else "cpu",
-                            dtype=parameter.dtype if parameter is not None and parameter.is_floating_point() else None)
+        probe = torch.zeros(
+            2,
+            self.head_in_features,
+            device=parameter.device if parameter is not None else "cpu",
+            dtype=parameter.dtype if parameter is not None and parameter.is_floating_point() else None,
+        )
         try:
             with evaluating(head):
                 outputs = head(probe)
@@ -233,12 +254,16 @@ class Network(nn.Module):
             ) from None
         if not isinstance(outputs, torch.Tensor) or outputs.ndim != 2:
             shape = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
-            raise HeadstartError(f"replace_head: the head returns {shape} for [2, {self.head_in_features}] features; "
-                                 "expected logits [batch, outputs]")
+            raise HeadstartError(
+                f"replace_head: the head returns {shape} for [2, {self.head_in_features}] features; "
+                "expected logits [batch, outputs]"
+            )
         count = outputs.shape[1]
         if labels is not None and not outputs_fit_labels(count, labels):
-            raise HeadstartError(f"replace_head: {len(labels)} labels for a head of {count} outputs, expected as many "
-                                 "(or one sigmoid output for two labels)")
+            raise HeadstartError(
+                f"replace_head: {len(labels)} labels for a head of {count} outputs, expected as many "
+                "(or one sigmoid output for two labels)"
+            )
 
     def _install_head(self, head: nn.Module, labels: list[str] | None) -> nn.Module:
         self.head = head
@@ -263,8 +288,12 @@ class Network(nn.Module):
             kind = "task"
         else:
             kind = "none"
-        return {"kind": kind, "labels": self.labels, "spec": spec.model_dump() if isinstance(spec, HeadSpec) else None,
-                "pretext": self.pretext}
+        return {
+            "kind": kind,
+            "labels": self.labels,
+            "spec": spec.model_dump() if isinstance(spec, HeadSpec) else None,
+            "pretext": self.pretext,
+        }
 
     # ------------------------------------------------------------------ input pipeline
     def set_training_size(self, image_size: int) -> None:
@@ -275,10 +304,15 @@ class Network(nn.Module):
         on :attr:`preprocessing` describes that pipeline, so prediction prepares images as
         training did.
         """
-        self.preprocessing = replace(self.preprocessing, input_size=(self.in_chans, int(image_size), int(image_size)),
-                                     interpolation="bilinear", crop_pct=1.0, crop_mode="squash")
+        self.preprocessing = replace(
+            self.preprocessing,
+            input_size=(self.in_chans, int(image_size), int(image_size)),
+            interpolation="bilinear",
+            crop_pct=1.0,
+            crop_mode="squash",
+        )
 
-    def encoder(self, image_size: int | None = None) -> "NetworkEncoder":
+    def encoder(self, image_size: int | None = None) -> NetworkEncoder:
         """This network's backbone as pretext tasks and whole-set passes see it (0..1 images in)."""
         return NetworkEncoder(self, image_size)
 
@@ -386,7 +420,7 @@ class Network(nn.Module):
         """Module names of the BatchNorm layers kept in evaluation mode."""
         return list(self._frozen_batchnorm)
 
-    def train(self, mode: bool = True) -> "Network":
+    def train(self, mode: bool = True) -> Network:
         """Set training mode, then put the BatchNorm layers the ``frozen`` policy names back in eval."""
         super().train(mode)
         if self._bn_policy == "frozen":

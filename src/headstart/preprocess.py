@@ -18,17 +18,18 @@ triples (listing 2-5). ``docs/keras.md`` maps each of the chapter's calls.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, Sequence, Union
+from typing import Any, Literal, Union
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
-from headstart.data.images import to_rgb, read_image
+from headstart.data.images import read_image, to_rgb
 from headstart.errors import HeadstartError
 from headstart.imageops import RESIZE_MODES, ResizeMode
 
@@ -68,7 +69,7 @@ class Preprocessing:
     """Per-channel standard deviation the centred values are divided by."""
 
     @classmethod
-    def from_model(cls, model: nn.Module, in_chans: int | None = None) -> "Preprocessing":
+    def from_model(cls, model: nn.Module, in_chans: int | None = None) -> Preprocessing:
         """Read the pipeline from a timm model's pretrained config (``resolve_model_data_config``).
 
         ``in_chans`` (default: the model's) adapts ``input_size``, ``mean`` and ``std`` to a first
@@ -89,7 +90,7 @@ class Preprocessing:
         )
 
     @classmethod
-    def from_dict(cls, values: dict) -> "Preprocessing":
+    def from_dict(cls, values: dict) -> Preprocessing:
         """Inverse of :meth:`to_dict` (checkpoint metadata is JSON, so tuples arrive as lists)."""
         try:
             return cls(
@@ -145,8 +146,11 @@ def _check_pixels(array: np.ndarray, where: str, float_scale: float) -> np.ndarr
         low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
         margin = _FLOAT_TOLERANCE * float_scale
         if low < -margin or high > float_scale + margin:
-            hint = ("; for Keras-style 0..255 floats pass float_scale=255" if float_scale == 1.0 and high <= 255 + margin
-                    else "")
+            hint = (
+                "; for Keras-style 0..255 floats pass float_scale=255"
+                if float_scale == 1.0 and high <= 255 + margin
+                else ""
+            )
             raise HeadstartError(
                 f"preprocess_input: {where} has float values from {low:.4g} to {high:.4g}; expected 0..{float_scale:g} "
                 f"(float_scale={float_scale:g}){hint}"
@@ -185,7 +189,9 @@ def _as_pil(image: ImageInput, grey: bool, where: str = "image", float_scale: fl
     if isinstance(image, np.ndarray):
         _check_shape(tuple(image.shape), where)
         if min(image.shape[:2]) < 1:
-            raise HeadstartError(f"preprocess_input: {where} has shape {tuple(image.shape)}; expected at least 1×1 pixels")
+            raise HeadstartError(
+                f"preprocess_input: {where} has shape {tuple(image.shape)}; expected at least 1×1 pixels"
+            )
         array = _check_pixels(image, where, float_scale)
         if array.ndim == 3 and array.shape[2] == 1:
             array = array[:, :, 0]
@@ -210,8 +216,11 @@ def _image_list(images: Any) -> list[tuple[str, ImageInput]]:
     if isinstance(images, np.ndarray):
         if images.ndim == 4:
             if images.shape[-1] not in _CHANNEL_COUNTS:
-                hint = (" (this looks channels-first: pass array.transpose(0, 2, 3, 1))"
-                        if images.shape[1] in (1, 3) else "")
+                hint = (
+                    " (this looks channels-first: pass array.transpose(0, 2, 3, 1))"
+                    if images.shape[1] in (1, 3)
+                    else ""
+                )
                 raise HeadstartError(
                     f"preprocess_input: images is a batch of shape {tuple(images.shape)}; expected (batch, height, "
                     f"width, 1, 3 or 4 channels), Keras' layout{hint}"
@@ -233,8 +242,9 @@ def _image_list(images: Any) -> list[tuple[str, ImageInput]]:
     items: list[tuple[str, ImageInput]] = []
     for index, image in enumerate(images):
         if isinstance(image, np.ndarray) and image.ndim == 4:  # a batch inside a list: its images in order
-            items.extend((f"images[{index}][{inner}]", name_image[1])
-                         for inner, name_image in enumerate(_image_list(image)))
+            items.extend(
+                (f"images[{index}][{inner}]", name_image[1]) for inner, name_image in enumerate(_image_list(image))
+            )
         else:
             items.append((f"images[{index}]", image))
     return items
@@ -251,8 +261,9 @@ def _preprocessing_of(preprocessing: Any) -> Preprocessing:
     return found
 
 
-def preprocess_input(images: Any, preprocessing: Any, *, resize: ResizeMode = "crop",
-                     float_scale: float = 1.0) -> torch.Tensor:
+def preprocess_input(
+    images: Any, preprocessing: Any, *, resize: ResizeMode = "crop", float_scale: float = 1.0
+) -> torch.Tensor:
     """Prepare ``images`` for a network: a float tensor ``[B, C, H, W]``, normalised.
 
     ``images`` is one image or a list of them, or a numpy batch ``(batch, height, width,
@@ -287,8 +298,12 @@ def preprocess_input(images: Any, preprocessing: Any, *, resize: ResizeMode = "c
     if resize == "stretch":
         preprocessing = replace(preprocessing, crop_pct=1.0, crop_mode="squash")
     transform = preprocessing.transform()
-    return torch.stack([transform(_as_pil(image, grey=channels == 1, where=where, float_scale=float(float_scale)))
-                        for where, image in items])
+    return torch.stack(
+        [
+            transform(_as_pil(image, grey=channels == 1, where=where, float_scale=float(float_scale)))
+            for where, image in items
+        ]
+    )
 
 
 def check_batch(x: torch.Tensor, *, in_chans: int, model_name: str, caller: str = "predict") -> None:
@@ -296,26 +311,45 @@ def check_batch(x: torch.Tensor, *, in_chans: int, model_name: str, caller: str 
     what to do in Keras' terms (one image → ``np.array([im])``, channels-last → permute)."""
     name = f"{caller}: x of shape {tuple(x.shape)}"
     if x.ndim == 3 and x.shape[0] == in_chans:
-        raise HeadstartError(f"{name} is one image; expected a batch [batch, {in_chans}, height, width]: "
-                             "pass x.unsqueeze(0), as Keras wants np.array([im])")
+        raise HeadstartError(
+            f"{name} is one image; expected a batch [batch, {in_chans}, height, width]: "
+            "pass x.unsqueeze(0), as Keras wants np.array([im])"
+        )
     if x.ndim != 4:
-        raise HeadstartError(f"{name}: expected a batch [batch, {in_chans}, height, width] of normalised "
-                             "floats, or raw images as a numpy batch (batch, height, width, channels)")
+        raise HeadstartError(
+            f"{name}: expected a batch [batch, {in_chans}, height, width] of normalised "
+            "floats, or raw images as a numpy batch (batch, height, width, channels)"
+        )
     if not x.is_floating_point():
-        raise HeadstartError(f"{name} has dtype {x.dtype}; a tensor must hold normalised floats. Pass raw "
-                             "uint8 pixels as a numpy array (batch, height, width, channels) and they are "
-                             "preprocessed first")
+        raise HeadstartError(
+            f"{name} has dtype {x.dtype}; a tensor must hold normalised floats. Pass raw "
+            "uint8 pixels as a numpy array (batch, height, width, channels) and they are "
+            "preprocessed first"
+        )
     if x.shape[1] != in_chans:
-        hint = ("; it looks channels-last [batch, height, width, channels]: pass x.permute(0, 3, 1, 2), or the "
-                "raw pixels as a numpy array" if x.shape[-1] == in_chans else "")
-        raise HeadstartError(f"{name} has {x.shape[1]} channels; {model_name} reads {in_chans} "
-                             f"(in_chans={in_chans}){hint}")
+        hint = (
+            "; it looks channels-last [batch, height, width, channels]: pass x.permute(0, 3, 1, 2), or the "
+            "raw pixels as a numpy array"
+            if x.shape[-1] == in_chans
+            else ""
+        )
+        raise HeadstartError(
+            f"{name} has {x.shape[1]} channels; {model_name} reads {in_chans} (in_chans={in_chans}){hint}"
+        )
     if x.shape[0] == 0:
         raise HeadstartError(f"{name} holds no images; expected at least one")
 
 
-def predict_batch(x: Any, preprocessing: Preprocessing, *, in_chans: int, model_name: str, resize: ResizeMode = "crop",
-                  float_scale: float = 1.0, caller: str = "predict") -> torch.Tensor:
+def predict_batch(
+    x: Any,
+    preprocessing: Preprocessing,
+    *,
+    in_chans: int,
+    model_name: str,
+    resize: ResizeMode = "crop",
+    float_scale: float = 1.0,
+    caller: str = "predict",
+) -> torch.Tensor:
     """What Keras' ``model.predict`` accepts, as a checked network batch: a normalised float tensor
     ``[B, C, H, W]`` is checked as it is; raw images (a numpy batch ``(batch, height, width,
     channels)``, one image, a list of paths, PIL images or arrays) are preprocessed first
@@ -391,8 +425,12 @@ def decode_predictions(
     if style not in DECODE_STYLES:
         raise HeadstartError(f"decode_predictions: style={style!r}; expected 'pairs' or 'keras'")
     try:
-        probabilities = torch.as_tensor(np.asarray(probabilities) if isinstance(probabilities, (list, tuple))
-                                        else probabilities).detach().float().cpu()
+        probabilities = (
+            torch.as_tensor(np.asarray(probabilities) if isinstance(probabilities, (list, tuple)) else probabilities)
+            .detach()
+            .float()
+            .cpu()
+        )
     except (TypeError, ValueError, RuntimeError):
         raise HeadstartError(
             f"decode_predictions: probabilities of type {type(probabilities).__name__}; expected a tensor or numpy "
@@ -401,9 +439,7 @@ def decode_predictions(
     if probabilities.ndim == 1:
         probabilities = probabilities.unsqueeze(0)
     if probabilities.ndim != 2:
-        raise HeadstartError(
-            f"decode_predictions: got shape {tuple(probabilities.shape)}, expected [batch, classes]"
-        )
+        raise HeadstartError(f"decode_predictions: got shape {tuple(probabilities.shape)}, expected [batch, classes]")
     classes = probabilities.shape[1]
     if isinstance(labels, str):
         raise HeadstartError(f"decode_predictions: labels={labels!r} is one string; expected a list of class names")

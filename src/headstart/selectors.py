@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import nn
 
@@ -58,8 +58,9 @@ def backbone_groups(network, coarse: bool) -> tuple[list[str], list[list[str]]]:
     if isinstance(matcher, dict) and matcher.get("stem"):
         stem_spec = matcher["stem"]
         patterns = [stem_spec] if isinstance(stem_spec, str) else [entry[0] for entry in stem_spec]
-        stem_layers = {layer_of[name] for name in names
-                       if any(re.match(pattern, name[len("backbone."):]) for pattern in patterns)}
+        stem_layers = {
+            layer_of[name] for name in names if any(re.match(pattern, name[len("backbone.") :]) for pattern in patterns)
+        }
     else:
         stem_layers = {0}
     stem = [name for name in names if layer_of[name] in stem_layers and name not in classifier]
@@ -148,8 +149,9 @@ def select(network, selectors: Sequence) -> list[str]:
     A selector that chooses nothing is an error (usually a typo in a regular expression). A list
     of selectors counts as its items (``freeze(["stem", "blocks[:2]"])``, as a run file writes them).
     """
-    flat = tuple(item for selector in selectors
-                 for item in (selector if isinstance(selector, (list, tuple)) else (selector,)))
+    flat = tuple(
+        item for selector in selectors for item in (selector if isinstance(selector, (list, tuple)) else (selector,))
+    )
     if not flat:
         raise HeadstartError("no selector given: expected e.g. 'backbone', 'stem', 'blocks[:3]', 'head'")
     chosen: set[str] = set()

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import lightning.pytorch as pl
 
@@ -43,8 +44,16 @@ from headstart.network import Network
 from headstart.stage import Interrupted, evaluate_split, fit_stage, lr_find
 from headstart.zoo import load
 
-__all__ = ["PreparedRun", "RunRecord", "RunResult", "find_learning_rate", "initial_network", "prepare_run", "run",
-           "stage_folder"]
+__all__ = [
+    "PreparedRun",
+    "RunRecord",
+    "RunResult",
+    "find_learning_rate",
+    "initial_network",
+    "prepare_run",
+    "run",
+    "stage_folder",
+]
 
 
 @dataclass
@@ -76,8 +85,14 @@ def initial_network(spec: RunSpec) -> Network:
     """The network a run starts from: its model with the run's seed (random layers are the same at
     every call with the same seed, so probes of the start see what the first stage saw)."""
     pl.seed_everything(spec.seed, verbose=False)
-    return load(spec.model.name, weights=spec.model.weights, include_top=spec.model.include_top,
-                num_classes=spec.model.classes, pooling=spec.model.pooling, in_chans=spec.model.in_chans)
+    return load(
+        spec.model.name,
+        weights=spec.model.weights,
+        include_top=spec.model.include_top,
+        num_classes=spec.model.classes,
+        pooling=spec.model.pooling,
+        in_chans=spec.model.in_chans,
+    )
 
 
 def prepare_run(spec: RunSpec, *, progress: bool | None = None, data: TaskData | None = None) -> PreparedRun:
@@ -91,8 +106,15 @@ def prepare_run(spec: RunSpec, *, progress: bool | None = None, data: TaskData |
     return PreparedRun(spec, network, image_size, data, TrainerOptions.from_run(spec, progress))
 
 
-def run(spec: RunSpec, *, resume: bool = False, progress: bool | None = None, overwrite: bool = False,
-        on_stage_end: Callable[[StageRecord], None] | None = None, callbacks: Sequence[Any] = ()) -> RunResult:
+def run(
+    spec: RunSpec,
+    *,
+    resume: bool = False,
+    progress: bool | None = None,
+    overwrite: bool = False,
+    on_stage_end: Callable[[StageRecord], None] | None = None,
+    callbacks: Sequence[Any] = (),
+) -> RunResult:
     """Run every stage of ``spec`` in order (see the module docstring); returns a :class:`RunResult`.
 
     ``callbacks``: extra Lightning callbacks given to every stage (see :func:`~headstart.stage.fit_stage`).
@@ -104,8 +126,13 @@ def run(spec: RunSpec, *, resume: bool = False, progress: bool | None = None, ov
     _prepare_folder(spec, root, resume, overwrite)
     prepared = prepare_run(spec, progress=progress)
     network, data = prepared.network, prepared.data
-    status = RunRecord(name=spec.name, config_hash=spec.config_hash(), config=spec.model_dump(mode="json"),
-                       versions=versions(), hardware=hardware())
+    status = RunRecord(
+        name=spec.name,
+        config_hash=spec.config_hash(),
+        config=spec.model_dump(mode="json"),
+        versions=versions(),
+        hardware=hardware(),
+    )
     _write(status, root)
     records: list[StageRecord] = []
     resumed: list[str] = []
@@ -113,10 +140,21 @@ def run(spec: RunSpec, *, resume: bool = False, progress: bool | None = None, ov
         folder = stage_folder(root, index, stage.name)
         finished_before = resume and is_finished_stage(folder)
         try:
-            record = fit_stage(network, stage, data, folder=folder, index=index, seed=spec.seed,
-                               image_size=prepared.image_size, options=prepared.options, resume=resume,
-                               run_name=spec.name, config_hash=status.config_hash, model=spec.model,
-                               callbacks=callbacks)
+            record = fit_stage(
+                network,
+                stage,
+                data,
+                folder=folder,
+                index=index,
+                seed=spec.seed,
+                image_size=prepared.image_size,
+                options=prepared.options,
+                resume=resume,
+                run_name=spec.name,
+                config_hash=status.config_hash,
+                model=spec.model,
+                callbacks=callbacks,
+            )
         except Interrupted as interruption:
             status.status = "interrupted"
             _write(status, root)
@@ -133,17 +171,33 @@ def run(spec: RunSpec, *, resume: bool = False, progress: bool | None = None, ov
     last = spec.stages[-1]
     test = None
     if records[-1].head.kind == "task" and last.data != "general" and len(data.split("test")):
-        test = evaluate_split(network, data, "test", image_size=prepared.image_size, loss=last.loss,
-                              options=prepared.options, confusion=True)
+        test = evaluate_split(
+            network,
+            data,
+            "test",
+            image_size=prepared.image_size,
+            loss=last.loss,
+            options=prepared.options,
+            confusion=True,
+        )
         status.test_confusion, status.labels = test.pop("confusion"), list(data.class_names)
     status.status, status.test, status.seconds = "finished", test, time.perf_counter() - started
     _write(status, root)
     return RunResult(spec, root, records, test, status.seconds, network, tuple(resumed))
 
 
-def find_learning_rate(spec: RunSpec, stage_name: str, *, run_earlier: bool = False, progress: bool = False,
-                       min_lr: float = MIN_LR, max_lr: float = MAX_LR, steps: int = STEPS,
-                       divergence: float | None = DIVERGENCE, source: str = "run file") -> LRSweep:
+def find_learning_rate(
+    spec: RunSpec,
+    stage_name: str,
+    *,
+    run_earlier: bool = False,
+    progress: bool = False,
+    min_lr: float = MIN_LR,
+    max_lr: float = MAX_LR,
+    steps: int = STEPS,
+    divergence: float | None = DIVERGENCE,
+    source: str = "run file",
+) -> LRSweep:
     """Sweep the learning rate of stage ``stage_name`` of the run ``spec`` (``headstart lr-find``).
 
     The stage starts from what the earlier stages hand over. Finished earlier stages in the run's
@@ -160,15 +214,19 @@ def find_learning_rate(spec: RunSpec, stage_name: str, *, run_earlier: bool = Fa
     if index and is_run(root):
         recorded = parse_run(RunRecord.read(root).config, str(root))
         if recorded.prefix_key(index) != spec.prefix_key(index):
-            raise HeadstartError(f"{root}: its stages were trained with a different configuration than {source} "
-                                 f"up to stage '{stage_name}'; their weights are not this run's")
+            raise HeadstartError(
+                f"{root}: its stages were trained with a different configuration than {source} "
+                f"up to stage '{stage_name}'; their weights are not this run's"
+            )
         while finished < index and is_finished_stage(stage_folder(root, finished, names[finished])):
             finished += 1
     missing = names[finished:index]
     if missing and not run_earlier:
-        raise HeadstartError(f"stage '{stage_name}' starts from the weights of the earlier stage(s) "
-                             f"{', '.join(missing)}, not finished in {root}; run them first (headstart run) or pass "
-                             "--run-earlier (run_earlier=True) to train them in a temporary folder")
+        raise HeadstartError(
+            f"stage '{stage_name}' starts from the weights of the earlier stage(s) "
+            f"{', '.join(missing)}, not finished in {root}; run them first (headstart run) or pass "
+            "--run-earlier (run_earlier=True) to train them in a temporary folder"
+        )
     quiet_lightning()
     prepared = prepare_run(spec, progress=progress)
     # one process: batch_size is the global batch, so one device sees the batches the run's processes share
@@ -177,10 +235,28 @@ def find_learning_rate(spec: RunSpec, stage_name: str, *, run_earlier: bool = Fa
     for position, stage in enumerate(spec.stages[:index]):
         # finished stages are read back, as --resume does; the others train in a temporary folder
         folder = stage_folder(root, position, stage.name) if position < finished else None
-        fit_stage(prepared.network, stage, prepared.data, folder=folder, index=position, resume=folder is not None,
-                  run_name=spec.name, model=spec.model, **common)
-    return lr_find(prepared.network, spec.stages[index], prepared.data, index=index, min_lr=min_lr, max_lr=max_lr,
-                   steps=steps, divergence=divergence, **common)
+        fit_stage(
+            prepared.network,
+            stage,
+            prepared.data,
+            folder=folder,
+            index=position,
+            resume=folder is not None,
+            run_name=spec.name,
+            model=spec.model,
+            **common,
+        )
+    return lr_find(
+        prepared.network,
+        spec.stages[index],
+        prepared.data,
+        index=index,
+        min_lr=min_lr,
+        max_lr=max_lr,
+        steps=steps,
+        divergence=divergence,
+        **common,
+    )
 
 
 def _write(record: RunRecord, root: Path) -> None:
@@ -191,8 +267,10 @@ def _write(record: RunRecord, root: Path) -> None:
 def _check_loggers(spec: RunSpec) -> None:
     """Fail before anything is written when a chosen logger's package is missing."""
     if "tensorboard" in spec.loggers and find_spec("tensorboard") is None and find_spec("tensorboardX") is None:
-        raise HeadstartError("loggers: tensorboard needs the tensorboardX package; "
-                             "pip install 'headstart[tensorboard]' or remove it from loggers")
+        raise HeadstartError(
+            "loggers: tensorboard needs the tensorboardX package; "
+            "pip install 'headstart[tensorboard]' or remove it from loggers"
+        )
     if "mlflow" in spec.loggers:
         require_mlflow()
 
@@ -200,12 +278,16 @@ def _check_loggers(spec: RunSpec) -> None:
 def _prepare_folder(spec: RunSpec, root: Path, resume: bool, overwrite: bool) -> None:
     if is_rank_zero() and is_run(root) and not resume:
         if not overwrite:
-            raise HeadstartError(f"{root}: a run is already there; pass --resume to continue it or choose another output")
+            raise HeadstartError(
+                f"{root}: a run is already there; pass --resume to continue it or choose another output"
+            )
         shutil.rmtree(root)
     if resume and is_run(root):
         previous = RunRecord.read(root)
         if previous.config_hash != spec.config_hash():
-            raise HeadstartError(f"{root / RUN_FILE}: written by a different configuration (hash "
-                                 f"{previous.config_hash}, this one {spec.config_hash()}); resume needs the same run file")
+            raise HeadstartError(
+                f"{root / RUN_FILE}: written by a different configuration (hash "
+                f"{previous.config_hash}, this one {spec.config_hash()}); resume needs the same run file"
+            )
     if is_rank_zero():
         root.mkdir(parents=True, exist_ok=True)

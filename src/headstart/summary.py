@@ -11,7 +11,8 @@ children are walked.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,14 +46,16 @@ def layer_rows(network: nn.Module, depth: int) -> list[tuple[str, nn.Module]]:
     return rows
 
 
-def output_shapes(network: nn.Module, modules: dict[str, nn.Module], input_size: Sequence[int],
-                  caller: str = "summary") -> tuple[dict[str, Any], Any]:
+def output_shapes(
+    network: nn.Module, modules: dict[str, nn.Module], input_size: Sequence[int], caller: str = "summary"
+) -> tuple[dict[str, Any], Any]:
     """Run one zero batch of ``input_size`` (``(C, H, W)``) through ``network`` in evaluation mode
     and return each named module's first output and the network's output (shapes read from them).
     An input the network cannot read is a :class:`HeadstartError` naming ``caller``."""
     outputs: dict[str, Any] = {}
     hooks = []
     for name, module in modules.items():
+
         def record(_module, _inputs, output, name=name):
             outputs.setdefault(name, output)
 
@@ -62,9 +65,11 @@ def output_shapes(network: nn.Module, modules: dict[str, nn.Module], input_size:
         with evaluating(network):
             final = network(torch.zeros((1, *input_size), device=parameter.device, dtype=parameter.dtype))
     except (RuntimeError, ValueError) as error:
-        raise HeadstartError(f"{caller}: a {tuple(input_size)} input does not run through "
-                             f"{getattr(network, 'model_name', type(network).__name__)}: "
-                             f"{str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+        raise HeadstartError(
+            f"{caller}: a {tuple(input_size)} input does not run through "
+            f"{getattr(network, 'model_name', type(network).__name__)}: "
+            f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
+        ) from None
     finally:
         for hook in hooks:
             hook.remove()
@@ -121,9 +126,14 @@ def summary(network, input_size: int | Sequence[int] | None = None, depth: int =
     total = sum(parameter.numel() for parameter in network.parameters())
     trainable_total = sum(parameter.numel() for parameter in network.parameters() if parameter.requires_grad)
     rule = "=" * len(line(table[0]))
-    header = (f'Network "{network.model_name}": include_top={network.include_top}, pooling={network.pooling}, '
-              f"input {size}, BatchNorm policy {network.bn_policy}")
+    header = (
+        f'Network "{network.model_name}": include_top={network.include_top}, pooling={network.pooling}, '
+        f"input {size}, BatchNorm policy {network.bn_policy}"
+    )
     body = [header, rule, line(table[0]), rule] + [line(row) for row in table[1:]] + [rule]
-    body += [f"Total params: {total:,}", f"Trainable params: {trainable_total:,}",
-             f"Non-trainable params: {total - trainable_total:,}"]
+    body += [
+        f"Total params: {total:,}",
+        f"Trainable params: {trainable_total:,}",
+        f"Non-trainable params: {total - trainable_total:,}",
+    ]
     return "\n".join(body)

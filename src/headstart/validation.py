@@ -28,7 +28,9 @@ def location(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
-        elif part in ("function-after", "function-before") or str(part).startswith(("function-", "literal[", "constrained-")):
+        elif part in ("function-after", "function-before") or str(part).startswith(
+            ("function-", "literal[", "constrained-")
+        ):
             continue
         else:
             text += f".{part}" if text else str(part)

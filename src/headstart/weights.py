@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Literal
 
 import torch
 from torch import nn
@@ -224,9 +225,7 @@ def load_into(
             report.adapted.append(conv_key)
 
     missing = [
-        key
-        for key in target
-        if key not in incoming and not ignored(key) and not key.endswith("num_batches_tracked")
+        key for key in target if key not in incoming and not ignored(key) and not key.endswith("num_batches_tracked")
     ]
     unexpected = [key for key in incoming if key not in target]
     mismatched = [
@@ -275,13 +274,17 @@ def hub_state_dict(timm_name: str, alias: str | None = None) -> dict[str, torch.
         "(command line: --weights path/to/file.safetensors)"
     )
     if _offline() and not config.hf_hub_id:
-        raise HeadstartError(f"{shown}: ImageNet weights of {timm_name} need a download and HF_HUB_OFFLINE is set; {advice}")
+        raise HeadstartError(
+            f"{shown}: ImageNet weights of {timm_name} need a download and HF_HUB_OFFLINE is set; {advice}"
+        )
     try:
         return timm.create_model(timm_name, pretrained=True).state_dict()
     except Exception as exc:  # timm surfaces network and cache failures as many exception types
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         state = "offline (HF_HUB_OFFLINE is set)" if _offline() else "the download failed"
-        raise HeadstartError(f"{shown}: could not get ImageNet weights of {timm_name}, {state}: {reason}; {advice}") from None
+        raise HeadstartError(
+            f"{shown}: could not get ImageNet weights of {timm_name}, {state}: {reason}; {advice}"
+        ) from None
 
 
 def torchvision_state_dict(weights_enum, alias: str) -> dict[str, torch.Tensor]:
@@ -296,7 +299,9 @@ def torchvision_state_dict(weights_enum, alias: str) -> dict[str, torch.Tensor]:
     if cached.exists():
         return read_state_dict(cached)
     if _offline():
-        raise HeadstartError(f"{alias}: ImageNet weights are not in {cached.parent} and HF_HUB_OFFLINE is set; {advice}")
+        raise HeadstartError(
+            f"{alias}: ImageNet weights are not in {cached.parent} and HF_HUB_OFFLINE is set; {advice}"
+        )
     try:
         torch.hub.download_url_to_file(url, str(cached), progress=False)
     except Exception as exc:  # urllib raises many types for an unreachable network

@@ -71,7 +71,10 @@ ALIASES: dict[str, tuple[str, str]] = {
     "DenseNet121": ("densenet121.tv_in1k", "torchvision's ImageNet-1k weights, timm hub"),
     "DenseNet169": ("densenet169.tv_in1k", "torchvision's ImageNet-1k weights, timm hub"),
     "DenseNet201": ("densenet201.tv_in1k", "torchvision's ImageNet-1k weights, timm hub"),
-    "MobileNet": ("mobilenetv1_100.ra4_e3600_r224_in1k", "MobileNet V1 width 1.0, timm's ImageNet-1k training, timm hub"),
+    "MobileNet": (
+        "mobilenetv1_100.ra4_e3600_r224_in1k",
+        "MobileNet V1 width 1.0, timm's ImageNet-1k training, timm hub",
+    ),
     "MobileNetV2": ("mobilenetv2_100.ra_in1k", "timm's ImageNet-1k training, timm hub"),
     "MobileNetV3Small": ("mobilenetv3_small_100.lamb_in1k", "timm's ImageNet-1k training, timm hub"),
     "MobileNetV3Large": ("mobilenetv3_large_100.ra_in1k", "timm's ImageNet-1k training, timm hub"),
@@ -218,8 +221,9 @@ class ZooEntry:
     def create(self, num_classes: int, in_chans: int = 3) -> nn.Module:
         """A randomly initialised model; ``num_classes=0`` drops the classifier and global pooling."""
         if self.provider == "torchvision":
-            return SqueezeNet(num_classes=num_classes, in_chans=in_chans,
-                              version=self.architecture.removeprefix("squeezenet"))
+            return SqueezeNet(
+                num_classes=num_classes, in_chans=in_chans, version=self.architecture.removeprefix("squeezenet")
+            )
         import timm
 
         extra = {"global_pool": ""} if num_classes == 0 else {}
@@ -372,7 +376,7 @@ _KERAS_ONLY_ARGUMENTS = {
     "input_shape": "a headstart network takes any input size when called; give the channel count as in_chans=",
     "input_tensor": "there are no symbolic tensors: call the network on a batch, network(x) or network.predict(x)",
     "classifier_activation": "network.predict applies the head's activation (softmax for the classifier); "
-                             "network(x) returns logits",
+    "network(x) returns logits",
 }
 """Keras application arguments without a counterpart here, and what to do instead."""
 
@@ -382,31 +386,39 @@ def _check_load_arguments(unexpected: dict, weights, include_top, in_chans, num_
     if unexpected:
         key = next(iter(unexpected))
         if key in _KERAS_ONLY_ARGUMENTS:
-            raise HeadstartError(f"load: {key} is a Keras argument headstart does not take; {_KERAS_ONLY_ARGUMENTS[key]}")
+            raise HeadstartError(
+                f"load: {key} is a Keras argument headstart does not take; {_KERAS_ONLY_ARGUMENTS[key]}"
+            )
         known = ["weights", "include_top", "pooling", "head", "num_classes", "classes", "in_chans", "stem_adaptation"]
         close = difflib.get_close_matches(key, known, n=1)
         hint = f"; did you mean {close[0]}?" if close else f"; expected one of {', '.join(known)}"
         raise HeadstartError(f"load: unknown argument {key}={unexpected[key]!r}{hint}")
     if not isinstance(include_top, bool):
-        raise HeadstartError(f"load: include_top={include_top!r}; expected True (the full classifier) or False "
-                             "(the feature extractor)")
+        raise HeadstartError(
+            f"load: include_top={include_top!r}; expected True (the full classifier) or False (the feature extractor)"
+        )
     if weights is not None and not isinstance(weights, (str, os.PathLike)):
-        raise HeadstartError(f"load: weights of type {type(weights).__name__}; expected 'imagenet', None, or the path "
-                             "of a .safetensors / .pth file")
+        raise HeadstartError(
+            f"load: weights of type {type(weights).__name__}; expected 'imagenet', None, or the path "
+            "of a .safetensors / .pth file"
+        )
     if isinstance(weights, str) and weights.lower() not in ("imagenet", "none") and not Path(weights).exists():
         if not Path(weights).suffix and os.sep not in weights:
             close = difflib.get_close_matches(weights.lower(), ["imagenet", "none"], n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise HeadstartError(f"load: weights={weights!r}; expected 'imagenet', None, or the path of a weights "
-                                 f"file{hint}")
+            raise HeadstartError(
+                f"load: weights={weights!r}; expected 'imagenet', None, or the path of a weights file{hint}"
+            )
     if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
         raise HeadstartError(f"in_chans={in_chans!r}: expected a positive number of input channels")
     for key, value in (("num_classes", num_classes), ("classes", classes)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise HeadstartError(f"{key}={value!r}: expected a positive number of classes")
     if num_classes is not None and classes is not None and num_classes != classes:
-        raise HeadstartError(f"load: num_classes={num_classes} and classes={classes} disagree; give one of them "
-                             "(classes is Keras' name for num_classes)")
+        raise HeadstartError(
+            f"load: num_classes={num_classes} and classes={classes} disagree; give one of them "
+            "(classes is Keras' name for num_classes)"
+        )
     return num_classes if num_classes is not None else classes
 
 

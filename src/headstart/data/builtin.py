@@ -21,8 +21,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from headstart.data.dataset import ImageSet
 from headstart.data.arrays import from_arrays
+from headstart.data.dataset import ImageSet
 from headstart.errors import HeadstartError
 
 DIGIT_NAMES = [str(k) for k in range(10)]
@@ -37,8 +37,16 @@ def load_digits(image_size: int | None = None, channels: int | None = None, resi
 
     bunch = sklearn_digits()
     images = bunch.images.astype(np.float32) / 16.0
-    return from_arrays(images, bunch.target, DIGIT_NAMES, "digits", layout="NHW",
-                       image_size=image_size, channels=channels, resize=resize)
+    return from_arrays(
+        images,
+        bunch.target,
+        DIGIT_NAMES,
+        "digits",
+        layout="NHW",
+        image_size=image_size,
+        channels=channels,
+        resize=resize,
+    )
 
 
 def load_mnist5k(image_size: int | None = None, channels: int | None = None, resize: str = "crop") -> ImageSet:
@@ -47,8 +55,16 @@ def load_mnist5k(image_size: int | None = None, channels: int | None = None, res
 
     flat, target = mnist_data()
     images = np.asarray(flat).reshape(-1, 28, 28).round().clip(0, 255).astype(np.uint8)
-    return from_arrays(images, np.asarray(target), DIGIT_NAMES, "mnist5k", layout="NHW",
-                       image_size=image_size, channels=channels, resize=resize)
+    return from_arrays(
+        images,
+        np.asarray(target),
+        DIGIT_NAMES,
+        "mnist5k",
+        layout="NHW",
+        image_size=image_size,
+        channels=channels,
+        resize=resize,
+    )
 
 
 def load_lfw(image_size: int | None = None, channels: int | None = None, resize: str = "crop") -> ImageSet:
@@ -59,8 +75,9 @@ def load_lfw(image_size: int | None = None, channels: int | None = None, resize:
     if images.dtype != np.uint8:
         images = images.astype(np.float32)
     labels = np.where(np.arange(images.shape[0]) < LFW_FACES, 0, 1)
-    return from_arrays(images, labels, LFW_NAMES, "lfw", layout="NHW",
-                       image_size=image_size, channels=channels, resize=resize)
+    return from_arrays(
+        images, labels, LFW_NAMES, "lfw", layout="NHW", image_size=image_size, channels=channels, resize=resize
+    )
 
 
 BUILTINS: dict[str, Callable[..., ImageSet]] = {
@@ -70,7 +87,9 @@ BUILTINS: dict[str, Callable[..., ImageSet]] = {
 }
 
 
-def load_builtin(name: str, image_size: int | None = None, channels: int | None = None, resize: str = "crop") -> ImageSet:
+def load_builtin(
+    name: str, image_size: int | None = None, channels: int | None = None, resize: str = "crop"
+) -> ImageSet:
     """Load the built-in dataset ``name`` (one of :data:`BUILTINS`)."""
     loader = BUILTINS.get(name)
     if loader is None:

@@ -89,7 +89,9 @@ def _class_problems(splits: Splits, problems: list[str], warnings: list[str]) ->
         if len(data):
             missing = [name for name, count in train_counts.items() if count and counts.get(name, 0) == 0]
             if missing:
-                warnings.append(f"{split_name}: classes {_examples([repr(m) for m in missing])} have no {split_name} images")
+                warnings.append(
+                    f"{split_name}: classes {_examples([repr(m) for m in missing])} have no {split_name} images"
+                )
 
 
 def _label_problems(splits: Splits, problems: list[str]) -> None:
@@ -114,8 +116,9 @@ def _label_problems(splits: Splits, problems: list[str]) -> None:
         problems.append("train: holds no labelled images")
 
 
-def _shape_problems(splits: Splits, min_image_size: int | None, model_name: str | None,
-                    problems: list[str], warnings: list[str]) -> None:
+def _shape_problems(
+    splits: Splits, min_image_size: int | None, model_name: str | None, problems: list[str], warnings: list[str]
+) -> None:
     filled = [(name, getattr(splits, name)) for name in SPLIT_NAMES if len(getattr(splits, name))]
     channels = {name: data.channels for name, data in filled}
     if len(set(channels.values())) > 1:
@@ -151,8 +154,7 @@ def _overlap_problems(splits: Splits, problems: list[str]) -> None:
         shared = keys[first] & keys[second]
         if shared:
             problems.append(
-                f"{first} shares {len(shared)} image(s) with {second}; "
-                f"{first} images must stay unseen during training"
+                f"{first} shares {len(shared)} image(s) with {second}; {first} images must stay unseen during training"
             )
 
 

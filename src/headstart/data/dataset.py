@@ -204,7 +204,9 @@ class ImageSet(torch.utils.data.Dataset):
                 f"{name}: {self.labels.shape[0]} labels for {self.positions.shape[0]} images; expected one label per image"
             )
         if self.labels.size and self.labels.min() < -1:
-            raise HeadstartError(f"{name}: label {int(self.labels.min())} is negative; expected -1 (unlabelled) or 0 and up")
+            raise HeadstartError(
+                f"{name}: label {int(self.labels.min())} is negative; expected -1 (unlabelled) or 0 and up"
+            )
         self.class_names = [str(c) for c in class_names]
         self.name = name
         self.skipped = list(skipped)
@@ -267,8 +269,9 @@ class ImageSet(torch.utils.data.Dataset):
 
     def class_counts(self) -> dict[str, int]:
         """Number of labelled images per class name (classes with none included as 0)."""
-        counts = np.bincount(self.labels[(self.labels >= 0) & (self.labels < len(self.class_names))],
-                             minlength=len(self.class_names))
+        counts = np.bincount(
+            self.labels[(self.labels >= 0) & (self.labels < len(self.class_names))], minlength=len(self.class_names)
+        )
         return {name: int(counts[k]) for k, name in enumerate(self.class_names)}
 
     def __repr__(self) -> str:

@@ -44,7 +44,7 @@ import pydantic
 import torch
 
 from headstart.data.arrays import from_arrays
-from headstart.data.dataset import FileStore, ImageSet, convert_channels, decode_file, resize_tensor
+from headstart.data.dataset import FileStore, ImageSet, decode_file
 from headstart.data.images import IMAGE_SUFFIXES, probe_image
 from headstart.errors import HeadstartError
 
@@ -256,7 +256,7 @@ def _listing(title: str, lines: list[str]) -> str:
 
 def _strip_path(message: str, path: Path) -> str:
     prefix = f"{path}: "
-    return message[len(prefix):] if message.startswith(prefix) else message
+    return message[len(prefix) :] if message.startswith(prefix) else message
 
 
 def _file_set(
@@ -305,7 +305,8 @@ def _file_set(
                 lines,
             )
         )
-    store = FileStore([p for p, _ in kept], size, channels, spec.resize, spec.cache, cached,
-                      verified=spec.verify == "decode")
+    store = FileStore(
+        [p for p, _ in kept], size, channels, spec.resize, spec.cache, cached, verified=spec.verify == "decode"
+    )
     labels = np.array([label for _, label in kept], dtype=np.int64)
     return ImageSet(store, labels, class_names, name, skipped=bad)

@@ -70,8 +70,9 @@ class Splits:
                 "per_class": data.class_counts(),
                 "unlabelled": int((data.labels == -1).sum()),
             }
-        out["skipped_files"] = len({path for split_name in ("train", "val", "test")
-                                    for path, _ in getattr(self, split_name).skipped})
+        out["skipped_files"] = len(
+            {path for split_name in ("train", "val", "test") for path, _ in getattr(self, split_name).skipped}
+        )
         return out
 
 
@@ -125,7 +126,12 @@ def make_splits(
 
     rng = np.random.default_rng(seed)
     labels = data.labels
-    parts: dict[str, list[np.ndarray]] = {"train": [], "unlabelled": [np.flatnonzero(labels == -1)], "val": [], "test": []}
+    parts: dict[str, list[np.ndarray]] = {
+        "train": [],
+        "unlabelled": [np.flatnonzero(labels == -1)],
+        "val": [],
+        "test": [],
+    }
     shortages = []
     for label in np.unique(labels[labels >= 0]).tolist():
         class_name = data.class_names[label] if label < len(data.class_names) else f"label {label}"
@@ -133,7 +139,7 @@ def make_splits(
         members = rng.permutation(members)
         n_test = _count(test_fraction, members.size)
         n_val = _count(val_fraction, members.size)
-        pool = members[n_test + n_val:]
+        pool = members[n_test + n_val :]
         if labels_per_class is not None:
             n_labelled = labels_per_class
         elif labelled_fraction is not None:
@@ -148,7 +154,7 @@ def make_splits(
             )
             continue
         parts["test"].append(members[:n_test])
-        parts["val"].append(members[n_test:n_test + n_val])
+        parts["val"].append(members[n_test : n_test + n_val])
         parts["train"].append(pool[:n_labelled])
         parts["unlabelled"].append(pool[n_labelled:])
     if shortages:

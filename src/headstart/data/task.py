@@ -22,7 +22,7 @@ from typing import Any
 from headstart.data.checks import check_dataset
 from headstart.data.dataset import ImageSet
 from headstart.data.sources import SourceSpec, load_source
-from headstart.data.splits import SplitSpec, Splits, make_splits
+from headstart.data.splits import Splits, SplitSpec, make_splits
 from headstart.errors import HeadstartError
 from headstart.validation import validate
 
@@ -38,19 +38,32 @@ class TaskData:
     warnings: list[str] = field(default_factory=list)
 
     @classmethod
-    def load(cls, source: SourceSpec | dict, splits: Any = None, general: SourceSpec | dict | None = None,
-             *, model_name: str = "", min_image_size: int | None = None) -> "TaskData":
+    def load(
+        cls,
+        source: SourceSpec | dict,
+        splits: Any = None,
+        general: SourceSpec | dict | None = None,
+        *,
+        model_name: str = "",
+        min_image_size: int | None = None,
+    ) -> TaskData:
         """Load ``source``, split it as ``splits`` (a :class:`~headstart.data.splits.SplitSpec` or mapping) and
         check it; ``general`` is split 80/10/10 with the same seed."""
         source = validate(SourceSpec, source, "source")
         split = validate(SplitSpec, splits or {}, "splits")
         images = load_source(source)
-        task_splits = make_splits(images, test_fraction=split.test_fraction, val_fraction=split.val_fraction,
-                                  seed=split.seed, labels_per_class=split.labels_per_class,
-                                  labelled_fraction=split.labelled_fraction)
+        task_splits = make_splits(
+            images,
+            test_fraction=split.test_fraction,
+            val_fraction=split.val_fraction,
+            seed=split.seed,
+            labels_per_class=split.labels_per_class,
+            labelled_fraction=split.labelled_fraction,
+        )
         # verify="header" promises no full decode before training (a truncated file fails when first read)
-        warnings = check_dataset(task_splits, min_image_size=min_image_size, model_name=model_name,
-                                 verify_files=source.verify == "decode")
+        warnings = check_dataset(
+            task_splits, min_image_size=min_image_size, model_name=model_name, verify_files=source.verify == "decode"
+        )
         for warning in warnings:
             logging.getLogger("headstart").warning(warning)
         general_splits = None
@@ -60,7 +73,7 @@ class TaskData:
         return cls(task_splits, general_splits, list(warnings))
 
     @classmethod
-    def from_spec(cls, data_spec, *, model_name: str = "") -> "TaskData":
+    def from_spec(cls, data_spec, *, model_name: str = "") -> TaskData:
         """From a run file's ``data`` block (:class:`~headstart.config.DataSpec`)."""
         return cls.load(data_spec.source, data_spec.splits, data_spec.general, model_name=model_name)
 

@@ -17,7 +17,22 @@ from headstart.engine.module import StageData, StageModule
 from headstart.engine.passes import compute_features, evaluate
 
 __all__ = [
-    "EpochBatches", "EpochHistory", "ImagePlan", "InterruptOnSignal", "NonFiniteLoss", "RunInterrupted", "StageData",
-    "StageModule", "augment", "compute_features", "evaluate", "learning_rate_factors", "make_loader",
-    "parameter_groups", "plan_images", "strong_augment", "task_loss", "task_predictions",
+    "EpochBatches",
+    "EpochHistory",
+    "ImagePlan",
+    "InterruptOnSignal",
+    "NonFiniteLoss",
+    "RunInterrupted",
+    "StageData",
+    "StageModule",
+    "augment",
+    "compute_features",
+    "evaluate",
+    "learning_rate_factors",
+    "make_loader",
+    "parameter_groups",
+    "plan_images",
+    "strong_augment",
+    "task_loss",
+    "task_predictions",
 ]

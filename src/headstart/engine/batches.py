@@ -26,14 +26,15 @@ plain ones).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Literal, Union
+from typing import Literal, Union
 
 import torch
 from torch import Tensor
 
-from headstart.data.dataset import ArrayStore, ImageSet
 from headstart import seeds
+from headstart.data.dataset import ArrayStore, ImageSet
 from headstart.errors import HeadstartError
 
 Residency = Literal["memory", "stream"]
@@ -43,8 +44,17 @@ ResidencyChoice = Literal["auto", "memory", "stream"]
 class EpochBatches:
     """Index batches for one epoch: order fixed by ``(seed, epoch)``, split across ranks (module docstring)."""
 
-    def __init__(self, count: int, batch_size: int, *, seed: int, shuffle: bool, drop_last: bool,
-                 rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        count: int,
+        batch_size: int,
+        *,
+        seed: int,
+        shuffle: bool,
+        drop_last: bool,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         self.count, self.batch_size, self.seed = count, batch_size, seed
         self.shuffle, self.drop_last, self.rank, self.world_size = shuffle, drop_last, rank, world_size
         self.epoch = 0
@@ -84,8 +94,9 @@ class StreamBatches:
     Under DDP rank ``r`` of ``N`` takes every ``N``-th index of a global batch ``N`` times larger.
     """
 
-    def __init__(self, count: int, batch_size: int, *, seed: int, start_step: int, steps: int,
-                 rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self, count: int, batch_size: int, *, seed: int, start_step: int, steps: int, rank: int = 0, world_size: int = 1
+    ) -> None:
         if count <= 0:
             raise HeadstartError("no unlabelled images to draw batches from")
         self.count, self.batch_size, self.seed = count, batch_size, seed
@@ -127,7 +138,9 @@ class LoaderError(HeadstartError):
         if "Original Traceback" in message:
             lines = [line for line in message.strip().splitlines() if line.strip()]
             last = lines[-1] if lines else message
-            message = last.split(": ", 1)[1] if last.startswith(("headstart.", "LoaderError")) and ": " in last else last
+            message = (
+                last.split(": ", 1)[1] if last.startswith(("headstart.", "LoaderError")) and ": " in last else last
+            )
         super().__init__(message)
 
 
@@ -212,8 +225,9 @@ def plan_images(images: ImageSet, *, prefer: ResidencyChoice = "auto", workers: 
     if prefer == "memory" or (prefer == "auto" and in_memory):
         if not isinstance(images.store, ArrayStore):
             pixels = images.store.pixels(images.positions)
-            images = ImageSet(ArrayStore(pixels), images.labels, images.class_names, images.name,
-                              skipped=images.skipped)
+            images = ImageSet(
+                ArrayStore(pixels), images.labels, images.class_names, images.name, skipped=images.skipped
+            )
         reason = "decoded pixels already in memory" if in_memory else "residency: memory"
         return ImagePlan(images, "memory", 0, reason)
     count = default_workers() if workers is None else int(workers)
@@ -221,9 +235,17 @@ def plan_images(images: ImageSet, *, prefer: ResidencyChoice = "auto", workers: 
     return ImagePlan(images, "stream", count, reason)
 
 
-def make_loader(data: Batchable | ImagePlan, batch_size: int, *, seed: int, shuffle: bool, rank: int = 0,
-                world_size: int = 1, pin_memory: bool = False,
-                sampler: "EpochBatches | StreamBatches | None" = None) -> torch.utils.data.DataLoader:
+def make_loader(
+    data: Batchable | ImagePlan,
+    batch_size: int,
+    *,
+    seed: int,
+    shuffle: bool,
+    rank: int = 0,
+    world_size: int = 1,
+    pin_memory: bool = False,
+    sampler: EpochBatches | StreamBatches | None = None,
+) -> torch.utils.data.DataLoader:
     """A ``DataLoader`` yielding whole batches of ``data`` in :class:`EpochBatches` order (or the
     given index ``sampler``'s).
 
@@ -241,11 +263,17 @@ def make_loader(data: Batchable | ImagePlan, batch_size: int, *, seed: int, shuf
         dataset = TensorBatches(*data)
     persistent = sampler is None and workers > 0
     if sampler is None:
-        sampler = EpochBatches(len(dataset), batch_size, seed=seed, shuffle=shuffle, drop_last=shuffle,
-                               rank=rank, world_size=world_size)
+        sampler = EpochBatches(
+            len(dataset), batch_size, seed=seed, shuffle=shuffle, drop_last=shuffle, rank=rank, world_size=world_size
+        )
     return torch.utils.data.DataLoader(
-        dataset, batch_size=None, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
-        persistent_workers=persistent, prefetch_factor=2 if workers > 0 else None,
+        dataset,
+        batch_size=None,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=persistent,
+        prefetch_factor=2 if workers > 0 else None,
         multiprocessing_context=_worker_context() if workers > 0 else None,
     )
 
@@ -266,5 +294,18 @@ def count_of(data: Batchable | ImagePlan) -> int:
     return int(len(data[0]))
 
 
-__all__ = ["Batchable", "EpochBatches", "ImagePlan", "LoaderError", "Residency", "ResidencyChoice", "SetBatches", "StreamBatches",
-           "TensorBatches", "count_of", "default_workers", "make_loader", "plan_images"]
+__all__ = [
+    "Batchable",
+    "EpochBatches",
+    "ImagePlan",
+    "LoaderError",
+    "Residency",
+    "ResidencyChoice",
+    "SetBatches",
+    "StreamBatches",
+    "TensorBatches",
+    "count_of",
+    "default_workers",
+    "make_loader",
+    "plan_images",
+]

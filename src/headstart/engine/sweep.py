@@ -44,13 +44,28 @@ def check_sweep(min_lr: float, max_lr: float, steps: int) -> None:
     if not 0 < min_lr < max_lr:
         raise HeadstartError(f"lr_find: min_lr={min_lr} and max_lr={max_lr}; expected 0 < min_lr < max_lr")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 20:
-        raise HeadstartError(f"lr_find: steps={steps!r}; expected at least 20 (the rule leaves out the first tenth "
-                             "and the last five)")
+        raise HeadstartError(
+            f"lr_find: steps={steps!r}; expected at least 20 (the rule leaves out the first tenth and the last five)"
+        )
 
 
-def sweep(network, stage: StageSpec, train, *, cached: bool, bn_policy: str, index: int, seed: int,
-          image_size: int, options: TrainerOptions, pretext=None, min_lr: float = MIN_LR, max_lr: float = MAX_LR,
-          steps: int = STEPS, divergence: float | None = DIVERGENCE) -> LRSweep:
+def sweep(
+    network,
+    stage: StageSpec,
+    train,
+    *,
+    cached: bool,
+    bn_policy: str,
+    index: int,
+    seed: int,
+    image_size: int,
+    options: TrainerOptions,
+    pretext=None,
+    min_lr: float = MIN_LR,
+    max_lr: float = MAX_LR,
+    steps: int = STEPS,
+    divergence: float | None = DIVERGENCE,
+) -> LRSweep:
     """Run the LR range test (:mod:`headstart.lrfind`) on ``network`` as prepared for ``stage``,
     reading the training data ``train`` (planned images, or cached features when ``cached``).
 
@@ -59,28 +74,60 @@ def sweep(network, stage: StageSpec, train, *, cached: bool, bn_policy: str, ind
     """
     check_sweep(min_lr, max_lr, steps)
     if options.devices > 1:
-        raise HeadstartError(f"stage '{stage.name}': the learning-rate sweep runs on one device (devices is "
-                             f"{options.devices}); run `headstart lr-find` first and write the rate into the run file")
+        raise HeadstartError(
+            f"stage '{stage.name}': the learning-rate sweep runs on one device (devices is "
+            f"{options.devices}); run `headstart lr-find` first and write the rate into the run file"
+        )
     started = time.perf_counter()
     at_start = stage.model_copy(update={"optimizer": stage.optimizer.model_copy(update={"lr": min_lr})})
-    module = SweepModule(network, at_start, index, StageData(train, None), seed=seed, image_size=image_size,
-                         pretext=pretext, cached=cached, pin_memory=options.device == "cuda")
+    module = SweepModule(
+        network,
+        at_start,
+        index,
+        StageData(train, None),
+        seed=seed,
+        image_size=image_size,
+        pretext=pretext,
+        cached=cached,
+        pin_memory=options.device == "cuda",
+    )
     module.interrupt, module.raw_losses = InterruptOnSignal(), []
     pl.seed_everything(seeds.stage(seed, index), verbose=False)
     with tempfile.TemporaryDirectory(prefix="headstart-lr-find-") as scratch:
-        trainer = pl.Trainer(default_root_dir=scratch, max_epochs=-1, max_steps=steps, accelerator=options.accelerator,
-                             devices=1, precision=options.precision, logger=False, enable_checkpointing=False,
-                             plugins=[AtomicCheckpointIO()], enable_progress_bar=False,
-                             enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-                             use_distributed_sampler=False, deterministic=False, benchmark=False)
+        trainer = pl.Trainer(
+            default_root_dir=scratch,
+            max_epochs=-1,
+            max_steps=steps,
+            accelerator=options.accelerator,
+            devices=1,
+            precision=options.precision,
+            logger=False,
+            enable_checkpointing=False,
+            plugins=[AtomicCheckpointIO()],
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+            use_distributed_sampler=False,
+            deterministic=False,
+            benchmark=False,
+        )
         network.train()  # as fit_stage: the frozen BatchNorm policy keeps its layers in eval mode
         module.interrupt.on_fit_start(trainer, module)
         try:
-            finder = Tuner(trainer).lr_find(module, min_lr=min_lr, max_lr=max_lr, num_training=steps,
-                                            mode="exponential", early_stop_threshold=divergence, update_attr=False)
+            finder = Tuner(trainer).lr_find(
+                module,
+                min_lr=min_lr,
+                max_lr=max_lr,
+                num_training=steps,
+                mode="exponential",
+                early_stop_threshold=divergence,
+                update_attr=False,
+            )
         except (RunInterrupted, SIGTERMException, KeyboardInterrupt) as interruption:
-            raise SweepInterrupted(f"interrupted during the learning-rate sweep of stage '{stage.name}'; nothing was "
-                                   "written") from interruption
+            raise SweepInterrupted(
+                f"interrupted during the learning-rate sweep of stage '{stage.name}'; nothing was written"
+            ) from interruption
         finally:
             module.interrupt.restore()
     if finder is None or not finder.results.get("lr"):
@@ -89,7 +136,20 @@ def sweep(network, stage: StageSpec, train, *, cached: bool, bn_policy: str, ind
     raw = module.raw_losses[: len(rates)]
     losses = smooth(raw)
     suggestion, window = suggest(rates, losses, steps)
-    return LRSweep(stage=stage.name, suggestion=suggestion, learning_rates=rates, losses=losses, raw_losses=raw,
-                   window=window, min_lr=min_lr, max_lr=max_lr, steps=steps, divergence=divergence,
-                   batch_size=stage.batch_size, frozen_parameters=len(network.frozen_parameter_names()),
-                   bn_policy=bn_policy, cached_features=cached, seconds=time.perf_counter() - started)
+    return LRSweep(
+        stage=stage.name,
+        suggestion=suggestion,
+        learning_rates=rates,
+        losses=losses,
+        raw_losses=raw,
+        window=window,
+        min_lr=min_lr,
+        max_lr=max_lr,
+        steps=steps,
+        divergence=divergence,
+        batch_size=stage.batch_size,
+        frozen_parameters=len(network.frozen_parameter_names()),
+        bn_policy=bn_policy,
+        cached_features=cached,
+        seconds=time.perf_counter() - started,
+    )

@@ -42,8 +42,9 @@ NOT_LOGGED = (RESUME_FILE,)
 def require_mlflow() -> None:
     """Fail with one line saying how to install MLflow when it is missing."""
     if find_spec("mlflow") is None:
-        raise HeadstartError('loggers: mlflow needs the mlflow package; pip install "headstart[mlflow]" '
-                             "or remove mlflow from loggers")
+        raise HeadstartError(
+            'loggers: mlflow needs the mlflow package; pip install "headstart[mlflow]" or remove mlflow from loggers'
+        )
 
 
 def _is_folder(uri: str) -> bool:
@@ -65,8 +66,16 @@ def tracking_uri(spec: MLflowSpec | None, default_folder: Path) -> str:
     return uri
 
 
-def stage_logger(spec: MLflowSpec | None, folder: Path, *, default_store: Path, run_name: str, index: int,
-                 params: dict[str, Any], resume: bool):
+def stage_logger(
+    spec: MLflowSpec | None,
+    folder: Path,
+    *,
+    default_store: Path,
+    run_name: str,
+    index: int,
+    params: dict[str, Any],
+    resume: bool,
+):
     """Lightning's ``MLFlowLogger`` for the stage trained in ``folder``, its params already logged.
 
     ``default_store``: the folder store used when ``spec`` names none. ``resume``: continue the
@@ -84,16 +93,28 @@ def stage_logger(spec: MLflowSpec | None, folder: Path, *, default_store: Path, 
         recorded = read_json(previous)
         if recorded.get("tracking_uri") == uri:
             run_id = recorded.get("run_id")
-    tags = {"headstart.run": run_name, "headstart.stage": folder.name, "headstart.stage_index": str(index),
-            "headstart.folder": str(folder.resolve())}
+    tags = {
+        "headstart.run": run_name,
+        "headstart.stage": folder.name,
+        "headstart.stage_index": str(index),
+        "headstart.folder": str(folder.resolve()),
+    }
     try:
-        logger = MLFlowLogger(experiment_name=experiment, run_name=folder.name, tracking_uri=uri, tags=tags,
-                              run_id=run_id)
+        logger = MLFlowLogger(
+            experiment_name=experiment, run_name=folder.name, tracking_uri=uri, tags=tags, run_id=run_id
+        )
         if run_id is None:
             logger.log_hyperparams(params)
         if rank_zero_only.rank == 0:  # the logger acts on rank zero only, as Lightning's loggers do
-            atomic_write_json(previous, {"tracking_uri": uri, "experiment": experiment,
-                                         "experiment_id": logger.experiment_id, "run_id": logger.run_id})
+            atomic_write_json(
+                previous,
+                {
+                    "tracking_uri": uri,
+                    "experiment": experiment,
+                    "experiment_id": logger.experiment_id,
+                    "run_id": logger.run_id,
+                },
+            )
     except HeadstartError:
         raise
     except Exception as error:  # MLflow's own errors: an unreachable server, a store it refuses
@@ -102,11 +123,17 @@ def stage_logger(spec: MLflowSpec | None, folder: Path, *, default_store: Path, 
     return logger
 
 
-def stage_params(stage: Any, model: Any, *, seed: int, image_size: int, config_hash: str | None,
-                 learning_rate: float | None) -> dict[str, Any]:
+def stage_params(
+    stage: Any, model: Any, *, seed: int, image_size: int, config_hash: str | None, learning_rate: float | None
+) -> dict[str, Any]:
     """The params of a stage's MLflow run: its configuration as stated, and what it resolved to."""
-    params: dict[str, Any] = {"stage": stage.model_dump(mode="json"), "model": model.model_dump(mode="json"),
-                              "seed": seed, "image_size": image_size, "config_hash": config_hash or ""}
+    params: dict[str, Any] = {
+        "stage": stage.model_dump(mode="json"),
+        "model": model.model_dump(mode="json"),
+        "seed": seed,
+        "image_size": image_size,
+        "config_hash": config_hash or "",
+    }
     if learning_rate is not None:
         params["lr_used"] = learning_rate
     return params
@@ -140,15 +167,37 @@ class StageTracking:
             require_mlflow()
 
     @classmethod
-    def start(cls, options: Any, folder: Path | None, *, run_name: str, index: int, resume: bool,
-              stage: Any, model: Any, seed: int, image_size: int, config_hash: str | None,
-              learning_rate: float | None) -> "StageTracking":
+    def start(
+        cls,
+        options: Any,
+        folder: Path | None,
+        *,
+        run_name: str,
+        index: int,
+        resume: bool,
+        stage: Any,
+        model: Any,
+        seed: int,
+        image_size: int,
+        config_hash: str | None,
+        learning_rate: float | None,
+    ) -> StageTracking:
         if folder is None or "mlflow" not in options.loggers:
             return cls()
-        params = stage_params(stage, model, seed=seed, image_size=image_size, config_hash=config_hash,
-                              learning_rate=learning_rate)
-        return cls(stage_logger(options.mlflow, folder, default_store=folder.parent / "mlruns", run_name=run_name,
-                                index=index, resume=resume, params=params))
+        params = stage_params(
+            stage, model, seed=seed, image_size=image_size, config_hash=config_hash, learning_rate=learning_rate
+        )
+        return cls(
+            stage_logger(
+                options.mlflow,
+                folder,
+                default_store=folder.parent / "mlruns",
+                run_name=run_name,
+                index=index,
+                resume=resume,
+                params=params,
+            )
+        )
 
     @property
     def loggers(self) -> list:

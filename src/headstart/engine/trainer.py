@@ -53,26 +53,36 @@ class TrainerOptions(BaseModel):
     (:mod:`headstart.engine.tracking`)."""
 
     @classmethod
-    def from_run(cls, spec: Any, progress: bool | None = None) -> "TrainerOptions":
+    def from_run(cls, spec: Any, progress: bool | None = None) -> TrainerOptions:
         """The options a :class:`~headstart.config.RunSpec` sets."""
         mlflow = None
         if "mlflow" in spec.loggers:
             chosen = spec.mlflow or MLflowSpec()
-            mlflow = MLflowSpec(tracking_uri=chosen.tracking_uri or str(spec.output_dir().parent / "mlruns"),
-                                experiment=chosen.experiment or spec.name)
-        return cls(accelerator=spec.accelerator, devices=spec.devices, strategy=spec.strategy,
-                   precision=spec.precision, num_workers=spec.num_workers, residency=spec.data.residency,
-                   progress=spec.progress if progress is None else progress, loggers=list(spec.loggers),
-                   mlflow=mlflow)
+            mlflow = MLflowSpec(
+                tracking_uri=chosen.tracking_uri or str(spec.output_dir().parent / "mlruns"),
+                experiment=chosen.experiment or spec.name,
+            )
+        return cls(
+            accelerator=spec.accelerator,
+            devices=spec.devices,
+            strategy=spec.strategy,
+            precision=spec.precision,
+            num_workers=spec.num_workers,
+            residency=spec.data.residency,
+            progress=spec.progress if progress is None else progress,
+            loggers=list(spec.loggers),
+            mlflow=mlflow,
+        )
 
     @classmethod
-    def coerce(cls, options: "TrainerOptions | dict | None", caller: str = "fit_stage") -> "TrainerOptions":
+    def coerce(cls, options: TrainerOptions | dict | None, caller: str = "fit_stage") -> TrainerOptions:
         """``options`` as TrainerOptions (``None``: the defaults; a mapping is validated)."""
         if options is None:
             return cls()
         if not isinstance(options, (cls, dict)):
-            raise HeadstartError(f"{caller}: options is a {type(options).__name__}; expected TrainerOptions or a "
-                                 "mapping")
+            raise HeadstartError(
+                f"{caller}: options is a {type(options).__name__}; expected TrainerOptions or a mapping"
+            )
         return validate(cls, options, "options")
 
     @property
@@ -124,25 +134,38 @@ def stage_loggers(options: TrainerOptions, folder: Path) -> list:
     return loggers
 
 
-def build_trainer(options: TrainerOptions, stage: StageSpec, folder: Path, callbacks: list,
-                  extra_loggers: list | None = None) -> pl.Trainer:
+def build_trainer(
+    options: TrainerOptions, stage: StageSpec, folder: Path, callbacks: list, extra_loggers: list | None = None
+) -> pl.Trainer:
     """The ``pl.Trainer`` of one stage: its epochs and step cap, the options' device, processes and
     precision, atomic checkpoints in ``folder``, the given callbacks and loggers."""
     return pl.Trainer(
-        default_root_dir=folder, max_epochs=stage.epochs, limit_train_batches=stage.steps_per_epoch,
-        accelerator=options.accelerator, devices=options.devices, strategy=options.strategy,
-        precision=options.precision, logger=stage_loggers(options, folder) + list(extra_loggers or []),
-        callbacks=callbacks, plugins=[AtomicCheckpointIO()], enable_progress_bar=options.show_progress,
-        enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1, use_distributed_sampler=False,
-        deterministic=False, benchmark=False,
+        default_root_dir=folder,
+        max_epochs=stage.epochs,
+        limit_train_batches=stage.steps_per_epoch,
+        accelerator=options.accelerator,
+        devices=options.devices,
+        strategy=options.strategy,
+        precision=options.precision,
+        logger=stage_loggers(options, folder) + list(extra_loggers or []),
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=options.show_progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        use_distributed_sampler=False,
+        deterministic=False,
+        benchmark=False,
     )
 
 
 def restore_best(network, path: Path) -> int | None:
     """Load the network weights of Lightning's best-validation checkpoint; return its epoch."""
     state = AtomicCheckpointIO().load_checkpoint(path)
-    weights = {key.removeprefix("network."): value for key, value in state["state_dict"].items()
-               if key.startswith("network.")}
+    weights = {
+        key.removeprefix("network."): value for key, value in state["state_dict"].items() if key.startswith("network.")
+    }
     network.load_state_dict(weights, strict=True)
     return int(state.get("epoch", 0))
 

@@ -40,7 +40,19 @@ from headstart.interop.export import KERAS_INSTALL, export, export_keras, export
 from headstart.interop.onnx_import import OnnxBackbone, import_onnx, load_imported_stage
 
 __all__ = [
-    "FORMATS", "KERAS_INSTALL", "SAMPLE_IMAGES", "TOLERANCE", "ExportReport", "OnnxBackbone", "ParityCheck",
-    "as_network", "export", "export_keras", "export_onnx", "import_onnx", "load_imported_stage", "read_metadata",
+    "FORMATS",
+    "KERAS_INSTALL",
+    "SAMPLE_IMAGES",
+    "TOLERANCE",
+    "ExportReport",
+    "OnnxBackbone",
+    "ParityCheck",
+    "as_network",
+    "export",
+    "export_keras",
+    "export_onnx",
+    "import_onnx",
+    "load_imported_stage",
+    "read_metadata",
     "sample_batch",
 ]

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -61,9 +61,11 @@ class ExportReport:
 
     def describe(self) -> str:
         shapes = ", ".join("×".join(str(size) for size in check.input_shape) for check in self.checks)
-        return (f"{self.path}: {self.format} via {self.converter}, dynamic {', '.join(self.dynamic_axes) or 'none'}; "
-                f"max |PyTorch − {self.format}| = {self.max_abs_difference:.3g} on real images {shapes} "
-                f"(tolerance {self.tolerance:g}); {self.seconds:.1f} s")
+        return (
+            f"{self.path}: {self.format} via {self.converter}, dynamic {', '.join(self.dynamic_axes) or 'none'}; "
+            f"max |PyTorch − {self.format}| = {self.max_abs_difference:.3g} on real images {shapes} "
+            f"(tolerance {self.tolerance:g}); {self.seconds:.1f} s"
+        )
 
 
 # ----------------------------------------------------------------------------------------- inputs
@@ -75,8 +77,9 @@ def as_network(model: Network | str | os.PathLike, weights: str | None = "imagen
     if isinstance(model, Network):
         return model
     if isinstance(model, nn.Module):
-        raise HeadstartError(f"model of type {type(model).__name__}: expected a headstart Network, a stage folder "
-                             "or a zoo name")
+        raise HeadstartError(
+            f"model of type {type(model).__name__}: expected a headstart Network, a stage folder or a zoo name"
+        )
     if isinstance(model, os.PathLike) or (isinstance(model, str) and Path(model).exists()):
         from headstart.checkpoint import load_network
 
@@ -106,8 +109,11 @@ def sample_batch(preprocessing: Preprocessing, size: tuple[int, int] | None = No
         if index >= len(SAMPLE_IMAGES):
             pixels = pixels.flip(1)
         image = pixels.permute(2, 0, 1)[None]
-        images.append(torch.nn.functional.interpolate(image, size=(height, width), mode="bilinear",
-                                                      antialias=True, align_corners=False)[0])
+        images.append(
+            torch.nn.functional.interpolate(
+                image, size=(height, width), mode="bilinear", antialias=True, align_corners=False
+            )[0]
+        )
     batch = convert_channels(torch.stack(images).clamp(0, 1), channels)
     return normalize(batch, preprocessing.mean, preprocessing.std)
 
@@ -126,7 +132,7 @@ def metadata_props(network: Network, dynamic_axes: Sequence[str]) -> dict[str, s
         f"{METADATA_PREFIX}labels": json.dumps(network.labels),
         f"{METADATA_PREFIX}output_kind": network.output_kind,
         f"{METADATA_PREFIX}input": "float32 [batch, channels, height, width]: pixels scaled to 0..1, minus mean, "
-                                   "divided by std (see headstart.preprocessing)",
+        "divided by std (see headstart.preprocessing)",
         f"{METADATA_PREFIX}dynamic_axes": json.dumps(list(dynamic_axes)),
         f"{METADATA_PREFIX}version": headstart.__version__,
     }
@@ -140,7 +146,7 @@ def read_metadata(path: str | os.PathLike) -> dict:
     values: dict = {}
     for prop in model.metadata_props:
         if prop.key.startswith(METADATA_PREFIX):
-            key = prop.key[len(METADATA_PREFIX):]
+            key = prop.key[len(METADATA_PREFIX) :]
             try:
                 values[key] = json.loads(prop.value)
             except json.JSONDecodeError:

@@ -8,8 +8,8 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -45,8 +45,17 @@ def _export_program(network: Network, example: torch.Tensor, dynamic_size: bool)
     if dynamic_size:
         shapes[2] = torch.export.Dim("height", min=32, max=4096)
         shapes[3] = torch.export.Dim("width", min=32, max=4096)
-    return torch.onnx.export(network, (example,), None, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                             dynamo=True, external_data=False, dynamic_shapes=(shapes,), verbose=False)
+    return torch.onnx.export(
+        network,
+        (example,),
+        None,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamo=True,
+        external_data=False,
+        dynamic_shapes=(shapes,),
+        verbose=False,
+    )
 
 
 def _onnx_session(data: bytes):
@@ -114,11 +123,18 @@ def _check_tolerance(report: ExportReport) -> None:
     if not report.max_abs_difference <= report.tolerance:
         raise HeadstartError(
             f"{report.path}: not written, the {report.format} model differs from PyTorch by up to "
-            f"{report.max_abs_difference:.3g} on real images (tolerance {report.tolerance:g})")
+            f"{report.max_abs_difference:.3g} on real images (tolerance {report.tolerance:g})"
+        )
 
 
-def export_onnx(model: Network | str | os.PathLike, path: str | os.PathLike, *, weights: str | None = "imagenet",
-                dynamic_size: bool | None = None, tolerance: float = TOLERANCE) -> ExportReport:
+def export_onnx(
+    model: Network | str | os.PathLike,
+    path: str | os.PathLike,
+    *,
+    weights: str | None = "imagenet",
+    dynamic_size: bool | None = None,
+    tolerance: float = TOLERANCE,
+) -> ExportReport:
     """Write ``model`` as one ONNX file at ``path``, checked against PyTorch with onnxruntime.
 
     Args:
@@ -140,8 +156,15 @@ def export_onnx(model: Network | str | os.PathLike, path: str | os.PathLike, *, 
     network = as_network(model, weights)
     with evaluating(network):
         data, axes, checks = _onnx_bytes(network, dynamic_size)
-    report = ExportReport(path=str(path), format="onnx", model_name=network.model_name, dynamic_axes=axes,
-                          checks=checks, tolerance=tolerance, converter=f"torch.onnx {torch.__version__}")
+    report = ExportReport(
+        path=str(path),
+        format="onnx",
+        model_name=network.model_name,
+        dynamic_axes=axes,
+        checks=checks,
+        tolerance=tolerance,
+        converter=f"torch.onnx {torch.__version__}",
+    )
     _check_tolerance(report)
     atomic_write_bytes(path, data)
     report.seconds = time.perf_counter() - started
@@ -163,15 +186,23 @@ def _import_onnx2tf():
         import onnx2tf  # noqa: F401
         import tf_keras  # noqa: F401
     except ImportError as error:
-        raise HeadstartError(f"--format keras needs onnx2tf, TensorFlow and tf-keras ({error.name} is missing); "
-                             f"install them with: {KERAS_INSTALL}") from None
+        raise HeadstartError(
+            f"--format keras needs onnx2tf, TensorFlow and tf-keras ({error.name} is missing); "
+            f"install them with: {KERAS_INSTALL}"
+        ) from None
     import onnx2tf
 
     return onnx2tf
 
 
-def export_keras(model: Network | str | os.PathLike, path: str | os.PathLike, *, weights: str | None = "imagenet",
-                 channels_last: bool = True, tolerance: float = TOLERANCE) -> ExportReport:
+def export_keras(
+    model: Network | str | os.PathLike,
+    path: str | os.PathLike,
+    *,
+    weights: str | None = "imagenet",
+    channels_last: bool = True,
+    tolerance: float = TOLERANCE,
+) -> ExportReport:
     """Write ``model`` as a Keras model (``.keras`` or ``.h5``) through ONNX and onnx2tf.
 
     The chapter's listing 2-16 in today's tools: PyTorch → ONNX (:func:`export_onnx`'s exporter,
@@ -198,27 +229,44 @@ def export_keras(model: Network | str | os.PathLike, path: str | os.PathLike, *,
         onnx_file.write_bytes(data)
         try:
             keras_model = onnx2tf.convert(
-                input_onnx_file_path=str(onnx_file), output_folder_path=str(Path(scratch) / "saved"),
-                non_verbose=True, verbosity="error", not_use_onnxsim=True, disable_model_save=True,
-                keep_ncw_or_nchw_or_ncdhw_input_names=None if channels_last else [INPUT_NAME])
+                input_onnx_file_path=str(onnx_file),
+                output_folder_path=str(Path(scratch) / "saved"),
+                non_verbose=True,
+                verbosity="error",
+                not_use_onnxsim=True,
+                disable_model_save=True,
+                keep_ncw_or_nchw_or_ncdhw_input_names=None if channels_last else [INPUT_NAME],
+            )
         except Exception as error:  # noqa: BLE001 - onnx2tf raises many types
-            raise HeadstartError(f"{network.model_name}: onnx2tf could not convert the model "
-                                 f"({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
+            raise HeadstartError(
+                f"{network.model_name}: onnx2tf could not convert the model "
+                f"({str(error).splitlines()[0] if str(error) else type(error).__name__})"
+            ) from None
         checks = []
         for batch, reference in zip(batches, references):
             keras_input = batch.permute(0, 2, 3, 1) if channels_last else batch
             output = keras_model(keras_input.numpy().astype(np.float32))
             output = np.asarray(output[0] if isinstance(output, (list, tuple)) else output)
             checks.append(ParityCheck(list(keras_input.shape), float(np.abs(output - reference).max())))
-        report = ExportReport(path=str(path), format="keras", model_name=network.model_name, dynamic_axes=["batch"],
-                              checks=checks, tolerance=tolerance, converter=f"onnx2tf {onnx2tf.__version__}")
+        report = ExportReport(
+            path=str(path),
+            format="keras",
+            model_name=network.model_name,
+            dynamic_axes=["batch"],
+            checks=checks,
+            tolerance=tolerance,
+            converter=f"onnx2tf {onnx2tf.__version__}",
+        )
         _check_tolerance(report)
         temporary = Path(scratch) / f"model{path.suffix}"
         keras_model.save(str(temporary))
         atomic_move(temporary, path)
-    sidecar = {**{key.removeprefix(METADATA_PREFIX): value for key, value in metadata_props(network, ["batch"]).items()},
-               "input": "float32 [batch, height, width, channels]" if channels_last else
-               "float32 [batch, channels, height, width]"}
+    sidecar = {
+        **{key.removeprefix(METADATA_PREFIX): value for key, value in metadata_props(network, ["batch"]).items()},
+        "input": "float32 [batch, height, width, channels]"
+        if channels_last
+        else "float32 [batch, channels, height, width]",
+    }
     sidecar["preprocessing"] = json.loads(sidecar["preprocessing"])
     sidecar["labels"] = json.loads(sidecar["labels"])
     atomic_write_json(path.with_name(path.name + ".json"), sidecar)
@@ -226,7 +274,9 @@ def export_keras(model: Network | str | os.PathLike, path: str | os.PathLike, *,
     return report
 
 
-def export(model: Network | str | os.PathLike, path: str | os.PathLike, format: str = "onnx", **options) -> ExportReport:
+def export(
+    model: Network | str | os.PathLike, path: str | os.PathLike, format: str = "onnx", **options
+) -> ExportReport:
     """:func:`export_onnx` or :func:`export_keras` by ``format``."""
     if format == "onnx":
         return export_onnx(model, path, **options)

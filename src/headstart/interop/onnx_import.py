@@ -75,7 +75,7 @@ class OnnxBackbone(nn.Module):
 
         def matcher(name: str) -> int:
             layer = name.removeprefix("model.").rsplit(".", 1)[0]
-            for key in (layer, *("/".join(layer.split("/")[: end]) for end in range(len(layer.split("/")), 0, -1))):
+            for key in (layer, *("/".join(layer.split("/")[:end]) for end in range(len(layer.split("/")), 0, -1))):
                 if key in order:
                     return order[key]
             return len(order)
@@ -103,8 +103,10 @@ def _feature_tensor(model, features: str) -> str:
         produced = {name for node in graph.node for name in node.output}
         if features not in produced:
             close = [name for name in produced if features.lower() in name.lower()][:5]
-            raise HeadstartError(f"features={features!r}: no tensor of that name in the ONNX graph"
-                                 + (f"; similar: {', '.join(close)}" if close else ""))
+            raise HeadstartError(
+                f"features={features!r}: no tensor of that name in the ONNX graph"
+                + (f"; similar: {', '.join(close)}" if close else "")
+            )
         return features
     producer = {name: node for node in graph.node for name in node.output}
     initializers = {initializer.name for initializer in graph.initializer}
@@ -150,8 +152,10 @@ def _prepare_for_onnx2torch(model):
         try:
             model = version_converter.convert_version(model, IMPORT_OPSET)
         except Exception as error:  # noqa: BLE001 - the converter raises RuntimeError and others
-            raise HeadstartError(f"cannot convert the ONNX graph from opset {version} to {IMPORT_OPSET} for "
-                                 f"onnx2torch ({str(error).splitlines()[0]})") from None
+            raise HeadstartError(
+                f"cannot convert the ONNX graph from opset {version} to {IMPORT_OPSET} for "
+                f"onnx2torch ({str(error).splitlines()[0]})"
+            ) from None
         for node in model.graph.node:  # an opset-18 attribute the down-conversion leaves behind
             if node.op_type.startswith("Reduce"):
                 kept = [a for a in node.attribute if not (a.name == "noop_with_empty_axes" and a.i == 0)]
@@ -161,8 +165,14 @@ def _prepare_for_onnx2torch(model):
     return model
 
 
-def import_onnx(path: str | os.PathLike, *, features: str = "auto", preprocessing: Preprocessing | dict | None = None,
-                pooling: str = "avg", name: str | None = None) -> Network:
+def import_onnx(
+    path: str | os.PathLike,
+    *,
+    features: str = "auto",
+    preprocessing: Preprocessing | dict | None = None,
+    pooling: str = "avg",
+    name: str | None = None,
+) -> Network:
     """An ONNX model (from any framework) as the backbone of a headstart :class:`Network`.
 
     Args:
@@ -186,8 +196,10 @@ def import_onnx(path: str | os.PathLike, *, features: str = "auto", preprocessin
         import onnx
         from onnx2torch import convert
     except ImportError as error:
-        raise HeadstartError(f"importing ONNX needs onnx and onnx2torch ({error.name} is missing); "
-                             'install them with: pip install "headstart[interop]"') from None
+        raise HeadstartError(
+            f"importing ONNX needs onnx and onnx2torch ({error.name} is missing); "
+            'install them with: pip install "headstart[interop]"'
+        ) from None
     path = Path(path)
     if not path.is_file():
         raise HeadstartError(f"{path}: no such ONNX file")
@@ -195,8 +207,10 @@ def import_onnx(path: str | os.PathLike, *, features: str = "auto", preprocessin
         model = onnx.load(str(path))
     except Exception as error:  # noqa: BLE001 - protobuf decode errors
         raise HeadstartError(f"{path}: not a readable ONNX model ({str(error).splitlines()[0]})") from None
-    if len(model.graph.input) != 1 and len([i for i in model.graph.input
-                                            if i.name not in {t.name for t in model.graph.initializer}]) != 1:
+    if (
+        len(model.graph.input) != 1
+        and len([i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]) != 1
+    ):
         raise HeadstartError(f"{path}: {len(model.graph.input)} inputs; a backbone reads one image tensor")
     metadata = read_metadata(path)
     end = _feature_tensor(model, features)
@@ -220,16 +234,33 @@ def import_onnx(path: str | os.PathLike, *, features: str = "auto", preprocessin
         channels, height, width = (dims[1:] + [0, 0, 0])[:3] if len(dims) == 4 else (3, 224, 224)
         channels = channels or 3
         height, width = height or 224, width or 224
-        preprocessing = Preprocessing(input_size=(channels, height, width), interpolation="bilinear", crop_pct=1.0,
-                                      crop_mode="squash", mean=(0.485, 0.456, 0.406)[:channels] if channels == 3
-                                      else (0.45,) * channels, std=(0.229, 0.224, 0.225)[:channels]
-                                      if channels == 3 else (0.226,) * channels)
-    config = {"input_size": preprocessing.input_size, "mean": preprocessing.mean, "std": preprocessing.std,
-              "interpolation": preprocessing.interpolation, "crop_pct": preprocessing.crop_pct,
-              "crop_mode": preprocessing.crop_mode, "num_classes": 0, "architecture": f"onnx:{path.name}"}
+        preprocessing = Preprocessing(
+            input_size=(channels, height, width),
+            interpolation="bilinear",
+            crop_pct=1.0,
+            crop_mode="squash",
+            mean=(0.485, 0.456, 0.406)[:channels] if channels == 3 else (0.45,) * channels,
+            std=(0.229, 0.224, 0.225)[:channels] if channels == 3 else (0.226,) * channels,
+        )
+    config = {
+        "input_size": preprocessing.input_size,
+        "mean": preprocessing.mean,
+        "std": preprocessing.std,
+        "interpolation": preprocessing.interpolation,
+        "crop_pct": preprocessing.crop_pct,
+        "crop_mode": preprocessing.crop_mode,
+        "num_classes": 0,
+        "architecture": f"onnx:{path.name}",
+    }
     backbone = OnnxBackbone(graph, config, path.name)
-    network = Network(backbone, model_name=name or f"onnx:{path.name}", preprocessing=preprocessing,
-                      include_top=False, pooling=pooling, in_chans=preprocessing.in_chans)
+    network = Network(
+        backbone,
+        model_name=name or f"onnx:{path.name}",
+        preprocessing=preprocessing,
+        include_top=False,
+        pooling=pooling,
+        in_chans=preprocessing.in_chans,
+    )
     return network.eval()
 
 
