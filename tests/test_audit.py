@@ -108,7 +108,11 @@ def test_the_audit_reaches_the_fine_tuned_model_only_through_its_predictions():
     assert all(parameter.grad is None for parameter in victim.parameters())
     after = victim.state_dict()
     assert all(torch.equal(before[name], after[name]) for name in before)  # bit-identical
-    assert result.probabilities.shape == (12, 5) and torch.allclose(result.probabilities.sum(1), torch.ones(12))
+    from headstart.imageops import normalize
+
+    public = _public()
+    direct = victim.predict(normalize(result.crafted.pixels / 255.0, public.preprocessing.mean, public.preprocessing.std))
+    assert result.probabilities.shape == (12, 5) and torch.allclose(result.probabilities, direct, atol=1e-6)
     assert result.metrics.attempts == 12 and len(result.metrics.hits_per_class) == 5
     assert result.labels == [f"class {index}" for index in range(5)]
 
@@ -186,11 +190,19 @@ def test_crafted_inputs_record_what_the_head_reads():
 
 def test_victims_on_cached_features_answer_as_their_networks_do():
     from headstart.audit.experiment import VictimConfig, _accuracy, cached_features, iter_victims, pool_cells
+    from headstart.heads import accuracy
+    from headstart.imageops import normalize
+
+    def public_statistics(network):
+        return network.preprocessing.mean, network.preprocessing.std
 
     torch.manual_seed(0)
-    public = _public().eval()
+    public = _public().train()
     images, labels = torch.rand(40, 3, 32, 32), torch.arange(40) % 10
     features = cached_features(public, images)
+    assert public.training  # computed in evaluation mode, given back in the mode it came in
+    assert torch.allclose(features, public.eval().pooled(
+        torch.stack([normalize(image[None], *public_statistics(public))[0] for image in images])), atol=1e-5)
     config = VictimConfig(image_size=32, class_counts=(5,), layer_counts=(1, 2), seeds=2, head_epochs=2,
                           fine_tune_seeds=1, fine_tune_epochs=1, fine_tune_batch=8)
     mean, std = public.preprocessing.mean, public.preprocessing.std
@@ -201,8 +213,8 @@ def test_victims_on_cached_features_answer_as_their_networks_do():
             chosen = torch.isin(labels, torch.tensor(victim.digits))
             relabel = {digit: index for index, digit in enumerate(victim.digits)}
             task = torch.tensor([relabel[int(label)] for label in labels[chosen]])
-            from_features = (victim.network.head(features[chosen]).argmax(1) == task).float().mean()
-            assert _accuracy(victim.network, images[chosen], task, mean, std) == pytest.approx(float(from_features))
+            from_features = float(accuracy(victim.network.head(features[chosen]), task))
+            assert _accuracy(victim.network, images[chosen], task, mean, std) == pytest.approx(from_features)
         probabilities = torch.softmax(torch.randn(6, 5), 1)
         results.append({"victim": victim, "result": type("R", (), {"metrics": attack_metrics(probabilities, orders=4)})()})
     assert len(seen) == 2 * 2 * 2 + 2 and len({digits for digits in map(tuple, [r["victim"].digits for r in results])}) == 2

@@ -51,7 +51,7 @@ def test_each_pretext_runs_as_a_stage_and_hands_over(tmp_path, colour_arrays, ta
     assert pretext_stage.handover.head == f"new {task} pretext head"
     assert task_stage.handover.head == "new task head"
     assert all(key.startswith("head.") for key in task_stage.handover.reinitialised)
-    assert np.isfinite(pretext_stage.history[-1]["train_loss"])
+    assert len(pretext_stage.step_losses) == pretext_stage.steps > 0  # the pretext stage ran every planned step
     # chelsea + coffee against rocket + astronaut crops: chance is 0.5, every handed-over backbone
     # learns the task (seed 0: 0.79 to 1.0 on the 24 test crops)
     assert result.test["accuracy"] >= 0.7

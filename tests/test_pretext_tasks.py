@@ -121,9 +121,10 @@ def test_alter_forward_loss_shapes_and_gradients(name, structured_images):
     else:
         assert outputs.shape[-2:] == images.shape[-2:]
     loss = task.loss(outputs, targets)
-    assert loss.dim() == 0 and torch.isfinite(loss)
+    assert loss.dim() == 0
     loss.backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in encoder.parameters())
+    assert all(p.grad is not None for p in encoder.parameters())
+    assert sum(float(p.grad.abs().sum()) for p in encoder.parameters()) > 0  # a real gradient (NaN fails too)
     # an embedding task's headline metric is the stage's val_loss; its metrics are extra measures
     assert set(task.metrics(outputs, targets)) >= ({task.metric} if task.kind != "embedding" else set())
 
@@ -231,7 +232,8 @@ def test_grey_images_work_except_colorization(name, structured_images):
     head = task.build_head(encoder, (SIZE, SIZE))
     inputs, targets = task.alter(grey, generator())
     assert inputs.shape[-3] == 1 if inputs.dim() == 4 else inputs.shape[2] == 1
-    assert torch.isfinite(task.loss(task.forward(encoder, head, inputs), targets))
+    task.loss(task.forward(encoder, head, inputs), targets).backward()
+    assert sum(float(p.grad.abs().sum()) for p in encoder.parameters()) > 0  # grey images teach the encoder
 
 
 @pytest.mark.parametrize("model_name", ["test_resnet", "test_efficientnet"])
@@ -244,10 +246,12 @@ def test_one_step_on_timm_test_backbones(name, model_name, structured_images):
     head = task.build_head(encoder, (SIZE, SIZE))
     optimizer = torch.optim.SGD([*encoder.parameters(), *head.parameters()], lr=0.01)
     inputs, targets = task.alter(structured_images[:4], generator())
+    before = [parameter.detach().clone() for parameter in backbone.parameters()]
     loss = task.loss(task.forward(encoder, head, inputs), targets)
     loss.backward()
     optimizer.step()
-    assert torch.isfinite(loss)
+    moved = [not torch.equal(old, new) for old, new in zip(before, backbone.parameters())]
+    assert any(moved) and all(torch.isfinite(parameter).all() for parameter in backbone.parameters())
 
 
 RUN = {"context": (150, 32), "simclr": (150, 32)}

@@ -4,18 +4,22 @@ trained backbone above a random one on real digits, attention maps against their
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
 import torch
 from sklearn.datasets import load_digits
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 from typer.testing import CliRunner
 
 from headstart.cli import app
 from headstart.errors import HeadstartError
-from headstart.probe import (attention_maps, fit_logistic_regression, knn_predict, linear_probe, probe_network,
-                             probe_stage, read_probe, run_data, standardize)
+from headstart.probe import (attention_maps, fit_logistic_regression, knn_predict, knn_probe, linear_probe,
+                             probe_network, probe_stage, read_probe, run_data, standardize)
 
 
 @pytest.fixture(scope="module")
@@ -24,17 +28,47 @@ def digits():
     return torch.tensor(features, dtype=torch.float64), torch.tensor(labels)
 
 
-def test_linear_probe_agrees_with_scikit_learn_logistic_regression(digits):
+def _pipeline(c: float = 1.0):
+    """The linear probe written directly with scikit-learn: standardise, then logistic regression."""
+    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=1000))
+
+
+def test_linear_probe_is_scikit_learns_pipeline_on_standardised_features(digits):
     features, labels = digits
+    reference = _pipeline(0.5).fit(features[:300].numpy(), labels[:300].numpy())
     bank, probe = standardize(features[:300], features[300:])
-    weights, bias = fit_logistic_regression(bank, labels[:300], 10, c=0.5)
-    reference = LogisticRegression(C=0.5, max_iter=20_000, tol=1e-10).fit(bank.numpy(), labels[:300].numpy())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)  # converged within LINEAR_MAX_ITER
+        weights, bias = fit_logistic_regression(bank, labels[:300], 10, c=0.5)
+        accuracy = linear_probe(features[:300], labels[:300], features[300:], labels[300:], c=0.5)
     ours = torch.softmax(probe @ weights.T + bias, 1).numpy()
-    assert np.abs(ours - reference.predict_proba(probe.numpy())).max() < 1e-3
-    assert np.abs(weights.numpy() - reference.coef_).max() < 1e-3
-    accuracy = linear_probe(features[:300], labels[:300], features[300:], labels[300:], c=0.5)
-    assert accuracy == pytest.approx((reference.predict(probe.numpy()) == labels[300:].numpy()).mean())
+    assert np.abs(ours - reference.predict_proba(features[300:].numpy())).max() < 1e-9
+    assert accuracy == pytest.approx(reference.score(features[300:].numpy(), labels[300:].numpy()))
     assert accuracy > 0.85  # real digits: far above chance (0.1)
+    # the default C = 1 (scikit-learn's) scores what the pipeline with C = 1 scores
+    default = _pipeline().fit(features[:300].numpy(), labels[:300].numpy())
+    assert linear_probe(features[:300], labels[:300], features[300:], labels[300:]) == pytest.approx(
+        default.score(features[300:].numpy(), labels[300:].numpy()))
+
+
+def test_linear_probe_of_two_classes_is_one_sigmoid_output_and_absent_classes_are_never_predicted(digits):
+    features, labels = digits
+    pair = (labels == 3) | (labels == 8)
+    x, y = features[pair], (labels[pair] == 8).long()  # two classes: 0 = "3", 1 = "8"
+    reference = _pipeline().fit(x[:100].numpy(), y[:100].numpy())
+    bank, probe = standardize(x[:100], x[100:])
+    weights, bias = fit_logistic_regression(bank, y[:100], 2)
+    assert weights.shape == (1, 64) and bias.shape == (1,)  # the log-odds of class 1, as headstart.heads reads it
+    assert np.abs(torch.sigmoid(probe @ weights.T + bias)[:, 0].numpy()
+                  - reference.predict_proba(x[100:].numpy())[:, 1]).max() < 1e-9
+    assert linear_probe(x[:100], y[:100], x[100:], y[100:]) == pytest.approx(
+        reference.score(x[100:].numpy(), y[100:].numpy()))
+    # a bank without digits 7..9: those classes are never predicted, the others as scikit-learn predicts them
+    seen = labels[:400] < 7
+    weights, bias = fit_logistic_regression(standardize(features[:400][seen])[0], labels[:400][seen], 10)
+    assert weights.shape == (10, 64) and torch.isinf(bias[7:]).all() and torch.isfinite(bias[:7]).all()
+    with pytest.raises(HeadstartError, match="one class"):
+        fit_logistic_regression(features[:5], torch.zeros(5, dtype=torch.long), 10)
 
 
 def test_knn_probe_is_the_weighted_cosine_vote_of_dino_and_lightly(digits):
@@ -93,8 +127,21 @@ def test_probe_command_reads_a_pretext_stage_and_names_bad_folders(trained_run, 
     result = CliRunner().invoke(app, ["probe", str(trained_run / "0-rotation"), "--k", "5", "--json"])
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
-    assert record["settings"]["knn"]["k"] == 5 and 0.1 < record["knn_accuracy"] <= 1
-    assert (trained_run / "0-rotation" / "probe.json").is_file()
+    assert record["settings"]["knn"]["k"] == 5
+    assert read_probe(trained_run / "0-rotation").model_dump(mode="json") == record  # what the command stored
+    # the command's scores are the probes of that stage's backbone, recomputed here from its features
+    from headstart.checkpoint import load_backbone
+    from headstart.engine.batches import plan_images
+    from headstart.engine.passes import compute_features
+
+    data, _ = run_data(trained_run)
+    network = load_backbone(trained_run / "0-rotation")
+    bank, bank_labels = compute_features(network, plan_images(data.split("train")), image_size=16)
+    probe, probe_labels = compute_features(network, plan_images(data.split("test")), image_size=16)
+    knn = knn_probe(bank, bank_labels, probe, probe_labels, k=5, num_classes=10)
+    linear = linear_probe(bank, bank_labels, probe, probe_labels, num_classes=10)
+    assert record["knn_accuracy"] == pytest.approx(knn) and record["linear_accuracy"] == pytest.approx(linear)
+    assert record["knn_accuracy"] > 0.3 and record["linear_accuracy"] > 0.3  # ten digits: chance is 0.1
     missing = CliRunner().invoke(app, ["probe", str(tmp_path)])
     assert missing.exit_code == 2 and "no stage.json here" in missing.output and "Traceback" not in missing.output
     unknown_split = CliRunner().invoke(app, ["probe", str(trained_run / "1-task"), "--split", "nope"])
@@ -105,9 +152,11 @@ def test_attention_maps_follow_their_formula_and_refuse_unknown_layers(trained_r
     from headstart.checkpoint import load_backbone
     from headstart.imageops import resize
 
-    network = load_backbone(trained_run / "1-task")
+    network = load_backbone(trained_run / "1-task").train()
     images = torch.rand(3, 1, 8, 8)
     maps = attention_maps(network, images, image_size=16, power=2)
+    assert network.training  # given back in the mode it came in
+    network.eval()
     assert maps and all(value.shape[0] == 3 for value in maps.values())
     name = next(iter(maps))
     captured = {}

@@ -27,6 +27,17 @@ linear     the raw values (regression)              ``nn.MSELoss`` / ``nn.Smooth
 Keras puts ``activation="softmax"`` in the last Dense layer and pairs it with
 ``categorical_crossentropy``; PyTorch's losses take logits because ``log_softmax`` of logits is
 numerically stable where ``log(softmax)`` is not.
+
+Binary means one sigmoid output
+-------------------------------
+Two classes trained with binary cross-entropy get **one** output (Keras' ``Dense(1,
+activation="sigmoid")``): its logit ``z`` is the log-odds of the second class. This module is the
+one place that knows it. :func:`is_single_sigmoid` says whether logits are of that kind,
+:func:`outputs_fit_labels` whether a head's outputs decode to its labels, :func:`class_targets`
+and :func:`class_probabilities` give a loss its targets and probabilities in the logits' layout,
+:func:`class_logits` turns ``z`` into the two-class logits ``[0, z]``, and
+:func:`predicted_classes` / :func:`accuracy` read class indices off any logits (``z > 0`` for one
+output, ``argmax`` otherwise). Every accuracy headstart reports is :func:`accuracy`.
 """
 
 from __future__ import annotations
@@ -65,9 +76,14 @@ class HeadSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     hidden: list[PositiveInt] = Field(default_factory=list, description="Units of each hidden Linear layer, in order.")
-    activation: Literal["relu", "gelu", "silu", "tanh"] = Field("relu", description="Non-linearity after each hidden layer.")
+    activation: Literal["relu", "gelu", "silu", "tanh"] = Field(
+        "relu", description="Non-linearity after each hidden layer."
+    )
     dropout: float = Field(
-        0.0, ge=0.0, lt=1.0, description="Drop probability before each Linear; 0.2–0.5 is the usual range for small data."
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Drop probability before each Linear; 0.2–0.5 is the usual range for small data.",
     )
     batch_norm: bool = Field(False, description="BatchNorm1d after each hidden Linear (before the activation).")
     outputs: PositiveInt = Field(description="Units of the output layer: classes, or regression targets.")
@@ -75,9 +91,8 @@ class HeadSpec(BaseModel):
         "softmax", description="How logits become probabilities at predict time; the module itself returns logits."
     )
 
-
     @classmethod
-    def for_classes(cls, count: int, loss: str = "cross_entropy", **fields) -> "HeadSpec":
+    def for_classes(cls, count: int, loss: str = "cross_entropy", **fields) -> HeadSpec:
         """The default head for ``count`` classes trained with ``loss`` (the one place this is decided).
 
         Two classes with binary cross-entropy get **one sigmoid output**, the probability of the
@@ -90,7 +105,7 @@ class HeadSpec(BaseModel):
 
     def fits_labels(self, labels: list[str] | tuple[str, ...]) -> bool:
         """Whether this head's outputs decode to ``labels``: one per label, or one sigmoid for two."""
-        return self.outputs == len(labels) or (self.outputs == 1 and len(labels) == 2)
+        return outputs_fit_labels(self.outputs, labels)
 
 
 class DenseHead(nn.Sequential):
@@ -150,6 +165,60 @@ def head_spec_from_mapping(mapping: dict) -> HeadSpec:
 def output_kind(head: nn.Module) -> OutputKind:
     """How ``head``'s logits become probabilities: its ``output_kind`` attribute, else ``softmax``."""
     return getattr(head, "output_kind", "softmax")
+
+
+def outputs_fit_labels(outputs: int, labels: list[str] | tuple[str, ...]) -> bool:
+    """Whether a head of ``outputs`` outputs decodes to ``labels``: one output per label, or one
+    sigmoid output for two labels (module docstring)."""
+    return outputs == len(labels) or (outputs == 1 and len(labels) == 2)
+
+
+def is_single_sigmoid(logits: torch.Tensor) -> bool:
+    """Whether ``logits`` ``[B, K]`` come from a one-output head: ``K == 1``, the log-odds of the
+    second of two classes (module docstring)."""
+    return logits.shape[-1] == 1
+
+
+def class_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Logits with one column per class: a one-sigmoid head's ``z`` becomes ``[0, z]`` (whose softmax
+    is ``[1 − σ(z), σ(z)]``); other logits are returned unchanged."""
+    return torch.cat([torch.zeros_like(logits), logits], dim=-1) if is_single_sigmoid(logits) else logits
+
+
+def class_targets(labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Integer class ``labels`` ``[B]`` as targets in the layout of ``logits``: one-hot ``[B, K]``, or
+    the label itself ``[B, 1]`` (0 or 1) for a one-sigmoid head; in the logits' dtype."""
+    if is_single_sigmoid(logits):
+        return labels.to(logits.dtype).unsqueeze(-1)
+    return torch.nn.functional.one_hot(labels.long(), logits.shape[-1]).to(logits.dtype)
+
+
+def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Probabilities in the layout of ``logits``: the sigmoid of a one-sigmoid head's ``z``, the
+    softmax over classes otherwise."""
+    return logits.sigmoid() if is_single_sigmoid(logits) else logits.softmax(dim=-1)
+
+
+def predicted_classes(logits: torch.Tensor) -> torch.Tensor:
+    """Class index of every row of ``logits`` ``[B, K]`` (any scores per class): ``argmax``, or
+    ``z > 0`` (probability above one half) for a one-sigmoid head."""
+    if is_single_sigmoid(logits):
+        return (logits[..., 0] > 0).long()
+    return logits.argmax(dim=-1)
+
+
+def accuracy(
+    logits: torch.Tensor, targets: torch.Tensor, *, reduction: Literal["mean", "sum"] = "mean"
+) -> torch.Tensor:
+    """Share (``mean``) or number (``sum``) of rows whose :func:`predicted_classes` equal ``targets``,
+    as a 0-d float tensor on the logits' device (no synchronisation with the host). An empty batch
+    has accuracy 0."""
+    correct = (predicted_classes(logits) == targets.to(logits.device)).float()
+    if reduction == "sum":
+        return correct.sum()
+    if reduction == "mean":
+        return correct.mean() if correct.numel() else correct.sum()
+    raise HeadstartError(f"accuracy: reduction={reduction!r}; expected 'mean' or 'sum'")
 
 
 def to_probabilities(logits: torch.Tensor, output: OutputKind) -> torch.Tensor:

@@ -5,9 +5,10 @@ by how much its frozen features already know. The probes here measure the second
 
 * **linear probe** — multinomial logistic regression on frozen, pooled features (the standard
   evaluation of self-supervised representations since Zhang et al. 2016 and Kolesnikov et al.
-  2019). The objective is scikit-learn's ``LogisticRegression`` with its defaults (L2 penalty,
-  ``C = 1``, intercept not penalised), minimised by L-BFGS in float64 on the features' device;
-  features are standardised with the training bank's mean and standard deviation first.
+  2019): scikit-learn's ``LogisticRegression`` with its defaults (L2 penalty, ``C = 1``, intercept
+  not penalised, the ``lbfgs`` solver) fitted in float64 on the CPU, ``max_iter`` raised to 1,000
+  so it converges; features are standardised with the training bank's mean and standard deviation
+  first.
 * **k-NN probe** — weighted k nearest neighbours under cosine similarity, ``k = 20``, each
   neighbour voting ``exp(similarity / 0.07)`` for its class: the protocol of Wu et al. 2018 that
   DINO (Caron et al. 2021, ``eval_knn.py``) and lightly (``knn_predict``) report.
@@ -24,19 +25,27 @@ a user has labels for) and the test split is probed; the settings are stored wit
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from pydantic import BaseModel, Field
 from torch import Tensor
 
 from headstart.errors import HeadstartError
+from headstart.files import RUN_FILE, atomic_write_json, is_run, read_json
+from headstart.heads import accuracy, predicted_classes
+from headstart.modes import evaluating
 
 PROBE_FILE = "probe.json"
 KNN_K = 20
 KNN_TEMPERATURE = 0.07
 LINEAR_C = 1.0
+LINEAR_MAX_ITER = 1000
+"""L-BFGS iterations allowed to the linear probe (scikit-learn's default of 100 stops short on
+standardised network features; 1,000 leaves a wide margin: 1,280 features of 200 digits converge
+in about 100)."""
 
 
 class ProbeRecord(BaseModel):
@@ -57,76 +66,140 @@ class ProbeRecord(BaseModel):
 
 
 def standardize(bank: Tensor, *others: Tensor) -> tuple[Tensor, ...]:
-    """Scale every feature to zero mean and unit variance over ``bank``; apply the same to ``others``."""
-    mean = bank.mean(0, keepdim=True)
-    std = bank.std(0, unbiased=False, keepdim=True).clamp_min(1e-6)
-    return tuple((features - mean) / std for features in (bank, *others))
+    """Scale every feature to zero mean and unit variance over ``bank`` and apply the same to ``others``:
+    scikit-learn's ``StandardScaler`` (a feature constant over the bank is only centred), float64 on the CPU."""
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(bank.detach().double().cpu().numpy())
+    return tuple(
+        torch.from_numpy(scaler.transform(features.detach().double().cpu().numpy())) for features in (bank, *others)
+    )
 
 
-def fit_logistic_regression(features: Tensor, labels: Tensor, num_classes: int, *, c: float = LINEAR_C,
-                            max_iter: int = 500, tolerance: float = 1e-9) -> tuple[Tensor, Tensor]:
-    """Weights ``(classes, features)`` and intercepts minimising scikit-learn's objective
-    ``C · Σ_i cross_entropy_i + ½‖W‖²`` (multinomial, intercept unpenalised), by L-BFGS in float64."""
+def fit_logistic_regression(
+    features: Tensor, labels: Tensor, num_classes: int, *, c: float = LINEAR_C, max_iter: int = LINEAR_MAX_ITER
+) -> tuple[Tensor, Tensor]:
+    """scikit-learn's ``LogisticRegression(C=c, max_iter=max_iter)`` (L2, ``lbfgs``, multinomial) fitted
+    on ``features`` as given, in float64 on the CPU; returns its weights ``(outputs, features)`` and
+    intercepts as logits in :mod:`headstart.heads`' layout: one column per class, or one column (the
+    log-odds of class 1) for two classes. A class absent from ``labels`` gets an intercept of
+    ``−∞`` (never predicted). scikit-learn warns (``ConvergenceWarning``) when ``max_iter`` is too few."""
+    from sklearn.linear_model import LogisticRegression
+
     if c <= 0:
         raise HeadstartError(f"linear probe C={c}: expected a positive inverse regularisation strength")
-    x = features.double()
-    y = labels.long()
-    weights = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, device=x.device, requires_grad=True)
-    bias = torch.zeros(num_classes, dtype=torch.float64, device=x.device, requires_grad=True)
-    optimizer = torch.optim.LBFGS([weights, bias], lr=1, max_iter=max_iter, tolerance_grad=tolerance,
-                                  tolerance_change=tolerance * 1e-3, history_size=20, line_search_fn="strong_wolfe")
-    scale = 1.0 / (c * len(y))  # the same minimiser, at a scale L-BFGS' tolerances suit
+    present = torch.unique(labels.cpu()).long()
+    if len(present) < 2:
+        raise HeadstartError(f"linear probe: the bank holds one class ({present.tolist()}); it needs two or more")
+    model = LogisticRegression(C=c, max_iter=max_iter).fit(
+        features.detach().double().cpu().numpy(), labels.cpu().numpy()
+    )
+    coef = torch.from_numpy(model.coef_)
+    intercept = torch.from_numpy(model.intercept_)
+    if num_classes == 2 and len(present) == 2:
+        return coef, intercept  # scikit-learn's binary model: one log-odds of class 1
+    if len(present) == 2:  # the log-odds of the second present class against the first
+        coef = torch.cat([torch.zeros_like(coef), coef])
+        intercept = torch.cat([torch.zeros_like(intercept), intercept])
+    weights = torch.zeros(num_classes, coef.shape[1], dtype=torch.float64)
+    bias = torch.full((num_classes,), -torch.inf, dtype=torch.float64)
+    weights[present], bias[present] = coef, intercept
+    return weights, bias
 
-    def closure() -> Tensor:
-        optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(x @ weights.T + bias, y, reduction="mean") \
-            + 0.5 * scale * weights.pow(2).sum()
-        loss.backward()
-        return loss
 
-    optimizer.step(closure)
-    return weights.detach(), bias.detach()
-
-
-def linear_probe(bank: Tensor, bank_labels: Tensor, probe: Tensor, probe_labels: Tensor, *,
-                 c: float = LINEAR_C, num_classes: int | None = None) -> float:
+def linear_probe(
+    bank: Tensor,
+    bank_labels: Tensor,
+    probe: Tensor,
+    probe_labels: Tensor,
+    *,
+    c: float = LINEAR_C,
+    num_classes: int | None = None,
+    max_iter: int = LINEAR_MAX_ITER,
+) -> float:
     """Accuracy on ``probe`` of logistic regression fitted on standardised ``bank`` features."""
     num_classes = num_classes or int(max(bank_labels.max(), probe_labels.max())) + 1
-    bank, probe = standardize(bank.double(), probe.double())
-    weights, bias = fit_logistic_regression(bank, bank_labels, num_classes, c=c)
-    predictions = (probe @ weights.T + bias).argmax(1)
-    return float((predictions == probe_labels).double().mean())
+    bank, probe = standardize(bank, probe)
+    weights, bias = fit_logistic_regression(bank, bank_labels, num_classes, c=c, max_iter=max_iter)
+    return float(accuracy(probe @ weights.T + bias, probe_labels.cpu()))
 
 
-def knn_predict(bank: Tensor, bank_labels: Tensor, queries: Tensor, num_classes: int, *, k: int = KNN_K,
-                temperature: float = KNN_TEMPERATURE, chunk: int = 1024) -> Tensor:
-    """Class of each query by weighted k-NN under cosine similarity (Wu et al. 2018; DINO, lightly)."""
+def knn_votes(
+    bank: Tensor,
+    bank_labels: Tensor,
+    queries: Tensor,
+    num_classes: int,
+    *,
+    k: int = KNN_K,
+    temperature: float = KNN_TEMPERATURE,
+    chunk: int = 1024,
+) -> Tensor:
+    """Votes ``[queries, max(2, num_classes)]`` of the weighted k-NN under cosine similarity (Wu et al.
+    2018; DINO, lightly): each of the ``k`` nearest bank features votes ``exp(similarity / temperature)``
+    for its class. Scores per class, read like logits (:func:`headstart.heads.predicted_classes`)."""
     if k < 1:
         raise HeadstartError(f"k-NN probe k={k}: expected at least 1 neighbour")
     if temperature <= 0:
         raise HeadstartError(f"k-NN probe temperature={temperature}: expected a positive value")
     bank = torch.nn.functional.normalize(bank.float(), dim=1)
     k = min(k, len(bank))
-    predictions = []
+    columns = max(2, num_classes)  # never one column: that would read as one sigmoid output
+    votes = [torch.zeros(0, columns, device=queries.device)]
     for start in range(0, len(queries), chunk):
-        part = torch.nn.functional.normalize(queries[start:start + chunk].float(), dim=1)
+        part = torch.nn.functional.normalize(queries[start : start + chunk].float(), dim=1)
         similarity, index = (part @ bank.T).topk(k, dim=1)
-        votes = torch.zeros(len(part), num_classes, device=part.device)
-        votes.scatter_add_(1, bank_labels[index].long(), (similarity / temperature).exp())
-        predictions.append(votes.argmax(1))
-    return torch.cat(predictions) if predictions else torch.zeros(0, dtype=torch.long)
+        part_votes = torch.zeros(len(part), columns, device=part.device)
+        part_votes.scatter_add_(1, bank_labels[index].long(), (similarity / temperature).exp())
+        votes.append(part_votes)
+    return torch.cat(votes)
 
 
-def knn_probe(bank: Tensor, bank_labels: Tensor, probe: Tensor, probe_labels: Tensor, *, k: int = KNN_K,
-              temperature: float = KNN_TEMPERATURE, num_classes: int | None = None) -> float:
+def knn_predict(
+    bank: Tensor,
+    bank_labels: Tensor,
+    queries: Tensor,
+    num_classes: int,
+    *,
+    k: int = KNN_K,
+    temperature: float = KNN_TEMPERATURE,
+    chunk: int = 1024,
+) -> Tensor:
+    """Class of each query by weighted k-NN under cosine similarity (:func:`knn_votes`)."""
+    return predicted_classes(
+        knn_votes(bank, bank_labels, queries, num_classes, k=k, temperature=temperature, chunk=chunk)
+    )
+
+
+def knn_probe(
+    bank: Tensor,
+    bank_labels: Tensor,
+    probe: Tensor,
+    probe_labels: Tensor,
+    *,
+    k: int = KNN_K,
+    temperature: float = KNN_TEMPERATURE,
+    num_classes: int | None = None,
+) -> float:
+    """Accuracy on ``probe`` of the weighted k-NN vote over ``bank`` (:func:`knn_votes`)."""
     num_classes = num_classes or int(max(bank_labels.max(), probe_labels.max())) + 1
-    predictions = knn_predict(bank, bank_labels, probe, num_classes, k=k, temperature=temperature)
-    return float((predictions.cpu() == probe_labels.cpu()).float().mean())
+    votes = knn_votes(bank, bank_labels, probe, num_classes, k=k, temperature=temperature)
+    return float(accuracy(votes, probe_labels))
 
 
-def probe_network(network, data, *, image_size: int | None, source: str, bank_split: str = "train",
-                  probe_split: str = "test", k: int = KNN_K, temperature: float = KNN_TEMPERATURE,
-                  c: float = LINEAR_C, device: str = "cpu", residency: str = "auto") -> ProbeRecord:
+def probe_network(
+    network,
+    data,
+    *,
+    image_size: int | None,
+    source: str,
+    bank_split: str = "train",
+    probe_split: str = "test",
+    k: int = KNN_K,
+    temperature: float = KNN_TEMPERATURE,
+    c: float = LINEAR_C,
+    device: str = "cpu",
+    residency: str = "auto",
+) -> ProbeRecord:
     """Both probes of ``network``'s pooled backbone features on two splits of ``data`` (a TaskData)."""
     from headstart.engine.batches import plan_images
     from headstart.engine.passes import compute_features
@@ -138,21 +211,35 @@ def probe_network(network, data, *, image_size: int | None, source: str, bank_sp
             raise HeadstartError(f"probe: split '{name}' holds no images")
         if images.labels is None or (images.labels < 0).any():
             raise HeadstartError(f"probe: split '{name}' has no labels; the bank and the probed split need them")
-    bank, bank_labels = compute_features(network, plan_images(sets[bank_split], prefer=residency),
-                                         image_size=image_size, device=device)
-    probe, probe_labels = compute_features(network, plan_images(sets[probe_split], prefer=residency),
-                                           image_size=image_size, device=device)
+    bank, bank_labels = compute_features(
+        network, plan_images(sets[bank_split], prefer=residency), image_size=image_size, device=device
+    )
+    probe, probe_labels = compute_features(
+        network, plan_images(sets[probe_split], prefer=residency), image_size=image_size, device=device
+    )
     num_classes = len(data.class_names)
     return ProbeRecord(
         source=source,
         linear_accuracy=linear_probe(bank, bank_labels, probe, probe_labels, c=c, num_classes=num_classes),
-        knn_accuracy=knn_probe(bank, bank_labels, probe, probe_labels, k=k, temperature=temperature,
-                               num_classes=num_classes),
-        bank_split=bank_split, probe_split=probe_split, bank_size=len(bank), probe_size=len(probe),
-        num_features=int(bank.shape[1]), image_size=image_size,
-        settings={"features": "pooled backbone output, eval mode", "linear": {"C": c, "standardized": True,
-                  "solver": "L-BFGS, float64"}, "knn": {"k": min(k, len(bank)), "metric": "cosine",
-                  "vote": f"exp(similarity / {temperature})"}},
+        knn_accuracy=knn_probe(
+            bank, bank_labels, probe, probe_labels, k=k, temperature=temperature, num_classes=num_classes
+        ),
+        bank_split=bank_split,
+        probe_split=probe_split,
+        bank_size=len(bank),
+        probe_size=len(probe),
+        num_features=int(bank.shape[1]),
+        image_size=image_size,
+        settings={
+            "features": "pooled backbone output, eval mode",
+            "linear": {
+                "C": c,
+                "standardized": True,
+                "solver": "scikit-learn lbfgs, float64",
+                "max_iter": LINEAR_MAX_ITER,
+            },
+            "knn": {"k": min(k, len(bank)), "metric": "cosine", "vote": f"exp(similarity / {temperature})"},
+        },
         seconds=time.perf_counter() - started,
     )
 
@@ -164,30 +251,51 @@ def run_data(run_folder: Path):
     from headstart.structure import RunRecord
 
     record = RunRecord.read(run_folder)
-    spec = parse_run(record.config, str(Path(run_folder) / "run.json"))
+    spec = parse_run(record.config, str(Path(run_folder) / RUN_FILE))
     return TaskData.from_spec(spec.data, model_name=spec.model.name), spec
 
 
-def probe_stage(folder: str | Path, *, data=None, bank_split: str = "train", probe_split: str = "test",
-                k: int = KNN_K, temperature: float = KNN_TEMPERATURE, c: float = LINEAR_C, device: str = "cpu",
-                write: bool = True) -> ProbeRecord:
+def probe_stage(
+    folder: str | Path,
+    *,
+    data=None,
+    bank_split: str = "train",
+    probe_split: str = "test",
+    k: int = KNN_K,
+    temperature: float = KNN_TEMPERATURE,
+    c: float = LINEAR_C,
+    device: str = "cpu",
+    write: bool = True,
+) -> ProbeRecord:
     """Probe the backbone a finished stage wrote (any stage: pretext heads are ignored) and store the
     result in ``probe.json`` in that folder. ``data`` defaults to the run's own data (``run.json``
     in the parent folder)."""
-    from headstart.checkpoint import atomic_write_json, load_backbone
+    from headstart.checkpoint import load_backbone
     from headstart.stage import StageRecord
 
     folder = Path(folder)
     record = StageRecord.read(folder)
     if data is None:
-        if not (folder.parent / "run.json").is_file():
-            raise HeadstartError(f"{folder}: not inside a run folder (no run.json beside it), so its data is unknown; "
-                                 "from Python pass data=TaskData.load(...)")
+        if not is_run(folder.parent):
+            raise HeadstartError(
+                f"{folder}: not inside a run folder (no {RUN_FILE} beside it), so its data is "
+                "unknown; "
+                "from Python pass data=TaskData.load(...)"
+            )
         data, _ = run_data(folder.parent)
     network = load_backbone(folder)
-    result = probe_network(network, data, image_size=record.model.image_size, source=str(folder),
-                           bank_split=bank_split, probe_split=probe_split, k=k, temperature=temperature, c=c,
-                           device=device)
+    result = probe_network(
+        network,
+        data,
+        image_size=record.model.image_size,
+        source=str(folder),
+        bank_split=bank_split,
+        probe_split=probe_split,
+        k=k,
+        temperature=temperature,
+        c=c,
+        device=device,
+    )
     if write:
         atomic_write_json(folder / PROBE_FILE, result.model_dump(mode="json"))
     return result
@@ -195,8 +303,6 @@ def probe_stage(folder: str | Path, *, data=None, bank_split: str = "train", pro
 
 def read_probe(folder: str | Path) -> ProbeRecord | None:
     """The probe stored in a folder, or ``None`` when it was never probed."""
-    from headstart.checkpoint import read_json
-
     path = Path(folder) / PROBE_FILE
     if not path.is_file():
         return None
@@ -214,13 +320,15 @@ def default_attention_layers(network) -> list[str]:
     info = getattr(network.backbone, "feature_info", None)
     modules = dict(network.named_modules())
     names = []
-    for entry in (info or []):
+    for entry in info or []:
         name = f"backbone.{entry['module']}" if isinstance(entry, dict) and entry.get("module") else None
         if name in modules:
             names.append(name)
     if not names:
-        raise HeadstartError(f"{network.model_name}: no feature stages known; name the layers for attention maps "
-                             f"(e.g. {[n for n, _ in network.backbone.named_children()][-3:]})")
+        raise HeadstartError(
+            f"{network.model_name}: no feature stages known; name the layers for attention maps "
+            f"(e.g. {[n for n, _ in network.backbone.named_children()][-3:]})"
+        )
     return names
 
 
@@ -229,8 +337,9 @@ MIN_MAP_SIDE = 4
 
 
 @torch.no_grad()
-def attention_maps(network, images01: Tensor, *, layers: Sequence[str] | None = None, power: float = 1.0,
-                   image_size: int | None = None) -> dict[str, Tensor]:
+def attention_maps(
+    network, images01: Tensor, *, layers: Sequence[str] | None = None, power: float = 1.0, image_size: int | None = None
+) -> dict[str, Tensor]:
     """``mean_c |A_c|^power`` of each named layer for 0..1 images ``(n, c, h, w)``: ``{layer: (n, h', w')}``,
     each map scaled to 0..1 per image (Zagoruyko & Komodakis 2017; Gidaris et al. 2018, figure 3).
 
@@ -246,34 +355,41 @@ def attention_maps(network, images01: Tensor, *, layers: Sequence[str] | None = 
     unknown = [name for name in layers if name not in modules]
     if unknown:
         known = [name for name, _ in network.backbone.named_children()]
-        raise HeadstartError(f"attention layers {unknown}: not modules of {network.model_name}; "
-                             f"its backbone's blocks are backbone.{{{', '.join(known)}}}")
+        raise HeadstartError(
+            f"attention layers {unknown}: not modules of {network.model_name}; "
+            f"its backbone's blocks are backbone.{{{', '.join(known)}}}"
+        )
     captured: dict[str, Tensor] = {}
-    hooks = [modules[name].register_forward_hook(lambda _m, _i, output, name=name: captured.__setitem__(name, output))
-             for name in layers]
-    was_training = network.training
-    network.eval()
+    hooks = [
+        modules[name].register_forward_hook(lambda _m, _i, output, name=name: captured.__setitem__(name, output))
+        for name in layers
+    ]
     try:
-        device = next(network.parameters()).device
-        inputs = network.encoder(image_size).prepare(resize(images01.to(device), image_size, "stretch"))
-        network.forward_features(inputs)
+        with evaluating(network):
+            device = next(network.parameters()).device
+            inputs = network.encoder(image_size).prepare(resize(images01.to(device), image_size, "stretch"))
+            network.forward_features(inputs)
     finally:
         for hook in hooks:
             hook.remove()
-        network.train(was_training)
     maps = {}
     for name in layers:
         activation = captured[name]
         if activation.ndim != 4:
-            raise HeadstartError(f"attention layer {name}: output of shape {tuple(activation.shape)}, "
-                                 "expected a (batch, channels, height, width) map")
+            raise HeadstartError(
+                f"attention layer {name}: output of shape {tuple(activation.shape)}, "
+                "expected a (batch, channels, height, width) map"
+            )
         strength = activation.float().abs().pow(power).mean(1)
         low = strength.flatten(1).min(1).values[:, None, None]
         high = strength.flatten(1).max(1).values[:, None, None]
         maps[name] = ((strength - low) / (high - low).clamp_min(1e-12)).cpu()
     if not chosen:
         large = [name for name in layers if min(maps[name].shape[1:]) >= MIN_MAP_SIDE]
-        keep = large[-ATTENTION_LAYERS:] if large else sorted(
-            layers, key=lambda name: -maps[name].shape[1] * maps[name].shape[2])[:ATTENTION_LAYERS]
+        keep = (
+            large[-ATTENTION_LAYERS:]
+            if large
+            else sorted(layers, key=lambda name: -maps[name].shape[1] * maps[name].shape[2])[:ATTENTION_LAYERS]
+        )
         maps = {name: maps[name] for name in layers if name in keep}
     return maps

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -33,8 +33,20 @@ from headstart.audit.metrics import AttackMetrics, attack_metrics, pool_metrics
 from headstart.errors import HeadstartError
 from headstart.imageops import normalize
 
-__all__ = ["AttackConfig", "AttackMetrics", "AuditResult", "CraftedInputs", "PublicFeatures", "QueryOnly", "audit",
-           "attack_metrics", "craft", "pool_metrics", "public_backbone", "query"]
+__all__ = [
+    "AttackConfig",
+    "AttackMetrics",
+    "AuditResult",
+    "CraftedInputs",
+    "PublicFeatures",
+    "QueryOnly",
+    "audit",
+    "attack_metrics",
+    "craft",
+    "pool_metrics",
+    "public_backbone",
+    "query",
+]
 
 
 class QueryOnly:
@@ -56,16 +68,23 @@ class QueryOnly:
             return self._predict(images.detach().clone())
 
 
-def public_backbone(model_name: str, *, in_chans: int = 3, pooling: str = "avg", weights: str = "imagenet",
-                    device: str = "cpu"):
+def public_backbone(
+    model_name: str, *, in_chans: int = 3, pooling: str = "avg", weights: str = "imagenet", device: str = "cpu"
+):
     """The public pretrained feature extractor an attacker downloads: ``load(name, weights, include_top=False)``."""
     from headstart.zoo import load
 
     return load(model_name, weights=weights, include_top=False, pooling=pooling, in_chans=in_chans).to(device).eval()
 
 
-def craft(features: PublicFeatures, neurons: torch.Tensor, image_size: int, config: AttackConfig = AttackConfig(),
-          batch_size: int = 64, progress: Callable[[int, int], None] | None = None) -> CraftedInputs:
+def craft(
+    features: PublicFeatures,
+    neurons: torch.Tensor,
+    image_size: int,
+    config: AttackConfig = AttackConfig(),
+    batch_size: int = 64,
+    progress: Callable[[int, int], None] | None = None,
+) -> CraftedInputs:
     """Craft one input per neuron in ``neurons``, ``batch_size`` neurons at a time, on the backbone's device."""
     network = features.network
     preprocessing = network.preprocessing
@@ -74,7 +93,7 @@ def craft(features: PublicFeatures, neurons: torch.Tensor, image_size: int, conf
     pixels, seen = [], {}
     started = time.perf_counter()
     for start in range(0, len(neurons), batch_size):
-        batch = neurons[start:start + batch_size].to(device)
+        batch = neurons[start : start + batch_size].to(device)
         crafted, _ = craft_batch(features, batch, shape, preprocessing.mean, preprocessing.std, config)
         for name, values in read_out(features, crafted, batch, preprocessing.mean, preprocessing.std).items():
             seen.setdefault(name, []).append(values)
@@ -82,18 +101,26 @@ def craft(features: PublicFeatures, neurons: torch.Tensor, image_size: int, conf
         if progress is not None:
             progress(min(start + batch_size, len(neurons)), len(neurons))
     seen = {name: torch.cat(values) for name, values in seen.items()}
-    return CraftedInputs(neurons=neurons.cpu(), pixels=torch.cat(pixels), target_activation=seen["target"],
-                         largest_other=seen["other"], output_target=seen["output_target"],
-                         output_largest_other=seen["output_other"], seconds=time.perf_counter() - started,
-                         batch_size=batch_size, config=config)
+    return CraftedInputs(
+        neurons=neurons.cpu(),
+        pixels=torch.cat(pixels),
+        target_activation=seen["target"],
+        largest_other=seen["other"],
+        output_target=seen["output_target"],
+        output_largest_other=seen["output_other"],
+        seconds=time.perf_counter() - started,
+        batch_size=batch_size,
+        config=config,
+    )
 
 
-def query(target: Callable[[torch.Tensor], torch.Tensor], crafted: CraftedInputs, mean, std,
-          batch_size: int = 256) -> torch.Tensor:
+def query(
+    target: Callable[[torch.Tensor], torch.Tensor], crafted: CraftedInputs, mean, std, batch_size: int = 256
+) -> torch.Tensor:
     """The black box's probabilities for every crafted image, ``[N, classes]``."""
     answers = []
     for start in range(0, len(crafted.pixels), batch_size):
-        images = normalize(crafted.pixels[start:start + batch_size] / 255.0, mean, std)
+        images = normalize(crafted.pixels[start : start + batch_size] / 255.0, mean, std)
         answers.append(torch.as_tensor(target(images)).detach().float().cpu())
     return torch.cat(answers)
 
@@ -121,17 +148,31 @@ class AuditResult:
             if len(indices):
                 best = indices[confidence[indices].argsort(descending=True)[:per_class]]
                 for index in best.tolist():
-                    chosen.append({"neuron": int(self.crafted.neurons[index]), "class": label,
-                                   "label": self.labels[label] if self.labels else str(label),
-                                   "confidence": float(confidence[index]), "pixels": self.crafted.pixels[index]})
+                    chosen.append(
+                        {
+                            "neuron": int(self.crafted.neurons[index]),
+                            "class": label,
+                            "label": self.labels[label] if self.labels else str(label),
+                            "confidence": float(confidence[index]),
+                            "pixels": self.crafted.pixels[index],
+                        }
+                    )
         return chosen
 
     def to_dict(self) -> dict:
-        return {"target": self.target, "backbone": self.backbone, "feature_layer": self.feature_layer,
-                "image_size": self.image_size, "neurons": len(self.crafted.neurons),
-                "crafted_per_second": self.crafted.per_second, "crafting_seconds": self.crafted.seconds,
-                "config": self.crafted.config.__dict__, "labels": self.labels, "notes": self.notes,
-                **{f"metrics.{key}": value for key, value in self.metrics.to_dict().items()}}
+        return {
+            "target": self.target,
+            "backbone": self.backbone,
+            "feature_layer": self.feature_layer,
+            "image_size": self.image_size,
+            "neurons": len(self.crafted.neurons),
+            "crafted_per_second": self.crafted.per_second,
+            "crafting_seconds": self.crafted.seconds,
+            "config": self.crafted.config.__dict__,
+            "labels": self.labels,
+            "notes": self.notes,
+            **{f"metrics.{key}": value for key, value in self.metrics.to_dict().items()},
+        }
 
 
 def _choose_neurons(neurons: int | torch.Tensor | None, available: int, seed: int) -> torch.Tensor:
@@ -139,7 +180,9 @@ def _choose_neurons(neurons: int | torch.Tensor | None, available: int, seed: in
         return torch.arange(available)
     if isinstance(neurons, int):
         if not 0 < neurons <= available:
-            raise HeadstartError(f"neurons={neurons}: the backbone has {available} feature neurons; expected 1..{available}")
+            raise HeadstartError(
+                f"neurons={neurons}: the backbone has {available} feature neurons; expected 1..{available}"
+            )
         generator = torch.Generator().manual_seed(seed)
         return torch.randperm(available, generator=generator)[:neurons].sort().values
     neurons = torch.as_tensor(neurons, dtype=torch.long)
@@ -148,10 +191,20 @@ def _choose_neurons(neurons: int | torch.Tensor | None, available: int, seed: in
     return neurons
 
 
-def audit(target, *, backbone=None, neurons: int | torch.Tensor | None = None, image_size: int | None = None,
-          config: AttackConfig = AttackConfig(), batch_size: int = 64, orders: int = 100, seed: int = 0,
-          feature_layer: str = "pre-activation", device: str = "cpu",
-          progress: Callable[[int, int], None] | None = None) -> AuditResult:
+def audit(
+    target,
+    *,
+    backbone=None,
+    neurons: int | torch.Tensor | None = None,
+    image_size: int | None = None,
+    config: AttackConfig = AttackConfig(),
+    batch_size: int = 64,
+    orders: int = 100,
+    seed: int = 0,
+    feature_layer: str = "pre-activation",
+    device: str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+) -> AuditResult:
     """Run the target-agnostic attack against ``target`` and measure it (Rezaei & Liu 2020).
 
     Args:
@@ -186,8 +239,10 @@ def audit(target, *, backbone=None, neurons: int | torch.Tensor | None = None, i
             backbone = public_backbone(model_name, in_chans=in_chans, pooling=pooling, device=device)
         image_size = image_size or size
     elif not callable(target):
-        raise HeadstartError(f"target of type {type(target).__name__}: expected a Network, a stage folder or a "
-                             "callable returning probabilities")
+        raise HeadstartError(
+            f"target of type {type(target).__name__}: expected a Network, a stage folder or a "
+            "callable returning probabilities"
+        )
     if backbone is None:
         raise HeadstartError("a target given as a callable needs backbone= (the public pretrained extractor)")
     backbone = backbone.to(device)
@@ -197,9 +252,18 @@ def audit(target, *, backbone=None, neurons: int | torch.Tensor | None = None, i
     crafted = craft(features, chosen, image_size, config, batch_size=batch_size, progress=progress)
     probabilities = query(target, crafted, backbone.preprocessing.mean, backbone.preprocessing.std)
     if probabilities.ndim != 2 or probabilities.shape[0] != len(chosen):
-        raise HeadstartError(f"the target answered shape {tuple(probabilities.shape)}, expected [{len(chosen)}, classes]")
+        raise HeadstartError(
+            f"the target answered shape {tuple(probabilities.shape)}, expected [{len(chosen)}, classes]"
+        )
     metrics = attack_metrics(probabilities.numpy(), orders=orders, seed=seed, break_confidence=config.break_confidence)
     labels = getattr(target, "labels", None)
-    return AuditResult(target=name, backbone=f"{backbone.model_name} (public pretrained weights)",
-                       feature_layer=features.layer, image_size=image_size, metrics=metrics,
-                       probabilities=probabilities, crafted=crafted, labels=labels)
+    return AuditResult(
+        target=name,
+        backbone=f"{backbone.model_name} (public pretrained weights)",
+        feature_layer=features.layer,
+        image_size=image_size,
+        metrics=metrics,
+        probabilities=probabilities,
+        crafted=crafted,
+        labels=labels,
+    )

@@ -69,8 +69,9 @@ class CraftedInputs:
         return len(self.neurons) / self.seconds if self.seconds else float("nan")
 
 
-def craft_batch(features, neurons: torch.Tensor, image_shape: tuple[int, int, int], mean, std,
-                config: AttackConfig = AttackConfig()) -> tuple[torch.Tensor, torch.Tensor]:
+def craft_batch(
+    features, neurons: torch.Tensor, image_shape: tuple[int, int, int], mean, std, config: AttackConfig = AttackConfig()
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Craft one batch: an image for each neuron in ``neurons``; returns ``(pixels, features)``.
 
     ``features(normalised_batch) -> [B, D]`` is the public backbone's pooled output.
@@ -111,8 +112,16 @@ def read_out(features, pixels: torch.Tensor, neurons: torch.Tensor, mean, std) -
     return found
 
 
-_ACTIVATIONS = (torch.nn.ReLU, torch.nn.ReLU6, torch.nn.SiLU, torch.nn.GELU, torch.nn.Hardswish, torch.nn.LeakyReLU,
-                torch.nn.ELU, torch.nn.Mish)
+_ACTIVATIONS = (
+    torch.nn.ReLU,
+    torch.nn.ReLU6,
+    torch.nn.SiLU,
+    torch.nn.GELU,
+    torch.nn.Hardswish,
+    torch.nn.LeakyReLU,
+    torch.nn.ELU,
+    torch.nn.Mish,
+)
 
 
 class PublicFeatures:

@@ -34,8 +34,9 @@ from torch import nn
 from headstart.audit import AuditResult, QueryOnly, attack_metrics, craft, query
 from headstart.audit.craft import AttackConfig, PublicFeatures
 from headstart.audit.metrics import AttackMetrics, pool_metrics
-from headstart.heads import HeadSpec, build_head
+from headstart.heads import HeadSpec, accuracy, build_head
 from headstart.imageops import normalize
+from headstart.modes import evaluating
 
 DIGITS = 10
 
@@ -109,8 +110,14 @@ class Cell:
     metrics: AttackMetrics
 
     def to_dict(self) -> dict:
-        return {"classes": self.classes, "layers": self.layers, "defence": self.defence, "victims": self.victims,
-                "clean_accuracy": self.clean_accuracy, "metrics": self.metrics.to_dict()}
+        return {
+            "classes": self.classes,
+            "layers": self.layers,
+            "defence": self.defence,
+            "victims": self.victims,
+            "clean_accuracy": self.clean_accuracy,
+            "metrics": self.metrics.to_dict(),
+        }
 
 
 def mnist_images(image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,7 +129,9 @@ def mnist_images(image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return pixels.float(), labels.long()
 
 
-def choose_task(labels: torch.Tensor, classes: int, seed: int) -> tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]:
+def choose_task(
+    labels: torch.Tensor, classes: int, seed: int
+) -> tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]:
     """``classes`` digits drawn at random (all ten for 10), an 80/20 split of their images, labels 0..K-1."""
     generator = torch.Generator().manual_seed(seed)
     digits = sorted(torch.randperm(DIGITS, generator=generator)[:classes].tolist())
@@ -134,8 +143,17 @@ def choose_task(labels: torch.Tensor, classes: int, seed: int) -> tuple[list[int
     return digits, chosen[:cut], chosen[cut:], relabel[labels]
 
 
-def train_head(features: torch.Tensor, labels: torch.Tensor, classes: int, layers: int, hidden: int, seed: int,
-               epochs: int = 20, lr: float = 1e-4, batch_size: int = 32) -> nn.Module:
+def train_head(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    classes: int,
+    layers: int,
+    hidden: int,
+    seed: int,
+    epochs: int = 20,
+    lr: float = 1e-4,
+    batch_size: int = 32,
+) -> nn.Module:
     """A dense head of ``layers`` layers (``layers - 1`` hidden of ``hidden`` units, ReLU) on fixed features."""
     torch.manual_seed(seed)
     head = build_head(HeadSpec(hidden=[hidden] * (layers - 1), outputs=classes), features.shape[1])
@@ -152,22 +170,32 @@ def train_head(features: torch.Tensor, labels: torch.Tensor, classes: int, layer
 
 
 def _head_accuracy(head: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> float:
-    with torch.no_grad():
-        return float((head.eval()(features).argmax(1) == labels).float().mean())
+    """Clean accuracy of a head on cached features (evaluation mode)."""
+    with evaluating(head):
+        return float(accuracy(head(features), labels))
 
 
 def _accuracy(network, images: torch.Tensor, labels: torch.Tensor, mean, std, batch_size: int = 256) -> float:
+    """Clean accuracy of a whole network on 0..1 images (evaluation mode, in batches)."""
     correct = 0
-    network.eval()
-    with torch.no_grad():
+    with evaluating(network):
         for start in range(0, len(images), batch_size):
-            batch = normalize(images[start:start + batch_size], mean, std)
-            correct += int((network(batch).argmax(1) == labels[start:start + batch_size]).sum())
+            batch = normalize(images[start : start + batch_size], mean, std)
+            correct += int(accuracy(network(batch), labels[start : start + batch_size], reduction="sum"))
     return correct / len(images)
 
 
-def fine_tune_all(network, images: torch.Tensor, labels: torch.Tensor, mean, std, seed: int, epochs: int = 2,
-                  lr: float = 1e-4, batch_size: int = 64) -> None:
+def fine_tune_all(
+    network,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    mean,
+    std,
+    seed: int,
+    epochs: int = 2,
+    lr: float = 1e-4,
+    batch_size: int = 64,
+) -> None:
     """Train every parameter (backbone included, BatchNorm statistics updating) on the images."""
     torch.manual_seed(seed)
     network.unfreeze("all")
@@ -189,14 +217,27 @@ def fine_tune_all(network, images: torch.Tensor, labels: torch.Tensor, mean, std
 def cached_features(network, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """The frozen backbone's pooled features of every image, in evaluation mode: what a frozen victim's head reads."""
     mean, std = network.preprocessing.mean, network.preprocessing.std
-    network.eval()
-    with torch.no_grad():
-        return torch.cat([network.pooled(normalize(images[start:start + batch_size], mean, std).contiguous(
-            memory_format=torch.channels_last)) for start in range(0, len(images), batch_size)])
+    with evaluating(network):
+        return torch.cat(
+            [
+                network.pooled(
+                    normalize(images[start : start + batch_size], mean, std).contiguous(
+                        memory_format=torch.channels_last
+                    )
+                )
+                for start in range(0, len(images), batch_size)
+            ]
+        )
 
 
-def iter_victims(public, images: torch.Tensor, labels: torch.Tensor, features: torch.Tensor,
-                 config: VictimConfig = VictimConfig(), echo=print):
+def iter_victims(
+    public,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    features: torch.Tensor,
+    config: VictimConfig = VictimConfig(),
+    echo=print,
+):
     """Yield every victim, built one at a time: frozen, clipped and (for the first seeds) fine-tuned."""
     mean, std = public.preprocessing.mean, public.preprocessing.std
     hidden = config.hidden or features.shape[1]
@@ -208,13 +249,31 @@ def iter_victims(public, images: torch.Tensor, labels: torch.Tensor, features: t
             names = [str(digit) for digit in digits]
             for layers in config.layer_counts:
                 started = time.perf_counter()
-                head = train_head(features[train], task_labels[train], classes, layers, hidden, seed,
-                                  epochs=config.head_epochs, lr=config.head_lr, batch_size=config.head_batch)
+                head = train_head(
+                    features[train],
+                    task_labels[train],
+                    classes,
+                    layers,
+                    hidden,
+                    seed,
+                    epochs=config.head_epochs,
+                    lr=config.head_lr,
+                    batch_size=config.head_batch,
+                )
                 accuracy = _head_accuracy(head, features[test], task_labels[test])
                 frozen.replace_head(head, labels=names)
                 frozen.eval()
-                yield Victim(f"{classes} classes (digits {''.join(names)}), {layers} new layer(s), backbone frozen",
-                             classes, layers, "none", seed, digits, accuracy, time.perf_counter() - started, frozen)
+                yield Victim(
+                    f"{classes} classes (digits {''.join(names)}), {layers} new layer(s), backbone frozen",
+                    classes,
+                    layers,
+                    "none",
+                    seed,
+                    digits,
+                    accuracy,
+                    time.perf_counter() - started,
+                    frozen,
+                )
                 if config.clip_features:
                     started = time.perf_counter()
                     low, high = features[train].amin(0), features[train].amax(0)
@@ -222,23 +281,51 @@ def iter_victims(public, images: torch.Tensor, labels: torch.Tensor, features: t
                     accuracy = _head_accuracy(clipped, features[test], task_labels[test])
                     frozen.replace_head(clipped, labels=names)
                     frozen.eval()
-                    yield Victim(f"{classes} classes (digits {''.join(names)}), {layers} new layer(s), features "
-                                 "clipped to the training range", classes, layers, "feature clipping", seed, digits,
-                                 accuracy, time.perf_counter() - started, frozen)
+                    yield Victim(
+                        f"{classes} classes (digits {''.join(names)}), {layers} new layer(s), features "
+                        "clipped to the training range",
+                        classes,
+                        layers,
+                        "feature clipping",
+                        seed,
+                        digits,
+                        accuracy,
+                        time.perf_counter() - started,
+                        frozen,
+                    )
                 if seed < config.fine_tune_seeds and config.fine_tune_epochs:
                     started = time.perf_counter()
                     tuned = copy.deepcopy(public)
                     tuned.replace_head(copy.deepcopy(head), labels=names)
-                    fine_tune_all(tuned, images[train], task_labels[train], mean, std, seed,
-                                  epochs=config.fine_tune_epochs, lr=config.fine_tune_lr,
-                                  batch_size=config.fine_tune_batch)
+                    fine_tune_all(
+                        tuned,
+                        images[train],
+                        task_labels[train],
+                        mean,
+                        std,
+                        seed,
+                        epochs=config.fine_tune_epochs,
+                        lr=config.fine_tune_lr,
+                        batch_size=config.fine_tune_batch,
+                    )
                     accuracy = _accuracy(tuned, images[test], task_labels[test], mean, std)
                     seconds = time.perf_counter() - started
-                    echo(f"  fine-tuned {classes} classes, {layers} layer(s): {len(train)} images × "
-                         f"{config.fine_tune_epochs} epochs in {seconds:.0f} s")
-                    yield Victim(f"{classes} classes (digits {''.join(names)}), {layers} new layer(s), whole network "
-                                 f"fine-tuned ({config.fine_tune_epochs} epochs)", classes, layers, "full fine-tuning",
-                                 seed, digits, accuracy, seconds, tuned)
+                    echo(
+                        f"  fine-tuned {classes} classes, {layers} layer(s): {len(train)} images × "
+                        f"{config.fine_tune_epochs} epochs in {seconds:.0f} s"
+                    )
+                    yield Victim(
+                        f"{classes} classes (digits {''.join(names)}), {layers} new layer(s), whole network "
+                        f"fine-tuned ({config.fine_tune_epochs} epochs)",
+                        classes,
+                        layers,
+                        "full fine-tuning",
+                        seed,
+                        digits,
+                        accuracy,
+                        seconds,
+                        tuned,
+                    )
 
 
 def pool_cells(results: list[dict]) -> list[Cell]:
@@ -251,15 +338,30 @@ def pool_cells(results: list[dict]) -> list[Cell]:
     for (classes, layers, defence), entries in groups.items():
         accuracies = torch.tensor([entry["victim"].clean_accuracy for entry in entries], dtype=torch.float64)
         spread = float(accuracies.std(unbiased=False)) if len(accuracies) > 1 else 0.0
-        cells.append(Cell(classes, layers, defence, len(entries), (float(accuracies.mean()), spread),
-                          pool_metrics([entry["result"].metrics for entry in entries])))
+        cells.append(
+            Cell(
+                classes,
+                layers,
+                defence,
+                len(entries),
+                (float(accuracies.mean()), spread),
+                pool_metrics([entry["result"].metrics for entry in entries]),
+            )
+        )
     order = {"none": 0, "feature clipping": 1, "full fine-tuning": 2}
     return sorted(cells, key=lambda cell: (cell.classes, order.get(cell.defence, 3), cell.layers))
 
 
-def run_experiment(*, neurons: int | None = 256, victims: VictimConfig = VictimConfig(),
-                   config: AttackConfig = AttackConfig(clip=False), batch_size: int = 64, orders: int = 100,
-                   seed: int = 0, echo=print) -> dict:
+def run_experiment(
+    *,
+    neurons: int | None = 256,
+    victims: VictimConfig = VictimConfig(),
+    config: AttackConfig = AttackConfig(clip=False),
+    batch_size: int = 64,
+    orders: int = 100,
+    seed: int = 0,
+    echo=print,
+) -> dict:
     """Craft once on the public EfficientNet-Lite0, then build and query every victim; return every result."""
     from headstart.audit import _choose_neurons, public_backbone
 
@@ -274,29 +376,53 @@ def run_experiment(*, neurons: int | None = 256, victims: VictimConfig = VictimC
     attacker = PublicFeatures(public_backbone("EfficientNetLite0"))  # its own copy: never a victim's
     chosen = _choose_neurons(neurons, attacker.num_features, seed)
     echo(f"crafting {len(chosen)} inputs ({config.steps} steps, {image_size} px, batches of {batch_size}) ...")
-    crafted = craft(attacker, chosen, image_size, config, batch_size=batch_size,
-                    progress=lambda done, total: echo(f"  crafted {done}/{total}") if done % (4 * batch_size) == 0 else None)
-    echo(f"crafted {len(chosen)} inputs in {crafted.seconds:.0f} s ({crafted.per_second:.2f} per second); the "
-         f"victims' features see the chosen neuron at {float(crafted.output_target.median()):.2f} (median), the "
-         f"largest other at {float(crafted.output_largest_other.median()):.2f}")
+    crafted = craft(
+        attacker,
+        chosen,
+        image_size,
+        config,
+        batch_size=batch_size,
+        progress=lambda done, total: echo(f"  crafted {done}/{total}") if done % (4 * batch_size) == 0 else None,
+    )
+    echo(
+        f"crafted {len(chosen)} inputs in {crafted.seconds:.0f} s ({crafted.per_second:.2f} per second); the "
+        f"victims' features see the chosen neuron at {float(crafted.output_target.median()):.2f} (median), the "
+        f"largest other at {float(crafted.output_largest_other.median()):.2f}"
+    )
     mean, std = attacker.network.preprocessing.mean, attacker.network.preprocessing.std
     results = []
     for victim in iter_victims(public, images, labels, features, victims, echo=echo):
         target = QueryOnly(victim.network)
         clock = time.perf_counter()
         probabilities = query(target, crafted, mean, std)
-        metrics = attack_metrics(probabilities.numpy(), orders=orders, seed=seed,
-                                 break_confidence=config.break_confidence)
-        result = AuditResult(target=victim.name, backbone="EfficientNetLite0 (public ImageNet weights)",
-                             feature_layer=attacker.layer, image_size=image_size, metrics=metrics,
-                             probabilities=probabilities, crafted=crafted, labels=target.labels)
+        metrics = attack_metrics(
+            probabilities.numpy(), orders=orders, seed=seed, break_confidence=config.break_confidence
+        )
+        result = AuditResult(
+            target=victim.name,
+            backbone="EfficientNetLite0 (public ImageNet weights)",
+            feature_layer=attacker.layer,
+            image_size=image_size,
+            metrics=metrics,
+            probabilities=probabilities,
+            crafted=crafted,
+            labels=target.labels,
+        )
         victim.network = None
         results.append({"victim": victim, "result": result, "query_seconds": time.perf_counter() - clock})
         echo(f"{victim.name}: clean accuracy {victim.clean_accuracy:.4f}; {metrics.row()}")
     cells = pool_cells(results)
-    return {"results": results, "cells": cells, "seconds": time.perf_counter() - started, "crafted": crafted,
-            "config": config, "victim_config": victims, "neurons": len(chosen), "image_size": image_size,
-            "feature_seconds": feature_seconds}
+    return {
+        "results": results,
+        "cells": cells,
+        "seconds": time.perf_counter() - started,
+        "crafted": crafted,
+        "config": config,
+        "victim_config": victims,
+        "neurons": len(chosen),
+        "image_size": image_size,
+        "feature_seconds": feature_seconds,
+    }
 
 
 def victim_costs(results: list[dict]) -> dict[str, float]:
@@ -308,6 +434,18 @@ def victim_costs(results: list[dict]) -> dict[str, float]:
     return {name: sum(values) / len(values) for name, values in costs.items()}
 
 
-__all__ = ["Cell", "ClipFeatures", "Victim", "VictimConfig", "cached_features", "choose_task",
-           "fine_tune_all", "iter_victims", "mnist_images", "pool_cells", "run_experiment", "train_head",
-           "victim_costs"]
+__all__ = [
+    "Cell",
+    "ClipFeatures",
+    "Victim",
+    "VictimConfig",
+    "cached_features",
+    "choose_task",
+    "fine_tune_all",
+    "iter_victims",
+    "mnist_images",
+    "pool_cells",
+    "run_experiment",
+    "train_head",
+    "victim_costs",
+]

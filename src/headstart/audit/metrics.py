@@ -47,13 +47,20 @@ class AttackMetrics:
 
     def row(self) -> str:
         e95, e99 = self.effectiveness["95"], self.effectiveness["99"]
-        return (f"NABAC {self.nabac_mean:.2f} ± {self.nabac_std:.2f} (all classes broken in {self.reached:.0%} of "
-                f"orders), effectiveness 95% {100 * e95[0]:.2f}% ± {100 * e95[1]:.2f}, 99% {100 * e99[0]:.2f}% ± "
-                f"{100 * e99[1]:.2f}; classes hit at 99%: {self.classes_hit['99']:.0%}")
+        return (
+            f"NABAC {self.nabac_mean:.2f} ± {self.nabac_std:.2f} (all classes broken in {self.reached:.0%} of "
+            f"orders), effectiveness 95% {100 * e95[0]:.2f}% ± {100 * e95[1]:.2f}, 99% {100 * e99[0]:.2f}% ± "
+            f"{100 * e99[1]:.2f}; classes hit at 99%: {self.classes_hit['99']:.0%}"
+        )
 
 
-def attack_metrics(probabilities, orders: int = 100, seed: int = 0, break_confidence: float = 0.99,
-                   levels: tuple[float, ...] = (0.95, 0.99)) -> AttackMetrics:
+def attack_metrics(
+    probabilities,
+    orders: int = 100,
+    seed: int = 0,
+    break_confidence: float = 0.99,
+    levels: tuple[float, ...] = (0.95, 0.99),
+) -> AttackMetrics:
     """NABAC and effectiveness from the black box's probabilities ``[attempts, classes]``."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
     attempts, classes = probabilities.shape
@@ -79,9 +86,15 @@ def attack_metrics(probabilities, orders: int = 100, seed: int = 0, break_confid
     key = lambda level: f"{round(level * 100):d}"  # noqa: E731
     breaks = confidence > break_confidence
     return AttackMetrics(
-        classes=classes, attempts=attempts, orders=orders,
-        nabac_mean=float(np.mean(nabacs)), nabac_std=float(np.std(nabacs)), reached=reached / orders,
-        effectiveness={key(level): (float(np.mean(values)), float(np.std(values))) for level, values in effective.items()},
+        classes=classes,
+        attempts=attempts,
+        orders=orders,
+        nabac_mean=float(np.mean(nabacs)),
+        nabac_std=float(np.std(nabacs)),
+        reached=reached / orders,
+        effectiveness={
+            key(level): (float(np.mean(values)), float(np.std(values))) for level, values in effective.items()
+        },
         classes_hit={key(level): len(set(predicted[confidence >= level].tolist())) / classes for level in levels},
         hits_per_class=np.bincount(predicted[breaks], minlength=classes).tolist(),
         predicted_per_class=np.bincount(predicted, minlength=classes).tolist(),
@@ -102,17 +115,20 @@ def pool_metrics(parts: list[AttackMetrics]) -> AttackMetrics:
 
     def pooled(pairs: list[tuple[float, float]]) -> tuple[float, float]:
         means = np.array([mean for mean, _ in pairs])
-        second = np.array([std ** 2 + mean ** 2 for mean, std in pairs])
+        second = np.array([std**2 + mean**2 for mean, std in pairs])
         mean = float(weights @ means)
-        return mean, float(np.sqrt(max(float(weights @ second) - mean ** 2, 0.0)))
+        return mean, float(np.sqrt(max(float(weights @ second) - mean**2, 0.0)))
 
     nabac = pooled([(part.nabac_mean, part.nabac_std) for part in parts])
     width = max(len(part.hits_per_class) for part in parts)
     summed = lambda lists: np.sum([np.pad(np.asarray(values), (0, width - len(values))) for values in lists], axis=0)  # noqa: E731
     return AttackMetrics(
         classes=parts[0].classes if len({part.classes for part in parts}) == 1 else -1,
-        attempts=parts[0].attempts, orders=sum(part.orders for part in parts),
-        nabac_mean=nabac[0], nabac_std=nabac[1], reached=float(weights @ [part.reached for part in parts]),
+        attempts=parts[0].attempts,
+        orders=sum(part.orders for part in parts),
+        nabac_mean=nabac[0],
+        nabac_std=nabac[1],
+        reached=float(weights @ [part.reached for part in parts]),
         effectiveness={key: pooled([part.effectiveness[key] for part in parts]) for key in parts[0].effectiveness},
         classes_hit={key: float(np.mean([part.classes_hit[key] for part in parts])) for key in parts[0].classes_hit},
         hits_per_class=summed([part.hits_per_class for part in parts]).astype(int).tolist(),

@@ -1,7 +1,7 @@
 """Losses of task heads, the optimizer of a stage, and its learning-rate schedule.
 
 Task losses take logits and integer class labels; a head with one output is the binary case
-(:meth:`headstart.heads.HeadSpec.for_classes` decides when a head gets one output).
+(:mod:`headstart.heads` decides when a head gets one output and what its logit means).
 
 Schedules are data (STYLE rule 4, as DINO's ``cosine_scheduler``): the multiplier of every
 optimizer step is computed up front as an array whose length is asserted against the steps the
@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from headstart.config import OptimizerSpec
 from headstart.errors import HeadstartError
+from headstart.heads import class_probabilities, class_targets, predicted_classes
 
 
 def task_loss(kind: str, logits: Tensor, labels: Tensor) -> Tensor:
@@ -26,17 +27,16 @@ def task_loss(kind: str, logits: Tensor, labels: Tensor) -> Tensor:
 
     ``cross_entropy``: softmax over classes. ``binary_cross_entropy``: one logit per class
     (sigmoid), targets one-hot — with a single output the label itself (two classes).
-    ``mse`` / ``huber``: on probabilities against one-hot targets.
+    ``mse`` / ``huber``: on probabilities against one-hot targets. The layout of targets and
+    probabilities for a one-output head is :mod:`headstart.heads`' (``class_targets``,
+    ``class_probabilities``).
     """
     if kind == "cross_entropy":
         return F.cross_entropy(logits, labels)
-    if logits.shape[1] == 1:
-        targets = labels.to(logits.dtype).unsqueeze(1)
-    else:
-        targets = F.one_hot(labels, logits.shape[1]).to(logits.dtype)
+    targets = class_targets(labels, logits)
     if kind == "binary_cross_entropy":
         return F.binary_cross_entropy_with_logits(logits, targets)
-    probabilities = logits.sigmoid() if logits.shape[1] == 1 else logits.softmax(1)
+    probabilities = class_probabilities(logits)
     if kind == "mse":
         return F.mse_loss(probabilities, targets)
     if kind == "huber":
@@ -44,9 +44,9 @@ def task_loss(kind: str, logits: Tensor, labels: Tensor) -> Tensor:
     raise HeadstartError(f"unknown loss '{kind}'; expected cross_entropy, binary_cross_entropy, mse or huber")
 
 
-def task_predictions(logits: Tensor) -> Tensor:
-    """Class indices: argmax, or ``logit > 0`` (probability above one half) for one output."""
-    return (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
+task_predictions = predicted_classes
+"""Class indices of task logits: :func:`headstart.heads.predicted_classes` (kept under this name
+for :mod:`headstart.engine`'s callers)."""
 
 
 def learning_rate_factors(spec: OptimizerSpec, epochs: int, steps_per_epoch: int) -> np.ndarray:
@@ -79,8 +79,10 @@ class ScheduleFromArray(torch.optim.lr_scheduler.LambdaLR):
 
     def _factor(self, step: int) -> float:
         if step >= len(self.factors):
-            raise RuntimeError(f"learning-rate schedule of {len(self.factors) - 1} steps stepped to {step}: "
-                               "the trainer ran more steps than the stage planned")
+            raise RuntimeError(
+                f"learning-rate schedule of {len(self.factors) - 1} steps stepped to {step}: "
+                "the trainer ran more steps than the stage planned"
+            )
         return self.factors[step]
 
 

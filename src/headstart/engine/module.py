@@ -23,13 +23,14 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from headstart import seeds
 from headstart.config import StageSpec
 from headstart.engine.augment import augment, strong_augment
 from headstart.engine.batches import Batchable, ImagePlan, StreamBatches, count_of, make_loader
 from headstart.engine.callbacks import NonFiniteLoss
 from headstart.engine.fixmatch import pseudo_labels, unlabelled_loss
-from headstart.engine.losses import ScheduleFromArray, build_optimizer, learning_rate_factors, task_loss, task_predictions
-from headstart import seeds
+from headstart.engine.losses import ScheduleFromArray, build_optimizer, learning_rate_factors, task_loss
+from headstart.heads import accuracy, class_logits, predicted_classes
 from headstart.imageops import resize, to_unit_range
 
 
@@ -46,9 +47,19 @@ class StageData:
 class StageModule(pl.LightningModule):
     """Trains ``network`` for one stage (see the module docstring)."""
 
-    def __init__(self, network: nn.Module, stage: StageSpec, stage_index: int, data: StageData, *,
-                 seed: int, image_size: int | None, pretext: Any = None, cached: bool = False,
-                 pin_memory: bool = False) -> None:
+    def __init__(
+        self,
+        network: nn.Module,
+        stage: StageSpec,
+        stage_index: int,
+        data: StageData,
+        *,
+        seed: int,
+        image_size: int | None,
+        pretext: Any = None,
+        cached: bool = False,
+        pin_memory: bool = False,
+    ) -> None:
         super().__init__()
         self.network = network
         self.stage = stage
@@ -65,7 +76,7 @@ class StageModule(pl.LightningModule):
         self.planned_steps = 0
         self.unlabelled_batches: Any = None
         if pretext is None:
-            # predictions are class indices (task_predictions), so one metric serves one-sigmoid heads too
+            # predictions are class indices (heads.predicted_classes), so one metric serves one-sigmoid heads too
             classes = max(2, len(network.labels or ()))
             self.train_accuracy = MulticlassAccuracy(classes, average="micro")
             self.val_accuracy = MulticlassAccuracy(classes, average="micro")
@@ -77,15 +88,29 @@ class StageModule(pl.LightningModule):
 
     def train_dataloader(self):
         rank, world = self._rank()
-        return make_loader(self.data.train, self.stage.batch_size, seed=seeds.derive(self.seed, "order", self.stage_index),
-                           shuffle=True, rank=rank, world_size=world, pin_memory=self.pin_memory)
+        return make_loader(
+            self.data.train,
+            self.stage.batch_size,
+            seed=seeds.derive(self.seed, "order", self.stage_index),
+            shuffle=True,
+            rank=rank,
+            world_size=world,
+            pin_memory=self.pin_memory,
+        )
 
     def val_dataloader(self):
         if self.data.val is None or count_of(self.data.val) == 0:
             return []
         rank, world = self._rank()
-        return make_loader(self.data.val, max(self.stage.batch_size, 256), seed=0, shuffle=False,
-                           rank=rank, world_size=world, pin_memory=self.pin_memory)
+        return make_loader(
+            self.data.val,
+            max(self.stage.batch_size, 256),
+            seed=0,
+            shuffle=False,
+            rank=rank,
+            world_size=world,
+            pin_memory=self.pin_memory,
+        )
 
     def steps_per_epoch(self) -> int:
         """Optimizer steps in one epoch: the loader's batches, capped by the stage's ``steps_per_epoch``."""
@@ -99,11 +124,25 @@ class StageModule(pl.LightningModule):
         semi = self.stage.semi_supervised
         if semi is not None and self.data.unlabelled is not None:
             # this epoch's unlabelled batches, fixed by the seed and the global step (resumes exactly)
-            sampler = StreamBatches(count_of(self.data.unlabelled), semi.ratio * self.stage.batch_size,
-                                    seed=seeds.derive(self.seed, "unlabelled", self.stage_index), start_step=self.global_step,
-                                    steps=self.steps_per_epoch(), rank=rank, world_size=world)
-            self.unlabelled_batches = iter(make_loader(self.data.unlabelled, sampler.batch_size, seed=0, shuffle=True,
-                                                       pin_memory=self.pin_memory, sampler=sampler))
+            sampler = StreamBatches(
+                count_of(self.data.unlabelled),
+                semi.ratio * self.stage.batch_size,
+                seed=seeds.derive(self.seed, "unlabelled", self.stage_index),
+                start_step=self.global_step,
+                steps=self.steps_per_epoch(),
+                rank=rank,
+                world_size=world,
+            )
+            self.unlabelled_batches = iter(
+                make_loader(
+                    self.data.unlabelled,
+                    sampler.batch_size,
+                    seed=0,
+                    shuffle=True,
+                    pin_memory=self.pin_memory,
+                    sampler=sampler,
+                )
+            )
 
     def _batch_generator(self, batch_index: int) -> torch.Generator:
         rank, _ = self._rank()
@@ -127,7 +166,7 @@ class StageModule(pl.LightningModule):
             loss = self.pretext.loss(outputs, targets)
             metrics: dict[str, Any] = {} if training else self.pretext.metrics(outputs.detach(), targets)
             if training and self.pretext.kind == "classification":
-                metrics = {"accuracy": (outputs.detach().argmax(1) == targets).float().mean()}
+                metrics = {"accuracy": accuracy(outputs.detach(), targets)}
             return loss, metrics
         if training and self.unlabelled_batches is not None:
             return self._semi_supervised_step(images, labels, generator)
@@ -137,8 +176,9 @@ class StageModule(pl.LightningModule):
         """Stored pixels as 0..1 floats at the stage's image size."""
         return resize(to_unit_range(pixels), self.image_size, "stretch")
 
-    def _semi_supervised_step(self, images: Tensor, labels: Tensor,
-                              generator: torch.Generator) -> tuple[Tensor, dict[str, Any]]:
+    def _semi_supervised_step(
+        self, images: Tensor, labels: Tensor, generator: torch.Generator
+    ) -> tuple[Tensor, dict[str, Any]]:
         """FixMatch (:mod:`headstart.engine.fixmatch`): labelled loss + weight × pseudo-label loss."""
         semi = self.stage.semi_supervised
         pixels, _ = next(self.unlabelled_batches)
@@ -146,24 +186,26 @@ class StageModule(pl.LightningModule):
         weak = augment(unlabelled, self.stage.augment, generator)
         strong = strong_augment(unlabelled, generator, ops=semi.strong_ops, cutout_fraction=semi.cutout)
         with torch.no_grad():
-            pseudo = pseudo_labels(_as_classes(self.network(self.encoder.prepare(weak))), semi.threshold)
+            pseudo = pseudo_labels(class_logits(self.network(self.encoder.prepare(weak))), semi.threshold)
         logits = self.network(self.encoder.prepare(torch.cat([images, strong])))
         labelled_logits, strong_logits = logits[: len(images)], logits[len(images) :]
         loss, metrics = self._task_step(labelled_logits, labels, training=True)
-        loss = loss + semi.weight * unlabelled_loss(_as_classes(strong_logits), pseudo)
+        loss = loss + semi.weight * unlabelled_loss(class_logits(strong_logits), pseudo)
         return loss, {**metrics, "unlabelled_used": pseudo.used}
 
     def _task_step(self, logits: Tensor, labels: Tensor, training: bool) -> tuple[Tensor, dict[str, Any]]:
         loss = task_loss(self.stage.loss, logits, labels)
         metric = self.train_accuracy if training else self.val_accuracy
-        metric(task_predictions(logits.detach()), labels)
+        metric(predicted_classes(logits.detach()), labels)
         return loss, {"accuracy": metric}
 
     def training_step(self, batch, batch_index):
         loss, metrics = self._step(batch, batch_index, training=True)
         if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"stage '{self.stage.name}': loss became {loss.item()} at epoch {self.current_epoch}, "
-                                f"step {batch_index}; the last good checkpoint is kept")
+            raise NonFiniteLoss(
+                f"stage '{self.stage.name}': loss became {loss.item()} at epoch {self.current_epoch}, "
+                f"step {batch_index}; the last good checkpoint is kept"
+            )
         size = len(batch[0])
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=False)
         for name, value in metrics.items():
@@ -193,11 +235,7 @@ class StageModule(pl.LightningModule):
         self.planned_steps = self.stage.epochs * steps
         factors = learning_rate_factors(spec, self.stage.epochs, steps)
         self.schedule = [float(value) * spec.lr for value in factors[:-1]]
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": ScheduleFromArray(optimizer, factors),
-                                                         "interval": "step"}}
-
-
-def _as_classes(logits: Tensor) -> Tensor:
-    """A one-sigmoid head's logit ``z`` as two-class logits ``[0, z]`` (softmax of which is the
-    sigmoid), so pseudo-labels and their loss work the same for every task head."""
-    return torch.cat([torch.zeros_like(logits), logits], dim=1) if logits.shape[1] == 1 else logits
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": ScheduleFromArray(optimizer, factors), "interval": "step"},
+        }

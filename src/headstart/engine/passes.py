@@ -1,5 +1,9 @@
 """Whole-set passes in evaluation mode: backbone features for cached head stages, and test metrics.
 
+A pass borrows the caller's network: it moves it to the pass's device and puts it in evaluation
+mode (:func:`headstart.modes.evaluating`), and gives it back on the device and in the mode it
+found it, also when the pass fails.
+
 Both stream: batches come from :func:`~headstart.engine.batches.make_loader` (files decoded by
 workers), so memory holds one batch of images at a time — for feature caching, plus the feature
 matrix itself (``images × num_features`` float32: 20,000 images × 1,280 features ≈ 98 MiB).
@@ -7,12 +11,17 @@ matrix itself (``images × num_features`` float32: 20,000 images × 1,280 featur
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor, nn
 
 from headstart.engine.batches import Batchable, ImagePlan, make_loader
-from headstart.engine.losses import task_loss, task_predictions
+from headstart.engine.losses import task_loss
+from headstart.heads import accuracy, predicted_classes
 from headstart.imageops import resize, to_unit_range
+from headstart.modes import evaluating
 
 INFERENCE_BATCH = 64
 """Batch of the whole-set passes: larger batches are slower per image on CPU for mobile networks
@@ -31,50 +40,66 @@ def _loader(data: Batchable | ImagePlan, batch_size: int, pin_memory: bool):
     return make_loader(data, batch_size, seed=0, shuffle=False, pin_memory=pin_memory)
 
 
-@torch.no_grad()
-def compute_features(network: nn.Module, images: Batchable | ImagePlan, *, image_size: int | None,
-                     batch_size: int = INFERENCE_BATCH, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+@contextmanager
+def _borrowed(network: nn.Module, device: torch.device | str) -> Iterator[nn.Module]:
+    """``network`` in evaluation mode on ``device`` for one pass, without gradients; afterwards (also
+    after an exception) back on the device and in the mode it was found in."""
+    found = next(iter(network.parameters()), None)
+    home = found.device if found is not None else None
+    with evaluating(network):
+        try:
+            yield network.to(device)
+        finally:
+            if home is not None:
+                network.to(home)
+
+
+def compute_features(
+    network: nn.Module,
+    images: Batchable | ImagePlan,
+    *,
+    image_size: int | None,
+    batch_size: int = INFERENCE_BATCH,
+    device: torch.device | str = "cpu",
+) -> tuple[Tensor, Tensor]:
     """What the head reads and the labels of every image, computed once in eval mode (streamed): pooled
-    backbone features, or the full classifier's outputs for a network built with ``include_top``."""
-    was_training = network.training
-    network.eval()
-    network.to(device)
+    backbone features, or the full classifier's outputs for a network built with ``include_top``.
+    The network is left on the device and in the mode it was found in."""
     features, labels = [], []
-    try:
+    with _borrowed(network, device):
         for pixels, batch_labels in _loader(images, batch_size, torch.device(device).type == "cuda"):
             features.append(network.head_input(network_input(network, pixels, image_size, device)).float().cpu())
             labels.append(batch_labels)
-    finally:
-        network.train(was_training)
     if not features:
         return torch.zeros(0, network.head_in_features), torch.zeros(0, dtype=torch.long)
     return torch.cat(features), torch.cat(labels)
 
 
-@torch.no_grad()
-def evaluate(network: nn.Module, images: Batchable | ImagePlan, *, image_size: int | None, loss: str = "cross_entropy",
-             batch_size: int = INFERENCE_BATCH, device: torch.device | str = "cpu",
-             num_classes: int | None = None) -> dict:
-    """Loss and accuracy of the network's task head on a labelled set (streamed); with
-    ``num_classes``, also its confusion matrix (``confusion[true][predicted]`` counts)."""
-    was_training = network.training
-    network.eval()
-    network.to(device)
+def evaluate(
+    network: nn.Module,
+    images: Batchable | ImagePlan,
+    *,
+    image_size: int | None,
+    loss: str = "cross_entropy",
+    batch_size: int = INFERENCE_BATCH,
+    device: torch.device | str = "cpu",
+    num_classes: int | None = None,
+) -> dict:
+    """Loss and accuracy (:func:`headstart.heads.accuracy`) of the network's task head on a labelled
+    set (streamed); with ``num_classes``, also its confusion matrix (``confusion[true][predicted]``
+    counts). The network is left on the device and in the mode it was found in."""
     total_loss, correct, count = 0.0, 0, 0
     confusion = torch.zeros(num_classes or 1, num_classes or 1, dtype=torch.long)
-    try:
+    with _borrowed(network, device):
         for pixels, labels in _loader(images, batch_size, torch.device(device).type == "cuda"):
             target = labels.to(device)
             logits = network(network_input(network, pixels, image_size, device))
             total_loss += float(task_loss(loss, logits, target)) * len(target)
-            predicted = task_predictions(logits)
-            correct += int((predicted == target).sum())
+            correct += int(accuracy(logits, target, reduction="sum"))
             count += len(target)
             if num_classes:
-                pairs = target.long().cpu() * num_classes + predicted.long().cpu()
-                confusion += torch.bincount(pairs, minlength=num_classes ** 2).view(num_classes, num_classes)
-    finally:
-        network.train(was_training)
+                pairs = target.long().cpu() * num_classes + predicted_classes(logits).cpu()
+                confusion += torch.bincount(pairs, minlength=num_classes**2).view(num_classes, num_classes)
     metrics: dict = {"loss": total_loss / max(1, count), "accuracy": correct / max(1, count), "count": count}
     if num_classes:
         metrics["confusion"] = confusion.tolist()

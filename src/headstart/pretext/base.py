@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from headstart.errors import HeadstartError
+from headstart.heads import accuracy
 from headstart.imageops import convert_channels
 
 TaskKind = Literal["classification", "regression", "reconstruction", "embedding"]
@@ -203,7 +204,7 @@ class PretextTask(ABC):
     def metrics(self, outputs: Tensor, targets: Tensor) -> dict[str, float]:
         with torch.no_grad():
             if self.kind == "classification":
-                return {"accuracy": (outputs.argmax(dim=1) == targets).float().mean().item()}
+                return {"accuracy": accuracy(outputs, targets).item()}
             if self.kind == "regression":
                 return {"mae": (outputs - targets).abs().mean().item()}
             mse = F.mse_loss(outputs, targets.to(outputs.dtype)).item()
@@ -227,7 +228,9 @@ class PretextTask(ABC):
     @property
     def metric(self) -> str:
         """The headline metric: ``accuracy``, ``mae`` or ``mse``."""
-        return {"classification": "accuracy", "regression": "mae", "reconstruction": "mse", "embedding": "loss"}[self.kind]
+        return {"classification": "accuracy", "regression": "mae", "reconstruction": "mse", "embedding": "loss"}[
+            self.kind
+        ]
 
     @property
     def higher_is_better(self) -> bool:

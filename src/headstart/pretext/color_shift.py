@@ -29,12 +29,14 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from headstart.imageops import LUMINANCE_WEIGHTS
 from headstart.pretext.base import Encoder, PretextTask, check_generator, check_images, require
 
 RGB_TO_YIQ = torch.tensor(
-    [[0.299, 0.587, 0.114], [0.595716, -0.274453, -0.321263], [0.211456, -0.522591, 0.311135]],
+    [list(LUMINANCE_WEIGHTS), [0.595716, -0.274453, -0.321263], [0.211456, -0.522591, 0.311135]],
     dtype=torch.float64,
 )
+"""RGB → YIQ (NTSC); its Y row is the BT.601 luminance of :mod:`headstart.imageops`."""
 
 
 def hue_rotation(images: Tensor, turns: Tensor) -> Tensor:
@@ -64,8 +66,12 @@ class ColorShiftTask(PretextTask):
     """Largest hue rotation, in turns (0.5 = half the colour wheel)."""
 
     def __post_init__(self) -> None:
-        require(self.maximum_brightness > 0, f"color_shift: maximum_brightness must be > 0, got {self.maximum_brightness}")
-        require(0 < self.maximum_hue <= 0.5, f"color_shift: maximum_hue must be in (0, 0.5] turns, got {self.maximum_hue}")
+        require(
+            self.maximum_brightness > 0, f"color_shift: maximum_brightness must be > 0, got {self.maximum_brightness}"
+        )
+        require(
+            0 < self.maximum_hue <= 0.5, f"color_shift: maximum_hue must be in (0, 0.5] turns, got {self.maximum_hue}"
+        )
 
     @property
     def num_outputs(self) -> int:

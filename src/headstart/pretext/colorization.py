@@ -26,10 +26,9 @@ import torch
 from torch import Tensor, nn
 
 from headstart.errors import HeadstartError
+from headstart.imageops import LUMINANCE_WEIGHTS, luminance  # noqa: F401 - part of this task's API
 from headstart.pretext.base import Encoder, PretextTask, check_generator, check_images, require
 from headstart.pretext.decoder import Decoder, stages_for
-
-from headstart.imageops import LUMINANCE_WEIGHTS, luminance  # noqa: F401 - part of this task's API
 
 
 @dataclass(kw_only=True)

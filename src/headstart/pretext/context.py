@@ -38,6 +38,7 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from headstart.heads import predicted_classes
 from headstart.pretext.base import Encoder, PretextTask, check_generator, check_images, require
 
 NEIGHBOURS = ("top-left", "top", "top-right", "left", "right", "bottom-left", "bottom", "bottom-right")
@@ -130,7 +131,9 @@ class ContextTask(PretextTask):
     def __post_init__(self) -> None:
         require(self.gap_fraction >= 0, f"context: gap_fraction must be >= 0, got {self.gap_fraction}")
         require(self.jitter_fraction >= 0, f"context: jitter_fraction must be >= 0, got {self.jitter_fraction}")
-        require(self.patch_size is None or self.patch_size >= 2, f"context: patch_size must be >= 2, got {self.patch_size}")
+        require(
+            self.patch_size is None or self.patch_size >= 2, f"context: patch_size must be >= 2, got {self.patch_size}"
+        )
         require(self.hidden_features >= 1, f"context: hidden_features must be >= 1, got {self.hidden_features}")
 
     @property
@@ -198,4 +201,4 @@ class ContextTask(PretextTask):
         return head(branch_features(encoder, inputs))
 
     def decode(self, outputs: Tensor) -> list[str]:
-        return [f"patch={NEIGHBOURS[i]}" for i in outputs.argmax(dim=1).tolist()]
+        return [f"patch={NEIGHBOURS[i]}" for i in predicted_classes(outputs).tolist()]

@@ -27,16 +27,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from headstart.heads import accuracy, predicted_classes
 from headstart.pretext.base import Encoder, PretextTask, check_generator, check_images, require
 from headstart.pretext.views import ViewOptions
 
 
-def nearest_other(embeddings: Tensor) -> Tensor:
-    """For each row, the index of the most similar *other* row (cosine)."""
+def similarity_to_others(embeddings: Tensor) -> Tensor:
+    """Cosine similarity of every row to every *other* row, ``[N, N]``, the diagonal ``−∞``: a
+    score per candidate partner, read like logits (:func:`headstart.heads.predicted_classes`)."""
     normed = F.normalize(embeddings.float(), dim=1)
     similarity = normed @ normed.T
-    similarity.fill_diagonal_(-float("inf"))
-    return similarity.argmax(dim=1)
+    return similarity.fill_diagonal_(-float("inf"))
+
+
+def nearest_other(embeddings: Tensor) -> Tensor:
+    """For each row, the index of the most similar *other* row (cosine)."""
+    return predicted_classes(similarity_to_others(embeddings))
 
 
 @dataclass(kw_only=True)
@@ -83,7 +89,7 @@ class SimCLRTask(ViewOptions, PretextTask):
     def metrics(self, outputs: Tensor, targets: Tensor) -> dict[str, float]:
         """``contrastive_accuracy``: share of views whose most similar other view is their partner."""
         with torch.no_grad():
-            return {"contrastive_accuracy": (nearest_other(outputs) == targets).float().mean().item()}
+            return {"contrastive_accuracy": accuracy(similarity_to_others(outputs), targets).item()}
 
     def decode(self, outputs: Tensor) -> list[str]:
         """For each view, the view it finds most similar (``pair`` when that is its partner)."""
@@ -92,4 +98,4 @@ class SimCLRTask(ViewOptions, PretextTask):
         return ["nearest=pair" if int(n) == int(p) else f"nearest={int(n)}" for n, p in zip(nearest, partner)]
 
 
-__all__ = ["SimCLRTask", "nearest_other"]
+__all__ = ["SimCLRTask", "nearest_other", "similarity_to_others"]

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from headstart.errors import HeadstartError
+from headstart.heads import predicted_classes
 from headstart.pretext.base import Encoder, PretextTask, TaskKind, check_images, require
 from headstart.pretext.decoder import Decoder, stages_for
 
@@ -72,15 +73,23 @@ class CustomTask(PretextTask):
         kind: TaskKind | None = None,
     ) -> None:
         if not callable(alter):
-            raise HeadstartError(f"custom task: alter must be a function (images, generator) -> (inputs, targets), got {alter!r}")
+            raise HeadstartError(
+                f"custom task: alter must be a function (images, generator) -> (inputs, targets), got {alter!r}"
+            )
         if not (isinstance(head, HeadSpec) or callable(head)):
-            raise HeadstartError(f"custom task: head must be a HeadSpec or a function (encoder, image_size) -> module, got {head!r}")
+            raise HeadstartError(
+                f"custom task: head must be a HeadSpec or a function (encoder, image_size) -> module, got {head!r}"
+            )
         if isinstance(loss, str) and loss not in NAMED_LOSSES:
             raise HeadstartError(f"custom task: unknown loss {loss!r}; use one of {sorted(NAMED_LOSSES)} or a function")
         if kind is None:
-            kind = head.kind if isinstance(head, HeadSpec) else KIND_OF_LOSS.get(loss) if isinstance(loss, str) else None
+            kind = (
+                head.kind if isinstance(head, HeadSpec) else KIND_OF_LOSS.get(loss) if isinstance(loss, str) else None
+            )
         if kind not in ("classification", "regression", "reconstruction"):
-            raise HeadstartError("custom task: say kind= classification, regression or reconstruction (a loss function alone does not tell)")
+            raise HeadstartError(
+                "custom task: say kind= classification, regression or reconstruction (a loss function alone does not tell)"
+            )
         self.alter_function = alter
         self.head_spec = head
         self.loss_function = NAMED_LOSSES[loss] if isinstance(loss, str) else loss
@@ -124,7 +133,7 @@ class CustomTask(PretextTask):
         if self.decode_function is not None:
             return list(self.decode_function(outputs))
         if self.kind == "classification":
-            return [f"class={i}" for i in outputs.argmax(dim=1).tolist()]
+            return [f"class={i}" for i in predicted_classes(outputs).tolist()]
         if self.kind == "regression":
             rows = outputs.reshape(outputs.shape[0], -1).tolist()
             return ["value=" + ",".join(f"{value:.2f}" for value in row) for row in rows]

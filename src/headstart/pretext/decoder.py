@@ -17,7 +17,6 @@ import math
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
 DEFAULT_REDUCTION = 32
 """Stride assumed for encoders that do not say theirs (ResNets, EfficientNets, ConvNeXts: 32)."""
 

@@ -9,6 +9,7 @@ at chance teaches nothing either. :func:`diagnose` reads a training history for 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from headstart.errors import HeadstartError
+from headstart.modes import evaluating
 from headstart.pretext.base import Encoder, PretextTask
 from headstart.pretext.context import ContextTask
 
@@ -51,9 +53,11 @@ def _still_learning(history: list[dict], task: PretextTask) -> list[str]:
     earlier = series[-1 - max(1, len(series) // 4)]
     last = series[-1]
     if last - earlier > UNDERFIT_RISE and last < UNDERFIT_CEILING:
-        return [f"underfit: still learning — {task.name} train_accuracy rose from {earlier:.3f} to {last:.3f} over "
-                f"the last {max(1, len(series) // 4)} of {len(series)} epochs; train longer, or lighten the "
-                "augmentation of this stage"]
+        return [
+            f"underfit: still learning — {task.name} train_accuracy rose from {earlier:.3f} to {last:.3f} over "
+            f"the last {max(1, len(series) // 4)} of {len(series)} epochs; train longer, or lighten the "
+            "augmentation of this stage"
+        ]
     return []
 
 
@@ -117,11 +121,15 @@ def diagnose(history: list[dict], task: PretextTask, *, margin: float = 0.1) -> 
         prototypes = getattr(task, "output_dim", None)
         if entropy is not None and prototypes:
             if entropy < 0.1:
-                warnings.append(f"collapsed — {task.name}'s teacher puts every image on one prototype (entropy "
-                                f"{entropy:.3f} nats); lower teacher_temperature less, or raise center_momentum")
+                warnings.append(
+                    f"collapsed — {task.name}'s teacher puts every image on one prototype (entropy "
+                    f"{entropy:.3f} nats); lower teacher_temperature less, or raise center_momentum"
+                )
             elif entropy > 0.98 * math.log(prototypes):
-                warnings.append(f"collapsed — {task.name}'s teacher output is uniform (entropy {entropy:.3f} of at most "
-                                f"{math.log(prototypes):.3f} nats); lower teacher_temperature or train longer")
+                warnings.append(
+                    f"collapsed — {task.name}'s teacher output is uniform (entropy {entropy:.3f} of at most "
+                    f"{math.log(prototypes):.3f} nats); lower teacher_temperature or train longer"
+                )
     elif len(values) > 1 and last >= (1.0 - margin) * first:
         warnings.append(
             f"too hard: stuck — {task.name} {key} went from {first:.4f} to {last:.4f}, "
@@ -149,23 +157,20 @@ def context_shortcut_check(
     if not isinstance(task, ContextTask):
         raise HeadstartError(f"context_shortcut_check needs the context task, got {task.name!r}")
     if images.shape[1] != 3:
-        raise HeadstartError("context_shortcut_check needs RGB images: colour dropping has nothing to drop in grey ones")
+        raise HeadstartError(
+            "context_shortcut_check needs RGB images: colour dropping has nothing to drop in grey ones"
+        )
     state = generator.get_state()
     dropped, labels = dataclasses.replace(task, color_dropping=True).alter(images, generator)
     generator.set_state(state)
     kept, same_labels = dataclasses.replace(task, color_dropping=False).alter(images, generator)
     assert torch.equal(labels, same_labels)
-    modules = [module for module in (encoder, head) if isinstance(module, nn.Module)]
-    modes = [module.training for module in modules]
-    for module in modules:
-        module.eval()
-    try:
-        with torch.no_grad():
-            accuracy_dropped = task.metrics(task.forward(encoder, head, dropped), labels)["accuracy"]
-            accuracy_kept = task.metrics(task.forward(encoder, head, kept), labels)["accuracy"]
-    finally:
-        for module, mode in zip(modules, modes):
-            module.train(mode)
+    with contextlib.ExitStack() as stack:
+        for module in (encoder, head):
+            if isinstance(module, nn.Module):
+                stack.enter_context(evaluating(module))
+        accuracy_dropped = task.metrics(task.forward(encoder, head, dropped), labels)["accuracy"]
+        accuracy_kept = task.metrics(task.forward(encoder, head, kept), labels)["accuracy"]
     gap = accuracy_kept - accuracy_dropped
     return {
         "accuracy_color_dropped": accuracy_dropped,

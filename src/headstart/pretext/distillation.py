@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -50,8 +51,10 @@ def teacher_copy(encoder: Encoder) -> nn.Module:
     network = getattr(encoder, "network", None)
     if network is None:
         if not isinstance(encoder, nn.Module):
-            raise HeadstartError(f"a momentum teacher needs an encoder that is an nn.Module or wraps a headstart "
-                                 f"Network; got {type(encoder).__name__}")
+            raise HeadstartError(
+                f"a momentum teacher needs an encoder that is an nn.Module or wraps a headstart "
+                f"Network; got {type(encoder).__name__}"
+            )
         return copy.deepcopy(encoder)
     head, network.head = network.head, nn.Identity()  # the old head is not part of the teacher
     try:
@@ -76,8 +79,9 @@ def teacher_pooled(encoder: Encoder, teacher: nn.Module, images01: Tensor) -> Te
 class MomentumHead(nn.Module):
     """Student projection (+ predictor) and the teacher: copies of the student module and projection."""
 
-    def __init__(self, encoder: Encoder, make_projection: Callable[[], nn.Module],
-                 predictor: nn.Module | None = None) -> None:
+    def __init__(
+        self, encoder: Encoder, make_projection: Callable[[], nn.Module], predictor: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.projection = make_projection()
         self.predictor = predictor
@@ -152,8 +156,11 @@ class BYOLTask(_MomentumTask):
 
         width = encoder.num_features
         hidden = self.hidden_dim or 4 * width
-        return MomentumHead(encoder, lambda: BYOLProjectionHead(width, hidden, self.projection_dim),
-                            BYOLPredictionHead(self.projection_dim, hidden, self.projection_dim))
+        return MomentumHead(
+            encoder,
+            lambda: BYOLProjectionHead(width, hidden, self.projection_dim),
+            BYOLPredictionHead(self.projection_dim, hidden, self.projection_dim),
+        )
 
     def forward(self, encoder: Encoder, head: nn.Module, inputs: Tensor) -> Tensor:
         """``[2, 2B, D]``: the student's predictions and the teacher's projections of the views."""
@@ -225,9 +232,14 @@ class DINOTask(_MomentumTask):
                 warnings.simplefilter("ignore", FutureWarning)
                 return DINOProjectionHead(encoder.num_features, self.hidden_dim, self.bottleneck_dim, self.output_dim)
 
-        criterion = DINOLoss(output_dim=self.output_dim, warmup_teacher_temp=self.teacher_temperature,
-                             teacher_temp=self.teacher_temperature, warmup_teacher_temp_epochs=0,
-                             student_temp=self.student_temperature, center_momentum=self.center_momentum)
+        criterion = DINOLoss(
+            output_dim=self.output_dim,
+            warmup_teacher_temp=self.teacher_temperature,
+            teacher_temp=self.teacher_temperature,
+            warmup_teacher_temp_epochs=0,
+            student_temp=self.student_temperature,
+            center_momentum=self.center_momentum,
+        )
         self._head = DINOHead(encoder, projection, criterion)
         return self._head
 

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from headstart.heads import predicted_classes
 from headstart.pretext.base import Encoder, PretextTask, check_generator, check_images, require
 from headstart.pretext.context import PairHead, branch_features
 
@@ -94,7 +95,9 @@ class JigsawTask(PretextTask):
 
     def __post_init__(self) -> None:
         require(0 < self.tile_fraction <= 1, f"jigsaw: tile_fraction must be in (0, 1], got {self.tile_fraction}")
-        require(2 <= self.permutations <= 362_880, f"jigsaw: permutations must be in 2..362880, got {self.permutations}")
+        require(
+            2 <= self.permutations <= 362_880, f"jigsaw: permutations must be in 2..362880, got {self.permutations}"
+        )
         require(self.hidden_features >= 1, f"jigsaw: hidden_features must be >= 1, got {self.hidden_features}")
 
     @property
@@ -150,4 +153,4 @@ class JigsawTask(PretextTask):
         return head(branch_features(encoder, inputs))
 
     def decode(self, outputs: Tensor) -> list[str]:
-        return [f"perm={i}" for i in outputs.argmax(dim=1).tolist()]
+        return [f"perm={i}" for i in predicted_classes(outputs).tolist()]

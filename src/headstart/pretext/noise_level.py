@@ -55,8 +55,10 @@ class NoiseLevelTask(PretextTask):
             0 <= self.minimum_std < self.maximum_std,
             f"noise_level: need 0 <= minimum_std < maximum_std, got {self.minimum_std}, {self.maximum_std}",
         )
-        require(self.target in ("drawn", "remaining"),
-                f"noise_level: target={self.target!r}; expected 'drawn' (σ drawn) or 'remaining' (noise left)")
+        require(
+            self.target in ("drawn", "remaining"),
+            f"noise_level: target={self.target!r}; expected 'drawn' (σ drawn) or 'remaining' (noise left)",
+        )
 
     @property
     def num_outputs(self) -> int:

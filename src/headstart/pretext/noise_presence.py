@@ -21,6 +21,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from headstart.heads import predicted_classes
 from headstart.pretext.base import Encoder, PretextTask, check_generator, check_images, require
 
 LABELS = ("clean", "noisy")
@@ -40,7 +41,9 @@ class NoisePresenceTask(PretextTask):
 
     def __post_init__(self) -> None:
         require(self.noise_std > 0, f"noise_presence: noise_std must be > 0, got {self.noise_std}")
-        require(0 < self.noisy_fraction < 1, f"noise_presence: noisy_fraction must be in (0, 1), got {self.noisy_fraction}")
+        require(
+            0 < self.noisy_fraction < 1, f"noise_presence: noisy_fraction must be in (0, 1), got {self.noisy_fraction}"
+        )
 
     @property
     def num_outputs(self) -> int:
@@ -62,4 +65,4 @@ class NoisePresenceTask(PretextTask):
         return nn.Linear(encoder.num_features, 2)
 
     def decode(self, outputs: Tensor) -> list[str]:
-        return [LABELS[i] for i in outputs.argmax(dim=1).tolist()]
+        return [LABELS[i] for i in predicted_classes(outputs).tolist()]

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from headstart.heads import predicted_classes
 from headstart.pretext.base import Encoder, PretextTask, check_generator, check_images, require
 
 FOUR_RIGHT_ANGLES = (0, 90, 180, 270)
@@ -135,7 +136,7 @@ class RotationTask(PretextTask):
         return nn.Linear(encoder.num_features, self.num_outputs)
 
     def decode(self, outputs: Tensor) -> list[str]:
-        return [f"rot={_degrees(self.angles[i])}" for i in outputs.argmax(dim=1).tolist()]
+        return [f"rot={_degrees(self.angles[i])}" for i in predicted_classes(outputs).tolist()]
 
 
 def _degrees(angle: float) -> str:

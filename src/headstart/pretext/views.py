@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from headstart.imageops import convert_channels
 from headstart.pretext.base import require
 
 
@@ -51,8 +52,9 @@ def _uniform(count: int, low: float, high: float, generator: torch.Generator, de
     return low + (high - low) * torch.rand(count, generator=generator, device=device)
 
 
-def random_resized_crop(images: Tensor, scale: tuple[float, float], generator: torch.Generator,
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Tensor:
+def random_resized_crop(
+    images: Tensor, scale: tuple[float, float], generator: torch.Generator, ratio: tuple[float, float] = (3 / 4, 4 / 3)
+) -> Tensor:
     """A crop of random area (``scale``, fraction of the image) and aspect ratio per image, resized
     back to the image's size (bilinear), in one ``grid_sample``."""
     batch = images.shape[0]
@@ -77,14 +79,13 @@ def _factor(batch: int, strength: float, apply: Tensor, generator: torch.Generat
 
 
 def _grey(images: Tensor) -> Tensor:
-    if images.shape[1] == 1:
-        return images
-    weights = images.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-    return (images * weights).sum(1, keepdim=True).expand_as(images)
+    """The BT.601 grey image (:func:`headstart.imageops.convert_channels`) in as many channels as ``images``."""
+    return convert_channels(images, 1).expand_as(images)
 
 
-def colour_jitter(images: Tensor, strength: float, probability: float, generator: torch.Generator, *,
-                  colour: bool) -> Tensor:
+def colour_jitter(
+    images: Tensor, strength: float, probability: float, generator: torch.Generator, *, colour: bool
+) -> Tensor:
     """Brightness, contrast (and saturation when ``colour``) factors in ``1 ± 0.8·strength``
     (SimCLR's ``ColorJitter(0.8s, 0.8s, 0.8s)``), all applied to a share ``probability`` of the images."""
     batch, device = images.shape[0], images.device
@@ -99,8 +100,9 @@ def colour_jitter(images: Tensor, strength: float, probability: float, generator
     return images.clamp(0, 1)
 
 
-def gaussian_blur(images: Tensor, probability: float, generator: torch.Generator,
-                  sigma: tuple[float, float] = (0.1, 2.0)) -> Tensor:
+def gaussian_blur(
+    images: Tensor, probability: float, generator: torch.Generator, sigma: tuple[float, float] = (0.1, 2.0)
+) -> Tensor:
     """Blur a share ``probability`` of the images with a Gaussian of random σ (in pixels at 32 px,
     scaled with the side), kernel ~10% of the side as in SimCLR; one grouped convolution."""
     batch, channels, height, width = images.shape

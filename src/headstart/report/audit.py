@@ -1,24 +1,46 @@
-"""The audit's report: tables next to Rezaei & Liu's, crafted examples, per-class hits (Markdown + PNG).
+"""The audit's report: tables next to Rezaei & Liu's, crafted examples, per-class hits.
 
-:func:`audit_sections` returns the tables and matplotlib figures without writing anything, so an
-HTML report can embed them; :func:`write_audit_report` writes ``audit.md`` with ``audit-*.png``
-next to it, atomically.
+The audit's facts and table rows are data first: :func:`audit_data` gathers them from an
+experiment, :func:`write_audit_report` writes them to ``audit-report.json`` beside the figures
+(``audit-*.png``) and renders ``audit.md`` from that data; the HTML report
+(:mod:`headstart.report.html`) renders its audit section from the same JSON with
+:func:`audit_table` and :func:`audit_summary`, so both show the same numbers and neither parses
+the other.
 """
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
+from typing import Any
 
-PAPER_CLASSES = {5: ("48.25 ± 42.5", "91.68% ± 5.69", "87.82% ± 6.98"),
-                 10: ("149.97 ± 132.15", "88.87% ± 2.46", "83.07% ± 3.31"),
-                 15: ("323.36 ± 253.56", "87.79% ± 2.42", "82.08% ± 2.74"),
-                 20: ("413", "87.17%", "79.16%")}
+from headstart.files import atomic_write_bytes, atomic_write_json, png_bytes
+
+AUDIT_FILE = "audit.md"
+"""The audit as Markdown, for people."""
+AUDIT_DATA_FILE = "audit-report.json"
+"""The audit's facts, table cells and figure files: what :mod:`headstart.report.html` renders."""
+TITLE = "Target-agnostic attack (Rezaei & Liu, ICLR 2020)"
+NOTE = (
+    "NABAC: crafted inputs, in a random neuron order, until every class was forced with confidence > 0.99 "
+    "(mean ± std over victims × random orders; an order that never breaks every class counts all attempts, "
+    "so NABAC is then a lower bound). Effectiveness: share of those attempts whose top confidence reaches "
+    "95% / 99%."
+)
+FIGURE_DPI = 130
+
+PAPER_CLASSES = {
+    5: ("48.25 ± 42.5", "91.68% ± 5.69", "87.82% ± 6.98"),
+    10: ("149.97 ± 132.15", "88.87% ± 2.46", "83.07% ± 3.31"),
+    15: ("323.36 ± 253.56", "87.79% ± 2.42", "82.08% ± 2.74"),
+    20: ("413", "87.17%", "79.16%"),
+}
 """Rezaei & Liu 2020, table 2-1 of the chapter (VGG-Face → LFW, one new layer)."""
-PAPER_LAYERS = {1: ("48.25 ± 42.5", "91.68% ± 5.69", "87.82% ± 6.98"),
-                2: ("51.87 ± 39.94", "91.57% ± 4.87", "86.45% ± 5.35"),
-                3: ("257.26 ± 387.16", "89% ± 8.20", "85.67% ± 8.88")}
+PAPER_LAYERS = {
+    1: ("48.25 ± 42.5", "91.68% ± 5.69", "87.82% ± 6.98"),
+    2: ("51.87 ± 39.94", "91.57% ± 4.87", "86.45% ± 5.35"),
+    3: ("257.26 ± 387.16", "89% ± 8.20", "85.67% ± 8.88"),
+}
 """Rezaei & Liu 2020, table 2-2 of the chapter (5 classes)."""
 
 
@@ -30,34 +52,73 @@ def _paper(classes: int, layers: int, defence: str) -> tuple[str, ...] | None:
     return PAPER_LAYERS.get(layers) if classes == 5 else None
 
 
-def _row(cell) -> list[str]:
-    metrics = cell.metrics
-    e95, e99 = metrics.effectiveness["95"], metrics.effectiveness["99"]
-    paper = _paper(cell.classes, cell.layers, cell.defence)
-    accuracy, spread = cell.clean_accuracy
-    return [str(cell.classes), str(cell.layers), cell.defence, str(cell.victims),
-            f"{accuracy:.4f} ± {spread:.4f}" if cell.victims > 1 else f"{accuracy:.4f}",
-            f"{metrics.nabac_mean:.1f} ± {metrics.nabac_std:.1f}", f"{metrics.reached:.0%}",
-            f"{100 * e95[0]:.1f}% ± {100 * e95[1]:.1f}", f"{100 * e99[0]:.1f}% ± {100 * e99[1]:.1f}",
-            f"{metrics.classes_hit['99']:.0%}", " / ".join(paper) if paper else "—"]
+def _row(cell: dict[str, Any]) -> list[str]:
+    """One table row from a cell's data (:meth:`headstart.audit.experiment.Cell.to_dict`, as stored in JSON)."""
+    metrics = cell["metrics"]
+    e95, e99 = metrics["effectiveness"]["95"], metrics["effectiveness"]["99"]
+    paper = _paper(cell["classes"], cell["layers"], cell["defence"])
+    accuracy, spread = cell["clean_accuracy"]
+    return [
+        str(cell["classes"]),
+        str(cell["layers"]),
+        cell["defence"],
+        str(cell["victims"]),
+        f"{accuracy:.4f} ± {spread:.4f}" if cell["victims"] > 1 else f"{accuracy:.4f}",
+        f"{metrics['nabac_mean']:.1f} ± {metrics['nabac_std']:.1f}",
+        f"{metrics['reached']:.0%}",
+        f"{100 * e95[0]:.1f}% ± {100 * e95[1]:.1f}",
+        f"{100 * e99[0]:.1f}% ± {100 * e99[1]:.1f}",
+        f"{metrics['classes_hit']['99']:.0%}",
+        " / ".join(paper) if paper else "—",
+    ]
 
 
-HEADER = ["classes", "new layers", "defence", "victims", "clean accuracy", "NABAC", "orders breaking all",
-          "effectiveness 95%", "effectiveness 99%", "classes hit at 99%", "paper: NABAC / eff. 95% / eff. 99%"]
+HEADER = [
+    "classes",
+    "new layers",
+    "defence",
+    "victims",
+    "clean accuracy",
+    "NABAC",
+    "orders breaking all",
+    "effectiveness 95%",
+    "effectiveness 99%",
+    "classes hit at 99%",
+    "paper: NABAC / eff. 95% / eff. 99%",
+]
 
 
-def audit_sections(experiment: dict) -> dict:
-    """``{"table": [header, rows...], "figures": {name: matplotlib Figure}, "facts": {...}}``."""
+def audit_data(experiment: dict) -> dict[str, Any]:
+    """The audit's facts and pooled cells as plain JSON values (no figures, no tensors)."""
+    crafted = experiment["crafted"]
+    first = experiment["results"][0]["result"]
+    facts = {
+        "neurons": experiment["neurons"],
+        "image_size": experiment["image_size"],
+        "crafting_seconds": crafted.seconds,
+        "crafted_per_second": crafted.per_second,
+        "config": dict(crafted.config.__dict__),
+        "feature_layer": first.feature_layer,
+        "median_target_activation": float(crafted.target_activation.median()),
+        "median_largest_other": float(crafted.largest_other.median()),
+        "median_output_target": (float(crafted.output_target.median()) if crafted.output_target is not None else None),
+        "median_output_other": (
+            float(crafted.output_largest_other.median()) if crafted.output_largest_other is not None else None
+        ),
+    }
+    return {"title": TITLE, "facts": facts, "cells": [cell.to_dict() for cell in experiment["cells"]], "figures": []}
+
+
+def audit_figures(experiment: dict) -> dict:
+    """``{name: matplotlib Figure}``: crafted examples and the victims' sorted top confidences."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     entries = experiment["results"]
-    table = [HEADER] + [_row(cell) for cell in experiment["cells"]]
     figures = {}
-    first = entries[0]["result"]
-    examples = first.examples(per_class=1)
+    examples = entries[0]["result"].examples(per_class=1)
     if examples:
         figure, axes = plt.subplots(1, len(examples), figsize=(1.6 * len(examples), 2.0), squeeze=False)
         for axis, example in zip(axes[0], examples):
@@ -77,18 +138,34 @@ def audit_sections(experiment: dict) -> dict:
     axis.set_xlabel("crafted inputs, sorted")
     axis.set_ylabel("victim's top confidence")
     axis.legend(fontsize=5)
-    figure.tight_layout()
     figures["confidence"] = figure
-    crafted = experiment["crafted"]
-    facts = {"neurons": experiment["neurons"], "image_size": experiment["image_size"],
-             "crafting_seconds": crafted.seconds, "crafted_per_second": crafted.per_second,
-             "config": crafted.config.__dict__, "feature_layer": first.feature_layer,
-             "median_target_activation": float(crafted.target_activation.median()),
-             "median_largest_other": float(crafted.largest_other.median()),
-             "median_output_target": float(crafted.output_target.median()) if crafted.output_target is not None else None,
-             "median_output_other": (float(crafted.output_largest_other.median())
-                                     if crafted.output_largest_other is not None else None)}
-    return {"table": table, "figures": figures, "facts": facts}
+    return figures
+
+
+def audit_table(data: dict[str, Any]) -> list[list[str]]:
+    """``[header, rows...]`` of the audit's cells, formatted (the same in Markdown and HTML)."""
+    return [HEADER] + [_row(cell) for cell in data["cells"]]
+
+
+def audit_summary(data: dict[str, Any]) -> str:
+    """The paragraph above the table: how the inputs were crafted and what the backbone made of them."""
+    facts = data["facts"]
+    config = facts["config"]
+    return (
+        f"Crafted on the public EfficientNet-Lite0 ImageNet backbone only ({facts['feature_layer']} features): "
+        f"{facts['neurons']} feature neurons, {config['steps']} steps of size {config['step_size']} (pixel units), "
+        f"target {config['target_value']:g}, pixels clipped to 0..255: {config['clip']}; {facts['image_size']} px "
+        f"images; {facts['crafting_seconds']:.0f} s ({facts['crafted_per_second']:.2f} crafted inputs per second). "
+        f"Median pooled value of the chosen neuron after crafting {facts['median_target_activation']:.2f}, of the "
+        f"largest other {facts['median_largest_other']:.2f}"
+        + (
+            f"; in the features a head reads, {facts['median_output_target']:.2f} and {facts['median_output_other']:.2f}"
+            if facts["median_output_target"] is not None
+            else ""
+        )
+        + ". Victims answered as black boxes (probabilities only); each row pools its victims (random digits, "
+        "split and initialisation per victim)."
+    )
 
 
 def _markdown_table(rows: list[list[str]]) -> str:
@@ -96,44 +173,25 @@ def _markdown_table(rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows[1:]])
 
 
-def write_audit_report(experiment: dict, folder: str | os.PathLike) -> Path:
-    """Write ``audit.md`` and its PNG figures into ``folder``, then the folder's ``report.html``
-    (:mod:`headstart.report.html` embeds the audit); return the Markdown path."""
-    from headstart.checkpoint import atomic_write_bytes
+def audit_markdown(data: dict[str, Any]) -> str:
+    """``audit.md``'s text, rendered from the audit's data."""
+    text = [f"# {data['title']}", "", audit_summary(data), "", _markdown_table(audit_table(data)), "", NOTE, ""]
+    text += [f"![{figure['alt']}]({figure['file']})" for figure in data["figures"]]
+    return "\n".join(text) + "\n"
 
+
+def write_audit_report(experiment: dict, folder: str | os.PathLike) -> Path:
+    """Write the figures (``audit-*.png``), the data (``audit-report.json``) and ``audit.md`` into
+    ``folder``, then the folder's ``report.html`` (:mod:`headstart.report.html` embeds the audit);
+    return the Markdown path."""
     folder = Path(folder)
-    sections = audit_sections(experiment)
-    for name, figure in sections["figures"].items():
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=130)
-        atomic_write_bytes(folder / f"audit-{name}.png", buffer.getvalue())
-    facts = sections["facts"]
-    config = facts["config"]
-    text = [
-        "# Target-agnostic attack (Rezaei & Liu, ICLR 2020)",
-        "",
-        f"Crafted on the public EfficientNet-Lite0 ImageNet backbone only ({facts['feature_layer']} features): "
-        f"{facts['neurons']} feature neurons, {config['steps']} steps of size {config['step_size']} (pixel units), "
-        f"target {config['target_value']:g}, pixels clipped to 0..255: {config['clip']}; {facts['image_size']} px "
-        f"images; {facts['crafting_seconds']:.0f} s ({facts['crafted_per_second']:.2f} crafted inputs per second). "
-        f"Median pooled value of the chosen neuron after crafting {facts['median_target_activation']:.2f}, of the "
-        f"largest other {facts['median_largest_other']:.2f}"
-        + (f"; in the features a head reads, {facts['median_output_target']:.2f} and {facts['median_output_other']:.2f}"
-           if facts["median_output_target"] is not None else "")
-        + ". Victims answered as black boxes (probabilities only); each row pools its victims (random digits, "
-        "split and initialisation per victim).",
-        "",
-        _markdown_table(sections["table"]),
-        "",
-        "NABAC: crafted inputs, in a random neuron order, until every class was forced with confidence > 0.99 "
-        "(mean ± std over victims × random orders; an order that never breaks every class counts all attempts, "
-        "so NABAC is then a lower bound). "
-        "Effectiveness: share of those attempts whose top confidence reaches 95% / 99%.",
-        "",
-    ]
-    text += [f"![{name}](audit-{name}.png)" for name in sections["figures"]]
-    path = folder / "audit.md"
-    atomic_write_bytes(path, ("\n".join(text) + "\n").encode())
+    data = audit_data(experiment)
+    for name, figure in audit_figures(experiment).items():
+        atomic_write_bytes(folder / f"audit-{name}.png", png_bytes(figure, dpi=FIGURE_DPI))
+        data["figures"].append({"name": name, "file": f"audit-{name}.png", "alt": name})
+    atomic_write_json(folder / AUDIT_DATA_FILE, data)
+    path = folder / AUDIT_FILE
+    atomic_write_bytes(path, audit_markdown(data).encode())
     from headstart.report.html import write_report
 
     write_report(folder)  # report.html: the audit alone, or inside the comparison or run report of this folder

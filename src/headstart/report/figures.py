@@ -3,11 +3,12 @@ and returned as PNG bytes, so the HTML report embeds them and needs no other fil
 
 from __future__ import annotations
 
-import io
 import json
 from typing import Any
 
 import numpy as np
+
+from headstart.files import png_bytes
 
 DPI = 100
 
@@ -19,15 +20,6 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def _png(figure) -> bytes:
-    plt = _pyplot()
-    buffer = io.BytesIO()
-    figure.tight_layout()
-    figure.savefig(buffer, format="png", dpi=DPI)
-    plt.close(figure)
-    return buffer.getvalue()
 
 
 def colours(names: list[str]) -> dict[str, Any]:
@@ -48,17 +40,23 @@ def learning_curves(budget: dict[str, Any]) -> bytes:
             continue
         padded = np.full((len(curves), length), np.nan)
         for row, curve in enumerate(curves):
-            padded[row, :len(curve)] = curve
+            padded[row, : len(curve)] = curve
         mean = np.nanmean(padded, 0)
         std = np.nanstd(padded, 0, ddof=1) if len(curves) > 1 else np.zeros(length)
         epochs = np.arange(1, length + 1)
         by_epoch.plot(epochs, mean, color=palette[name], label=f"{name} (n={len(curves)})", linewidth=1.6)
-        by_epoch.fill_between(epochs, mean - np.nan_to_num(std), mean + np.nan_to_num(std), color=palette[name],
-                              alpha=0.2, linewidth=0)
+        by_epoch.fill_between(
+            epochs, mean - np.nan_to_num(std), mean + np.nan_to_num(std), color=palette[name], alpha=0.2, linewidth=0
+        )
         for index, run in enumerate(runs):
-            by_time.plot([point["seconds"] for point in run["timeline"]],
-                         [point["val_accuracy"] for point in run["timeline"]], color=palette[name], linewidth=1,
-                         alpha=0.8, label=name if index == 0 else None)
+            by_time.plot(
+                [point["seconds"] for point in run["timeline"]],
+                [point["val_accuracy"] for point in run["timeline"]],
+                color=palette[name],
+                linewidth=1,
+                alpha=0.8,
+                label=name if index == 0 else None,
+            )
     for axes in (by_epoch, by_time):
         if budget["target_val_accuracy"] is not None:
             axes.axhline(budget["target_val_accuracy"], color="grey", linestyle="--", linewidth=1, label="target")
@@ -69,7 +67,7 @@ def learning_curves(budget: dict[str, Any]) -> bytes:
     by_epoch.set_title("learning curves, mean ± std over seeds")
     by_time.set_xlabel("wall seconds from the start of the run (head start included)")
     by_time.set_title("against wall time, each seed")
-    return _png(figure)
+    return png_bytes(figure, dpi=DPI)
 
 
 def accuracy_and_time(budget: dict[str, Any]) -> bytes:
@@ -86,8 +84,15 @@ def accuracy_and_time(budget: dict[str, Any]) -> bytes:
     for position, arm in zip(positions, arms):
         values = arm["test_accuracy"]["values"]
         accuracy.scatter([position] * len(values), values, color="black", s=12, zorder=3)
-        accuracy.annotate(f"{arm['test_accuracy']['mean']:.3f}", (position, max(values)), ha="center",
-                          va="bottom", fontsize=9, xytext=(0, 4), textcoords="offset points")
+        accuracy.annotate(
+            f"{arm['test_accuracy']['mean']:.3f}",
+            (position, max(values)),
+            ha="center",
+            va="bottom",
+            fontsize=9,
+            xytext=(0, 4),
+            textcoords="offset points",
+        )
     low = min(min(arm["test_accuracy"]["values"]) for arm in arms)
     accuracy.set_ylim(max(0.0, low - 0.1), 1.0)
     accuracy.set_xticks(positions, names)
@@ -98,17 +103,27 @@ def accuracy_and_time(budget: dict[str, Any]) -> bytes:
     timing.bar(positions, times, yerr=spreads, capsize=4, color=[palette[n] for n in names], alpha=0.85)
     for position, arm in zip(positions, arms):
         seeds = len(arm["seeds"])
-        label = (f"{arm['reached']}/{seeds} seeds\n{arm['full_steps_to_target']['mean']:.0f} full"
-                 f" + {arm['cached_steps_to_target']['mean']:.0f} cached steps" if arm["reached"]
-                 else f"0/{seeds} seeds\nnever reached")
-        timing.annotate(label, (position, arm["seconds_to_target"]["mean"] or 0.0), ha="center", va="bottom",
-                        fontsize=8, xytext=(0, 4), textcoords="offset points")
+        label = (
+            f"{arm['reached']}/{seeds} seeds\n{arm['full_steps_to_target']['mean']:.0f} full"
+            f" + {arm['cached_steps_to_target']['mean']:.0f} cached steps"
+            if arm["reached"]
+            else f"0/{seeds} seeds\nnever reached"
+        )
+        timing.annotate(
+            label,
+            (position, arm["seconds_to_target"]["mean"] or 0.0),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            xytext=(0, 4),
+            textcoords="offset points",
+        )
     timing.set_xticks(positions, names)
     timing.set_ylabel("wall seconds to the target")
     target = budget["target_val_accuracy"]
     timing.set_title("time to converge" + (f" (validation accuracy {target:.3f})" if target is not None else ""))
     timing.set_ylim(0, max(times + [1.0]) * 1.35)
-    return _png(figure)
+    return png_bytes(figure, dpi=DPI)
 
 
 def confusion(matrix: list[list[int]], labels: list[str], title: str) -> bytes:
@@ -123,15 +138,22 @@ def confusion(matrix: list[list[int]], labels: list[str], title: str) -> bytes:
         for row in range(len(labels)):
             for column in range(len(labels)):
                 if counts[row, column]:
-                    axes.text(column, row, f"{int(counts[row, column])}", ha="center", va="center", fontsize=7,
-                              color="white" if rates[row, column] > 0.5 else "black")
+                    axes.text(
+                        column,
+                        row,
+                        f"{int(counts[row, column])}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if rates[row, column] > 0.5 else "black",
+                    )
         axes.set_xticks(range(len(labels)), labels, rotation=90 if max(map(len, labels)) > 3 else 0)
         axes.set_yticks(range(len(labels)), labels)
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
     axes.set_title(title, fontsize=10)
     figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="share of the true class")
-    return _png(figure)
+    return png_bytes(figure, dpi=DPI)
 
 
 def schedules(runs: list[dict[str, Any]], arm: str) -> bytes:
@@ -144,8 +166,12 @@ def schedules(runs: list[dict[str, Any]], arm: str) -> bytes:
     for stage in run["stages"]:
         rates = stage["learning_rates"]
         steps = np.arange(offset, offset + len(rates))
-        axes.plot(steps, rates, color=palette[stage["name"]],
-                  label=stage["name"] + (" (cached features)" if stage["cached_features"] else ""))
+        axes.plot(
+            steps,
+            rates,
+            color=palette[stage["name"]],
+            label=stage["name"] + (" (cached features)" if stage["cached_features"] else ""),
+        )
         offset += len(rates)
         axes.axvline(offset, color="grey", linewidth=0.6, linestyle=":")
     axes.set_xlabel("optimizer step (stages in order)")
@@ -154,7 +180,7 @@ def schedules(runs: list[dict[str, Any]], arm: str) -> bytes:
     axes.set_title(f"{arm}: learning-rate schedule of each stage (seed {run['seed']})")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="lower left")
-    return _png(figure)
+    return png_bytes(figure, dpi=DPI)
 
 
 def unlabelled_used(budget: dict[str, Any]) -> bytes | None:
@@ -165,8 +191,10 @@ def unlabelled_used(budget: dict[str, Any]) -> bytes | None:
         for index, stage in enumerate(runs[0]["stages"]):
             if stage.get("unlabelled_used"):
                 used = [run["stages"][index].get("unlabelled_used") or [] for run in runs]
-                accuracy = [[point["val_accuracy"] for point in run["timeline"] if point["stage"] == stage["name"]]
-                            for run in runs]
+                accuracy = [
+                    [point["val_accuracy"] for point in run["timeline"] if point["stage"] == stage["name"]]
+                    for run in runs
+                ]
                 series.append((f"{arm} / {stage['name']}", used, accuracy))
     if not series:
         return None
@@ -191,7 +219,7 @@ def unlabelled_used(budget: dict[str, Any]) -> bytes | None:
     share.legend(fontsize=8, loc="lower right")
     share.set_title("unlabelled images above the threshold")
     validation.set_title("validation accuracy (mean, band = min..max over seeds)")
-    return _png(figure)
+    return png_bytes(figure, dpi=DPI)
 
 
 def attention(npz: Any) -> bytes:
@@ -211,14 +239,16 @@ def attention(npz: Any) -> bytes:
     axes[0, 0].set_title("input", fontsize=8)
     for column, entry in enumerate(maps, start=1):
         height, width = entry["shape"]
-        axes[0, column].set_title(f"{entry['arm']}\n{entry['layer'].removeprefix('backbone.')} ({height}×{width})",
-                                  fontsize=7)
+        axes[0, column].set_title(
+            f"{entry['arm']}\n{entry['layer'].removeprefix('backbone.')} ({height}×{width})", fontsize=7
+        )
     for axis in axes.flat:
         axis.set_xticks([])
         axis.set_yticks([])
-    figure.suptitle(f"attention maps: mean over channels of |activation|^{meta['power']:g}, each arm's final network",
-                    fontsize=9)
-    return _png(figure)
+    figure.suptitle(
+        f"attention maps: mean over channels of |activation|^{meta['power']:g}, each arm's final network", fontsize=9
+    )
+    return png_bytes(figure, dpi=DPI)
 
 
 def budgets(summary: dict[str, Any]) -> bytes:
@@ -227,17 +257,28 @@ def budgets(summary: dict[str, Any]) -> bytes:
     figure, axes = plt.subplots(figsize=(7, 3.8))
     palette = colours(summary["arms"])
     for name in summary["arms"]:
-        points = [(budget["labels_per_class"], arm["test_accuracy"]) for budget in summary["budgets"]
-                  for arm in budget["arms"] if arm["name"] == name]
+        points = [
+            (budget["labels_per_class"], arm["test_accuracy"])
+            for budget in summary["budgets"]
+            for arm in budget["arms"]
+            if arm["name"] == name
+        ]
         if not points:
             continue
         xs = [x for x, _ in points]
-        axes.errorbar(xs, [p["mean"] for _, p in points], yerr=[p["std"] for _, p in points], capsize=3,
-                      marker="o", color=palette[name], label=name)
+        axes.errorbar(
+            xs,
+            [p["mean"] for _, p in points],
+            yerr=[p["std"] for _, p in points],
+            capsize=3,
+            marker="o",
+            color=palette[name],
+            label=name,
+        )
     axes.set_xscale("log")
     axes.set_xlabel("labels per class")
     axes.set_ylabel("test accuracy")
     axes.set_title("label budgets")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
-    return _png(figure)
+    return png_bytes(figure, dpi=DPI)

@@ -14,14 +14,15 @@ from __future__ import annotations
 import base64
 import datetime
 import html
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from headstart.checkpoint import atomic_write_bytes
+from headstart.files import atomic_write_bytes, is_comparison, is_run, read_json
 from headstart.report import figures
+from headstart.report.audit import AUDIT_DATA_FILE, AUDIT_FILE, audit_summary, audit_table
+from headstart.report.audit import NOTE as AUDIT_NOTE
 from headstart.report.summary import step_lines, summarise, summary_line
 
 REPORT_FILE = "report.html"
@@ -56,8 +57,9 @@ def _value(spread: dict[str, Any], digits: int = 4) -> str:
 def _table(headers: list[str], rows: list[list[str]], classes: list[str] | None = None, ident: str = "") -> str:
     classes = classes or [""] * len(headers)
     head = "".join(f'<th class="{c}">{html.escape(h)}</th>' for h, c in zip(headers, classes))
-    body = "".join("<tr>" + "".join(f'<td class="{c}">{cell}</td>' for cell, c in zip(row, classes)) + "</tr>"
-                   for row in rows)
+    body = "".join(
+        "<tr>" + "".join(f'<td class="{c}">{cell}</td>' for cell, c in zip(row, classes)) + "</tr>" for row in rows
+    )
     attribute = f' id="{ident}"' if ident else ""
     return f"<table{attribute}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -66,18 +68,46 @@ def _comparison_table(budget: dict[str, Any], ident: str) -> str:
     rows = []
     for arm in budget["arms"]:
         seeds = len(arm["seeds"])
-        reach = (f"{_value(arm['seconds_to_target'], 1)} s ({arm['reached']}/{seeds})" if arm["reached"]
-                 else f"not reached (0/{seeds})")
-        steps = (f"{_value(arm['full_steps_to_target'], 0)} full + {_value(arm['cached_steps_to_target'], 0)} cached"
-                 if arm["reached"] else "—")
+        reach = (
+            f"{_value(arm['seconds_to_target'], 1)} s ({arm['reached']}/{seeds})"
+            if arm["reached"]
+            else f"not reached (0/{seeds})"
+        )
+        steps = (
+            f"{_value(arm['full_steps_to_target'], 0)} full + {_value(arm['cached_steps_to_target'], 0)} cached"
+            if arm["reached"]
+            else "—"
+        )
         gain = "baseline" if arm["name"] == budget["baseline"] else _value(arm["gain"])
-        rows.append([html.escape(arm["name"]), html.escape(" → ".join(arm["stages"])), str(arm["test_accuracy"]["n"]),
-                     _value(arm["test_accuracy"]), gain, reach, steps,
-                     f"{_value(arm['head_start_seconds'], 1)} s ({_value(arm['head_start_steps'], 0)} steps)",
-                     f"{_value(arm['seconds'], 1)} s"])
-    return _table(["arm", "stages", "n", "test accuracy", f"gain over {budget['baseline']}", "time to target",
-                   "labelled steps to target", "head start", "wall time"], rows,
-                  ["name", "name"] + [""] * 7, ident)
+        rows.append(
+            [
+                html.escape(arm["name"]),
+                html.escape(" → ".join(arm["stages"])),
+                str(arm["test_accuracy"]["n"]),
+                _value(arm["test_accuracy"]),
+                gain,
+                reach,
+                steps,
+                f"{_value(arm['head_start_seconds'], 1)} s ({_value(arm['head_start_steps'], 0)} steps)",
+                f"{_value(arm['seconds'], 1)} s",
+            ]
+        )
+    return _table(
+        [
+            "arm",
+            "stages",
+            "n",
+            "test accuracy",
+            f"gain over {budget['baseline']}",
+            "time to target",
+            "labelled steps to target",
+            "head start",
+            "wall time",
+        ],
+        rows,
+        ["name", "name"] + [""] * 7,
+        ident,
+    )
 
 
 def _probe_table(budget: dict[str, Any]) -> str:
@@ -85,18 +115,28 @@ def _probe_table(budget: dict[str, Any]) -> str:
     for arm in budget["arms"]:
         for probe in arm["probes"]:
             settings = probe["settings"] or settings
-            rows.append([html.escape(arm["name"]), html.escape(probe["backbone"]), _value(probe["linear"]),
-                         _value(probe["knn"]), str(probe["linear"]["n"])])
+            rows.append(
+                [
+                    html.escape(arm["name"]),
+                    html.escape(probe["backbone"]),
+                    _value(probe["linear"]),
+                    _value(probe["knn"]),
+                    str(probe["linear"]["n"]),
+                ]
+            )
     if not rows:
         return '<p class="muted">No probes were run (probes: {enabled: false}).</p>'
+
     def plain(value: Any) -> str:
         if isinstance(value, dict):
             return ", ".join(f"{key} = {item}" for key, item in value.items())
         return str(value)
 
     described = "; ".join(f"{key}: {html.escape(plain(value))}" for key, value in settings.items())
-    return (_table(["arm", "backbone", "linear probe", "k-NN probe", "n"], rows, ["name", "name", "", "", ""])
-            + f'<p class="muted">Frozen, pooled features computed once in eval mode. {described}.</p>')
+    return (
+        _table(["arm", "backbone", "linear probe", "k-NN probe", "n"], rows, ["name", "name", "", "", ""])
+        + f'<p class="muted">Frozen, pooled features computed once in eval mode. {described}.</p>'
+    )
 
 
 def _best_confusion(budget: dict[str, Any]) -> str:
@@ -120,70 +160,96 @@ def _evidence(summary: dict[str, Any], folder: Path) -> str:
             for run in runs:
                 where = Path(run["folder"])
                 where = where.relative_to(folder) if where.is_relative_to(folder) else where
-                rows.append([html.escape(name), str(run["seed"]),
-                             "—" if budget["labels_per_class"] is None else str(budget["labels_per_class"]),
-                             f"<code>{html.escape(run['config_hash'])}</code>", f"{run['seconds']:.1f} s",
-                             f"<code>{html.escape(str(where))}</code>"])
+                rows.append(
+                    [
+                        html.escape(name),
+                        str(run["seed"]),
+                        "—" if budget["labels_per_class"] is None else str(budget["labels_per_class"]),
+                        f"<code>{html.escape(run['config_hash'])}</code>",
+                        f"{run['seconds']:.1f} s",
+                        f"<code>{html.escape(str(where))}</code>",
+                    ]
+                )
     total = sum(run["seconds"] for budget in summary["budgets"] for runs in budget["runs"].values() for run in runs)
     machine = ", ".join(f"{key}: {html.escape(str(value))}" for key, value in hardware.items())
     software = ", ".join(f"{key} {html.escape(str(value))}" for key, value in versions.items())
-    unfinished = (f"<p>Not finished yet (left out): {html.escape(', '.join(summary['unfinished']))}</p>"
-                  if summary["unfinished"] else "")
-    return (f"<p>Seeds: {', '.join(map(str, summary['seeds']))}. Hardware: {machine or 'not recorded'}. "
-            f"Versions: {software or 'not recorded'}. Training wall time of all runs: {total:.1f} s.</p>"
-            + unfinished + _table(["arm", "seed", "labels per class", "config hash", "wall time", "folder"], rows,
-                                  ["name", "", "", "", "", "name"]))
-
-
-AUDIT_FILE = "audit.md"
-
-
-def _markdown(text: str, folder: Path) -> str:
-    """The plain Markdown :mod:`headstart.report.audit` writes (headings, paragraphs, one table,
-    images beside it) as HTML, its images embedded."""
-    parts, table = [], []
-    for line in text.splitlines() + [""]:
-        if line.startswith("|"):
-            if not set(line) <= set("|-: "):
-                table.append([html.escape(cell.strip()) for cell in line.strip("|").split("|")])
-            continue
-        if table:
-            parts.append(_table(table[0], table[1:], ["name"] + [""] * (len(table[0]) - 1), "audit"))
-            table = []
-        image = re.fullmatch(r"!\[(.*)\]\((.+\.png)\)", line.strip())
-        if image and (folder / image.group(2)).is_file():
-            parts.append(_image((folder / image.group(2)).read_bytes(), image.group(1)))
-        elif line.startswith("# "):
-            parts.append(f"<h2>{html.escape(line[2:])}</h2>")
-        elif line.strip():
-            parts.append(f"<p>{html.escape(line)}</p>")
-    return "\n".join(parts)
+    unfinished = (
+        f"<p>Not finished yet (left out): {html.escape(', '.join(summary['unfinished']))}</p>"
+        if summary["unfinished"]
+        else ""
+    )
+    return (
+        f"<p>Seeds: {', '.join(map(str, summary['seeds']))}. Hardware: {machine or 'not recorded'}. "
+        f"Versions: {software or 'not recorded'}. Training wall time of all runs: {total:.1f} s.</p>"
+        + unfinished
+        + _table(
+            ["arm", "seed", "labels per class", "config hash", "wall time", "folder"],
+            rows,
+            ["name", "", "", "", "", "name"],
+        )
+    )
 
 
 def _audit(folder: Path) -> str:
-    path = folder / AUDIT_FILE
-    return _markdown(path.read_text(encoding="utf-8"), folder) if path.is_file() else ""
+    """The audit section, rendered from the audit's data (``audit-report.json``, written by
+    :func:`headstart.report.audit.write_audit_report`) with its figures embedded; an older folder
+    that holds only ``audit.md`` gets that file verbatim and a note; no audit, nothing."""
+    if (folder / AUDIT_DATA_FILE).is_file():
+        data = read_json(folder / AUDIT_DATA_FILE)
+        table = audit_table(data)
+        parts = [
+            f"<h2>{html.escape(data['title'])}</h2>",
+            f"<p>{html.escape(audit_summary(data))}</p>",
+            _table(
+                table[0],
+                [[html.escape(cell) for cell in row] for row in table[1:]],
+                ["name"] + [""] * (len(table[0]) - 1),
+                "audit",
+            ),
+            f"<p>{html.escape(AUDIT_NOTE)}</p>",
+        ]
+        parts += [
+            _image((folder / figure["file"]).read_bytes(), figure["alt"])
+            for figure in data["figures"]
+            if (folder / figure["file"]).is_file()
+        ]
+        return "\n".join(parts)
+    if (folder / AUDIT_FILE).is_file():
+        return (
+            f'<h2>Security audit</h2><p class="muted">This folder\'s audit predates {AUDIT_DATA_FILE}; run the '
+            f"audit again to show it here as tables and figures. Its {AUDIT_FILE}:</p>"
+            f"<pre>{html.escape((folder / AUDIT_FILE).read_text(encoding='utf-8'))}</pre>"
+        )
+    return ""
+
+
+def _has_audit(folder: Path) -> bool:
+    return (folder / AUDIT_DATA_FILE).is_file() or (folder / AUDIT_FILE).is_file()
 
 
 def _page(title: str, body: str) -> str:
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)} — '
-            f"headstart report</title><style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)} — '
+        f"headstart report</title><style>{STYLE}</style></head><body>\n{body}\n</body></html>\n"
+    )
 
 
 def render(folder: str | Path) -> str:
     """The report's HTML for a comparison folder or a run folder (reads only files), with the
-    security audit when the folder holds one (``audit.md``, written by ``headstart audit``)."""
+    security audit when the folder holds one (:mod:`headstart.report.audit`'s files)."""
     folder = Path(folder)
-    if (folder / AUDIT_FILE).is_file() and not any((folder / name).is_file() for name in ("compare.json", "run.json")):
+    if _has_audit(folder) and not is_comparison(folder) and not is_run(folder):
         return _page("security audit", _audit(folder))
     summary = summarise(folder)
     verdicts = summary_line(summary)
     several = len(summary["budgets"]) > 1
-    parts = [f"<h1>{html.escape(summary['name'])}: did pretraining help?</h1>",
-             f'<p class="muted">{len(summary["arms"])} arm(s) × {len(summary["seeds"])} seed(s)'
-             + (f" × {len(summary['budgets'])} label budgets" if several else "")
-             + f"; baseline <b>{html.escape(summary['baseline'])}</b>; generated "
-             f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} from <code>{html.escape(str(folder))}</code>.</p>"]
+    parts = [
+        f"<h1>{html.escape(summary['name'])}: did pretraining help?</h1>",
+        f'<p class="muted">{len(summary["arms"])} arm(s) × {len(summary["seeds"])} seed(s)'
+        + (f" × {len(summary['budgets'])} label budgets" if several else "")
+        + f"; baseline <b>{html.escape(summary['baseline'])}</b>; generated "
+        f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} from <code>{html.escape(str(folder))}</code>.</p>",
+    ]
     for budget, verdict in zip(summary["budgets"], verdicts):
         clear = budget["winner"] is not None and budget["winner"]["exceeds_spread"]
         parts.append(f'<div class="verdict{"" if clear else " within"}">{html.escape(verdict)}</div>')
@@ -197,12 +263,14 @@ def render(folder: str | Path) -> str:
         target = budget["target_val_accuracy"]
         parts.append(f"<h2>Comparison{suffix}</h2>")
         parts.append(_comparison_table(budget, f"comparison-{index}"))
-        parts.append('<p class="muted">Mean ± sample std over seeds (n). Gain: paired by seed. Time to target: '
-                     "wall seconds from the start of the run (head start and feature caching included) until "
-                     + (f"validation accuracy first reached {target:.4f}" if target is not None else "a target")
-                     + " (default: the lowest of the baseline's best over seeds), and the seeds that reached it. "
-                     "Steps on the labelled data: full steps run the whole network; cached steps train a head on "
-                     "backbone features computed once, a small fraction of a full step's cost.</p>")
+        parts.append(
+            '<p class="muted">Mean ± sample std over seeds (n). Gain: paired by seed. Time to target: '
+            "wall seconds from the start of the run (head start and feature caching included) until "
+            + (f"validation accuracy first reached {target:.4f}" if target is not None else "a target")
+            + " (default: the lowest of the baseline's best over seeds), and the seeds that reached it. "
+            "Steps on the labelled data: full steps run the whole network; cached steps train a head on "
+            "backbone features computed once, a small fraction of a full step's cost.</p>"
+        )
         parts.append(_image(figures.accuracy_and_time(budget), "test accuracy and time to target"))
         parts.append(f"<h3>Learning curves{suffix}</h3>")
         parts.append(_image(figures.learning_curves(budget), "learning curves"))
@@ -217,31 +285,47 @@ def render(folder: str | Path) -> str:
         with np.load(attention_file) as npz:
             parts.append("<h2>Attention maps</h2>")
             parts.append(_image(figures.attention(npz), "attention maps"))
-        parts.append('<p class="muted">Zagoruyko &amp; Komodakis 2017; Gidaris et al. 2018, figure 3: where each layer '
-                     "responds, scaled to 0..1 per image.</p>")
+        parts.append(
+            '<p class="muted">Zagoruyko &amp; Komodakis 2017; Gidaris et al. 2018, figure 3: where each layer '
+            "responds, scaled to 0..1 per image.</p>"
+        )
     budget = summary["budgets"][0]
     semi = figures.unlabelled_used(budget)
     if semi is not None:
         parts.append("<h2>Semi-supervised stages</h2>")
         parts.append(_image(semi, "share of unlabelled images used per epoch"))
-        parts.append('<p class="muted">FixMatch (Sohn et al. 2020): a pseudo-label teaches only when the network\'s '
-                     "confidence on the weakly augmented image reaches the threshold; the share that does grows as "
-                     "the network improves.</p>")
+        parts.append(
+            '<p class="muted">FixMatch (Sohn et al. 2020): a pseudo-label teaches only when the network\'s '
+            "confidence on the weakly augmented image reaches the threshold; the share that does grows as "
+            "the network improves.</p>"
+        )
     parts.append("<h2>Learning-rate schedules</h2>")
     for name, runs in budget["runs"].items():
         parts.append(_image(figures.schedules(runs, name), f"learning-rate schedule of {name}"))
-    sweeps = [(name, stage["name"], Path(runs[0]["folder"]) / stage["folder"] / "lr_find.png")
-              for name, runs in budget["runs"].items() for stage in runs[0]["stages"]]
+    sweeps = [
+        (name, stage["name"], Path(runs[0]["folder"]) / stage["folder"] / "lr_find.png")
+        for name, runs in budget["runs"].items()
+        for stage in runs[0]["stages"]
+    ]
     for name, stage, plot in sweeps:  # stages that said `lr: find` (headstart.lrfind)
         if plot.is_file():
             parts.append(f"<h3>Learning-rate sweep: {html.escape(name)} / {html.escape(stage)}</h3>")
             parts.append(_image(plot.read_bytes(), f"learning-rate sweep of {name} / {stage}"))
-    diagnostics = [(name, stage["name"], note) for name, runs in budget["runs"].items() for stage in runs[0]["stages"]
-                   for note in stage["diagnostics"]]
+    diagnostics = [
+        (name, stage["name"], note)
+        for name, runs in budget["runs"].items()
+        for stage in runs[0]["stages"]
+        for note in stage["diagnostics"]
+    ]
     if diagnostics:
-        parts.append("<h3>Diagnostics</h3><ul>" + "".join(
-            f"<li>{html.escape(name)} / {html.escape(stage)}: {html.escape(note)}</li>"
-            for name, stage, note in diagnostics) + "</ul>")
+        parts.append(
+            "<h3>Diagnostics</h3><ul>"
+            + "".join(
+                f"<li>{html.escape(name)} / {html.escape(stage)}: {html.escape(note)}</li>"
+                for name, stage, note in diagnostics
+            )
+            + "</ul>"
+        )
     audit = _audit(folder)
     if audit:
         parts.append(audit)

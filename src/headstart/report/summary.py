@@ -29,10 +29,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-from headstart.checkpoint import read_json
 from headstart.errors import HeadstartError
+from headstart.files import COMPARISON_FILE, RUN_FILE, atomic_write_json, is_comparison, is_run, read_json
 
-MANIFEST_FILE = "compare.json"
+MANIFEST_FILE = COMPARISON_FILE
+"""The comparison's manifest (:data:`headstart.files.COMPARISON_FILE`), under the name compare.py imports."""
 SUMMARY_FILE = "comparison.json"
 
 
@@ -51,15 +52,22 @@ def load_manifest(folder: str | Path) -> dict[str, Any]:
     from headstart.structure import RunRecord
 
     folder = Path(folder)
-    if (folder / MANIFEST_FILE).is_file():
-        return read_json(folder / MANIFEST_FILE)
-    if (folder / "run.json").is_file():
+    if is_comparison(folder):
+        return read_json(folder / COMPARISON_FILE)
+    if is_run(folder):
         record = RunRecord.read(folder)
-        return {"name": record.name, "arms": [record.name], "baseline": record.name,
-                "seeds": [record.config.get("seed", 0)], "label_budgets": None, "spec": {},
-                "runs": [{"arm": record.name, "seed": record.config.get("seed", 0), "budget": None, "folder": "."}],
-                "hardware": record.hardware, "versions": record.versions}
-    raise HeadstartError(f"{folder}: neither a comparison ({MANIFEST_FILE}) nor a run folder (run.json)")
+        return {
+            "name": record.name,
+            "arms": [record.name],
+            "baseline": record.name,
+            "seeds": [record.config.get("seed", 0)],
+            "label_budgets": None,
+            "spec": {},
+            "runs": [{"arm": record.name, "seed": record.config.get("seed", 0), "budget": None, "folder": "."}],
+            "hardware": record.hardware,
+            "versions": record.versions,
+        }
+    raise HeadstartError(f"{folder}: neither a comparison ({COMPARISON_FILE}) nor a run folder ({RUN_FILE})")
 
 
 def run_outcome(folder: Path) -> dict[str, Any] | None:
@@ -67,7 +75,7 @@ def run_outcome(folder: Path) -> dict[str, Any] | None:
     from headstart.probe import read_probe
     from headstart.structure import RunRecord
 
-    if not (folder / "run.json").is_file():
+    if not is_run(folder):
         return None
     run = RunRecord.read(folder)
     if run.status != "finished":
@@ -80,15 +88,26 @@ def run_outcome(folder: Path) -> dict[str, Any] | None:
     stages = []
     for record in records:
         head_start = record.stage.pretext is not None or record.stage.data == "general"
-        stages.append({"name": record.stage_name, "folder": record.folder.name if record.folder else record.stage_name,
-                       "head_start": head_start, "seconds": record.seconds, "steps": record.steps,
-                       "cached_features": record.cached_features, "learning_rates": record.learning_rates,
-                       "step_losses": record.step_losses, "frozen": len(record.frozen), "bn_policy": record.bn_policy,
-                       "pretext": record.stage.pretext.name if record.stage.pretext else None,
-                       "diagnostics": record.diagnostics,
-                       "unlabelled_used": [float(row["train_unlabelled_used"]) for row in record.history
-                                           if "train_unlabelled_used" in row],
-                       "probe": (probe.model_dump() if (probe := read_probe(record.folder)) else None)})
+        stages.append(
+            {
+                "name": record.stage_name,
+                "folder": record.folder.name if record.folder else record.stage_name,
+                "head_start": head_start,
+                "seconds": record.seconds,
+                "steps": record.steps,
+                "cached_features": record.cached_features,
+                "learning_rates": record.learning_rates,
+                "step_losses": record.step_losses,
+                "frozen": len(record.frozen),
+                "bn_policy": record.bn_policy,
+                "pretext": record.stage.pretext.name if record.stage.pretext else None,
+                "diagnostics": record.diagnostics,
+                "unlabelled_used": [
+                    float(row["train_unlabelled_used"]) for row in record.history if "train_unlabelled_used" in row
+                ],
+                "probe": (probe.model_dump() if (probe := read_probe(record.folder)) else None),
+            }
+        )
         if head_start:
             head_start_seconds += record.seconds
             head_start_steps += record.steps
@@ -100,13 +119,15 @@ def run_outcome(folder: Path) -> dict[str, Any] | None:
             if "val_accuracy" not in row:
                 continue
             steps = int(row.get("steps", 0))
-            timeline.append({
-                "val_accuracy": float(row["val_accuracy"]),
-                "seconds": elapsed + overhead + float(row.get("seconds", 0.0)),
-                "full_steps": full_steps + (0 if record.cached_features else steps),
-                "cached_steps": cached_steps + (steps if record.cached_features else 0),
-                "stage": record.stage_name,
-            })
+            timeline.append(
+                {
+                    "val_accuracy": float(row["val_accuracy"]),
+                    "seconds": elapsed + overhead + float(row.get("seconds", 0.0)),
+                    "full_steps": full_steps + (0 if record.cached_features else steps),
+                    "cached_steps": cached_steps + (steps if record.cached_features else 0),
+                    "stage": record.stage_name,
+                }
+            )
         elapsed += record.seconds
         if record.cached_features:
             cached_steps += record.steps
@@ -114,13 +135,21 @@ def run_outcome(folder: Path) -> dict[str, Any] | None:
             full_steps += record.steps
     init_probe = folder / "init-probe.json"
     return {
-        "folder": str(folder), "name": run.name, "seed": run.config.get("seed"), "config_hash": run.config_hash,
+        "folder": str(folder),
+        "name": run.name,
+        "seed": run.config.get("seed"),
+        "config_hash": run.config_hash,
         "test_accuracy": float(run.test["accuracy"]) if run.test and "accuracy" in run.test else None,
         "test_count": int(run.test["count"]) if run.test and "count" in run.test else 0,
-        "confusion": run.test_confusion, "labels": run.labels,
+        "confusion": run.test_confusion,
+        "labels": run.labels,
         "seconds": float(run.seconds or 0.0) + run.earlier_seconds,
-        "head_start_seconds": head_start_seconds, "head_start_steps": head_start_steps,
-        "timeline": timeline, "stages": stages, "hardware": run.hardware, "versions": run.versions,
+        "head_start_seconds": head_start_seconds,
+        "head_start_steps": head_start_steps,
+        "timeline": timeline,
+        "stages": stages,
+        "hardware": run.hardware,
+        "versions": run.versions,
         "init_probe": read_json(init_probe) if init_probe.is_file() else None,
     }
 
@@ -154,21 +183,36 @@ def _probe_rows(outcomes: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 order.append(label)
             rows[label]["linear"].append(probe["linear_accuracy"])
             rows[label]["knn"].append(probe["knn_accuracy"])
-            settings = {**probe["settings"], "bank": f"{probe['bank_split']} ({probe['bank_size']} images)",
-                        "probed": f"{probe['probe_split']} ({probe['probe_size']} images)"}
-    return [{"backbone": label, "linear": _spread(rows[label]["linear"]), "knn": _spread(rows[label]["knn"]),
-             "settings": settings} for label in order]
+            settings = {
+                **probe["settings"],
+                "bank": f"{probe['bank_split']} ({probe['bank_size']} images)",
+                "probed": f"{probe['probe_split']} ({probe['probe_size']} images)",
+            }
+    return [
+        {
+            "backbone": label,
+            "linear": _spread(rows[label]["linear"]),
+            "knn": _spread(rows[label]["knn"]),
+            "settings": settings,
+        }
+        for label in order
+    ]
 
 
 def _paired_gains(runs: list[dict[str, Any]], other: list[dict[str, Any]]) -> list[float]:
     """Test accuracy minus ``other``'s at the same seed, for the seeds both have."""
     by_seed = {o["seed"]: o["test_accuracy"] for o in other if o["test_accuracy"] is not None}
-    return [o["test_accuracy"] - by_seed[o["seed"]] for o in runs
-            if o["test_accuracy"] is not None and o["seed"] in by_seed]
+    return [
+        o["test_accuracy"] - by_seed[o["seed"]] for o in runs if o["test_accuracy"] is not None and o["seed"] in by_seed
+    ]
 
 
-def _budget_table(outcomes: dict[str, list[dict[str, Any]]], baseline: str, target: float | None,
-                  parents: dict[str, str] | None = None) -> dict[str, Any]:
+def _budget_table(
+    outcomes: dict[str, list[dict[str, Any]]],
+    baseline: str,
+    target: float | None,
+    parents: dict[str, str] | None = None,
+) -> dict[str, Any]:
     parents = parents or {}
     base = outcomes.get(baseline, [])
     if target is None:
@@ -181,26 +225,28 @@ def _budget_table(outcomes: dict[str, list[dict[str, Any]]], baseline: str, targ
         parent = parents.get(name) if parents.get(name) in outcomes else None
         reached = [reach(o["timeline"], target) for o in runs] if target is not None else [None] * len(runs)
         hits = [point for point in reached if point is not None]
-        arms.append({
-            "name": name,
-            "stages": [stage["name"] for stage in runs[0]["stages"]] if runs else [],
-            "seeds": [o["seed"] for o in runs],
-            "test_accuracy": _spread(tests),
-            "gain": _spread(gains) if name != baseline else _spread([0.0] * len(gains)),
-            "extends": parent,
-            "step_gain": _spread(_paired_gains(runs, outcomes[parent])) if parent else None,
-            "seconds": _spread([o["seconds"] for o in runs]),
-            "head_start_seconds": _spread([o["head_start_seconds"] for o in runs]),
-            "head_start_steps": _spread([float(o["head_start_steps"]) for o in runs]),
-            "reached": len(hits),
-            "seconds_to_target": _spread([point["seconds"] for point in hits]),
-            "full_steps_to_target": _spread([float(point["full_steps"]) for point in hits]),
-            "cached_steps_to_target": _spread([float(point["cached_steps"]) for point in hits]),
-            "epochs_to_target": _spread([float(point["epoch"]) for point in hits]),
-            "labelled_epochs": len(runs[0]["timeline"]) if runs else 0,
-            "probes": _probe_rows(runs),
-            "config_hashes": sorted({o["config_hash"] for o in runs}),
-        })
+        arms.append(
+            {
+                "name": name,
+                "stages": [stage["name"] for stage in runs[0]["stages"]] if runs else [],
+                "seeds": [o["seed"] for o in runs],
+                "test_accuracy": _spread(tests),
+                "gain": _spread(gains) if name != baseline else _spread([0.0] * len(gains)),
+                "extends": parent,
+                "step_gain": _spread(_paired_gains(runs, outcomes[parent])) if parent else None,
+                "seconds": _spread([o["seconds"] for o in runs]),
+                "head_start_seconds": _spread([o["head_start_seconds"] for o in runs]),
+                "head_start_steps": _spread([float(o["head_start_steps"]) for o in runs]),
+                "reached": len(hits),
+                "seconds_to_target": _spread([point["seconds"] for point in hits]),
+                "full_steps_to_target": _spread([float(point["full_steps"]) for point in hits]),
+                "cached_steps_to_target": _spread([float(point["cached_steps"]) for point in hits]),
+                "epochs_to_target": _spread([float(point["epoch"]) for point in hits]),
+                "labelled_epochs": len(runs[0]["timeline"]) if runs else 0,
+                "probes": _probe_rows(runs),
+                "config_hashes": sorted({o["config_hash"] for o in runs}),
+            }
+        )
     return {"target_val_accuracy": target, "baseline": baseline, "arms": arms}
 
 
@@ -215,21 +261,25 @@ def winner(budget: dict[str, Any]) -> dict[str, Any] | None:
     spread = max(best["test_accuracy"]["std"] or 0.0, base["test_accuracy"]["std"] or 0.0)
     gain = best["gain"]["mean"] or 0.0
     positive = sum(1 for value in best["gain"]["values"] if value > 0)
-    return {"arm": best["name"], "gain": gain, "gain_std": best["gain"]["std"], "spread": spread,
-            "exceeds_spread": best["name"] != budget["baseline"] and gain > spread and best["test_accuracy"]["n"] > 1,
-            "positive_seeds": positive, "seeds": len(best["gain"]["values"])}
+    return {
+        "arm": best["name"],
+        "gain": gain,
+        "gain_std": best["gain"]["std"],
+        "spread": spread,
+        "exceeds_spread": best["name"] != budget["baseline"] and gain > spread and best["test_accuracy"]["n"] > 1,
+        "positive_seeds": positive,
+        "seeds": len(best["gain"]["values"]),
+    }
 
 
 def summarise(folder: str | Path, *, write: bool = True) -> dict[str, Any]:
     """The comparison's table from its folder (module docstring); written to ``comparison.json``."""
-    from headstart.checkpoint import atomic_write_json
-
     folder = Path(folder)
     manifest = load_manifest(folder)
     target = (manifest.get("spec") or {}).get("target")
     budgets = []
     missing = []
-    for budget in (manifest.get("label_budgets") or [None]):
+    for budget in manifest.get("label_budgets") or [None]:
         outcomes: dict[str, list[dict[str, Any]]] = {arm: [] for arm in manifest["arms"]}
         for entry in manifest["runs"]:
             if entry["budget"] != budget:
@@ -250,12 +300,21 @@ def summarise(folder: str | Path, *, write: bool = True) -> dict[str, Any]:
         budgets.append(table)
     if not budgets:
         raise HeadstartError(f"{folder}: no finished run to report on yet")
-    summary = {"name": manifest["name"], "baseline": manifest["baseline"], "seeds": manifest["seeds"],
-               "arms": manifest["arms"], "budgets": budgets, "unfinished": missing,
-               "hardware": manifest.get("hardware", {}), "versions": manifest.get("versions", {})}
+    summary = {
+        "name": manifest["name"],
+        "baseline": manifest["baseline"],
+        "seeds": manifest["seeds"],
+        "arms": manifest["arms"],
+        "budgets": budgets,
+        "unfinished": missing,
+        "hardware": manifest.get("hardware", {}),
+        "versions": manifest.get("versions", {}),
+    }
     if write:
-        slim = {**summary, "budgets": [{key: value for key, value in budget.items() if key != "runs"}
-                                       for budget in budgets]}
+        slim = {
+            **summary,
+            "budgets": [{key: value for key, value in budget.items() if key != "runs"} for budget in budgets],
+        }
         atomic_write_json(folder / SUMMARY_FILE, slim)
     return summary
 
@@ -274,8 +333,10 @@ def summary_line(summary: dict[str, Any]) -> list[str]:
         if best["arm"] == budget["baseline"]:
             text += f"; no arm beat the baseline {budget['baseline']} — re-think pretraining that does not help"
         else:
-            text += (f", {best['gain']:+.4f} ± {best['gain_std']:.4f} over {budget['baseline']} "
-                     f"(paired by seed, better in {best['positive_seeds']} of {best['seeds']}); ")
+            text += (
+                f", {best['gain']:+.4f} ± {best['gain_std']:.4f} over {budget['baseline']} "
+                f"(paired by seed, better in {best['positive_seeds']} of {best['seeds']}); "
+            )
             if accuracy["n"] < 2:
                 text += "one seed: no spread to judge the gain against"
             elif best["exceeds_spread"]:
@@ -295,9 +356,11 @@ def step_lines(budget: dict[str, Any], several: bool = False) -> list[str]:
         gain = arm.get("step_gain")
         if not arm.get("extends") or not gain or gain["mean"] is None:
             continue
-        extra = arm["stages"][len(next(a for a in budget["arms"] if a["name"] == arm["extends"])["stages"]):]
+        extra = arm["stages"][len(next(a for a in budget["arms"] if a["name"] == arm["extends"])["stages"]) :]
         better = sum(1 for value in gain["values"] if value > 0)
         spread = f" ± {gain['std']:.4f}" if gain["std"] is not None else ""
-        lines.append(f"{where}{' → '.join(extra)} added {gain['mean']:+.4f}{spread} to {arm['extends']} "
-                     f"({arm['name']}; paired by seed, better in {better} of {len(gain['values'])})")
+        lines.append(
+            f"{where}{' → '.join(extra)} added {gain['mean']:+.4f}{spread} to {arm['extends']} "
+            f"({arm['name']}; paired by seed, better in {better} of {len(gain['values'])})"
+        )
     return lines
