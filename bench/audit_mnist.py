@@ -10,7 +10,9 @@ victim is queried as a black box::
     nice -n 5 python bench/audit_mnist.py                         # 256 of the 1280 neurons, 64 px
     python bench/audit_mnist.py --neurons 1280 --fine-tune-seeds 5  # the whole layer (hours on 2 CPU cores)
 
-Writes ``audit-mnist/audit.md`` (+ PNG figures) and ``audit-mnist/audit.json``.
+Writes ``audit-mnist/audit-report.json`` (the tables and facts the HTML report is built from),
+``audit-mnist/audit.md`` rendered from it (+ PNG figures), ``audit-mnist/report.html`` and
+``audit-mnist/audit.json``.
 """
 
 from __future__ import annotations

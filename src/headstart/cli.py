@@ -21,11 +21,15 @@ import functools
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from headstart.errors import INTERRUPTED_EXIT_CODE, USER_ERROR_EXIT_CODE, HeadstartError
 from headstart.files import is_comparison, is_run
+
+if TYPE_CHECKING:
+    from headstart.heads import PoolingMode
 
 app = typer.Typer(
     name="headstart",
@@ -71,6 +75,16 @@ def user_errors(command):
     return guarded
 
 
+def _pooling_mode(value: str) -> PoolingMode:
+    """The ``--pooling`` option as a pooling mode; refused as :func:`headstart.zoo.load` refuses it."""
+    match value:
+        case "avg" | "max" | "flatten" | "none":
+            return value
+    from headstart.heads import POOLING_MODES
+
+    raise HeadstartError(f"pooling={value!r}: expected one of {', '.join(POOLING_MODES)} (or None, as 'none')")
+
+
 def _network_for(model: str, weights: str, checkpoint: Path | None):
     if checkpoint is not None:
         from headstart.checkpoint import load_network
@@ -100,11 +114,11 @@ def predict(
     if absent:  # fail before loading a network
         raise HeadstartError(f"{', '.join(absent)}: no such file")
     network = _network_for(model, weights, checkpoint)
-    results = []
+    results: list[dict[str, Any]] = []
     for start in range(0, len(images), PREDICT_BATCH):
         batch = images[start : start + PREDICT_BATCH]
         probabilities = network.predict(preprocess_input(batch, network.preprocessing))
-        for path, predictions in zip(batch, decode_predictions(probabilities, network.labels, top=top)):
+        for path, predictions in zip(batch, decode_predictions(probabilities, network.labels, top=top), strict=True):
             results.append(
                 {
                     "file": str(path),
@@ -114,10 +128,17 @@ def predict(
     if json_output:
         typer.echo(json.dumps(results, indent=2))
         return
+    from rich.console import JustifyMethod
     from rich.table import Table
 
     table = Table(title=f"{network.model_name} predictions")
-    for column, justify in (("file", "left"), ("rank", "right"), ("label", "left"), ("probability", "right")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("file", "left"),
+        ("rank", "right"),
+        ("label", "left"),
+        ("probability", "right"),
+    )
+    for column, justify in columns:
         table.add_column(column, justify=justify)
     for result in results:
         for rank, prediction in enumerate(result["predictions"], start=1):
@@ -174,7 +195,7 @@ def summary(
     """Print a Keras-style layer table with total, trainable and non-trainable parameters."""
     from headstart.zoo import load
 
-    network = load(model, weights=weights, include_top=include_top, pooling=pooling)
+    network = load(model, weights=weights, include_top=include_top, pooling=_pooling_mode(pooling))
     if freeze:
         network.freeze(*freeze)
     typer.echo(network.summary(depth=depth))
@@ -200,7 +221,8 @@ def lr_find_command(
     steps: int = typer.Option(100, min=20, help="Optimizer steps of the sweep."),
     json_output: bool = typer.Option(False, "--json", help="Print the sweep as JSON."),
 ) -> None:
-    """Sweep the learning rate for one stage of a run (LR range test) and suggest one; the run's folder is not touched."""
+    """Sweep the learning rate for one stage of a run (LR range test) and suggest one; the run's \
+folder is not touched."""
     from headstart.config import load_run_file, parse_run
     from headstart.structure import find_learning_rate
 
@@ -489,9 +511,7 @@ def export_command(
 @user_errors
 def audit_command(
     target: str = typer.Argument(..., help="A stage or run folder (the fine-tuned model to audit)."),
-    neurons: int | None = typer.Option(
-        None, min=1, help="Feature neurons attacked (default: all), drawn at random."
-    ),
+    neurons: int | None = typer.Option(None, min=1, help="Feature neurons attacked (default: all), drawn at random."),
     steps: int = typer.Option(49, min=1, help="Gradient steps per crafted input (Rezaei & Liu: 49)."),
     clip: bool = typer.Option(True, "--clip/--no-clip", help="Keep crafted pixels in 0..255 (the paper does not)."),
     batch_size: int = typer.Option(64, min=1, help="Neurons crafted together."),

@@ -34,8 +34,9 @@ comparison survives Ctrl+C; a folder written by a different configuration is ref
 ``overwrite``. An arm whose first stages equal another arm's (same model, data, seed and stage
 settings) starts from that arm's finished stages instead of training them again — they would
 come out the same — and counts their wall time as its own; the report says what the extra stages
-added (the paired gain over the shorter arm). The splits are the same for every seed (``data.splits.seed``): seeds vary the
-initialisation, the order of batches and the augmentations, which is the spread a user will see.
+added (the paired gain over the shorter arm). The splits are the same for every seed
+(``data.splits.seed``): seeds vary the initialisation, the order of batches and the augmentations,
+which is the spread a user will see.
 """
 
 from __future__ import annotations
@@ -171,6 +172,17 @@ class CompareSpec(_Strict):
     def baseline_arm(self) -> str:
         return self.baseline or next(iter(self.arms))
 
+    @property
+    def seed_list(self) -> list[int]:
+        """:attr:`seeds` after validation, which turns a count into the list of seeds."""
+        assert isinstance(self.seeds, list), "CompareSpec._seeds returns a list"
+        return self.seeds
+
+    @property
+    def budgets(self) -> list[int | None]:
+        """:attr:`label_budgets`, or ``[None]`` (the data's own splits) when none are given."""
+        return list(self.label_budgets) if self.label_budgets else [None]
+
     def output_dir(self) -> Path:
         return Path(self.output) if self.output else Path("comparisons") / self.name
 
@@ -218,20 +230,21 @@ def plan(spec: CompareSpec, base: Path = Path(".")) -> list[PlannedRun]:
             path = Path(arm.run) if Path(arm.run).is_absolute() else base / arm.run
             arms[name] = load_run_file(path).model_dump(mode="json", exclude={"name", "seed", "output", "data"})
         else:
+            assert arm.model is not None and arm.stages is not None, "ArmSpec._one_form requires both"
             arms[name] = {
                 "model": arm.model.model_dump(mode="json"),
                 "stages": [stage.model_dump(mode="json") for stage in arm.stages],
             }
     runs = []
-    for budget in spec.label_budgets or [None]:
+    for budget in spec.budgets:
         data = spec.data.model_dump(mode="json")
         if budget is not None:
             data["splits"] = {**data["splits"], "labels_per_class": budget, "labelled_fraction": None}
-        for seed in spec.seeds:
-            for name, arm in arms.items():
+        for seed in spec.seed_list:
+            for name, arm_fields in arms.items():
                 folder = root / (f"labels-{budget}" if budget is not None else "") / name / f"seed-{seed}"
                 run_spec = parse_run(
-                    {**arm, **overrides, "name": name, "seed": seed, "output": str(folder), "data": data},
+                    {**arm_fields, **overrides, "name": name, "seed": seed, "output": str(folder), "data": data},
                     f"arms.{name}",
                 )
                 runs.append(PlannedRun(name, seed, budget, run_spec))
@@ -275,7 +288,9 @@ def shared_stages(planned: PlannedRun, finished: list[PlannedRun]) -> tuple[Plan
         for donor in finished
         if donor.seed == planned.seed and donor.budget == planned.budget
     ]
-    count, donor = max(candidates, key=lambda pair: pair[0], default=(0, None))
+    if not candidates:
+        return None
+    count, donor = max(candidates, key=lambda pair: pair[0])
     return (donor, count) if count else None
 
 
@@ -304,7 +319,7 @@ def _link_stages(donor: PlannedRun, planned: PlannedRun, count: int) -> list[str
 def extends(runs: list[PlannedRun]) -> dict[str, str]:
     """For each arm whose stages start with all of another arm's (same model and settings), that
     other arm — the longest such: what the extra stages added is the paired gain over it."""
-    first_seed = {}
+    first_seed: dict[str, PlannedRun] = {}
     for planned in runs:
         first_seed.setdefault(planned.arm, planned)
     parents = {}
@@ -325,13 +340,6 @@ def _probe_run(planned: PlannedRun, options: ProbeOptions, echo: Callable[[str],
     """Probe the backbone the run starts from and each finished stage's; skip those already probed."""
     from headstart.probe import PROBE_FILE, probe_network, probe_stage, run_data
 
-    settings = {
-        "k": options.k,
-        "temperature": options.temperature,
-        "c": options.c,
-        "bank_split": options.bank_split,
-        "probe_split": options.probe_split,
-    }
     folder = planned.folder
     stages = RunRecord.read(folder).finished_stages
     pending = [name for name in stages if not (folder / name / PROBE_FILE).is_file()]
@@ -341,10 +349,28 @@ def _probe_run(planned: PlannedRun, options: ProbeOptions, echo: Callable[[str],
     data, spec = run_data(folder)
     if not (folder / INIT_PROBE_FILE).is_file():
         start = prepare_run(spec, data=data)
-        record = probe_network(start.network, data, image_size=start.image_size, source="init", **settings)
+        record = probe_network(
+            start.network,
+            data,
+            image_size=start.image_size,
+            source="init",
+            k=options.k,
+            temperature=options.temperature,
+            c=options.c,
+            bank_split=options.bank_split,
+            probe_split=options.probe_split,
+        )
         atomic_write_json(folder / INIT_PROBE_FILE, record.model_dump(mode="json"))
     for name in pending:
-        probe_stage(folder / name, data=data, **settings)
+        probe_stage(
+            folder / name,
+            data=data,
+            k=options.k,
+            temperature=options.temperature,
+            c=options.c,
+            bank_split=options.bank_split,
+            probe_split=options.probe_split,
+        )
     echo(f"    probes of {1 + len(pending)} backbones in {time.perf_counter() - started:.1f} s")
 
 
@@ -357,7 +383,7 @@ def _attention(spec: CompareSpec, runs: list[PlannedRun], echo: Callable[[str], 
 
     from headstart.probe import attention_maps, run_data
 
-    first = [run for run in runs if run.seed == spec.seeds[0] and run.budget == (spec.label_budgets or [None])[0]]
+    first = [run for run in runs if run.seed == spec.seed_list[0] and run.budget == spec.budgets[0]]
     data, _ = run_data(first[0].folder)
     test = data.split(spec.probes.probe_split if spec.probes.probe_split != "train" else "test")
     count = min(spec.attention.images, len(test))
@@ -365,7 +391,7 @@ def _attention(spec: CompareSpec, runs: list[PlannedRun], echo: Callable[[str], 
         return
     images = test.store.load(test.positions[:count])
     arrays: dict[str, Any] = {"images": images.numpy()}
-    meta = []
+    meta: list[dict[str, Any]] = []
     for planned in first:
         stages = RunRecord.read(planned.folder).finished_stages
         stage_folder = planned.folder / stages[-1]
@@ -392,7 +418,7 @@ def _attention(spec: CompareSpec, runs: list[PlannedRun], echo: Callable[[str], 
                 {
                     "maps": meta,
                     "power": spec.attention.power,
-                    "seed": spec.seeds[0],
+                    "seed": spec.seed_list[0],
                     "labels": [test.class_names[int(label)] for label in test.labels[:count]],
                 }
             )
@@ -473,7 +499,7 @@ def run(
         progress if progress is not None else (spec.progress if spec.progress is not None else sys.stderr.isatty())
     )
     finished: list[PlannedRun] = []
-    for number, (planned, decision) in enumerate(zip(runs, decisions), start=1):
+    for number, (planned, decision) in enumerate(zip(runs, decisions, strict=True), start=1):
         budget = f", {planned.budget} labels per class" if planned.budget is not None else ""
         stages = " → ".join(stage.name for stage in planned.spec.stages)
         prefix = f"[{number}/{len(runs)}] {planned.arm}, seed {planned.seed}{budget}"

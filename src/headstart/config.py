@@ -177,6 +177,14 @@ DataChoice = Literal["train", "unlabelled", "all", "general"]
 """``train``: the labelled training split; ``unlabelled``: the rest of the training pool (labels
 hidden); ``all``: both, labels hidden (for pretext stages); ``general``: the general dataset."""
 
+LoggerKind = Literal["csv", "tensorboard", "mlflow"]
+"""Metric logs a stage writes: csv (``metrics.csv``), tensorboard, mlflow (one MLflow run per stage)."""
+
+
+def default_loggers() -> list[LoggerKind]:
+    """The loggers used when none are named: ``["csv"]``."""
+    return ["csv"]
+
 
 class StageSpec(_Strict):
     """One stage of a run. See the module docstring for the YAML form."""
@@ -271,10 +279,10 @@ class RunSpec(_Strict):
         description="processes decoding streamed images; auto: one per CPU core, at most 8, none on 2 cores or fewer",
     )
     progress: bool = True
-    loggers: list[Literal["csv", "tensorboard", "mlflow"]] = Field(
-        default_factory=lambda: ["csv"],
-        description="metric logs written in each stage folder: csv (metrics.csv) and/or tensorboard (needs tensorboardX); "
-        "mlflow: one MLflow run per stage (needs headstart[mlflow])",
+    loggers: list[LoggerKind] = Field(
+        default_factory=default_loggers,
+        description="metric logs written in each stage folder: csv (metrics.csv) and/or tensorboard "
+        "(needs tensorboardX); mlflow: one MLflow run per stage (needs headstart[mlflow])",
     )
     mlflow: MLflowSpec | None = Field(None, description="settings of the mlflow logger (tracking_uri, experiment)")
 

@@ -200,7 +200,7 @@ def _layout(node: Node, vertical: bool, available: float) -> _Box:
     lines = node.lines()
     if not node.children:
         return _Box(node, min(available, max(90.0, _text_width(lines))), len(lines) * LINE + PAD)
-    title = LINE * 2 + PAD
+    title = float(LINE * 2 + PAD)
     inside = available - 2 * PAD
     boxes = [_layout(child, not vertical, inside) for child in node.children]
     placed: list[tuple[_Box, float, float]] = []
@@ -285,7 +285,7 @@ def draw(
     )
     body: list[str] = []
     count = 0
-    y = GAP + 3 * LINE
+    y = float(GAP + 3 * LINE)
     previous: tuple[float, float] | None = None
     for box in laid:
         if previous is not None:
@@ -324,7 +324,8 @@ def draw(
         [
             '<?xml version="1.0" encoding="UTF-8"?>',
             f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-            f'viewBox="0 0 {width} {height}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif" font-size="{FONT}">',
+            f'viewBox="0 0 {width} {height}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif" '
+            f'font-size="{FONT}">',
             f"<title>{escape(network.model_name)} architecture</title>",
             "<defs>",
             '<pattern id="hatch" patternUnits="userSpaceOnUse" width="6" height="6" patternTransform="rotate(45)">'
@@ -333,7 +334,8 @@ def draw(
             '<path d="M0,0 L10,5 L0,10 z" fill="#555"/></marker>',
             "</defs>",
             f'<rect width="{width}" height="{height}" fill="white"/>',
-            f'<text x="{GAP}" y="{GAP + LINE}" font-size="{FONT + 2}" font-weight="bold">{escape(network.model_name)}</text>',
+            f'<text x="{GAP}" y="{GAP + LINE}" font-size="{FONT + 2}" font-weight="bold">'
+            f"{escape(network.model_name)}</text>",
             f'<text x="{GAP}" y="{GAP + 2 * LINE + 2}">{escape(header)}</text>',
             *body,
             *legend,

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Literal
+from typing import Literal, Protocol, cast
 
 import torch
 from torch import nn
@@ -38,6 +38,7 @@ from headstart.errors import HeadstartError
 from headstart.heads import (
     GlobalPooling,
     HeadSpec,
+    OutputKind,
     PoolingMode,
     build_head,
     head_spec_from_mapping,
@@ -49,9 +50,21 @@ from headstart.imageops import ResizeMode, convert_channels, normalize
 from headstart.modes import evaluating
 from headstart.preprocess import DecodeStyle, Preprocessing, check_batch, decode_predictions, predict_batch
 from headstart.summary import summary as summary_table
+from headstart.weights import LoadReport
 
 BatchNormPolicy = Literal["frozen", "train"]
 BN_POLICIES: tuple[str, ...] = ("frozen", "train")
+
+
+class TimmInterface(Protocol):
+    """What :class:`Network` reads from its backbone beyond ``nn.Module``: timm's feature interface."""
+
+    num_features: int
+    num_classes: int
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
 class Network(nn.Module):
@@ -93,7 +106,7 @@ class Network(nn.Module):
         self.in_chans = in_chans
         self.include_top = include_top
         self.pooling: PoolingMode = pooling
-        self.load_report = None
+        self.load_report: LoadReport | None = None
         self.pretext: str | None = None
         """Name of the pretext task whose head sits on top, or ``None`` for a task or no head."""
         self._bn_policy: BatchNormPolicy = "train"
@@ -102,9 +115,14 @@ class Network(nn.Module):
         self.num_features = self._measure_features()
 
     # ------------------------------------------------------------------ forward passes
+    @property
+    def _timm(self) -> TimmInterface:
+        """:attr:`backbone` through timm's interface (``nn.Module.__getattr__`` cannot type its attributes)."""
+        return cast(TimmInterface, self.backbone)
+
     def _measure_features(self) -> int:
         if self.pooling != "flatten":
-            return int(self.backbone.num_features)
+            return int(self._timm.num_features)
         parameter = next(self.backbone.parameters())
         probe = torch.zeros((1, *self.preprocessing.input_size), device=parameter.device, dtype=parameter.dtype)
         with evaluating(self.backbone):
@@ -112,18 +130,18 @@ class Network(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The backbone's unpooled features, ``[B, C, h, w]`` (``[B, N, D]`` for transformers)."""
-        return self.backbone.forward_features(x)
+        return self._timm.forward_features(x)
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         """Features after pooling: ``[B, num_features]`` (the 4-D map when ``pooling="none"``)."""
-        return self.pool(self.backbone.forward_features(x))
+        return self.pool(self._timm.forward_features(x))
 
     def head_input(self, x: torch.Tensor) -> torch.Tensor:
         """What the head reads: the full classifier's outputs when ``include_top`` (the chapter's
         listing 2-21, a new layer on ``EfficientNetB4(classes=100)``), else :meth:`pooled`."""
-        features = self.backbone.forward_features(x)
+        features = self._timm.forward_features(x)
         if self.include_top:
-            return self.backbone.forward_head(features)
+            return self._timm.forward_head(features)
         return self.pool(features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -134,10 +152,10 @@ class Network(nn.Module):
     def head_in_features(self) -> int:
         """What a new head reads per example: the classifier's outputs when ``include_top``, else
         :attr:`num_features`."""
-        return int(self.backbone.num_classes) if self.include_top else self.num_features
+        return int(self._timm.num_classes) if self.include_top else self.num_features
 
     @property
-    def output_kind(self) -> str:
+    def output_kind(self) -> OutputKind:
         """``softmax``, ``sigmoid`` or ``linear``: how :meth:`predict` turns logits into probabilities."""
         return output_kind(self.head)
 

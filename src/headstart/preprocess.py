@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ from headstart.data.images import read_image, to_rgb
 from headstart.errors import HeadstartError
 from headstart.imageops import RESIZE_MODES, ResizeMode
 
-ImageInput = Union[Image.Image, str, os.PathLike, np.ndarray]
+ImageInput = Image.Image | str | os.PathLike | np.ndarray
 
 
 def _adapt_channel_values(values: Sequence[float], in_chans: int) -> tuple[float, ...]:
@@ -93,8 +93,9 @@ class Preprocessing:
     def from_dict(cls, values: dict) -> Preprocessing:
         """Inverse of :meth:`to_dict` (checkpoint metadata is JSON, so tuples arrive as lists)."""
         try:
+            channels, height, width = (int(value) for value in values["input_size"])
             return cls(
-                input_size=tuple(int(value) for value in values["input_size"]),
+                input_size=(channels, height, width),
                 interpolation=str(values["interpolation"]),
                 crop_pct=float(values["crop_pct"]),
                 crop_mode=str(values["crop_mode"]),
@@ -452,10 +453,10 @@ def decode_predictions(
     if style == "keras":
         ids = _keras_ids(names, classes, labels is not None)
         return [
-            [(*ids[int(index)], float(value)) for value, index in zip(row_values, row_indices)]
-            for row_values, row_indices in zip(values, indices)
+            [(*ids[int(index)], float(value)) for value, index in zip(row_values, row_indices, strict=True)]
+            for row_values, row_indices in zip(values, indices, strict=True)
         ]
     return [
-        [(names[int(index)], float(value)) for value, index in zip(row_values, row_indices)]
-        for row_values, row_indices in zip(values, indices)
+        [(names[int(index)], float(value)) for value, index in zip(row_values, row_indices, strict=True)]
+        for row_values, row_indices in zip(values, indices, strict=True)
     ]

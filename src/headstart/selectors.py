@@ -130,7 +130,8 @@ def names_for(network, selector: str) -> list[str]:
             index = int(start)
             if not -len(blocks) <= index < len(blocks):
                 raise HeadstartError(
-                    f"selector {selector!r}: {network.model_name} has {len(blocks)} {kind} (indices 0..{len(blocks) - 1})"
+                    f"selector {selector!r}: {network.model_name} has {len(blocks)} {kind} "
+                    f"(indices 0..{len(blocks) - 1})"
                 )
             chosen = [blocks[index]]
         return [name for block in chosen for name in block]

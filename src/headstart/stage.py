@@ -70,7 +70,7 @@ from headstart.errors import INTERRUPTED_EXIT_CODE, HeadstartError
 from headstart.files import RESUME_FILE, WEIGHTS_FILE, atomic_write_json, is_finished_stage, read_json, versions
 from headstart.heads import HeadSpec, build_head
 from headstart.lrfind import DIVERGENCE, MAX_LR, MIN_LR, PLOT_FILE, STEPS, SWEEP_FILE, LRSweep, SweepInterrupted
-from headstart.network import Network
+from headstart.network import BatchNormPolicy, Network
 from headstart.validation import validate
 from headstart.weights import load_weights
 
@@ -257,7 +257,7 @@ def prepare_stage(
     return PreparedStage(pretext, train_set, val_set, _unlabelled_split(stage, data), handover)
 
 
-def default_bn_policy(stage: StageSpec) -> str:
+def default_bn_policy(stage: StageSpec) -> BatchNormPolicy:
     """``frozen`` when anything is frozen (Keras' ``trainable=False`` behaviour), else ``train``."""
     return stage.bn_policy or ("frozen" if stage.freeze else "train")
 
@@ -380,11 +380,13 @@ def prepare_data(
     val_plan = options.plan(val_set) if val_set is not None and len(val_set) else None
     LOG.info("stage '%s': %s", stage.name, train_plan.describe())
     if cached:
-        features = [
-            compute_features(network, plan, image_size=image_size, device=options.device) if plan is not None else None
-            for plan in (train_plan, val_plan)
-        ]
-        stage_data = StageData(features[0], features[1])
+        train_features = compute_features(network, train_plan, image_size=image_size, device=options.device)
+        val_features = (
+            compute_features(network, val_plan, image_size=image_size, device=options.device)
+            if val_plan is not None
+            else None
+        )
+        stage_data = StageData(train_features, val_features)
     else:
         unlabelled = options.plan(prepared.unlabelled_set) if prepared.unlabelled_set is not None else None
         stage_data = StageData(train_plan, val_plan, unlabelled)

@@ -231,7 +231,6 @@ def find_learning_rate(
     prepared = prepare_run(spec, progress=progress)
     # one process: batch_size is the global batch, so one device sees the batches the run's processes share
     options = prepared.options.model_copy(update={"loggers": ["csv"], "mlflow": None, "devices": 1, "strategy": "auto"})
-    common = dict(seed=spec.seed, image_size=prepared.image_size, options=options)
     for position, stage in enumerate(spec.stages[:index]):
         # finished stages are read back, as --resume does; the others train in a temporary folder
         folder = stage_folder(root, position, stage.name) if position < finished else None
@@ -244,7 +243,9 @@ def find_learning_rate(
             resume=folder is not None,
             run_name=spec.name,
             model=spec.model,
-            **common,
+            seed=spec.seed,
+            image_size=prepared.image_size,
+            options=options,
         )
     return lr_find(
         prepared.network,
@@ -255,7 +256,9 @@ def find_learning_rate(
         max_lr=max_lr,
         steps=steps,
         divergence=divergence,
-        **common,
+        seed=spec.seed,
+        image_size=prepared.image_size,
+        options=options,
     )
 
 

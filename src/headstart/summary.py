@@ -120,7 +120,7 @@ def summary(network, input_size: int | Sequence[int] | None = None, depth: int =
     def line(row) -> str:
         return "  ".join(
             cell.ljust(width) if column in (0, 1) else cell.rjust(width)
-            for column, (cell, width) in enumerate(zip(row, widths))
+            for column, (cell, width) in enumerate(zip(row, widths, strict=True))
         ).rstrip()
 
     total = sum(parameter.numel() for parameter in network.parameters())

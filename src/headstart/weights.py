@@ -91,9 +91,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                 ) from None
             raise HeadstartError(f"{path}: corrupt or truncated PyTorch file ({exc}); expected a state dict") from None
         except (RuntimeError, EOFError, OSError, ValueError, AttributeError, IndexError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise HeadstartError(
-                f"{path}: corrupt or truncated PyTorch file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-                "expected a state dict saved with torch.save"
+                f"{path}: corrupt or truncated PyTorch file ({reason}); expected a state dict saved with torch.save"
             ) from None
     else:
         raise HeadstartError(
@@ -165,7 +165,7 @@ def rename_by_order(
             f"{source}: {len(state_dict)} tensors, expected {len(reference)} to map onto the model in order"
         )
     renamed: dict[str, torch.Tensor] = {}
-    for (name, tensor), (reference_name, reference_tensor) in zip(state_dict.items(), reference.items()):
+    for (name, tensor), (reference_name, reference_tensor) in zip(state_dict.items(), reference.items(), strict=True):
         if tuple(tensor.shape) != tuple(reference_tensor.shape):
             raise HeadstartError(
                 f"{source}: tensor {name} has shape {tuple(tensor.shape)}, expected {tuple(reference_tensor.shape)} "

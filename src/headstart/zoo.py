@@ -30,14 +30,14 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
 
 from headstart.errors import HeadstartError
 from headstart.heads import POOLING_MODES, HeadSpec, PoolingMode, head_spec_from_mapping
-from headstart.network import Network
+from headstart.network import Network, TimmInterface
 from headstart.preprocess import Preprocessing
 from headstart.weights import (
     STEM_ADAPTATIONS,
@@ -226,7 +226,7 @@ class ZooEntry:
             )
         import timm
 
-        extra = {"global_pool": ""} if num_classes == 0 else {}
+        extra: dict[str, Any] = {"global_pool": ""} if num_classes == 0 else {}
         return timm.create_model(self.timm_name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **extra)
 
     def to_dict(self) -> dict:
@@ -290,8 +290,10 @@ def resolve(name: str) -> ZooEntry:
         if architecture in _PACKAGE_WEIGHTS and not tag:
             return ZooEntry(alias=name, timm_name=name, weight_source=ALIASES["EfficientNetLite0"][1])
         full_name = f"{architecture}.{config.tag}" if config is not None and config.tag and not tag else name
-        published = config is not None and bool(config.hf_hub_id or config.url or config.file)
-        source = f"timm hub ({config.hf_hub_id or config.url})" if published else "none published (architecture only)"
+        if config is not None and (config.hf_hub_id or config.url or config.file):
+            source = f"timm hub ({config.hf_hub_id or config.url})"
+        else:
+            source = "none published (architecture only)"
         return ZooEntry(alias=name, timm_name=full_name, weight_source=source)
     folded = {alias.lower(): alias for alias in ALIASES}
     if name.lower() in folded:
@@ -331,7 +333,7 @@ def _unused_parameter_modules(entry: ZooEntry, in_chans: int) -> list[str]:
     _, height, width = entry.input_size
     try:
         with torch.no_grad(), _RecordReads():
-            probe.forward_features(torch.empty(1, in_chans, height, width, device="meta"))
+            cast(TimmInterface, probe).forward_features(torch.empty(1, in_chans, height, width, device="meta"))
     except Exception:  # an operation without a meta kernel: keep the model whole
         return []
     unused: list[str] = []

@@ -53,10 +53,10 @@ def _pixels(images: np.ndarray, name: str) -> torch.Tensor:
     if np.issubdtype(images.dtype, np.floating):
         if images.size and not np.isfinite(images).all():
             raise HeadstartError(f"{name}: pixels include NaN or infinity; expected finite values in 0..1")
-        low, high = (float(images.min()), float(images.max())) if images.size else (0.0, 0.0)
-        if low < 0.0 or high > 1.0:
-            hint = " (divide 0..255 pixels by 255)" if high <= 255.0 and low >= 0.0 else ""
-            raise HeadstartError(f"{name}: float pixels span {low:g}..{high:g}; expected 0..1{hint}")
+        lowest, highest = (float(images.min()), float(images.max())) if images.size else (0.0, 0.0)
+        if lowest < 0.0 or highest > 1.0:
+            hint = " (divide 0..255 pixels by 255)" if highest <= 255.0 and lowest >= 0.0 else ""
+            raise HeadstartError(f"{name}: float pixels span {lowest:g}..{highest:g}; expected 0..1{hint}")
         return torch.from_numpy(images.astype(np.float32))
     raise HeadstartError(f"{name}: pixels of dtype {images.dtype}; expected uint8 0..255 or float 0..1")
 

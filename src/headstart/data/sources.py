@@ -35,6 +35,7 @@ from __future__ import annotations
 import csv
 import difflib
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
@@ -109,11 +110,17 @@ def load_source(spec: SourceSpec) -> ImageSet:
     return load_builtin(spec.kind, image_size=spec.image_size, channels=spec.channels, resize=spec.resize)
 
 
+def _path_of(spec: SourceSpec) -> Path:
+    """``spec.path`` of a folder, CSV or arrays source (the validator requires one for these kinds)."""
+    assert spec.path is not None, f"kind {spec.kind!r} has no path"
+    return Path(spec.path)
+
+
 # ----------------------------------------------------------------------------------- arrays
 
 
 def _load_npz(spec: SourceSpec) -> ImageSet:
-    path = Path(spec.path)
+    path = _path_of(spec)
     if not path.is_file():
         raise HeadstartError(f"{path}: no such file (expected a .npz with arrays 'images' and 'labels')")
     try:
@@ -157,7 +164,7 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def _load_folder(spec: SourceSpec) -> ImageSet:
-    root = Path(spec.path)
+    root = _path_of(spec)
     if not root.is_dir():
         raise HeadstartError(f"{root}: no such folder (expected a folder with one sub-folder per class)")
     class_dirs = sorted((p for p in root.iterdir() if p.is_dir() and not _is_hidden(p)), key=lambda p: p.name)
@@ -192,7 +199,7 @@ def _sorted_class_names(names: set[str]) -> list[str]:
 
 
 def _load_csv(spec: SourceSpec) -> ImageSet:
-    table = Path(spec.path)
+    table = _path_of(spec)
     if not table.is_file():
         raise HeadstartError(
             f"{table}: no such file (expected a CSV with columns {spec.path_column!r}, {spec.label_column!r})"
@@ -261,7 +268,7 @@ def _strip_path(message: str, path: Path) -> str:
 
 def _file_set(
     spec: SourceSpec,
-    entries: list[tuple[Path, int, str | None]],
+    entries: Sequence[tuple[Path, int, str | None]],
     class_names: list[str],
     name: str,
 ) -> ImageSet:
@@ -270,6 +277,7 @@ def _file_set(
     ``entries`` holds (path, label, where) with ``where`` naming the CSV line, if any, in messages.
     """
     channels = spec.channels or 3
+    assert spec.image_size is not None, f"kind {spec.kind!r} has no image_size"
     size = int(spec.image_size)
     bad: list[tuple[str, str]] = []
     kept: list[tuple[Path, int]] = []
@@ -288,7 +296,7 @@ def _file_set(
     # Pillow releases the GIL while it decodes: threads check files on every core, in order.
     with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
         outcomes = pool.map(check, entries)
-        for (path, label, where), outcome in zip(entries, outcomes):
+        for (path, label, where), outcome in zip(entries, outcomes, strict=True):
             if isinstance(outcome, HeadstartError):
                 reason = _strip_path(str(outcome), path)
                 bad.append((str(path), reason if where is None else f"{where}: {reason}"))

@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -176,7 +176,7 @@ class TensorBatches(torch.utils.data.Dataset):
         return tuple(tensor[indices] for tensor in self.tensors)
 
 
-Batchable = Union[ImageSet, tuple[Tensor, Tensor]]
+Batchable = ImageSet | tuple[Tensor, Tensor]
 """What a loader reads: a split of images, or ``(features, labels)`` tensors."""
 
 
@@ -257,7 +257,7 @@ def make_loader(
     if isinstance(data, ImageSet):
         data = plan_images(data)
     if isinstance(data, ImagePlan):
-        dataset: torch.utils.data.Dataset = SetBatches(data.images)
+        dataset: SetBatches | TensorBatches = SetBatches(data.images)
         workers = data.workers if data.residency == "stream" else 0
     else:
         dataset = TensorBatches(*data)

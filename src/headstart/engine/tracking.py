@@ -105,7 +105,8 @@ def stage_logger(
         )
         if run_id is None:
             logger.log_hyperparams(params)
-        if rank_zero_only.rank == 0:  # the logger acts on rank zero only, as Lightning's loggers do
+        rank: int = rank_zero_only.rank  # type: ignore[attr-defined]  # set by Lightning at import, not in its stub
+        if rank == 0:  # the logger acts on rank zero only, as Lightning's loggers do
             atomic_write_json(
                 previous,
                 {

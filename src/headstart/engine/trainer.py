@@ -21,7 +21,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.loggers import CSVLogger
 from pydantic import BaseModel, ConfigDict, Field
 
-from headstart.config import MLflowSpec, StageSpec
+from headstart.config import LoggerKind, MLflowSpec, StageSpec, default_loggers
 from headstart.data.dataset import ImageSet
 from headstart.engine.batches import ImagePlan, ResidencyChoice, plan_images
 from headstart.errors import HeadstartError
@@ -46,7 +46,7 @@ class TrainerOptions(BaseModel):
     """auto: stream files, gather in-memory sets; memory: decode once and hold; stream: always stream."""
     progress: bool | None = None
     """Progress bars; default: when standard error is a terminal."""
-    loggers: list[Literal["csv", "tensorboard", "mlflow"]] = Field(default_factory=lambda: ["csv"])
+    loggers: list[LoggerKind] = Field(default_factory=default_loggers)
     mlflow: MLflowSpec | None = None
     """Store and experiment of the ``mlflow`` logger; default: ``mlruns/`` beside the stage folder
     (a run's stages: beside the run folder), experiment named after the run

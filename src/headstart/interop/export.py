@@ -243,7 +243,7 @@ def export_keras(
                 f"({str(error).splitlines()[0] if str(error) else type(error).__name__})"
             ) from None
         checks = []
-        for batch, reference in zip(batches, references):
+        for batch, reference in zip(batches, references, strict=True):
             keras_input = batch.permute(0, 2, 3, 1) if channels_last else batch
             output = keras_model(keras_input.numpy().astype(np.float32))
             output = np.asarray(output[0] if isinstance(output, (list, tuple)) else output)

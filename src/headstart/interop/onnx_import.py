@@ -14,6 +14,7 @@ from headstart.errors import HeadstartError
 from headstart.files import (
     WEIGHTS_FILE,
 )
+from headstart.heads import PoolingMode
 from headstart.interop.common import IMPORT_OPSET, read_metadata
 from headstart.network import Network
 from headstart.preprocess import Preprocessing
@@ -170,7 +171,7 @@ def import_onnx(
     *,
     features: str = "auto",
     preprocessing: Preprocessing | dict | None = None,
-    pooling: str = "avg",
+    pooling: PoolingMode = "avg",
     name: str | None = None,
 ) -> Network:
     """An ONNX model (from any framework) as the backbone of a headstart :class:`Network`.
