@@ -39,7 +39,7 @@ def test_hidden_layers_with_norm_activation_and_dropout_in_order():
         "dropout0", "dense0", "norm0", "activation0",
         "dropout1", "dense1", "norm1", "activation1",
         "output_dropout", "output",
-    ]
+    ]  # fmt: skip
     assert isinstance(head.activation0, nn.GELU) and head.dropout1.p == 0.25
     assert (head.dense0.in_features, head.dense1.in_features, head.output.in_features) == (40, 64, 16)
     head.eval()
@@ -79,8 +79,10 @@ def test_spec_rejects_unknown_keys_and_bad_values():
         HeadSpec(outputs=0)
     with pytest.raises(ValueError):
         HeadSpec(outputs=2, dropout=1.0)
-    with pytest.raises(HeadstartError, match="head.hiden"):
+    with pytest.raises(HeadstartError, match=r"^head: hiden: unknown key; did you mean 'hidden'\?$"):
         build_head({"outputs": 2, "hiden": [3]}, in_features=4)
+    with pytest.raises(HeadstartError, match=r"^head: outputs: Input should be greater than 0 \(got 0\)$"):
+        build_head({"outputs": 0}, in_features=4)
 
 
 def test_build_head_from_mapping_and_bad_width():

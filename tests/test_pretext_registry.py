@@ -63,23 +63,49 @@ class Brightest(PretextTask):
         return [("red", "green", "blue")[i] for i in outputs.argmax(1).tolist()]
 
 
-def test_register_a_user_task_and_get_it_by_name(monkeypatch):
-    monkeypatch.setattr(pretext, "_REGISTRY", dict(pretext._REGISTRY))
+def test_register_a_user_task_and_get_it_by_name():
+    with pretext.registered(Brightest) as registered:
+        assert registered is Brightest
+        assert "brightest_channel" in pretext.names()
+        task = pretext.get("brightest_channel")
+        assert isinstance(task, Brightest)
+        assert task.chance_level() == {"accuracy": pytest.approx(1 / 3)}
+        with pytest.raises(HeadstartError, match="no option"):
+            pretext.get("brightest_channel", colour="red")
+
+        @dataclass(kw_only=True)
+        class Impostor(Brightest):
+            pass
+
+        with pytest.raises(HeadstartError, match="taken"):
+            pretext.register(Impostor)
+        with pytest.raises(HeadstartError, match="not a PretextTask"):
+            pretext.register(dict)
+    assert "brightest_channel" not in pretext.names()
+    with pytest.raises(HeadstartError, match="unknown pretext task 'brightest_channel'"):
+        pretext.get("brightest_channel")
+
+
+def test_register_is_a_decorator_and_unregister_undoes_it():
     assert pretext.register(Brightest) is Brightest
-    assert "brightest_channel" in pretext.names()
-    task = pretext.get("brightest_channel")
-    assert task.chance_level() == {"accuracy": pytest.approx(1 / 3)}
-    with pytest.raises(HeadstartError, match="no option"):
-        pretext.get("brightest_channel", colour="red")
+    try:
+        assert pretext.register(Brightest) is Brightest  # the same class again: no conflict
+        assert isinstance(pretext.get("brightest_channel"), Brightest)
+    finally:
+        assert pretext.unregister("brightest_channel") is Brightest
+    assert "brightest_channel" not in pretext.names()
+    with pytest.raises(HeadstartError, match="no task named 'brightest_channel'"):
+        pretext.unregister("brightest_channel")
 
-    @dataclass(kw_only=True)
-    class Impostor(Brightest):
+
+def test_registered_cleans_up_after_an_error_and_keeps_earlier_registrations():
+    with pytest.raises(RuntimeError, match="boom"), pretext.registered(Brightest):
+        assert "brightest_channel" in pretext.names()
+        raise RuntimeError("boom")
+    assert "brightest_channel" not in pretext.names()
+    with pretext.registered(pretext.RotationTask):  # registered before the block: stays registered
         pass
-
-    with pytest.raises(HeadstartError, match="taken"):
-        pretext.register(Impostor)
-    with pytest.raises(HeadstartError, match="not a PretextTask"):
-        pretext.register(dict)
+    assert isinstance(pretext.get("rotation"), pretext.RotationTask)
 
 
 def test_custom_task_runs_a_user_alteration_end_to_end():

@@ -50,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from torch import nn
 
 from headstart.errors import HeadstartError
+from headstart.validation import validate
 
 PoolingMode = Literal["avg", "max", "flatten", "none"]
 POOLING_MODES: tuple[str, ...] = ("avg", "max", "flatten", "none")
@@ -150,16 +151,10 @@ def build_head(spec: HeadSpec | dict, in_features: int) -> DenseHead:
 
 
 def head_spec_from_mapping(mapping: dict) -> HeadSpec:
-    """Validate a mapping into a :class:`HeadSpec`, turning pydantic's report into one readable line."""
-    from pydantic import ValidationError
-
-    try:
-        return HeadSpec.model_validate(mapping)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"head.{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors()
-        )
-        raise HeadstartError(f"invalid head specification: {problems}") from None
+    """Validate a mapping into a :class:`HeadSpec`; a problem raises :class:`HeadstartError` in the
+    format of :func:`headstart.validation.validate`, one line per problem, such as
+    ``head: outputs: Input should be greater than 0 (got 0)``."""
+    return validate(HeadSpec, mapping, "head")
 
 
 def output_kind(head: nn.Module) -> OutputKind:
@@ -266,7 +261,8 @@ class GlobalPooling(nn.Module):
             tokens = features[:, self.prefix_tokens :]
             return tokens.mean(dim=1) if self.mode == "avg" else tokens.amax(dim=1)
         raise HeadstartError(
-            f"pooling={self.mode!r}: backbone features have shape {tuple(features.shape)}, expected [B, C, h, w] or [B, N, D]"
+            f"pooling={self.mode!r}: backbone features have shape {tuple(features.shape)}, "
+            "expected [B, C, h, w] or [B, N, D]"
         )
 
     def extra_repr(self) -> str:

@@ -48,7 +48,14 @@ from headstart.heads import (
 )
 from headstart.imageops import ResizeMode, convert_channels, normalize
 from headstart.modes import evaluating
-from headstart.preprocess import DecodeStyle, Preprocessing, check_batch, decode_predictions, predict_batch
+from headstart.preprocess import (
+    DecodeStyle,
+    Preprocessing,
+    check_batch,
+    decode_predictions,
+    predict_batch,
+    predict_in_chunks,
+)
 from headstart.summary import summary as summary_table
 from headstart.weights import LoadReport
 
@@ -178,8 +185,6 @@ class Network(nn.Module):
         ``preprocess_input``). Like Keras' ``predict``, the batch runs in chunks of ``batch_size``
         on the network's device; the result stays on that device.
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise HeadstartError(f"predict: batch_size={batch_size!r}; expected a positive whole number")
         x = predict_batch(
             x,
             self.preprocessing,
@@ -188,26 +193,7 @@ class Network(nn.Module):
             resize=resize,
             float_scale=float_scale,
         )
-        parameter = next(self.parameters(), None)
-        device = parameter.device if parameter is not None else x.device
-        dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else x.dtype
-        try:
-            with evaluating(self):
-                outputs = [
-                    to_probabilities(self(chunk.to(device=device, dtype=dtype)), self.output_kind)
-                    for chunk in x.split(batch_size)
-                ]
-        except (RuntimeError, AssertionError) as error:
-            height, width = (int(size) for size in x.shape[-2:])
-            made_for = tuple(int(size) for size in self.preprocessing.input_size[-2:])
-            if (height, width) == made_for:
-                raise
-            raise HeadstartError(
-                f"predict: images of {height}×{width} pixels do not fit {self.model_name} (made for "
-                f"{made_for[0]}×{made_for[1]}: {str(error).splitlines()[0] if str(error) else 'failed'}); "
-                "pass raw images to have them resized, or resize the tensor"
-            ) from None
-        return torch.cat(outputs)
+        return predict_in_chunks(self, x, batch_size=batch_size, output_kind=self.output_kind)
 
     def decode(self, logits: torch.Tensor, top: int = 5, *, style: DecodeStyle = "pairs") -> list[list[tuple]]:
         """The ``top`` classes of each row of ``logits``, best first: ``(label, probability)`` pairs,

@@ -31,7 +31,9 @@ from torch import nn
 
 from headstart.data.images import read_image, to_rgb
 from headstart.errors import HeadstartError
+from headstart.heads import OutputKind, to_probabilities
 from headstart.imageops import RESIZE_MODES, ResizeMode
+from headstart.modes import evaluating
 
 ImageInput = Image.Image | str | os.PathLike | np.ndarray
 
@@ -359,6 +361,35 @@ def predict_batch(
         x = preprocess_input(x, preprocessing, resize=resize, float_scale=float_scale)
     check_batch(x, in_chans=in_chans, model_name=model_name, caller=caller)
     return x
+
+
+def predict_in_chunks(network: nn.Module, x: torch.Tensor, *, batch_size: int, output_kind: OutputKind) -> torch.Tensor:
+    """Keras' ``predict`` loop: probabilities ``[batch, outputs]`` of a checked batch, computed in
+    chunks of ``batch_size`` on the network's device and dtype, in evaluation mode (mode restored).
+    A batch of another size than the network was made for that fails says so."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise HeadstartError(f"predict: batch_size={batch_size!r}; expected a positive whole number")
+    parameter = next(network.parameters(), None)
+    device = parameter.device if parameter is not None else x.device
+    dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else x.dtype
+    try:
+        with evaluating(network):
+            outputs = [
+                to_probabilities(network(chunk.to(device=device, dtype=dtype)), output_kind)
+                for chunk in x.split(batch_size)
+            ]
+    except (RuntimeError, AssertionError) as error:
+        height, width = (int(size) for size in x.shape[-2:])
+        preprocessing = getattr(network, "preprocessing", None)
+        made_for = tuple(int(size) for size in preprocessing.input_size[-2:]) if preprocessing else (height, width)
+        if (height, width) == made_for:
+            raise
+        raise HeadstartError(
+            f"predict: images of {height}×{width} pixels do not fit {getattr(network, 'model_name', 'the network')} "
+            f"(made for {made_for[0]}×{made_for[1]}: {str(error).splitlines()[0] if str(error) else 'failed'}); "
+            "pass raw images to have them resized, or resize the tensor"
+        ) from None
+    return torch.cat(outputs)
 
 
 def normalize(images01: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:

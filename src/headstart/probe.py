@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import BaseModel, Field
@@ -37,6 +37,9 @@ from headstart.errors import HeadstartError
 from headstart.files import RUN_FILE, atomic_write_json, is_run, read_json
 from headstart.heads import accuracy, predicted_classes
 from headstart.modes import evaluating
+
+if TYPE_CHECKING:
+    from headstart.engine.batches import ResidencyChoice
 
 PROBE_FILE = "probe.json"
 KNN_K = 20
@@ -198,7 +201,7 @@ def probe_network(
     temperature: float = KNN_TEMPERATURE,
     c: float = LINEAR_C,
     device: str = "cpu",
-    residency: str = "auto",
+    residency: ResidencyChoice = "auto",
 ) -> ProbeRecord:
     """Both probes of ``network``'s pooled backbone features on two splits of ``data`` (a TaskData)."""
     from headstart.engine.batches import plan_images
@@ -319,11 +322,12 @@ def default_attention_layers(network) -> list[str]:
     """Every feature stage of the backbone (timm's ``feature_info``), by module name."""
     info = getattr(network.backbone, "feature_info", None)
     modules = dict(network.named_modules())
-    names = []
+    names: list[str] = []
     for entry in info or []:
-        name = f"backbone.{entry['module']}" if isinstance(entry, dict) and entry.get("module") else None
-        if name in modules:
-            names.append(name)
+        if isinstance(entry, dict) and entry.get("module"):
+            name = f"backbone.{entry['module']}"
+            if name in modules:
+                names.append(name)
     if not names:
         raise HeadstartError(
             f"{network.model_name}: no feature stages known; name the layers for attention maps "

@@ -31,6 +31,7 @@ import torch
 from headstart.audit.craft import AttackConfig, CraftedInputs, PublicFeatures, craft_batch, read_out
 from headstart.audit.metrics import AttackMetrics, attack_metrics, pool_metrics
 from headstart.errors import HeadstartError
+from headstart.heads import PoolingMode
 from headstart.imageops import normalize
 
 __all__ = [
@@ -69,7 +70,12 @@ class QueryOnly:
 
 
 def public_backbone(
-    model_name: str, *, in_chans: int = 3, pooling: str = "avg", weights: str = "imagenet", device: str = "cpu"
+    model_name: str,
+    *,
+    in_chans: int = 3,
+    pooling: PoolingMode = "avg",
+    weights: str = "imagenet",
+    device: str = "cpu",
 ):
     """The public pretrained feature extractor an attacker downloads: ``load(name, weights, include_top=False)``."""
     from headstart.zoo import load
@@ -90,7 +96,8 @@ def craft(
     preprocessing = network.preprocessing
     device = next(network.parameters()).device
     shape = (preprocessing.in_chans, image_size, image_size)
-    pixels, seen = [], {}
+    pixels: list[torch.Tensor] = []
+    seen: dict[str, list[torch.Tensor]] = {}
     started = time.perf_counter()
     for start in range(0, len(neurons), batch_size):
         batch = neurons[start : start + batch_size].to(device)
@@ -100,14 +107,14 @@ def craft(
         pixels.append(crafted.cpu())
         if progress is not None:
             progress(min(start + batch_size, len(neurons)), len(neurons))
-    seen = {name: torch.cat(values) for name, values in seen.items()}
+    joined = {name: torch.cat(values) for name, values in seen.items()}
     return CraftedInputs(
         neurons=neurons.cpu(),
         pixels=torch.cat(pixels),
-        target_activation=seen["target"],
-        largest_other=seen["other"],
-        output_target=seen["output_target"],
-        output_largest_other=seen["output_other"],
+        target_activation=joined["target"],
+        largest_other=joined["other"],
+        output_target=joined["output_target"],
+        output_largest_other=joined["output_other"],
         seconds=time.perf_counter() - started,
         batch_size=batch_size,
         config=config,

@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
@@ -79,7 +80,8 @@ class ClipFeatures(nn.Module):
         self.spec = getattr(head, "spec", None)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.maximum(torch.minimum(features, self.high), self.low))
+        high, low = cast(torch.Tensor, self.high), cast(torch.Tensor, self.low)  # buffers
+        return self.head(torch.maximum(torch.minimum(features, high), low))
 
 
 @dataclass
@@ -384,6 +386,8 @@ def run_experiment(
         batch_size=batch_size,
         progress=lambda done, total: echo(f"  crafted {done}/{total}") if done % (4 * batch_size) == 0 else None,
     )
+    # craft() always reads the pooled features a head sees
+    assert crafted.output_target is not None and crafted.output_largest_other is not None
     echo(
         f"crafted {len(chosen)} inputs in {crafted.seconds:.0f} s ({crafted.per_second:.2f} per second); the "
         f"victims' features see the chosen neuron at {float(crafted.output_target.median()):.2f} (median), the "

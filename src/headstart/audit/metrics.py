@@ -67,7 +67,8 @@ def attack_metrics(
     confidence = probabilities.max(axis=1)
     predicted = probabilities.argmax(axis=1)
     rng = np.random.default_rng(seed)
-    nabacs, effective = [], {level: [] for level in levels}
+    nabacs: list[int] = []
+    effective: dict[float, list[float]] = {level: [] for level in levels}
     reached = 0
     for _ in range(orders):
         order = rng.permutation(attempts)

@@ -10,16 +10,19 @@ trainer will take, and stored in the stage record so the report can plot it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from headstart.config import OptimizerSpec
 from headstart.errors import HeadstartError
 from headstart.heads import class_probabilities, class_targets, predicted_classes
+
+if TYPE_CHECKING:
+    from headstart.network import Network
 
 
 def task_loss(kind: str, logits: Tensor, labels: Tensor) -> Tensor:
@@ -86,7 +89,13 @@ class ScheduleFromArray(torch.optim.lr_scheduler.LambdaLR):
         return self.factors[step]
 
 
-def parameter_groups(network: nn.Module, spec: OptimizerSpec) -> list[dict[str, Any]]:
+def resolved_lr(spec: OptimizerSpec) -> float:
+    """The stage's learning rate: ``lr: find`` is replaced by the sweep's suggestion before training."""
+    assert not isinstance(spec.lr, str), "lr: find must be resolved (headstart.lrfind) before the optimizer is built"
+    return spec.lr
+
+
+def parameter_groups(network: Network, spec: OptimizerSpec) -> list[dict[str, Any]]:
     """Optimizer groups holding exactly the trainable parameters, with per-group learning rates.
 
     ``spec.group_lr`` selectors are resolved by the network (group names or ``re:`` patterns);
@@ -100,17 +109,19 @@ def parameter_groups(network: nn.Module, spec: OptimizerSpec) -> list[dict[str, 
                 assigned[name] = rate
     by_rate: dict[float, list[Tensor]] = {}
     for name, parameter in trainable.items():
-        by_rate.setdefault(assigned.get(name, spec.lr), []).append(parameter)
+        rate = assigned[name] if name in assigned else resolved_lr(spec)
+        by_rate.setdefault(rate, []).append(parameter)
     return [{"params": params, "lr": rate} for rate, params in by_rate.items()]
 
 
-def build_optimizer(network: nn.Module, spec: OptimizerSpec, stage_name: str) -> torch.optim.Optimizer:
+def build_optimizer(network: Network, spec: OptimizerSpec, stage_name: str) -> torch.optim.Optimizer:
     """The stage's optimizer over exactly the trainable parameters (refused when there are none)."""
     groups = parameter_groups(network, spec)
     if not groups:
         raise HeadstartError(f"stage '{stage_name}': every parameter is frozen; nothing to train")
+    lr = resolved_lr(spec)
     if spec.name == "sgd":
-        return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+        return torch.optim.SGD(groups, lr=lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
     if spec.name == "adamw":
-        return torch.optim.AdamW(groups, lr=spec.lr, weight_decay=spec.weight_decay)
-    return torch.optim.Adam(groups, lr=spec.lr, weight_decay=spec.weight_decay)
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=spec.weight_decay)
+    return torch.optim.Adam(groups, lr=lr, weight_decay=spec.weight_decay)

@@ -16,11 +16,11 @@ processes exactly (counts, not averages of averages).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
 from headstart import seeds
@@ -29,9 +29,12 @@ from headstart.engine.augment import augment, strong_augment
 from headstart.engine.batches import Batchable, ImagePlan, StreamBatches, count_of, make_loader
 from headstart.engine.callbacks import NonFiniteLoss
 from headstart.engine.fixmatch import pseudo_labels, unlabelled_loss
-from headstart.engine.losses import ScheduleFromArray, build_optimizer, learning_rate_factors, task_loss
+from headstart.engine.losses import ScheduleFromArray, build_optimizer, learning_rate_factors, resolved_lr, task_loss
 from headstart.heads import accuracy, class_logits, predicted_classes
 from headstart.imageops import resize, to_unit_range
+
+if TYPE_CHECKING:
+    from headstart.network import Network
 
 
 @dataclass
@@ -49,7 +52,7 @@ class StageModule(pl.LightningModule):
 
     def __init__(
         self,
-        network: nn.Module,
+        network: Network,
         stage: StageSpec,
         stage_index: int,
         data: StageData,
@@ -181,6 +184,7 @@ class StageModule(pl.LightningModule):
     ) -> tuple[Tensor, dict[str, Any]]:
         """FixMatch (:mod:`headstart.engine.fixmatch`): labelled loss + weight × pseudo-label loss."""
         semi = self.stage.semi_supervised
+        assert semi is not None  # unlabelled batches are drawn only for a semi-supervised stage
         pixels, _ = next(self.unlabelled_batches)
         unlabelled = self._unit_images(pixels.to(self.device, non_blocking=True))
         weak = augment(unlabelled, self.stage.augment, generator)
@@ -234,7 +238,8 @@ class StageModule(pl.LightningModule):
         steps = self.steps_per_epoch()
         self.planned_steps = self.stage.epochs * steps
         factors = learning_rate_factors(spec, self.stage.epochs, steps)
-        self.schedule = [float(value) * spec.lr for value in factors[:-1]]
+        lr = resolved_lr(spec)
+        self.schedule = [float(value) * lr for value in factors[:-1]]
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": ScheduleFromArray(optimizer, factors), "interval": "step"},

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -23,12 +24,15 @@ from headstart.heads import accuracy, predicted_classes
 from headstart.imageops import resize, to_unit_range
 from headstart.modes import evaluating
 
+if TYPE_CHECKING:
+    from headstart.network import Network
+
 INFERENCE_BATCH = 64
 """Batch of the whole-set passes: larger batches are slower per image on CPU for mobile networks
 (EfficientNet-Lite0 at 96 px: 4.9 ms/image at 32, 6.1 ms at 256)."""
 
 
-def network_input(network: nn.Module, pixels: Tensor, image_size: int | None, device: torch.device | str) -> Tensor:
+def network_input(network: Network, pixels: Tensor, image_size: int | None, device: torch.device | str) -> Tensor:
     """Stored pixels of a batch → the network's input on ``device``: 0..1 floats resized to
     ``image_size``, channels adapted, normalised, channels-last (about 1.5× faster convolutions on
     CPU, EfficientNet-Lite0 at 96 px: 3.1 against 4.9 ms/image; the same values)."""
@@ -55,7 +59,7 @@ def _borrowed(network: nn.Module, device: torch.device | str) -> Iterator[nn.Mod
 
 
 def compute_features(
-    network: nn.Module,
+    network: Network,
     images: Batchable | ImagePlan,
     *,
     image_size: int | None,
@@ -76,7 +80,7 @@ def compute_features(
 
 
 def evaluate(
-    network: nn.Module,
+    network: Network,
     images: Batchable | ImagePlan,
     *,
     image_size: int | None,

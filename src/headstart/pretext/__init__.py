@@ -10,7 +10,12 @@ Each task lives in its own module and is reachable by name::
 ``get`` validates the options against the task's fields; a misspelt name or option raises
 :class:`~headstart.errors.HeadstartError` with the known names and the closest match. Register a
 task of your own (a :class:`PretextTask` subclass with a unique ``name``) with :func:`register`,
-usable as a class decorator.
+usable as a class decorator, and remove it again with :func:`unregister`. For a task that should
+exist only for a while (a test, a notebook cell), :func:`registered` does both::
+
+    with pretext.registered(MyTask):
+        task = pretext.get(MyTask.name)
+    # the name is free again here
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from headstart.errors import HeadstartError
 from headstart.pretext.base import Encoder, PretextTask, SimpleEncoder
@@ -53,10 +60,25 @@ def register(cls: type[PretextTask]) -> type[PretextTask]:
 
 def unregister(name: str) -> type[PretextTask]:
     """Remove the task registered as ``name`` and return its class (tests and notebooks that
-    register a task and want the registry back as it was)."""
+    register a task and want the registry back as it was); an unknown name raises
+    :class:`~headstart.errors.HeadstartError`."""
     if name not in _REGISTRY:
         raise HeadstartError(f"unregister: no task named {name!r}; registered: {', '.join(names())}")
     return _REGISTRY.pop(name)
+
+
+@contextmanager
+def registered(cls: type[PretextTask]) -> Iterator[type[PretextTask]]:
+    """Register ``cls`` (as :func:`register` does) for the body of a ``with`` block, then remove it,
+    also when the block raises. A task that was already registered before the block stays registered."""
+    name = getattr(cls, "name", None)
+    already = isinstance(name, str) and _REGISTRY.get(name) is cls
+    register(cls)
+    try:
+        yield cls
+    finally:
+        if not already and _REGISTRY.get(cls.name) is cls:
+            unregister(cls.name)
 
 
 def names() -> list[str]:
@@ -128,5 +150,6 @@ __all__ = [
     "get",
     "names",
     "register",
+    "registered",
     "unregister",
 ]

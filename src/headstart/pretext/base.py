@@ -96,7 +96,7 @@ class SimpleEncoder(nn.Module):
         self.in_channels = in_channels
         if (mean is None) != (std is None):
             raise HeadstartError("SimpleEncoder: give both mean and std, or neither")
-        if mean is not None:
+        if mean is not None and std is not None:
             self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
             self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
         else:
@@ -216,7 +216,7 @@ class PretextTask(ABC):
             return {"accuracy": 1.0 / self.num_outputs}
         return {}
 
-    def after_step(self, head: nn.Module, encoder: Encoder, progress: float) -> None:
+    def after_step(self, head: nn.Module, encoder: Encoder, progress: float) -> None:  # noqa: B027 - optional hook
         """Called after every optimizer step of a training stage, ``progress`` = steps done / steps
         planned (0..1]. A no-op here; tasks with state outside the gradient (a momentum teacher,
         BYOL/DINO) update it here."""

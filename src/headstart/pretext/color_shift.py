@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from headstart.imageops import LUMINANCE_WEIGHTS
-from headstart.pretext.base import Encoder, PretextTask, check_generator, check_images, require
+from headstart.pretext.base import Encoder, PretextTask, TaskKind, check_generator, check_images, require
 
 RGB_TO_YIQ = torch.tensor(
     [list(LUMINANCE_WEIGHTS), [0.595716, -0.274453, -0.321263], [0.211456, -0.522591, 0.311135]],
@@ -58,7 +58,7 @@ class ColorShiftTask(PretextTask):
     """Two-output regression: (brightness change, hue change); brightness only for grey images."""
 
     name: ClassVar[str] = "color_shift"
-    kind: ClassVar[str] = "regression"
+    kind: ClassVar[TaskKind] = "regression"
 
     maximum_brightness: float = 0.2
     """Largest additive brightness change, in 0..1 pixel units."""

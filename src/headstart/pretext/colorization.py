@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from headstart.errors import HeadstartError
 from headstart.imageops import LUMINANCE_WEIGHTS, luminance  # noqa: F401 - part of this task's API
-from headstart.pretext.base import Encoder, PretextTask, check_generator, check_images, require
+from headstart.pretext.base import Encoder, PretextTask, TaskKind, check_generator, check_images, require
 from headstart.pretext.decoder import Decoder, stages_for
 
 
@@ -36,7 +36,7 @@ class ColorizationTask(PretextTask):
     """Grey image in, RGB image out; mean squared error on pixels."""
 
     name: ClassVar[str] = "colorization"
-    kind: ClassVar[str] = "reconstruction"
+    kind: ClassVar[TaskKind] = "reconstruction"
 
     decoder_width: int = 64
     """Channels after the decoder's first projection (halved at each upsampling block)."""

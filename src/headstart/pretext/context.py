@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from headstart.heads import predicted_classes
-from headstart.pretext.base import Encoder, PretextTask, check_generator, check_images, require
+from headstart.pretext.base import Encoder, PretextTask, TaskKind, check_generator, check_images, require
 
 NEIGHBOURS = ("top-left", "top", "top-right", "left", "right", "bottom-left", "bottom", "bottom-right")
 """Label ``i`` → position of the neighbour relative to the base (centre) patch."""
@@ -115,7 +115,7 @@ class ContextTask(PretextTask):
     """8-way classification of the neighbour's position; inputs are pairs ``[B, 2, C, p, p]``."""
 
     name: ClassVar[str] = "context"
-    kind: ClassVar[str] = "classification"
+    kind: ClassVar[TaskKind] = "classification"
 
     patch_size: int | None = None
     """Patch side in pixels (paper: 96 on images of 150k–450k pixels); None = largest that fits."""

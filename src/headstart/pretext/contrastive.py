@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from headstart.heads import accuracy, predicted_classes
-from headstart.pretext.base import Encoder, PretextTask, check_generator, check_images, require
+from headstart.pretext.base import Encoder, PretextTask, TaskKind, check_generator, check_images, require
 from headstart.pretext.views import ViewOptions
 
 
@@ -50,7 +50,7 @@ class SimCLRTask(ViewOptions, PretextTask):
     """Contrastive pretraining: each of two views of an image finds the other among the batch."""
 
     name: ClassVar[str] = "simclr"
-    kind: ClassVar[str] = "embedding"
+    kind: ClassVar[TaskKind] = "embedding"
     loss_should_fall: ClassVar[bool] = True
 
     temperature: float = 0.5
@@ -95,7 +95,9 @@ class SimCLRTask(ViewOptions, PretextTask):
         """For each view, the view it finds most similar (``pair`` when that is its partner)."""
         partner = torch.cat([torch.arange(len(outputs) // 2, len(outputs)), torch.arange(len(outputs) // 2)])
         nearest = nearest_other(outputs).cpu()
-        return ["nearest=pair" if int(n) == int(p) else f"nearest={int(n)}" for n, p in zip(nearest, partner)]
+        return [
+            "nearest=pair" if int(n) == int(p) else f"nearest={int(n)}" for n, p in zip(nearest, partner, strict=True)
+        ]
 
 
 __all__ = ["SimCLRTask", "nearest_other", "similarity_to_others"]

@@ -88,13 +88,23 @@ class CustomTask(PretextTask):
             )
         if kind not in ("classification", "regression", "reconstruction"):
             raise HeadstartError(
-                "custom task: say kind= classification, regression or reconstruction (a loss function alone does not tell)"
+                "custom task: say kind= classification, regression or reconstruction "
+                "(a loss function alone does not tell)"
             )
         self.alter_function = alter
         self.head_spec = head
         self.loss_function = NAMED_LOSSES[loss] if isinstance(loss, str) else loss
         self.decode_function = decode
         self.kind = kind
+
+    @property
+    def kind(self) -> TaskKind:
+        """Per instance here: the kind follows the head or loss a user gives."""
+        return self._kind
+
+    @kind.setter
+    def kind(self, value: TaskKind) -> None:
+        self._kind = value
 
     def __repr__(self) -> str:
         return f"CustomTask(kind={self.kind!r}, head={self.head_spec!r})"

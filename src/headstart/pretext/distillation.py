@@ -34,15 +34,32 @@ import copy
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar, Protocol, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from headstart.errors import HeadstartError
-from headstart.pretext.base import Encoder, PretextTask, check_generator, check_images, require
+from headstart.pretext.base import Encoder, PretextTask, TaskKind, check_generator, check_images, require
 from headstart.pretext.views import ViewOptions
+
+if TYPE_CHECKING:
+    from lightly.loss import DINOLoss
+
+
+class _WrapsNetwork(Protocol):
+    """An encoder around a headstart network (:class:`headstart.network.NetworkEncoder`)."""
+
+    network: nn.Module
+
+    def prepare(self, images01: Tensor) -> Tensor: ...
+
+
+class _ReadsHeadInput(Protocol):
+    """A headstart network as a teacher: what its head would read."""
+
+    def head_input(self, x: Tensor) -> Tensor: ...
 
 
 def teacher_copy(encoder: Encoder) -> nn.Module:
@@ -66,14 +83,17 @@ def teacher_copy(encoder: Encoder) -> nn.Module:
 def followed_pair(encoder: Encoder, teacher: nn.Module) -> tuple[nn.Module, nn.Module]:
     """``(student, teacher)`` modules whose weights the momentum update pairs."""
     network = getattr(encoder, "network", None)
-    return (network.backbone, teacher.backbone) if network is not None else (encoder, teacher)
+    if network is not None:
+        return network.backbone, cast(nn.Module, teacher.backbone)
+    assert isinstance(encoder, nn.Module)  # teacher_copy refuses any other encoder without a network
+    return encoder, teacher
 
 
 def teacher_pooled(encoder: Encoder, teacher: nn.Module, images01: Tensor) -> Tensor:
     """What the head would read, computed by the teacher."""
     if getattr(encoder, "network", None) is not None:
-        return teacher.head_input(encoder.prepare(images01))
-    return teacher.pooled(images01)
+        return cast(_ReadsHeadInput, teacher).head_input(cast(_WrapsNetwork, encoder).prepare(images01))
+    return cast(Encoder, teacher).pooled(images01)  # a copy of the encoder
 
 
 class MomentumHead(nn.Module):
@@ -111,7 +131,7 @@ class MomentumHead(nn.Module):
 
 @dataclass(kw_only=True)
 class _MomentumTask(ViewOptions, PretextTask):
-    kind: ClassVar[str] = "embedding"
+    kind: ClassVar[TaskKind] = "embedding"
 
     momentum: float = 0.99
     """Teacher momentum at the start of the stage; it rises to 1 along a cosine (lightly's schedule)."""
@@ -134,7 +154,7 @@ class _MomentumTask(ViewOptions, PretextTask):
         return float(cosine_schedule(int(round(progress * 10_000)), 10_000, self.momentum, 1.0))
 
     def after_step(self, head: nn.Module, encoder: Encoder, progress: float) -> None:
-        head.follow(encoder, self.momentum_at(progress))
+        cast(MomentumHead, head).follow(encoder, self.momentum_at(progress))  # built by build_head
 
 
 @dataclass(kw_only=True)
@@ -164,7 +184,8 @@ class BYOLTask(_MomentumTask):
 
     def forward(self, encoder: Encoder, head: nn.Module, inputs: Tensor) -> Tensor:
         """``[2, 2B, D]``: the student's predictions and the teacher's projections of the views."""
-        return torch.stack([head.student(encoder, inputs), head.target(encoder, inputs)])
+        momentum_head = cast(MomentumHead, head)  # built by build_head
+        return torch.stack([momentum_head.student(encoder, inputs), momentum_head.target(encoder, inputs)])
 
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
         from lightly.loss import NegativeCosineSimilarity
@@ -194,7 +215,7 @@ def _cross_cosine(outputs: Tensor) -> Tensor:
 class DINOHead(MomentumHead):
     """A momentum head whose loss (lightly's ``DINOLoss``) and its running centre live in the head."""
 
-    def __init__(self, encoder: Encoder, make_projection: Callable[[], nn.Module], criterion: nn.Module) -> None:
+    def __init__(self, encoder: Encoder, make_projection: Callable[[], nn.Module], criterion: DINOLoss) -> None:
         super().__init__(encoder, make_projection)
         self.criterion = criterion
 
@@ -245,8 +266,8 @@ class DINOTask(_MomentumTask):
 
     def forward(self, encoder: Encoder, head: nn.Module, inputs: Tensor) -> Tensor:
         """``[2, 2B, K]``: student and teacher outputs (logits over the prototypes) of the views."""
-        self._head = head
-        return torch.stack([head.student(encoder, inputs), head.target(encoder, inputs)])
+        self._head = cast(DINOHead, head)  # built by build_head
+        return torch.stack([self._head.student(encoder, inputs), self._head.target(encoder, inputs)])
 
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
         if self._head is None:

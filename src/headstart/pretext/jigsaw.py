@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from headstart.heads import predicted_classes
-from headstart.pretext.base import Encoder, PretextTask, check_generator, check_images, require
+from headstart.pretext.base import Encoder, PretextTask, TaskKind, check_generator, check_images, require
 from headstart.pretext.context import PairHead, branch_features
 
 TILES = 9
@@ -82,7 +82,7 @@ class JigsawTask(PretextTask):
     """
 
     name: ClassVar[str] = "jigsaw"
-    kind: ClassVar[str] = "classification"
+    kind: ClassVar[TaskKind] = "classification"
 
     permutations: int = 100
     """Size of the permutation set (paper: 1000)."""
@@ -123,7 +123,7 @@ class JigsawTask(PretextTask):
     def tiles(self, images: Tensor, generator: torch.Generator) -> Tensor:
         """The nine tiles in grid order ``[B, 9, C, t, t]``, each at a random place in its cell."""
         batch = images.shape[0]
-        cell_height, cell_width, tile = self.cell_and_tile(images.shape[-2:])
+        cell_height, cell_width, tile = self.cell_and_tile((images.shape[-2], images.shape[-1]))
         device = images.device
         cells = torch.arange(TILES, device=device)
         shift_top = torch.randint(0, cell_height - tile + 1, (batch, TILES), generator=generator, device=device)

@@ -27,7 +27,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from headstart.pretext.base import Encoder, PretextTask, check_generator, check_images, psnr, require
+from headstart.pretext.base import Encoder, PretextTask, TaskKind, check_generator, check_images, psnr, require
 from headstart.pretext.decoder import Decoder, stages_for
 
 
@@ -54,7 +54,7 @@ class MaskedPatchesTask(PretextTask):
     """Rebuild hidden square patches; mean squared error on the hidden pixels only."""
 
     name: ClassVar[str] = "masked_patches"
-    kind: ClassVar[str] = "reconstruction"
+    kind: ClassVar[TaskKind] = "reconstruction"
 
     mask_ratio: float = 0.5
     """Share of patches hidden (MAE: 0.75 with ViTs; context encoders: about 0.25 of the area)."""
@@ -75,7 +75,12 @@ class MaskedPatchesTask(PretextTask):
         check_images(images, self.name)
         check_generator(generator, images, self.name)
         mask = random_patch_mask(
-            images.shape[0], images.shape[-2:], self.patch_size, self.mask_ratio, generator, images.device
+            images.shape[0],
+            (images.shape[-2], images.shape[-1]),
+            self.patch_size,
+            self.mask_ratio,
+            generator,
+            images.device,
         ).to(images.dtype)
         hidden = images * (1 - mask) + self.fill * mask
         return hidden, torch.cat([images, mask], dim=1)

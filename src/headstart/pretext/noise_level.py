@@ -30,7 +30,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from headstart.pretext.base import Encoder, PretextTask, check_generator, check_images, require
+from headstart.pretext.base import Encoder, PretextTask, TaskKind, check_generator, check_images, require
 
 
 @dataclass(kw_only=True)
@@ -38,7 +38,7 @@ class NoiseLevelTask(PretextTask):
     """Regression of the noise standard deviation σ ~ U[minimum_std, maximum_std]."""
 
     name: ClassVar[str] = "noise_level"
-    kind: ClassVar[str] = "regression"
+    kind: ClassVar[TaskKind] = "regression"
 
     minimum_std: float = 0.0
     """Smallest σ drawn, in 0..1 pixel units (chapter: 0)."""

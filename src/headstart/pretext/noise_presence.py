@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from headstart.heads import predicted_classes
-from headstart.pretext.base import Encoder, PretextTask, check_generator, check_images, require
+from headstart.pretext.base import Encoder, PretextTask, TaskKind, check_generator, check_images, require
 
 LABELS = ("clean", "noisy")
 
@@ -32,7 +32,7 @@ class NoisePresenceTask(PretextTask):
     """Binary classification: label 1 ("noisy") when Gaussian noise of ``noise_std`` was added."""
 
     name: ClassVar[str] = "noise_presence"
-    kind: ClassVar[str] = "classification"
+    kind: ClassVar[TaskKind] = "classification"
 
     noise_std: float = 0.1
     """Standard deviation of the added noise, in 0..1 pixel units."""

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from headstart.heads import predicted_classes
-from headstart.pretext.base import Encoder, PretextTask, check_generator, check_images, require
+from headstart.pretext.base import Encoder, PretextTask, TaskKind, check_generator, check_images, require
 
 FOUR_RIGHT_ANGLES = (0, 90, 180, 270)
 
@@ -90,7 +90,7 @@ class RotationTask(PretextTask):
     """
 
     name: ClassVar[str] = "rotation"
-    kind: ClassVar[str] = "classification"
+    kind: ClassVar[TaskKind] = "classification"
 
     angles: tuple[float, ...] = FOUR_RIGHT_ANGLES
     """Rotations in degrees, counter-clockwise. Paper's best: 0, 90, 180, 270 (89.06 on CIFAR-10)."""

@@ -121,7 +121,7 @@ def audit_figures(experiment: dict) -> dict:
     examples = entries[0]["result"].examples(per_class=1)
     if examples:
         figure, axes = plt.subplots(1, len(examples), figsize=(1.6 * len(examples), 2.0), squeeze=False)
-        for axis, example in zip(axes[0], examples):
+        for axis, example in zip(axes[0], examples, strict=True):
             image = example["pixels"].clamp(0, 255).permute(1, 2, 0).numpy() / 255.0
             axis.imshow(image if image.shape[2] == 3 else image[:, :, 0], cmap="gray")
             axis.set_title(f"n{example['neuron']} → {example['label']}\n{example['confidence']:.3f}", fontsize=7)
@@ -159,7 +159,8 @@ def audit_summary(data: dict[str, Any]) -> str:
         f"Median pooled value of the chosen neuron after crafting {facts['median_target_activation']:.2f}, of the "
         f"largest other {facts['median_largest_other']:.2f}"
         + (
-            f"; in the features a head reads, {facts['median_output_target']:.2f} and {facts['median_output_other']:.2f}"
+            f"; in the features a head reads, {facts['median_output_target']:.2f} and "
+            f"{facts['median_output_other']:.2f}"
             if facts["median_output_target"] is not None
             else ""
         )

@@ -81,7 +81,7 @@ def accuracy_and_time(budget: dict[str, Any]) -> bytes:
     means = [arm["test_accuracy"]["mean"] or 0.0 for arm in arms]
     stds = [arm["test_accuracy"]["std"] or 0.0 for arm in arms]
     accuracy.bar(positions, means, yerr=stds, capsize=4, color=[palette[n] for n in names], alpha=0.85)
-    for position, arm in zip(positions, arms):
+    for position, arm in zip(positions, arms, strict=True):
         values = arm["test_accuracy"]["values"]
         accuracy.scatter([position] * len(values), values, color="black", s=12, zorder=3)
         accuracy.annotate(
@@ -101,7 +101,7 @@ def accuracy_and_time(budget: dict[str, Any]) -> bytes:
     times = [arm["seconds_to_target"]["mean"] or 0.0 for arm in arms]
     spreads = [arm["seconds_to_target"]["std"] or 0.0 for arm in arms]
     timing.bar(positions, times, yerr=spreads, capsize=4, color=[palette[n] for n in names], alpha=0.85)
-    for position, arm in zip(positions, arms):
+    for position, arm in zip(positions, arms, strict=True):
         seeds = len(arm["seeds"])
         label = (
             f"{arm['reached']}/{seeds} seeds\n{arm['full_steps_to_target']['mean']:.0f} full"

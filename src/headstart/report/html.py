@@ -56,9 +56,10 @@ def _value(spread: dict[str, Any], digits: int = 4) -> str:
 
 def _table(headers: list[str], rows: list[list[str]], classes: list[str] | None = None, ident: str = "") -> str:
     classes = classes or [""] * len(headers)
-    head = "".join(f'<th class="{c}">{html.escape(h)}</th>' for h, c in zip(headers, classes))
+    head = "".join(f'<th class="{c}">{html.escape(h)}</th>' for h, c in zip(headers, classes, strict=True))
     body = "".join(
-        "<tr>" + "".join(f'<td class="{c}">{cell}</td>' for cell, c in zip(row, classes)) + "</tr>" for row in rows
+        "<tr>" + "".join(f'<td class="{c}">{cell}</td>' for cell, c in zip(row, classes, strict=True)) + "</tr>"
+        for row in rows
     )
     attribute = f' id="{ident}"' if ident else ""
     return f"<table{attribute}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -111,7 +112,8 @@ def _comparison_table(budget: dict[str, Any], ident: str) -> str:
 
 
 def _probe_table(budget: dict[str, Any]) -> str:
-    rows, settings = [], {}
+    rows: list[list[str]] = []
+    settings: dict[str, Any] = {}
     for arm in budget["arms"]:
         for probe in arm["probes"]:
             settings = probe["settings"] or settings
@@ -250,7 +252,8 @@ def render(folder: str | Path) -> str:
         + f"; baseline <b>{html.escape(summary['baseline'])}</b>; generated "
         f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} from <code>{html.escape(str(folder))}</code>.</p>",
     ]
-    for budget, verdict in zip(summary["budgets"], verdicts):
+    # summary_line gives no line for a budget without a winner, so the two may differ in length
+    for budget, verdict in zip(summary["budgets"], verdicts, strict=False):
         clear = budget["winner"] is not None and budget["winner"]["exceeds_spread"]
         parts.append(f'<div class="verdict{"" if clear else " within"}">{html.escape(verdict)}</div>')
         for line in step_lines(budget, several):

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from headstart.errors import HeadstartError
 from headstart.files import COMPARISON_FILE, RUN_FILE, atomic_write_json, is_comparison, is_run, read_json
@@ -35,6 +35,16 @@ from headstart.files import COMPARISON_FILE, RUN_FILE, atomic_write_json, is_com
 MANIFEST_FILE = COMPARISON_FILE
 """The comparison's manifest (:data:`headstart.files.COMPARISON_FILE`), under the name compare.py imports."""
 SUMMARY_FILE = "comparison.json"
+
+
+class TimelinePoint(TypedDict):
+    """One validation epoch of a run's labelled stages, on the run's clock (``run_outcome``)."""
+
+    val_accuracy: float
+    seconds: float
+    full_steps: int
+    cached_steps: int
+    stage: str
 
 
 def mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -84,7 +94,7 @@ def run_outcome(folder: Path) -> dict[str, Any] | None:
     elapsed = 0.0
     full_steps = cached_steps = head_start_steps = 0
     head_start_seconds = 0.0
-    timeline: list[dict[str, float]] = []
+    timeline: list[TimelinePoint] = []
     stages = []
     for record in records:
         head_start = record.stage.pretext is not None or record.stage.data == "general"
@@ -105,7 +115,9 @@ def run_outcome(folder: Path) -> dict[str, Any] | None:
                 "unlabelled_used": [
                     float(row["train_unlabelled_used"]) for row in record.history if "train_unlabelled_used" in row
                 ],
-                "probe": (probe.model_dump() if (probe := read_probe(record.folder)) else None),
+                "probe": (
+                    probe.model_dump() if record.folder is not None and (probe := read_probe(record.folder)) else None
+                ),
             }
         )
         if head_start:
@@ -154,7 +166,7 @@ def run_outcome(folder: Path) -> dict[str, Any] | None:
     }
 
 
-def reach(timeline: list[dict[str, float]], target: float) -> dict[str, float] | None:
+def reach(timeline: list[TimelinePoint], target: float) -> dict[str, Any] | None:
     """The first point of a labelled timeline whose validation accuracy reaches ``target``."""
     for epoch, point in enumerate(timeline, start=1):
         if point["val_accuracy"] >= target - 1e-9:
@@ -329,7 +341,10 @@ def summary_line(summary: dict[str, Any]) -> list[str]:
         where = f"{budget['labels_per_class']} labels per class: " if budget["labels_per_class"] is not None else ""
         arm = next(arm for arm in budget["arms"] if arm["name"] == best["arm"])
         accuracy = arm["test_accuracy"]
-        text = f"{where}{best['arm']} won with test accuracy {accuracy['mean']:.4f} ± {accuracy['std']:.4f} (n={accuracy['n']})"
+        text = (
+            f"{where}{best['arm']} won with test accuracy {accuracy['mean']:.4f} ± {accuracy['std']:.4f} "
+            f"(n={accuracy['n']})"
+        )
         if best["arm"] == budget["baseline"]:
             text += f"; no arm beat the baseline {budget['baseline']} — re-think pretraining that does not help"
         else:
