@@ -49,7 +49,7 @@ def main() -> None:
     from headstart.audit.craft import AttackConfig
     from headstart.audit.experiment import VictimConfig, run_experiment, victim_costs
     from headstart.checkpoint import atomic_write_json
-    from headstart.report.audit import write_audit_report
+    from headstart.report.html import write_audit_report
 
     victims = VictimConfig(image_size=args.image_size, class_counts=tuple(args.classes),
                            layer_counts=tuple(args.layers), seeds=args.seeds, fine_tune_seeds=args.fine_tune_seeds,

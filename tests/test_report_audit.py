@@ -12,7 +12,8 @@ import torch
 
 from headstart.audit import AttackConfig, AuditResult, PublicFeatures, attack_metrics, craft
 from headstart.audit.experiment import Victim, pool_cells
-from headstart.report.audit import AUDIT_DATA_FILE, write_audit_report
+from headstart.report.audit import AUDIT_DATA_FILE
+from headstart.report.html import write_audit_report
 from headstart.report.html import render
 from headstart.zoo import load
 

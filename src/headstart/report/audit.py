@@ -1,7 +1,7 @@
 """The audit's report: tables next to Rezaei & Liu's, crafted examples, per-class hits.
 
 The audit's facts and table rows are data first: :func:`audit_data` gathers them from an
-experiment, :func:`write_audit_report` writes them to ``audit-report.json`` beside the figures
+experiment, :func:`write_audit_files` writes them to ``audit-report.json`` beside the figures
 (``audit-*.png``) and renders ``audit.md`` from that data; the HTML report
 (:mod:`headstart.report.html`) renders its audit section from the same JSON with
 :func:`audit_table` and :func:`audit_summary`, so both show the same numbers and neither parses
@@ -181,10 +181,10 @@ def audit_markdown(data: dict[str, Any]) -> str:
     return "\n".join(text) + "\n"
 
 
-def write_audit_report(experiment: dict, folder: str | os.PathLike) -> Path:
+def write_audit_files(experiment: dict, folder: str | os.PathLike) -> Path:
     """Write the figures (``audit-*.png``), the data (``audit-report.json``) and ``audit.md`` into
-    ``folder``, then the folder's ``report.html`` (:mod:`headstart.report.html` embeds the audit);
-    return the Markdown path."""
+    ``folder``; return the Markdown path. :func:`headstart.report.html.write_audit_report` also
+    writes the folder's ``report.html``."""
     folder = Path(folder)
     data = audit_data(experiment)
     for name, figure in audit_figures(experiment).items():
@@ -193,7 +193,4 @@ def write_audit_report(experiment: dict, folder: str | os.PathLike) -> Path:
     atomic_write_json(folder / AUDIT_DATA_FILE, data)
     path = folder / AUDIT_FILE
     atomic_write_bytes(path, audit_markdown(data).encode())
-    from headstart.report.html import write_report
-
-    write_report(folder)  # report.html: the audit alone, or inside the comparison or run report of this folder
     return path

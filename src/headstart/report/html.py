@@ -21,9 +21,9 @@ import numpy as np
 
 from headstart.files import atomic_write_bytes, is_comparison, is_run, read_json
 from headstart.report import figures
-from headstart.report.audit import AUDIT_DATA_FILE, AUDIT_FILE, audit_summary, audit_table
+from headstart.report.audit import AUDIT_DATA_FILE, AUDIT_FILE, audit_summary, audit_table, write_audit_files
 from headstart.report.audit import NOTE as AUDIT_NOTE
-from headstart.report.summary import step_lines, summarise, summary_line
+from headstart.report.summary import budget_verdict, step_lines, summarise
 
 REPORT_FILE = "report.html"
 
@@ -194,7 +194,7 @@ def _evidence(summary: dict[str, Any], folder: Path) -> str:
 
 def _audit(folder: Path) -> str:
     """The audit section, rendered from the audit's data (``audit-report.json``, written by
-    :func:`headstart.report.audit.write_audit_report`) with its figures embedded; an older folder
+    :func:`write_audit_report`) with its figures embedded; an older folder
     that holds only ``audit.md`` gets that file verbatim and a note; no audit, nothing."""
     if (folder / AUDIT_DATA_FILE).is_file():
         data = read_json(folder / AUDIT_DATA_FILE)
@@ -243,7 +243,6 @@ def render(folder: str | Path) -> str:
     if _has_audit(folder) and not is_comparison(folder) and not is_run(folder):
         return _page("security audit", _audit(folder))
     summary = summarise(folder)
-    verdicts = summary_line(summary)
     several = len(summary["budgets"]) > 1
     parts = [
         f"<h1>{html.escape(summary['name'])}: did pretraining help?</h1>",
@@ -252,9 +251,11 @@ def render(folder: str | Path) -> str:
         + f"; baseline <b>{html.escape(summary['baseline'])}</b>; generated "
         f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} from <code>{html.escape(str(folder))}</code>.</p>",
     ]
-    # summary_line gives no line for a budget without a winner, so the two may differ in length
-    for budget, verdict in zip(summary["budgets"], verdicts, strict=False):
-        clear = budget["winner"] is not None and budget["winner"]["exceeds_spread"]
+    for budget in summary["budgets"]:
+        verdict = budget_verdict(budget)
+        if verdict is None:
+            continue
+        clear = budget["winner"]["exceeds_spread"]
         parts.append(f'<div class="verdict{"" if clear else " within"}">{html.escape(verdict)}</div>')
         for line in step_lines(budget, several):
             parts.append(f'<div class="verdict step">{html.escape(line)}</div>')
@@ -342,4 +343,14 @@ def write_report(folder: str | Path) -> Path:
     folder = Path(folder)
     path = folder / REPORT_FILE
     atomic_write_bytes(path, render(folder).encode("utf-8"))
+    return path
+
+
+def write_audit_report(experiment: dict, folder: str | Path) -> Path:
+    """Write an audit experiment's figures, data and ``audit.md`` into ``folder``
+    (:func:`headstart.report.audit.write_audit_files`), then the folder's ``report.html``, which
+    shows the audit alone or inside the comparison or run report of that folder; return the
+    Markdown path."""
+    path = write_audit_files(experiment, folder)
+    write_report(folder)
     return path

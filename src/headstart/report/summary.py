@@ -332,34 +332,37 @@ def summarise(folder: str | Path, *, write: bool = True) -> dict[str, Any]:
 
 
 def summary_line(summary: dict[str, Any]) -> list[str]:
-    """One line per label budget: which arm won, by how much, and whether that beats the spread."""
-    lines = []
-    for budget in summary["budgets"]:
-        best = budget["winner"]
-        if best is None:
-            continue
-        where = f"{budget['labels_per_class']} labels per class: " if budget["labels_per_class"] is not None else ""
-        arm = next(arm for arm in budget["arms"] if arm["name"] == best["arm"])
-        accuracy = arm["test_accuracy"]
-        text = (
-            f"{where}{best['arm']} won with test accuracy {accuracy['mean']:.4f} ± {accuracy['std']:.4f} "
-            f"(n={accuracy['n']})"
+    """One line per label budget with a winner: which arm won, by how much, and whether that beats
+    the spread (:func:`budget_verdict`)."""
+    return [line for line in map(budget_verdict, summary["budgets"]) if line is not None]
+
+
+def budget_verdict(budget: dict[str, Any]) -> str | None:
+    """The verdict line of one label budget, or ``None`` when no arm has a test accuracy."""
+    best = budget["winner"]
+    if best is None:
+        return None
+    where = f"{budget['labels_per_class']} labels per class: " if budget["labels_per_class"] is not None else ""
+    arm = next(arm for arm in budget["arms"] if arm["name"] == best["arm"])
+    accuracy = arm["test_accuracy"]
+    text = (
+        f"{where}{best['arm']} won with test accuracy {accuracy['mean']:.4f} ± {accuracy['std']:.4f} "
+        f"(n={accuracy['n']})"
+    )
+    if best["arm"] == budget["baseline"]:
+        text += f"; no arm beat the baseline {budget['baseline']} — re-think pretraining that does not help"
+    else:
+        text += (
+            f", {best['gain']:+.4f} ± {best['gain_std']:.4f} over {budget['baseline']} "
+            f"(paired by seed, better in {best['positive_seeds']} of {best['seeds']}); "
         )
-        if best["arm"] == budget["baseline"]:
-            text += f"; no arm beat the baseline {budget['baseline']} — re-think pretraining that does not help"
+        if accuracy["n"] < 2:
+            text += "one seed: no spread to judge the gain against"
+        elif best["exceeds_spread"]:
+            text += f"the gain exceeds the spread between seeds (±{best['spread']:.4f})"
         else:
-            text += (
-                f", {best['gain']:+.4f} ± {best['gain_std']:.4f} over {budget['baseline']} "
-                f"(paired by seed, better in {best['positive_seeds']} of {best['seeds']}); "
-            )
-            if accuracy["n"] < 2:
-                text += "one seed: no spread to judge the gain against"
-            elif best["exceeds_spread"]:
-                text += f"the gain exceeds the spread between seeds (±{best['spread']:.4f})"
-            else:
-                text += f"the gain is within the spread between seeds (±{best['spread']:.4f})"
-        lines.append(text)
-    return lines
+            text += f"the gain is within the spread between seeds (±{best['spread']:.4f})"
+    return text
 
 
 def step_lines(budget: dict[str, Any], several: bool = False) -> list[str]:
