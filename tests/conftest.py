@@ -1,9 +1,9 @@
-"""Shared test fixtures: small real images, a fixed thread count, offline hub."""
+"""Shared test fixtures: small real images, a fixed thread count, offline hub, the interrupt-and-resume
+helper, EfficientNet-Lite0. Plain helpers are in ``helpers.py`` (``from helpers import ...``)."""
 
 from __future__ import annotations
 
 import os
-import signal
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+import helpers
 
 torch.set_num_threads(2)
 
@@ -37,29 +39,13 @@ def seeded():
 
 @pytest.fixture
 def interrupted_then_resumed():
-    """A function: see :func:`_interrupted_then_resumed`."""
-    return _interrupted_then_resumed
+    """A function: see :func:`helpers.interrupted_then_resumed` (Ctrl+C through ``callbacks=``, then resume)."""
+    return helpers.interrupted_then_resumed
 
 
-def _interrupted_then_resumed(fit, folder):
-    """Run ``fit(folder, resume=False)`` with Ctrl+C arriving as the second epoch starts (it must raise
-    Interrupted), then ``fit(folder, resume=True)``; return what the resumed call returns."""
-    from lightning.pytorch.callbacks import Callback
+@pytest.fixture(scope="module")
+def lite0():
+    """EfficientNet-Lite0 with its real ImageNet weights (offline package), one per test module."""
+    from headstart import zoo
 
-    import headstart.stage as stage_module
-    from headstart.stage import Interrupted
-
-    class CtrlCAtSecondEpoch(Callback):
-        def on_train_epoch_start(self, trainer, pl_module):
-            if trainer.current_epoch == 1:
-                os.kill(os.getpid(), signal.SIGINT)
-
-    original = stage_module._trainer
-    stage_module._trainer = lambda options, stage, where, callbacks, *rest: original(
-        options, stage, where, [*callbacks, CtrlCAtSecondEpoch()], *rest)
-    try:
-        with pytest.raises(Interrupted):
-            fit(folder, resume=False)
-    finally:
-        stage_module._trainer = original
-    return fit(folder, resume=True)
+    return zoo.load("EfficientNetLite0")

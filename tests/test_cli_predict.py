@@ -6,16 +6,14 @@ import json
 import os
 import subprocess
 import sys
-import types
 
 import pytest
 from typer.testing import CliRunner
 
-from headstart import zoo
 from headstart.cli import app
 from headstart.errors import USER_ERROR_EXIT_CODE
-
-CATS = {"tabby, tabby cat", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat, Siamese"}
+from headstart.preprocess import preprocess_input
+from helpers import CATS, DIGITS, digit_data, digit_network, grey_image
 
 runner = CliRunner()
 
@@ -27,7 +25,7 @@ def _assert_one_line_error(result, fragment):
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.stderr
 
 
-def test_predict_json_names_the_sample_images(sample_images):
+def test_predict_json_names_the_sample_images(sample_images, lite0):
     paths = [str(sample_images[name]) for name in ("chelsea", "coffee", "rocket")]
     result = runner.invoke(app, ["predict", *paths, "--top", "3", "--json"])
     assert result.exit_code == 0, result.output
@@ -36,8 +34,12 @@ def test_predict_json_names_the_sample_images(sample_images):
     assert all(len(entry["predictions"]) == 3 for entry in results)
     top1 = [entry["predictions"][0]["label"] for entry in results]
     assert top1[0] in CATS and top1[1] == "espresso" and top1[2] in {"missile", "projectile, missile"}
+    # the three highest of the softmax the network computes in Python, in order, with their labels
+    expected = lite0.predict(preprocess_input([sample_images["coffee"]], lite0.preprocessing))[0].topk(3)
+    assert [prediction["label"] for prediction in results[1]["predictions"]] == [
+        lite0.labels[index] for index in expected.indices.tolist()]
     probabilities = [prediction["probability"] for prediction in results[1]["predictions"]]
-    assert probabilities == sorted(probabilities, reverse=True) and 0 < probabilities[0] <= 1
+    assert probabilities == pytest.approx(expected.values.tolist(), abs=1e-5)
 
 
 def test_predict_table_by_default(sample_images):
@@ -67,20 +69,28 @@ def test_user_errors_are_one_line_without_traceback(sample_images, tmp_path, pro
     _assert_one_line_error(runner.invoke(app, ["predict", *arguments]), fragment)
 
 
-def test_checkpoint_option_uses_headstart_checkpoint(monkeypatch, sample_images, tmp_path):
-    requested = []
+def test_checkpoint_option_predicts_with_a_trained_stage(tmp_path):
+    """A real stage folder from fit_stage (a grey 16-pixel digits network): --checkpoint predicts with
+    its head and labels, the probabilities the trained network gives in Python."""
+    from headstart.stage import fit_stage
 
-    def load_network(path):
-        requested.append(path)
-        return zoo.load("EfficientNetLite0")
-
-    module = types.ModuleType("headstart.checkpoint")
-    module.load_network = load_network
-    monkeypatch.setitem(sys.modules, "headstart.checkpoint", module)
-    result = runner.invoke(app, ["predict", str(sample_images["coffee"]), "--checkpoint", str(tmp_path / "run.ckpt"), "--json"])
+    network = digit_network()
+    fit_stage(network, {"name": "task", "epochs": 2, "batch_size": 50}, digit_data(20), folder=tmp_path / "stage",
+              image_size=16)
+    images, _ = digit_data().split("test").as_tensors()
+    paths = []
+    for index in range(3):
+        paths.append(tmp_path / f"digit-{index}.png")
+        grey_image(images[index, 0]).save(paths[-1])
+    result = runner.invoke(app, ["predict", *map(str, paths), "--checkpoint", str(tmp_path / "stage"), "--json",
+                                 "--top", "3"])
     assert result.exit_code == 0, result.output
-    assert requested == [tmp_path / "run.ckpt"]
-    assert json.loads(result.stdout)[0]["predictions"][0]["label"] == "espresso"
+    expected = network.predict(paths).topk(3)
+    for entry, values, indices in zip(json.loads(result.stdout), expected.values, expected.indices, strict=True):
+        assert [prediction["label"] for prediction in entry["predictions"]] == [DIGITS[i] for i in indices.tolist()]
+        assert [prediction["probability"] for prediction in entry["predictions"]] == pytest.approx(values.tolist(),
+                                                                                                  abs=1e-5)
+    assert network.labels == DIGITS
 
 
 def test_zoo_list_json():
@@ -97,7 +107,8 @@ def test_summary_with_freeze_reports_the_counts():
     result = runner.invoke(app, ["summary", "EfficientNetLite0", "--freeze", "backbone", "--depth", "1"])
     assert result.exit_code == 0, result.output
     assert "Total params: 4,652,008" in result.stdout and "Trainable params: 1,281,000" in result.stdout
-    _assert_one_line_error(runner.invoke(app, ["summary", "EfficientNetLite0", "--freeze", "stme"]), "did you mean stem")
+    misspelt = runner.invoke(app, ["summary", "EfficientNetLite0", "--freeze", "stme"])
+    _assert_one_line_error(misspelt, "did you mean stem")
 
 
 def test_python_dash_m_headstart_in_a_real_process(sample_images, tmp_path):

@@ -18,6 +18,7 @@ from headstart.compare import parse_compare, plan
 from headstart.compare import run as run_comparison
 from headstart.errors import HeadstartError
 from headstart.report.summary import mean_std, reach, run_outcome, summarise, summary_line
+from helpers import digit_run
 
 TINY = {"name": "test_resnet", "weights": None, "image_size": 16}
 DATA = {"source": {"kind": "digits"}, "splits": {"labels_per_class": 10}}
@@ -50,7 +51,7 @@ def test_every_arm_runs_at_every_seed_on_the_same_splits(comparison):
             record = json.loads((folder / arm / f"seed-{seed}" / "run.json").read_text())
             assert record["status"] == "finished" and record["config"]["seed"] == seed
             assert record["config"]["data"]["splits"]["labels_per_class"] == 10
-            assert record["hardware"]["cpu_cores"] >= 1
+            assert record["hardware"]["cpu_cores"] == (os.cpu_count() or 1)
             assert sum(map(sum, record["test_confusion"])) == record["test"]["count"]
     table = json.loads((folder / "comparison.json").read_text())
     budget = table["budgets"][0]
@@ -63,8 +64,8 @@ def test_every_arm_runs_at_every_seed_on_the_same_splits(comparison):
         assert arm["test_accuracy"]["mean"] == pytest.approx(sum(values) / 2)
     rotation = budget["arms"][1]
     scratch_tests = budget["arms"][0]["test_accuracy"]["values"]
-    assert rotation["gain"]["values"] == pytest.approx([r - s for r, s in zip(rotation["test_accuracy"]["values"],
-                                                                              scratch_tests)])
+    gains = [r - s for r, s in zip(rotation["test_accuracy"]["values"], scratch_tests, strict=True)]
+    assert rotation["gain"]["values"] == pytest.approx(gains)
     assert any("[4/4] rotation, seed 1" in line for line in lines)
     assert (folder / "report.html").stat().st_size > 50_000
     assert (folder / "attention.npz").is_file()
@@ -95,9 +96,9 @@ def test_cached_head_steps_are_not_counted_as_full_steps(tmp_path):
     from headstart.config import parse_run
     from headstart.structure import run
 
-    spec = parse_run({"output": str(tmp_path / "run"), "progress": False, "data": DATA, "model": TINY,
-                      "stages": [{"name": "head", "freeze": ["backbone"], "epochs": 2, "batch_size": 25},
-                                 {"name": "fine-tune", "epochs": 2, "batch_size": 25}]})
+    spec = parse_run(digit_run(tmp_path / "run", [
+        {"name": "head", "freeze": ["backbone"], "epochs": 2, "batch_size": 25},
+        {"name": "fine-tune", "epochs": 2, "batch_size": 25}]))
     run(spec)
     outcome = run_outcome(tmp_path / "run")
     head = json.loads((tmp_path / "run" / "0-head" / "stage.json").read_text())
@@ -149,7 +150,9 @@ def test_label_budgets_get_a_folder_and_a_table_each(tmp_path):
         assert record["history"][0]["steps"] == -(-labelled // 25)
     assert [b["labels_per_class"] for b in result.table["budgets"]] == [5, 20]
     assert "label budgets" in (tmp_path / "budgets" / "report.html").read_text()
-    assert all(line.startswith(("5 labels", "20 labels")) for line in result.verdicts)
+    # one verdict per budget, in order (one arm: it is the baseline and wins)
+    assert [line.split(" labels per class: ")[0] for line in result.verdicts] == ["5", "20"]
+    assert all("scratch won with test accuracy" in line for line in result.verdicts)
 
 
 def test_an_arm_can_be_a_run_file_next_to_the_comparison_file(tmp_path):
@@ -243,27 +246,23 @@ def test_plan_and_summary_arithmetic():
 
 
 def test_an_audit_in_the_folder_goes_into_the_report(comparison, tmp_path):
-    import io
-
-    from PIL import Image
-
+    """An audit from before audit-report.json (only its audit.md) is shown verbatim beside the
+    comparison, with a note saying so; a folder holding only the audit gets a report of its own.
+    (The audit section built from audit-report.json is tested in test_report_audit.py.)"""
     from headstart.report.html import render
 
     _, result, _ = comparison
     copy = tmp_path / "copy"
     shutil.copytree(result.folder, copy)
-    buffer = io.BytesIO()
-    Image.new("RGB", (20, 10), "red").save(buffer, format="PNG")
-    (copy / "audit-examples.png").write_bytes(buffer.getvalue())
+    assert "predates audit-report.json" not in render(copy)
     (copy / "audit.md").write_text("# Target-agnostic attack\n\nCrafted on the public backbone.\n\n"
-                                   "| classes | NABAC |\n|---|---|\n| 5 | 48.2 ± 3.0 |\n\n![examples](audit-examples.png)\n")
+                                   "| classes | NABAC |\n|---|---|\n| 5 | 48.2 ± 3.0 |\n")
     page = render(copy)
-    assert '<table id="audit">' in page and "48.2 ± 3.0" in page and "<h2>Target-agnostic attack</h2>" in page
-    assert page.count('alt="examples" src="data:image/png;base64,') == 1
+    assert "predates audit-report.json" in page and "| 5 | 48.2 ± 3.0 |" in page
+    assert page.count("<tr>") > 8 and "seed-1" in page  # the comparison is still all there
     alone = tmp_path / "audit-only"
     alone.mkdir()
-    for name in ("audit.md", "audit-examples.png"):
-        shutil.copy(copy / name, alone / name)
+    shutil.copy(copy / "audit.md", alone / "audit.md")
     rebuilt = CliRunner().invoke(app, ["report", str(alone)])
     assert rebuilt.exit_code == 0, rebuilt.output
     assert "48.2 ± 3.0" in (alone / "report.html").read_text()
@@ -298,14 +297,15 @@ def test_an_arm_that_extends_another_shares_its_stages_and_reports_what_the_extr
     arm = next(a for a in budget["arms"] if a["name"] == "rotation+more")
     rotation = next(a for a in budget["arms"] if a["name"] == "rotation")
     assert arm["seconds"]["mean"] > stage_seconds and arm["extends"] == "rotation"
-    assert arm["step_gain"]["values"] == pytest.approx([arm["test_accuracy"]["mean"] - rotation["test_accuracy"]["mean"]])
+    gain = arm["test_accuracy"]["mean"] - rotation["test_accuracy"]["mean"]
+    assert arm["step_gain"]["values"] == pytest.approx([gain])
     assert step_lines(budget)[0].startswith("more added ") and "to rotation (rotation+more" in step_lines(budget)[0]
     # the same three stages trained alone end with the same weights
     alone = plan(parse_compare({**spec, "output": str(tmp_path / "alone")}))[2].spec
     run_structure(alone, progress=False)
     shared, trained = load_file(sharer / "2-more" / "weights.safetensors"), load_file(
         tmp_path / "alone" / "rotation+more" / "seed-0" / "2-more" / "weights.safetensors")
-    assert all(torch.equal(shared[key], trained[key]) for key in trained)
+    assert shared.keys() == trained.keys() and all(torch.equal(shared[key], trained[key]) for key in trained)
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "examples" / "compare").glob("*.yaml")),

@@ -4,19 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from headstart.data import SourceSpec, Splits, check_dataset, from_arrays, load_source, make_splits
 from headstart.errors import HeadstartError
-
-
-def toy(counts: dict[str, int], size: int = 4, channels: int = 1, extra_labels=(), class_names=None, name="toy"):
-    """In-memory set: ``counts[name]`` images per class, then images carrying ``extra_labels``."""
-    labels = np.concatenate([np.full(n, k) for k, n in enumerate(counts.values())] + [np.array(extra_labels)])
-    shape = (labels.size, size, size) if channels == 1 else (labels.size, size, size, 3)
-    images = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
-    names = list(counts) if class_names is None else class_names
-    return from_arrays(images, labels.astype(np.int64), class_names=names, name=name)
+from helpers import per_class_arrays as toy
+from helpers import truncated_jpeg, write_image_folder
 
 
 def problems_of(splits, **options) -> str:
@@ -46,12 +38,8 @@ def test_empty_class():
 
 
 def test_empty_class_folder(tmp_path):
-    root = tmp_path / "shapes"
-    for name in ("circle", "square", "triangle"):
-        (root / name).mkdir(parents=True)
-    for k in range(5):
-        Image.new("RGB", (4, 4), (k, 0, 0)).save(root / "circle" / f"{k}.png")
-        Image.new("RGB", (4, 4), (0, k, 0)).save(root / "triangle" / f"{k}.png")
+    root = write_image_folder(tmp_path / "shapes", {"circle": 5, "square": 0, "triangle": 5},
+                              colour=lambda name, k: (k, 0, 0) if name == "circle" else (0, k, 0))
     splits = make_splits(load_source(SourceSpec(kind="folder", path=str(root), image_size=4)))
     message = problems_of(splits)
     assert "class 'square' has no images at all" in message
@@ -113,11 +101,7 @@ def test_test_images_shared_with_train():
 
 def test_test_files_shared_through_another_source(tmp_path):
     """The same files loaded twice are still the same images."""
-    root = tmp_path / "photos"
-    for name in ("a", "b"):
-        (root / name).mkdir(parents=True)
-        for k in range(6):
-            Image.new("RGB", (4, 4), (k * 9, 0, 0)).save(root / name / f"{k}.png")
+    root = write_image_folder(tmp_path / "photos", {"a": 6, "b": 6}, colour=lambda name, k: (k * 9, 0, 0))
     spec = SourceSpec(kind="folder", path=str(root), image_size=4)
     splits = make_splits(load_source(spec), test=load_source(spec))
     message = problems_of(splits)
@@ -127,16 +111,8 @@ def test_test_files_shared_through_another_source(tmp_path):
 
 
 def test_unreadable_file_found_by_the_check(tmp_path):
-    root = tmp_path / "photos"
-    (root / "a").mkdir(parents=True)
-    (root / "b").mkdir()
-    for k in range(5):
-        Image.new("RGB", (4, 4)).save(root / "a" / f"{k}.png")
-        Image.new("RGB", (4, 4)).save(root / "b" / f"{k}.png")
-    noise = np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8)
-    cut = root / "b" / "cut.jpg"
-    Image.fromarray(noise).save(cut, quality=95)
-    cut.write_bytes(cut.read_bytes()[:1500])
+    root = write_image_folder(tmp_path / "photos", {"a": 5, "b": 5})
+    truncated_jpeg(root / "b" / "cut.jpg", seed=0)
     data = load_source(SourceSpec(kind="folder", path=str(root), image_size=4, verify="header"))
     splits = make_splits(data, test_fraction=0.0, val_fraction=0.0)
     assert "cut.jpg: corrupt or truncated image" in problems_of(splits)
@@ -160,10 +136,7 @@ def test_warnings_returned():
 
 
 def test_skipped_files_warned(tmp_path):
-    root = tmp_path / "photos"
-    (root / "a").mkdir(parents=True)
-    for k in range(5):
-        Image.new("RGB", (4, 4)).save(root / "a" / f"{k}.png")
+    root = write_image_folder(tmp_path / "photos", {"a": 5})
     (root / "a" / "empty.png").write_bytes(b"")
     data = load_source(SourceSpec(kind="folder", path=str(root), image_size=4, on_corrupt="skip"))
     warnings = check_dataset(make_splits(data, test_fraction=0.2, val_fraction=0.0))

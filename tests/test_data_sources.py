@@ -12,25 +12,7 @@ from PIL import Image
 
 from headstart.data import SourceSpec, load_source
 from headstart.errors import HeadstartError
-
-ORIENTATION_TAG = 0x0112
-
-
-def two_colour_jpeg(path, orientation: int) -> None:
-    """16 wide × 8 high, red left half and blue right half, tagged with an EXIF orientation."""
-    stored = np.zeros((8, 16, 3), dtype=np.uint8)
-    stored[:, :8] = (255, 0, 0)
-    stored[:, 8:] = (0, 0, 255)
-    exif = Image.Exif()
-    exif[ORIENTATION_TAG] = orientation
-    Image.fromarray(stored).save(path, exif=exif, quality=100)
-
-
-def truncated_jpeg(path) -> None:
-    noise = np.random.default_rng(1).integers(0, 256, (48, 48, 3), dtype=np.uint8)
-    Image.fromarray(noise).save(path, quality=95)
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) * 2 // 3])
+from helpers import truncated_jpeg, two_colour_jpeg, write_image_folder
 
 
 @pytest.fixture
@@ -96,11 +78,7 @@ def test_folder_grey_channel_option(pets):
 
 
 def test_empty_class_folder_stays_a_class(tmp_path):
-    root = tmp_path / "shapes"
-    for name in ("circle", "square", "triangle"):
-        (root / name).mkdir(parents=True)
-    Image.new("RGB", (4, 4)).save(root / "circle" / "one.png")
-    Image.new("RGB", (4, 4)).save(root / "triangle" / "two.png")
+    root = write_image_folder(tmp_path / "shapes", {"circle": 1, "square": 0, "triangle": 1})
     data = load_source(SourceSpec(kind="folder", path=str(root), image_size=4))
     assert data.class_names == ["circle", "square", "triangle"]
     assert data.labels.tolist() == [0, 2]

@@ -5,16 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from headstart.data import from_arrays, load_digits, make_splits
+from headstart.data import load_digits, make_splits
 from headstart.errors import HeadstartError
+from helpers import per_class_arrays
 
 
 def labelled(counts: dict[str, int], unlabelled: int = 0):
-    """A tiny in-memory set with ``counts[name]`` images per class and some unlabelled ones."""
-    names = list(counts)
-    labels = np.concatenate([np.full(n, k) for k, n in enumerate(counts.values())] + [np.full(unlabelled, -1)])
-    images = np.random.default_rng(0).integers(0, 256, (labels.size, 2, 2), dtype=np.uint8)
-    return from_arrays(images, labels.astype(np.int64), class_names=names, name="toy")
+    """A tiny in-memory set with ``counts[name]`` 2×2 images per class and some unlabelled ones."""
+    return per_class_arrays(counts, size=2, extra_labels=[-1] * unlabelled)
 
 
 def per_class(data) -> list[int]:

@@ -72,7 +72,7 @@ def load_example(name: str, tmp_path: Path) -> RunSpec:
 
 def check_result(result, name: str) -> None:
     assert [(stage.stage_name, stage.handover.head) for stage in result.stages] == EXPECTED[name]
-    for stage, spec in zip(result.stages, result.spec.stages):
+    for stage, spec in zip(result.stages, result.spec.stages, strict=True):
         assert len(stage.history) == 1, stage.stage_name
         assert (stage.folder / "weights.safetensors").is_file()
         if stage.handover.head != "kept":
@@ -153,9 +153,11 @@ def test_imagenet_freeze_unfreeze_with_real_lite0_weights(tmp_path, mnist_read_o
     check_result(result, name)
     head, top, fine_tune = result.stages
     assert head.cached_features and not top.cached_features and not fine_tune.cached_features
-    frozen = {stage.stage_name: set(json.loads((stage.folder / "stage.json").read_text())["frozen"]) for stage in result.stages}
+    frozen = {stage.stage_name: set(json.loads((stage.folder / "stage.json").read_text())["frozen"])
+              for stage in result.stages}
     assert all(key.startswith("backbone.") for key in frozen["head"]) and len(frozen["head"]) > len(frozen["top"]) > 0
-    assert not any(key.startswith(("backbone.blocks.5.", "backbone.blocks.6.", "backbone.conv_head")) for key in frozen["top"])
+    top_blocks = ("backbone.blocks.5.", "backbone.blocks.6.", "backbone.conv_head")
+    assert not any(key.startswith(top_blocks) for key in frozen["top"])
     assert "backbone.conv_stem.weight" in frozen["top"] and frozen["fine-tune"] == set()
 
 

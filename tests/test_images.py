@@ -12,8 +12,7 @@ from PIL import Image
 
 from headstart.data.images import MAX_PIXELS, probe_image, read_image
 from headstart.errors import HeadstartError
-
-ORIENTATION_TAG = 0x0112
+from helpers import truncated_jpeg, two_colour_jpeg
 
 
 def pixels(image: Image.Image) -> np.ndarray:
@@ -123,12 +122,7 @@ def test_cmyk_tiff_converts_exactly(tmp_path):
 def test_exif_orientation_is_applied(tmp_path, orientation, top_colour):
     """A 16×8 JPEG, red left half and blue right half, tagged with an EXIF orientation."""
     path = tmp_path / f"oriented{orientation}.jpg"
-    stored = np.zeros((8, 16, 3), dtype=np.uint8)
-    stored[:, :8] = (255, 0, 0)
-    stored[:, 8:] = (0, 0, 255)
-    exif = Image.Exif()
-    exif[ORIENTATION_TAG] = orientation
-    Image.fromarray(stored).save(path, exif=exif, quality=100)
+    two_colour_jpeg(path, orientation)
     out = pixels(read_image(path))
     if orientation == 1:
         assert out.shape == (8, 16, 3)
@@ -207,10 +201,7 @@ def test_text_named_jpg(tmp_path):
 
 def test_truncated_jpeg_named(tmp_path):
     path = tmp_path / "cut.jpg"
-    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    Image.fromarray(noise).save(path, quality=95)
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) * 2 // 3])
+    truncated_jpeg(path, side=64, seed=0)
     with pytest.raises(HeadstartError, match=r"cut\.jpg: corrupt or truncated image"):
         read_image(path)
 

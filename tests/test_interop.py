@@ -15,12 +15,11 @@ from typer.testing import CliRunner
 
 from headstart import interop
 from headstart.cli import app
-from headstart.data import TaskData
 from headstart.errors import HeadstartError
 from headstart.stage import fit_stage
 from headstart.zoo import load
-
-TINY = "test_efficientnet"
+from helpers import TINY_EFFICIENTNET as TINY
+from helpers import digit_data
 
 
 @pytest.mark.slow
@@ -73,7 +72,7 @@ def test_imported_onnx_backbone_trains_in_a_stage_with_freezing_by_name(tmp_path
         assert torch.allclose(network.pooled(batch), extractor.eval().pooled(batch), atol=1e-5)
     groups = network.param_groups()
     assert "stem" in groups and "blocks[0]" in groups
-    data = TaskData.load({"kind": "digits"}, {"labels_per_class": 40, "seed": 0})
+    data = digit_data(40)
     record = fit_stage(network, {"name": "task", "freeze": ["stem", "blocks[:2]"], "epochs": 3,
                                  "optimizer": {"lr": 0.01}}, data, folder=tmp_path / "0-task", image_size=32)
     frozen = set(network.select("stem", "blocks[:2]"))
@@ -97,15 +96,18 @@ def test_import_errors_name_the_file_and_tensor(tmp_path):
 
 def test_cli_export_errors_are_one_line(tmp_path):
     runner = CliRunner()
-    result = runner.invoke(app, ["export", TINY, "--weights", "none", "-o", str(tmp_path / "m.onnx"), "--format", "tflite"])
+    result = runner.invoke(app, ["export", TINY, "--weights", "none", "-o", str(tmp_path / "m.onnx"),
+                                 "--format", "tflite"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "--format 'tflite': expected one of onnx, keras" in result.output
-    result = runner.invoke(app, ["export", TINY, "--weights", "none", "-o", str(tmp_path / "m.txt"), "--format", "keras"])
+    result = runner.invoke(app, ["export", TINY, "--weights", "none", "-o", str(tmp_path / "m.txt"),
+                                 "--format", "keras"])
     assert result.exit_code == 2 and "Traceback" not in result.output and "m.txt" in result.output
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("onnx2tf") is None, reason='needs the keras extra: pip install "headstart[keras]"')
+@pytest.mark.skipif(importlib.util.find_spec("onnx2tf") is None,
+                    reason='needs the keras extra: pip install "headstart[keras]"')
 def test_keras_export_parity_within_1e4(tmp_path):
     # its own process: TensorFlow and torch share the process badly when torchvision is imported after TensorFlow
     path = tmp_path / "tiny.keras"

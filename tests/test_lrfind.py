@@ -10,16 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
+
 from headstart.cli import app
 from headstart.config import parse_run
 from headstart.errors import HeadstartError
 from headstart.lrfind import LRSweep, smooth, suggest, valley
-from headstart.stage import lr_find
-from headstart.structure import find_learning_rate
-from headstart.stage import StageRecord
-from headstart.structure import run
-from typer.testing import CliRunner
-
+from headstart.stage import StageRecord, lr_find
+from headstart.structure import find_learning_rate, run
 from helpers import digit_data, digit_network, digit_run
 
 
@@ -38,12 +36,15 @@ def _hashes(folder: Path) -> dict[str, str]:
             for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
-def _follows_the_valley_rule(sweep: LRSweep) -> None:
+def _follows_the_valley_rule(sweep: LRSweep, *, falls: bool = False) -> None:
     """The sweep's curve is the bias-corrected smoothing of its step losses; the rule read it from
     the end of the first tenth of the planned steps to five points before its end (or to its first
-    non-finite point); the suggestion is the rate at the index ``valley`` gives for that stretch and
+    non-finite point); the suggestion is the rate at the index ``valley`` gives for that stretch.
+
+    ``falls``: the curve really falls (a stage that trains the whole network), and the suggestion
     lies on the way down: at a rate no higher than that of the lowest smoothed loss (so below where
-    the loss turns up and diverges), with a loss below the one the stretch starts at."""
+    the loss turns up and diverges), with a loss below the one the stretch starts at. (A head on
+    frozen random features barely moves the loss: its curve is flat noise around log 10.)"""
     assert sweep.losses == pytest.approx(smooth(sweep.raw_losses))
     start, stop = sweep.window
     finite = [index for index, loss in enumerate(sweep.losses) if not math.isfinite(loss)]
@@ -51,8 +52,9 @@ def _follows_the_valley_rule(sweep: LRSweep) -> None:
     offset, _ = valley(sweep.losses[start:stop])
     suggested = start + offset
     assert sweep.suggestion == sweep.learning_rates[suggested]
-    lowest = min(range(start, stop), key=sweep.losses.__getitem__)
-    assert suggested <= lowest and sweep.losses[suggested] < sweep.losses[start], (suggested, lowest, sweep.losses)
+    if falls:
+        lowest = min(range(start, stop), key=sweep.losses.__getitem__)
+        assert suggested <= lowest and sweep.losses[suggested] < sweep.losses[start], (suggested, lowest, sweep.losses)
 
 
 def test_valley_is_half_way_down_the_longest_fall():
@@ -82,10 +84,11 @@ def test_a_stage_sweep_suggests_a_rate_inside_the_range_and_leaves_the_run_folde
     before = _hashes(result.folder)
     sweep = find_learning_rate(spec, "fine-tune", steps=40)
     assert _hashes(result.folder) == before  # not a file added, removed or changed
-    _follows_the_valley_rule(sweep)
+    _follows_the_valley_rule(sweep, falls=True)
     # the rates grow exponentially from min_lr towards max_lr, one rate per step of the sweep
     assert sweep.learning_rates[0] == pytest.approx(sweep.min_lr) and sweep.learning_rates[-1] <= sweep.max_lr
-    ratios = [later / earlier for earlier, later in zip(sweep.learning_rates[1:], sweep.learning_rates[2:])]
+    rates = sweep.learning_rates
+    ratios = [later / earlier for earlier, later in zip(rates[1:], rates[2:], strict=False)]
     assert ratios == pytest.approx([(sweep.max_lr / sweep.min_lr) ** (1 / sweep.steps)] * len(ratios))
     assert len(sweep.losses) == len(sweep.raw_losses) == len(sweep.learning_rates)
     # the sweep trained the stage as fit_stage trains it: nothing frozen, BatchNorm training, not cached
@@ -115,7 +118,7 @@ def test_earlier_stages_must_have_run_or_run_in_a_temporary_folder(tmp_path):
     with pytest.raises(HeadstartError, match="earlier stage\\(s\\) head, not finished"):
         find_learning_rate(spec, "fine-tune", steps=30)
     sweep = find_learning_rate(spec, "fine-tune", steps=30, run_earlier=True)
-    _follows_the_valley_rule(sweep)
+    _follows_the_valley_rule(sweep, falls=True)
     assert not (tmp_path / "fresh").exists()  # the earlier stage trained in a temporary folder
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,17 +10,16 @@ import pytest
 from headstart.config import parse_run
 from headstart.errors import HeadstartError
 from headstart.structure import run
+from helpers import digit_run
 
 mlflow = pytest.importorskip("mlflow")
 
 
 def _spec(output: Path, **extra) -> dict:
-    return {"name": "tracked", "output": str(output), "progress": False, "loggers": ["csv", "mlflow"], **extra,
-            "data": {"source": {"kind": "digits"}, "splits": {"labels_per_class": 10}},
-            "model": {"name": "test_resnet", "weights": None, "image_size": 16},
-            "stages": [{"name": "rotation", "data": "all", "pretext": {"name": "rotation"}, "epochs": 2,
-                        "batch_size": 64, "steps_per_epoch": 3},
-                       {"name": "task", "epochs": 3, "batch_size": 25, "optimizer": {"lr": 0.003}}]}
+    return digit_run(output, [{"name": "rotation", "data": "all", "pretext": {"name": "rotation"}, "epochs": 2,
+                               "batch_size": 64, "steps_per_epoch": 3},
+                              {"name": "task", "epochs": 3, "batch_size": 25, "optimizer": {"lr": 0.003}}],
+                     name="tracked", loggers=["csv", "mlflow"], **extra)
 
 
 def test_a_file_store_beside_the_run_holds_one_run_per_stage_with_metrics_params_and_artifacts(tmp_path):
@@ -75,9 +75,7 @@ def test_mlflow_settings_are_checked(tmp_path):
 
 
 def test_without_mlflow_installed_the_run_says_how_to_install_it_before_writing(tmp_path, monkeypatch):
-    import headstart.engine.tracking as tracking
-
-    monkeypatch.setattr(tracking, "find_spec", lambda name: None)
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if not installed: importlib finds no spec, import fails
     with pytest.raises(HeadstartError) as caught:
         run(parse_run(_spec(tmp_path / "none")))
     assert 'pip install "headstart[mlflow]"' in str(caught.value) and "\n" not in str(caught.value)

@@ -14,16 +14,12 @@ from headstart import zoo
 from headstart.errors import HeadstartError
 from headstart.heads import HeadSpec
 from headstart.preprocess import decode_predictions, normalize, preprocess_input
+from helpers import CATS
+from helpers import TINY_EFFICIENTNET as TINY
 
-CATS = {"tabby, tabby cat", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat, Siamese"}
 EXPECTED = {"chelsea": CATS, "coffee": {"espresso"}, "rocket": {"missile", "projectile, missile"}}
 LITE0_PARAMETERS = 4_652_008
 LITE0_CLASSIFIER = 1280 * 1000 + 1000
-
-
-@pytest.fixture(scope="module")
-def lite0():
-    return zoo.load("EfficientNetLite0")
 
 
 def _top1(network, images) -> list[str]:
@@ -33,7 +29,7 @@ def _top1(network, images) -> list[str]:
 
 def test_pretrained_lite0_recognises_the_sample_images(lite0, sample_images):
     names = list(EXPECTED)
-    for name, label in zip(names, _top1(lite0, [sample_images[name] for name in names])):
+    for name, label in zip(names, _top1(lite0, [sample_images[name] for name in names]), strict=True):
         assert label in EXPECTED[name], (name, label)
 
 
@@ -100,8 +96,9 @@ def test_trainable_counts_before_and_after_freezing_the_backbone():
     assert f"Non-trainable params: {LITE0_PARAMETERS - LITE0_CLASSIFIER:,}" in report
     assert network.preview_freeze("backbone") == []
     network.unfreeze("blocks[-1]")
+    last_block = network.param_groups()["blocks[15]"]
     assert trainable() == LITE0_CLASSIFIER + sum(
-        parameter.numel() for name, parameter in network.named_parameters() if name in network.param_groups()["blocks[15]"]
+        parameter.numel() for name, parameter in network.named_parameters() if name in last_block
     )
 
 
@@ -160,9 +157,6 @@ def test_without_the_frozen_policy_the_statistics_do_drift(seeded):
     assert network.bn_policy == "train" and network.bn_selectors == ()
 
 
-TINY = "test_efficientnet"
-
-
 def test_bn_policy_survives_train_and_can_be_lifted():
     network = zoo.load(TINY, weights=None, include_top=False, head=HeadSpec(hidden=[8], batch_norm=True, outputs=2))
     names = network.set_bn_policy("frozen", selectors=("stem",))
@@ -191,7 +185,8 @@ def test_param_groups_partition_the_parameters_and_name_selectors():
     assert sorted(everything) == sorted(name for name, _ in network.named_parameters())
     assert len(everything) == len(set(everything))
     assert network.select("blocks[:2]") == groups["blocks[0]"] + groups["blocks[1]"]
-    assert network.select("stem") == groups["stem"] == ["backbone.conv_stem.weight", "backbone.bn1.weight", "backbone.bn1.bias"]
+    stem = ["backbone.conv_stem.weight", "backbone.bn1.weight", "backbone.bn1.bias"]
+    assert network.select("stem") == groups["stem"] == stem
     stages = network.select("stages[:2]")
     assert stages and {name.split(".")[2] for name in stages} == {"0", "1"}
     assert network.select("re:^head\\.") == groups["head"]
@@ -219,7 +214,8 @@ def test_replace_head_with_labels_decodes_to_them():
     logits = network(torch.randn(2, 3, 64, 64))
     decoded = network.decode(logits, top=2)
     assert len(decoded) == 2 and {label for label, _ in decoded[0]} <= {"rot=0", "rot=90", "rot=180"}
-    assert torch.allclose(network.predict(torch.zeros(1, 3, 64, 64)), torch.sigmoid(network.eval()(torch.zeros(1, 3, 64, 64))))
+    black = torch.zeros(1, 3, 64, 64)
+    assert torch.allclose(network.predict(black), torch.sigmoid(network.eval()(black)))
     with pytest.raises(HeadstartError, match="2 labels for a head of 3 outputs"):
         network.replace_head(HeadSpec(outputs=3), labels=["a", "b"])
     custom = nn.Linear(network.num_features, 4)

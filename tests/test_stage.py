@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from headstart.config import StageSpec
 from headstart.data import SourceSpec, TaskData, from_arrays, load_digits, make_splits
@@ -23,9 +20,7 @@ from headstart.engine.passes import network_input
 from headstart.errors import HeadstartError
 from headstart.heads import HeadSpec
 from headstart.stage import Interrupted, StageRecord, TrainerOptions, fit_stage
-from headstart.zoo import load
-
-DIGITS = [str(digit) for digit in range(10)]
+from helpers import DIGITS, ctrl_c_at_epoch, digit_data, digit_network, grey_image
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +30,7 @@ def digit_folder(tmp_path_factory) -> Path:
     digits = load_digits()
     pixels, labels = digits.as_tensors()
     for index in range(600):
-        image = Image.fromarray((pixels[index, 0].numpy() * 255).round().astype(np.uint8)).resize((24, 24))
+        image = grey_image(pixels[index, 0]).resize((24, 24))
         folder = root / DIGITS[int(labels[index])]
         folder.mkdir(exist_ok=True)
         image.save(folder / f"{index:04d}.{'png' if index % 2 else 'jpg'}", quality=95)
@@ -47,14 +42,9 @@ def _folder_data(root: Path, **source) -> TaskData:
                          {"labels_per_class": 30, "seed": 0})
 
 
-def _network(seed: int = 0):
-    torch.manual_seed(seed)
-    return load("test_resnet", weights=None, include_top=False, in_chans=1)
-
-
 def test_freeze_fit_unfreeze_fit_in_a_few_lines_with_typed_records(tmp_path):
-    data = TaskData.load({"kind": "digits"}, {"labels_per_class": 40, "seed": 0})
-    network = _network()
+    data = digit_data(40)
+    network = digit_network()
     head = fit_stage(network, {"name": "head", "freeze": ["backbone"], "epochs": 4, "optimizer": {"lr": 0.01}},
                      data, folder=tmp_path / "0-head", image_size=16)
     tune = fit_stage(network, {"name": "fine-tune", "epochs": 6, "batch_size": 25, "optimizer": {"lr": 0.003}},
@@ -74,14 +64,15 @@ def test_freeze_fit_unfreeze_fit_in_a_few_lines_with_typed_records(tmp_path):
 
 def test_a_stage_without_a_folder_keeps_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    record = fit_stage(_network(), StageSpec(name="task", epochs=1), TaskData.load({"kind": "digits"}), image_size=16)
+    record = fit_stage(digit_network(), StageSpec(name="task", epochs=1), TaskData.load({"kind": "digits"}),
+                       image_size=16)
     assert record.folder is None and record.steps > 0
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_folder_of_files_is_streamed_and_trains_exactly_as_in_memory(digit_folder, tmp_path):
     stage = StageSpec(name="task", epochs=3, batch_size=20, augment="crop", optimizer={"lr": 0.003})
-    streamed_network, held_network = _network(1), _network(1)
+    streamed_network, held_network = digit_network(1), digit_network(1)
     streamed = fit_stage(streamed_network, stage, _folder_data(digit_folder), folder=tmp_path / "stream",
                          image_size=16, options=TrainerOptions(num_workers=2))
     held = fit_stage(held_network, stage, _folder_data(digit_folder), folder=tmp_path / "memory", image_size=16,
@@ -105,7 +96,7 @@ def test_streaming_never_decodes_more_than_a_batch_at_once(digit_folder, tmp_pat
 
     monkeypatch.setattr(FileStore, "pixels", watched)
     data = _folder_data(digit_folder)
-    record = fit_stage(_network(), StageSpec(name="task", epochs=1, batch_size=16), data, folder=tmp_path / "s",
+    record = fit_stage(digit_network(), StageSpec(name="task", epochs=1, batch_size=16), data, folder=tmp_path / "s",
                        image_size=16, options=TrainerOptions(num_workers=0))
     assert record.data.residency == "stream"
     assert largest and max(largest) <= 256  # training batches of 16, validation batches of 256
@@ -113,7 +104,7 @@ def test_streaming_never_decodes_more_than_a_batch_at_once(digit_folder, tmp_pat
 
 
 def test_a_cached_head_stage_streams_its_features_once(digit_folder, tmp_path):
-    network = _network()
+    network = digit_network()
     record = fit_stage(network, StageSpec(name="head", freeze=["backbone"], epochs=2), _folder_data(digit_folder),
                        folder=tmp_path / "head", image_size=16, options=TrainerOptions(num_workers=1))
     assert record.cached_features and record.data.residency == "stream"
@@ -128,7 +119,7 @@ def test_a_file_that_breaks_while_streaming_is_named(digit_folder, tmp_path):
     victim = Path(data.split("train").describe(3))
     victim.write_bytes(victim.read_bytes()[:40])  # truncated after the header was checked
     with pytest.raises(HeadstartError) as caught:
-        fit_stage(_network(), StageSpec(name="task", epochs=1), data, folder=tmp_path / "bad", image_size=16,
+        fit_stage(digit_network(), StageSpec(name="task", epochs=1), data, folder=tmp_path / "bad", image_size=16,
                   options=TrainerOptions(num_workers=1))
     assert str(victim) in str(caught.value) and "Traceback" not in str(caught.value)
     assert not (tmp_path / "bad" / "stage.json").exists()
@@ -152,10 +143,11 @@ def test_loss_at_init_is_log_of_the_class_count_on_a_real_head():
     images, labels = load_digits().as_tensors()
     losses = []
     for seed in range(3):
-        network = _network(seed)
+        network = digit_network(seed)
         network.replace_head(HeadSpec(outputs=10), labels=DIGITS)
         with torch.no_grad():
-            losses.append(F.cross_entropy(network(network_input(network, images[:256], 16, "cpu")), labels[:256]).item())
+            logits = network(network_input(network, images[:256], 16, "cpu"))
+            losses.append(F.cross_entropy(logits, labels[:256]).item())
     assert abs(np.mean(losses) - math.log(10)) < 0.15, losses
 
 
@@ -164,7 +156,7 @@ def test_one_batch_can_be_overfit(tmp_path):
     one_batch = from_arrays(images[:20].numpy(), labels[:20].numpy(), class_names=DIGITS)
     splits = make_splits(one_batch, test_fraction=0.0001, val_fraction=0.0, seed=0)
     splits.train = one_batch  # every one of the 20 images, in one batch
-    record = fit_stage(_network(), StageSpec(name="overfit", epochs=60, batch_size=20, optimizer={"lr": 0.01}),
+    record = fit_stage(digit_network(), StageSpec(name="overfit", epochs=60, batch_size=20, optimizer={"lr": 0.01}),
                        splits, folder=tmp_path / "o", image_size=16)
     assert record.history[-1]["train_accuracy"] == 1.0
     assert record.step_losses[-1] < 0.05 < 2.0 < record.step_losses[0]
@@ -172,28 +164,12 @@ def test_one_batch_can_be_overfit(tmp_path):
 
 def test_ctrl_c_from_python_raises_interrupted_and_resume_finishes(tmp_path):
     """Lightning answers Ctrl+C with sys.exit(1) from inside fit(); a stage raises Interrupted instead."""
-    from lightning.pytorch.callbacks import Callback
-
-    class CtrlCAtSecondEpoch(Callback):
-        def on_train_epoch_start(self, trainer, pl_module):
-            if trainer.current_epoch == 1:
-                os.kill(os.getpid(), signal.SIGINT)
-
-    import headstart.stage as stage_module
-
-    data = TaskData.load({"kind": "digits"}, {"labels_per_class": 20})
+    data = digit_data(20)
     spec = StageSpec(name="task", epochs=3, batch_size=25)
-    original = stage_module._trainer
-    stage_module._trainer = lambda options, stage, folder, callbacks: original(options, stage, folder,
-                                                                               [*callbacks, CtrlCAtSecondEpoch()])
-    try:
-        with pytest.raises(Interrupted, match="interrupted during stage 'task'"):
-            fit_stage(_network(), spec, data, folder=tmp_path / "t", image_size=16)
-    finally:
-        stage_module._trainer = original
+    with pytest.raises(Interrupted, match="interrupted during stage 'task'"):
+        fit_stage(digit_network(), spec, data, folder=tmp_path / "t", image_size=16, callbacks=[ctrl_c_at_epoch(1)])
     assert (tmp_path / "t" / "last.ckpt").is_file() and not (tmp_path / "t" / "stage.json").exists()
-    network = _network()
-    record = fit_stage(network, spec, data, folder=tmp_path / "t", image_size=16, resume=True)
+    record = fit_stage(digit_network(), spec, data, folder=tmp_path / "t", image_size=16, resume=True)
     assert [row["epoch"] for row in record.history] == [0, 1, 2]
 
 
@@ -213,7 +189,7 @@ def test_the_schedule_is_an_array_of_the_planned_length():
 
 
 def test_a_damaged_stage_record_is_refused_naming_the_file(tmp_path):
-    record = fit_stage(_network(), StageSpec(name="task", epochs=1), TaskData.load({"kind": "digits"}),
+    record = fit_stage(digit_network(), StageSpec(name="task", epochs=1), TaskData.load({"kind": "digits"}),
                        folder=tmp_path / "s", image_size=16)
     path = tmp_path / "s" / "stage.json"
     payload = json.loads(path.read_text())
@@ -234,8 +210,8 @@ def test_a_damaged_stage_record_is_refused_naming_the_file(tmp_path):
     ({"options": 4}, "options is a int"),
 ])
 def test_fit_stage_names_the_argument_a_user_got_wrong(tmp_path, arguments, named):
-    call = {"network": _network(), "stage": {"name": "task", "epochs": 1}, "data": TaskData.load({"kind": "digits"}),
-            "image_size": 16, **arguments}
+    call = {"network": digit_network(), "stage": {"name": "task", "epochs": 1},
+            "data": TaskData.load({"kind": "digits"}), "image_size": 16, **arguments}
     with pytest.raises(HeadstartError) as caught:
         fit_stage(call.pop("network"), call.pop("stage"), call.pop("data"), folder=tmp_path / "s", **call)
     assert named in str(caught.value)
@@ -245,6 +221,7 @@ def test_fit_stage_names_the_argument_a_user_got_wrong(tmp_path, arguments, name
 def test_header_verification_decodes_no_image_before_training(digit_folder, monkeypatch):
     decoded = []
     original = FileStore.decode
-    monkeypatch.setattr(FileStore, "decode", lambda store, position: decoded.append(position) or original(store, position))
+    monkeypatch.setattr(FileStore, "decode",
+                        lambda store, position: decoded.append(position) or original(store, position))
     data = _folder_data(digit_folder, verify="header")
     assert len(data.split("train")) == 300 and decoded == []

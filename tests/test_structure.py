@@ -18,6 +18,7 @@ from headstart.checkpoint import load_network, load_weights
 from headstart.config import load_run_file, parse_run
 from headstart.errors import HeadstartError
 from headstart.structure import run
+from helpers import digit_run
 
 THREE_STAGES = """
 name: three-stages
@@ -62,7 +63,7 @@ def test_three_stage_yaml_run_end_to_end(tmp_path):
     # the pretext head is replaced by a 10-class head; only the head is re-initialised
     assert rotation.handover.head == "new rotation pretext head"
     assert head.handover.head == "new task head"
-    assert all(name.startswith("head.") for name in head.handover.reinitialised)
+    assert head.handover.reinitialised and all(name.startswith("head.") for name in head.handover.reinitialised)
     assert fine_tune.handover.head == "kept"
     # whole backbone frozen + BN frozen + no augmentation → features computed once
     assert head.cached_features and not fine_tune.cached_features
@@ -85,17 +86,12 @@ def test_three_stage_yaml_run_end_to_end(tmp_path):
 
 
 def test_frozen_parameters_and_bn_statistics_stay_fixed_through_a_lightning_stage(tmp_path):
-    spec = parse_run({
-        "seed": 1, "output": str(tmp_path / "frozen"), "progress": False,
-        "data": {"source": {"kind": "digits"}, "splits": {"labels_per_class": 10}},
-        "model": {"name": "test_resnet", "weights": None, "image_size": 16},
-        "stages": [
-            {"name": "warm", "epochs": 1, "batch_size": 32},
-            # augmentation stops feature caching, so the backbone really runs in every step
-            {"name": "frozen", "freeze": ["backbone"], "bn_policy": "frozen", "augment": "flip", "epochs": 2,
-             "batch_size": 32, "optimizer": {"lr": 0.05}},
-        ],
-    })
+    spec = parse_run(digit_run(tmp_path / "frozen", [
+        {"name": "warm", "epochs": 1, "batch_size": 32},
+        # augmentation stops feature caching, so the backbone really runs in every step
+        {"name": "frozen", "freeze": ["backbone"], "bn_policy": "frozen", "augment": "flip", "epochs": 2,
+         "batch_size": 32, "optimizer": {"lr": 0.05}},
+    ], seed=1))
     before: dict[str, torch.Tensor] = {}
 
     def remember(stage_result):
@@ -115,13 +111,9 @@ def test_frozen_parameters_and_bn_statistics_stay_fixed_through_a_lightning_stag
 
 def test_cached_head_stage_matches_uncached(tmp_path):
     def head_weights(cache: bool) -> dict[str, torch.Tensor]:
-        spec = parse_run({
-            "seed": 2, "output": str(tmp_path / f"cache-{cache}"), "progress": False,
-            "data": {"source": {"kind": "digits"}, "splits": {"labels_per_class": 15}},
-            "model": {"name": "test_resnet", "weights": None, "image_size": 16},
-            "stages": [{"name": "head", "freeze": ["backbone"], "epochs": 3, "batch_size": 30,
-                        "cache_features": cache}],
-        })
+        spec = parse_run(digit_run(tmp_path / f"cache-{cache}", [
+            {"name": "head", "freeze": ["backbone"], "epochs": 3, "batch_size": 30, "cache_features": cache}],
+            labels_per_class=15, seed=2))
         result = run(spec)
         assert result.stages[0].cached_features is cache
         return {k: v for k, v in result.network.state_dict().items() if k.startswith("head.")}
@@ -132,12 +124,8 @@ def test_cached_head_stage_matches_uncached(tmp_path):
 
 
 def test_metrics_go_to_csv_and_tensorboard_logs(tmp_path):
-    spec = parse_run({
-        "output": str(tmp_path / "logs"), "progress": False, "loggers": ["csv", "tensorboard"],
-        "data": {"source": {"kind": "digits"}, "splits": {"labels_per_class": 10}},
-        "model": {"name": "test_resnet", "weights": None, "image_size": 16},
-        "stages": [{"name": "task", "epochs": 2, "batch_size": 25}],
-    })
+    spec = parse_run(digit_run(tmp_path / "logs", [{"name": "task", "epochs": 2, "batch_size": 25}],
+                               loggers=["csv", "tensorboard"]))
     result = run(spec)
     folder = result.folder / "0-task"
     rows = (folder / "metrics.csv").read_text().splitlines()
@@ -151,9 +139,8 @@ def test_metrics_go_to_csv_and_tensorboard_logs(tmp_path):
 
 
 def test_tensorboard_without_its_package_fails_before_writing(tmp_path, monkeypatch):
-    import headstart.structure as structure
-
-    monkeypatch.setattr(structure, "find_spec", lambda name: None)
+    for package in ("tensorboard", "tensorboardX"):  # as if not installed: importlib finds no spec, import fails
+        monkeypatch.setitem(sys.modules, package, None)
     spec = parse_run({
         "output": str(tmp_path / "nolog"), "progress": False, "loggers": ["tensorboard"],
         "data": {"source": {"kind": "digits"}}, "model": {"name": "test_resnet", "image_size": 16},

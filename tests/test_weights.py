@@ -20,8 +20,7 @@ from headstart.weights import (
     rename_by_order,
     torchvision_state_dict,
 )
-
-TINY = "test_efficientnet"  # timm's 356k-parameter test model
+from helpers import TINY_EFFICIENTNET as TINY
 
 
 class _Payload:
@@ -182,9 +181,13 @@ def test_torchvision_weights_offline_without_cache(monkeypatch, tmp_path):
     from torchvision.models import SqueezeNet1_1_Weights
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    with pytest.raises(HeadstartError, match=r"SqueezeNet: ImageNet weights are not in .*squeezenet1_1-.*\.pth"):
-        torchvision_state_dict(SqueezeNet1_1_Weights.IMAGENET1K_V1, "SqueezeNet")
+    previous = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path))  # an empty cache
+    try:
+        with pytest.raises(HeadstartError, match=r"SqueezeNet: ImageNet weights are not in .*squeezenet1_1-.*\.pth"):
+            torchvision_state_dict(SqueezeNet1_1_Weights.IMAGENET1K_V1, "SqueezeNet")
+    finally:
+        torch.hub.set_dir(previous)
 
 
 def test_lite0_package_weights_map_in_order_onto_timm():

@@ -13,8 +13,7 @@ from torch import nn
 from headstart import zoo
 from headstart.errors import HeadstartError
 from headstart.heads import DenseHead, HeadSpec
-
-TINY = "test_efficientnet"  # timm's 356k-parameter test model, 160×160 input
+from helpers import TINY_EFFICIENTNET as TINY
 
 KERAS_PARAMETERS_MILLIONS = {
     # "Parameters" column of the Keras applications table (keras.io/api/applications). Keras also
@@ -78,11 +77,6 @@ def test_unknown_name_suggests_close_matches():
         zoo.resolve("InceptonV3")
     with pytest.raises(HeadstartError, match="did you mean.*EfficientNetB0"):
         zoo.load("EfficentNetB0", weights=None)
-
-
-@pytest.fixture(scope="module")
-def lite0():
-    return zoo.load("EfficientNetLite0")
 
 
 def test_include_top_keeps_the_pretrained_classifier_and_labels(lite0):

@@ -50,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from torch import nn
 
 from headstart.errors import HeadstartError
+from headstart.modes import evaluating
 from headstart.validation import validate
 
 PoolingMode = Literal["avg", "max", "flatten", "none"]
@@ -267,3 +268,36 @@ class GlobalPooling(nn.Module):
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}"
+
+
+def check_head_module(head: nn.Module, in_features: int, labels: list[str] | None, *, reads: str) -> None:
+    """Run a custom ``head`` once on zeros ``[2, in_features]`` in evaluation mode and refuse it
+    (a :class:`HeadstartError` saying what it ``reads``) when it fails, returns anything but logits
+    ``[batch, outputs]``, or has an output count that does not fit ``labels`` (one per label, or one
+    sigmoid output for two)."""
+    parameter = next(head.parameters(), None)
+    probe = torch.zeros(
+        2,
+        in_features,
+        device=parameter.device if parameter is not None else "cpu",
+        dtype=parameter.dtype if parameter is not None and parameter.is_floating_point() else None,
+    )
+    try:
+        with evaluating(head):
+            outputs = head(probe)
+    except (RuntimeError, ValueError, TypeError, IndexError) as error:
+        raise HeadstartError(
+            f"replace_head: the head cannot read this network's features, [batch, {in_features}] ({reads}): "
+            f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
+        ) from None
+    if not isinstance(outputs, torch.Tensor) or outputs.ndim != 2:
+        shape = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
+        raise HeadstartError(
+            f"replace_head: the head returns {shape} for [2, {in_features}] features; expected logits [batch, outputs]"
+        )
+    count = outputs.shape[1]
+    if labels is not None and not outputs_fit_labels(count, labels):
+        raise HeadstartError(
+            f"replace_head: {len(labels)} labels for a head of {count} outputs, expected as many "
+            "(or one sigmoid output for two labels)"
+        )

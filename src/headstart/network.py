@@ -41,9 +41,9 @@ from headstart.heads import (
     OutputKind,
     PoolingMode,
     build_head,
+    check_head_module,
     head_spec_from_mapping,
     output_kind,
-    outputs_fit_labels,
     to_probabilities,
 )
 from headstart.imageops import ResizeMode, convert_channels, normalize
@@ -235,39 +235,9 @@ class Network(nn.Module):
                 "many (or one sigmoid output for two labels)"
             )
         if not isinstance(spec, HeadSpec) and (self.include_top or self.pooling != "none"):
-            self._try_head(head, labels)
+            reads = "the classifier outputs" if self.include_top else f"{self.pooling}-pooled features"
+            check_head_module(head, self.head_in_features, labels, reads=reads)
         return self._install_head(head, labels)
-
-    def _try_head(self, head: nn.Module, labels: list[str] | None) -> None:
-        """Run a custom ``head`` once on zeros ``[2, head_in_features]``; refuse it if that fails."""
-        parameter = next(head.parameters(), None)
-        probe = torch.zeros(
-            2,
-            self.head_in_features,
-            device=parameter.device if parameter is not None else "cpu",
-            dtype=parameter.dtype if parameter is not None and parameter.is_floating_point() else None,
-        )
-        try:
-            with evaluating(head):
-                outputs = head(probe)
-        except (RuntimeError, ValueError, TypeError, IndexError) as error:
-            raise HeadstartError(
-                f"replace_head: the head cannot read this network's features, [batch, {self.head_in_features}] "
-                f"({'the classifier outputs' if self.include_top else f'{self.pooling}-pooled features'}): "
-                f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
-            ) from None
-        if not isinstance(outputs, torch.Tensor) or outputs.ndim != 2:
-            shape = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
-            raise HeadstartError(
-                f"replace_head: the head returns {shape} for [2, {self.head_in_features}] features; "
-                "expected logits [batch, outputs]"
-            )
-        count = outputs.shape[1]
-        if labels is not None and not outputs_fit_labels(count, labels):
-            raise HeadstartError(
-                f"replace_head: {len(labels)} labels for a head of {count} outputs, expected as many "
-                "(or one sigmoid output for two labels)"
-            )
 
     def _install_head(self, head: nn.Module, labels: list[str] | None) -> nn.Module:
         self.head = head
