@@ -8,7 +8,7 @@ Alternating A B A B … and keeping the best of each spreads such load over both
 from __future__ import annotations
 
 import gc
-from typing import Callable
+from collections.abc import Callable
 
 
 def alternate(sides: dict[str, Callable[[], dict]], repeats: int, *, key: str = "images_per_second") -> dict[str, dict]:
@@ -22,8 +22,11 @@ def alternate(sides: dict[str, Callable[[], dict]], repeats: int, *, key: str = 
             result = side()
             gc.collect()
             extra = f"  residency {result['residency']}" if "residency" in result else ""
-            print(f"  run {repeat + 1}/{repeats}  {name:<10} {result[key]:8.1f} {key.replace('_', ' ')}  "
-                  f"({result['seconds']:6.2f} s){extra}", flush=True)
+            print(
+                f"  run {repeat + 1}/{repeats}  {name:<10} {result[key]:8.1f} {key.replace('_', ' ')}  "
+                f"({result['seconds']:6.2f} s){extra}",
+                flush=True,
+            )
             if name not in best or result[key] > best[name][key]:
                 best[name] = result
     return best

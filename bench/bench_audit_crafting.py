@@ -51,13 +51,22 @@ def main() -> None:
 
         return run
 
-    print(f"EfficientNet-Lite0 (public ImageNet weights), {args.image_size} px, {args.neurons} neurons, "
-          f"{args.steps} steps, {args.threads} threads, torch {torch.__version__}, {platform.processor() or platform.machine()}")
-    best = alternate({f"batch {args.batch_size}": side(args.batch_size), "one at a time": side(1)}, args.repeats,
-                     key="crafted_per_second")
+    print(
+        f"EfficientNet-Lite0 (public ImageNet weights), {args.image_size} px, {args.neurons} neurons, "
+        f"{args.steps} steps, {args.threads} threads, torch {torch.__version__}, "
+        f"{platform.processor() or platform.machine()}"
+    )
+    best = alternate(
+        {f"batch {args.batch_size}": side(args.batch_size), "one at a time": side(1)},
+        args.repeats,
+        key="crafted_per_second",
+    )
     batched, single = best[f"batch {args.batch_size}"], best["one at a time"]
-    print(f"batched: {batched['crafted_per_second']:.2f} crafted inputs/s, one at a time: "
-          f"{single['crafted_per_second']:.2f} crafted inputs/s, ratio {batched['crafted_per_second'] / single['crafted_per_second']:.1f}x")
+    print(
+        f"batched: {batched['crafted_per_second']:.2f} crafted inputs/s, one at a time: "
+        f"{single['crafted_per_second']:.2f} crafted inputs/s, "
+        f"ratio {batched['crafted_per_second'] / single['crafted_per_second']:.1f}x"
+    )
     minutes = 1280 * (49 / args.steps) / batched["crafted_per_second"] / 60
     print(f"the whole layer (1280 neurons, 49 steps) batched: about {minutes:.0f} min")
 

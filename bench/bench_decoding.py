@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _alternate import alternate
 from PIL import Image
 
+from _alternate import alternate
 from headstart.data import SourceSpec, load_source
 from headstart.data.dataset import decode_file
 from headstart.data.images import read_image
@@ -42,9 +42,11 @@ def draft(path: Path) -> None:
     reduced = lambda: decode_file(path, 224, 3)  # noqa: E731
     best = alternate({"full": lambda: timed(full), "draft": lambda: timed(reduced)}, 2, key="per_second")
     difference = np.abs(full().astype(float) - reduced().permute(1, 2, 0).numpy().astype(float)).mean()
-    print(f"4000x3000 JPEG for 224 px: full decode {best['full']['seconds'] * 1000:.0f} ms, "
-          f"draft {best['draft']['seconds'] * 1000:.0f} ms ({best['full']['seconds'] / best['draft']['seconds']:.1f}x); "
-          f"mean difference {difference:.2f} grey levels")
+    print(
+        f"4000x3000 JPEG for 224 px: full decode {best['full']['seconds'] * 1000:.0f} ms, "
+        f"draft {best['draft']['seconds'] * 1000:.0f} ms ({best['full']['seconds'] / best['draft']['seconds']:.1f}x); "
+        f"mean difference {difference:.2f} grey levels"
+    )
 
 
 def verification(folder: Path) -> None:

@@ -26,8 +26,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 
-MODELS = ["EfficientNetLite0", "ResNet50", "MobileNetV2", "MobileNetV3Small", "DenseNet121", "SqueezeNet",
-          "InceptionV3", "vit_tiny_patch16_224"]
+MODELS = [
+    "EfficientNetLite0",
+    "ResNet50",
+    "MobileNetV2",
+    "MobileNetV3Small",
+    "DenseNet121",
+    "SqueezeNet",
+    "InceptionV3",
+    "vit_tiny_patch16_224",
+]
 
 
 def _onnx2tf(network, batch):
@@ -44,8 +52,9 @@ def _nobuco(network, batch):
     import nobuco
     from nobuco import ChannelOrder
 
-    keras_model = nobuco.pytorch_to_keras(network, args=[batch], inputs_channel_order=ChannelOrder.TENSORFLOW,
-                                          outputs_channel_order=ChannelOrder.PYTORCH)
+    keras_model = nobuco.pytorch_to_keras(
+        network, args=[batch], inputs_channel_order=ChannelOrder.TENSORFLOW, outputs_channel_order=ChannelOrder.PYTORCH
+    )
     output = np.asarray(keras_model(batch.permute(0, 2, 3, 1).numpy()))
     with torch.no_grad():
         reference = network(batch).numpy()
@@ -57,10 +66,11 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=MODELS)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    from headstart.interop import sample_batch  # before TensorFlow: torchvision imported after it segfaults
-    from headstart.zoo import load
     import timm.models  # noqa: F401
     import torchvision.models  # noqa: F401
+
+    from headstart.interop import sample_batch  # before TensorFlow: torchvision imported after it segfaults
+    from headstart.zoo import load
 
     converters = {}
     for name, convert in (("onnx2tf", _onnx2tf), ("nobuco", _nobuco)):

@@ -65,8 +65,12 @@ def main() -> None:
         images_hwc = images.permute(0, 2, 3, 1).contiguous().numpy()
         generator = torch.Generator().manual_seed(0)
         rng = np.random.default_rng(0)
-        loop_rate = best_rate(lambda: listing_2_20(images_hwc, rng), count, arguments.repeats)
-        batched_rate = best_rate(lambda: task.alter(images, generator), count, arguments.repeats)
+        loop_rate = best_rate(
+            lambda images_hwc=images_hwc, rng=rng: listing_2_20(images_hwc, rng), count, arguments.repeats
+        )
+        batched_rate = best_rate(
+            lambda images=images, generator=generator: task.alter(images, generator), count, arguments.repeats
+        )
         print(f"{side:>5} {count:>7} {loop_rate:>21,.0f} {batched_rate:>14,.0f} {batched_rate / loop_rate:>7.1f}x")
 
 

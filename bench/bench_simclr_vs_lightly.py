@@ -47,13 +47,14 @@ def _features(embed, images: torch.Tensor) -> torch.Tensor:
     out = []
     with torch.no_grad():
         for start in range(0, len(images), 500):
-            out.append(embed(images[start:start + 500]))
+            out.append(embed(images[start : start + 500]))
     return torch.cat(out)
 
 
 def _knn(embed, bank, bank_labels, queries, query_labels) -> float:
-    return float(knn_probe(_features(embed, bank), bank_labels, _features(embed, queries), query_labels, k=20,
-                           temperature=0.07))
+    return float(
+        knn_probe(_features(embed, bank), bank_labels, _features(embed, queries), query_labels, k=20, temperature=0.07)
+    )
 
 
 def _split_images(data: TaskData, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,12 +70,25 @@ def headstart_side(data: TaskData, epochs: int, seed: int, probe_sets) -> dict:
 
     torch.manual_seed(seed)
     network = load(MODEL, weights=None, include_top=False, in_chans=3)
-    stage = {"name": "simclr", "data": "all", "pretext": {"name": "simclr"}, "epochs": epochs, "batch_size": BATCH,
-             "optimizer": {"name": "sgd", "lr": LR, "momentum": 0.9}}
+    stage = {
+        "name": "simclr",
+        "data": "all",
+        "pretext": {"name": "simclr"},
+        "epochs": epochs,
+        "batch_size": BATCH,
+        "optimizer": {"name": "sgd", "lr": LR, "momentum": 0.9},
+    }
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
-        fit_stage(network, stage, data, folder=Path(folder) / "simclr", seed=seed, image_size=SIZE,
-                  options={"progress": False})
+        fit_stage(
+            network,
+            stage,
+            data,
+            folder=Path(folder) / "simclr",
+            seed=seed,
+            image_size=SIZE,
+            options={"progress": False},
+        )
     seconds = time.perf_counter() - started
     network.eval()
     encoder = network.encoder(SIZE)
@@ -106,8 +120,14 @@ def lightly_side(data: TaskData, epochs: int, seed: int, probe_sets) -> dict:
         def __getitem__(self, index):
             return transform(Image.fromarray(pixels[index]).convert("RGB"))
 
-    loader = torch.utils.data.DataLoader(Views(), batch_size=BATCH, shuffle=True, drop_last=True, num_workers=0,
-                                         generator=torch.Generator().manual_seed(seed))
+    loader = torch.utils.data.DataLoader(
+        Views(),
+        batch_size=BATCH,
+        shuffle=True,
+        drop_last=True,
+        num_workers=0,
+        generator=torch.Generator().manual_seed(seed),
+    )
     criterion = NTXentLoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
     started = time.perf_counter()
@@ -143,9 +163,11 @@ def main() -> None:
     bank, bank_labels = _split_images(data, "train")
     queries, query_labels = _split_images(data, "test")
     probe_sets = (bank, bank_labels, queries, query_labels)
-    print(f"SimCLR, {MODEL} at {SIZE} px, {len(data.split('all'))} unlabelled digits, {args.epochs} epochs, "
-          f"batch {BATCH}, SGD {LR}; k-NN probe: {len(bank)} labelled bank, {len(queries)} test queries; "
-          f"{args.threads} thread(s)")
+    print(
+        f"SimCLR, {MODEL} at {SIZE} px, {len(data.split('all'))} unlabelled digits, {args.epochs} epochs, "
+        f"batch {BATCH}, SGD {LR}; k-NN probe: {len(bank)} labelled bank, {len(queries)} test queries; "
+        f"{args.threads} thread(s)"
+    )
     results: dict[str, list[dict]] = {"headstart": [], "lightly": []}
     sides = {"headstart": headstart_side, "lightly": lightly_side}
     for number, seed in enumerate(args.seeds):
@@ -153,13 +175,19 @@ def main() -> None:
         for name in order:
             result = sides[name](data, args.epochs, seed, probe_sets)
             results[name].append(result)
-            print(f"  seed {seed}  {name:<9}  {result['images_per_second']:7.1f} images/s  ({result['seconds']:6.1f} s)"
-                  f"  k-NN {result['knn']:.3f}", flush=True)
+            print(
+                f"  seed {seed}  {name:<9}  {result['images_per_second']:7.1f} images/s  ({result['seconds']:6.1f} s)"
+                f"  k-NN {result['knn']:.3f}",
+                flush=True,
+            )
     for name, runs in results.items():
-        print(f"{name:<9}  images/s {_spread([r['images_per_second'] for r in runs])}  "
-              f"k-NN {_spread([r['knn'] for r in runs])}")
-    speed = [h["images_per_second"] / l["images_per_second"] for h, l in zip(results["headstart"], results["lightly"])]
-    knn = [h["knn"] - l["knn"] for h, l in zip(results["headstart"], results["lightly"])]
+        print(
+            f"{name:<9}  images/s {_spread([r['images_per_second'] for r in runs])}  "
+            f"k-NN {_spread([r['knn'] for r in runs])}"
+        )
+    pairs = list(zip(results["headstart"], results["lightly"], strict=True))
+    speed = [ours["images_per_second"] / peer["images_per_second"] for ours, peer in pairs]
+    knn = [ours["knn"] - peer["knn"] for ours, peer in pairs]
     print(f"ratio headstart / lightly: images/s {_spread(speed)}×; k-NN difference (paired by seed) {_spread(knn)}")
 
 

@@ -21,7 +21,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _alternate import alternate  # noqa: E402
-
 from headstart.data.builtin import load_mnist5k  # noqa: E402
 from headstart.imageops import to_unit_range  # noqa: E402
 from headstart.pretext.views import ViewOptions  # noqa: E402
@@ -63,8 +62,10 @@ def main() -> None:
     print(f"two views of {BATCH} digits at {SIZE} px, {args.threads} thread(s), best of {args.repeats}")
     best = alternate({"headstart": headstart, "lightly": lightly}, args.repeats)
     ratio = best["headstart"]["images_per_second"] / best["lightly"]["images_per_second"]
-    print(f"headstart {best['headstart']['images_per_second']:.0f} images/s, lightly "
-          f"{best['lightly']['images_per_second']:.0f} images/s: {ratio:.1f}x")
+    print(
+        f"headstart {best['headstart']['images_per_second']:.0f} images/s, lightly "
+        f"{best['lightly']['images_per_second']:.0f} images/s: {ratio:.1f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ import time
 
 import torch
 import torch.nn.functional as F
-from _alternate import alternate
 
+from _alternate import alternate
 from headstart.config import StageSpec
 from headstart.data import TaskData
 from headstart.heads import HeadSpec
@@ -65,8 +65,11 @@ def plain_loop(data: TaskData, epochs: int) -> dict:
 def headstart_stage(data: TaskData, epochs: int, output: str) -> dict:
     stage = StageSpec(name="task", epochs=epochs, batch_size=BATCH, optimizer={"lr": LEARNING_RATE})
     record = fit_stage(_network(), stage, data, folder=output, image_size=SIZE, options=TrainerOptions(progress=False))
-    return {"seconds": record.seconds, "images_per_second": record.steps * BATCH / record.seconds,
-            "residency": record.data.residency}
+    return {
+        "seconds": record.seconds,
+        "images_per_second": record.steps * BATCH / record.seconds,
+        "residency": record.data.residency,
+    }
 
 
 def main() -> None:
@@ -76,14 +79,20 @@ def main() -> None:
     arguments = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     data = TaskData.load({"kind": "mnist5k"}, SPLITS)
-    print(f"hardware: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; "
-          f"torch {torch.__version__}; {MODEL} {SIZE}px batch {BATCH}, {arguments.epochs} epochs, "
-          f"{len(data.split('train'))} images")
+    print(
+        f"hardware: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; "
+        f"torch {torch.__version__}; {MODEL} {SIZE}px batch {BATCH}, {arguments.epochs} epochs, "
+        f"{len(data.split('train'))} images"
+    )
     with tempfile.TemporaryDirectory() as folder:
         runs = iter(range(1000))
-        best = alternate({"plain": lambda: plain_loop(data, arguments.epochs),
-                          "headstart": lambda: headstart_stage(data, arguments.epochs, f"{folder}/{next(runs)}")},
-                         arguments.repeats)
+        best = alternate(
+            {
+                "plain": lambda: plain_loop(data, arguments.epochs),
+                "headstart": lambda: headstart_stage(data, arguments.epochs, f"{folder}/{next(runs)}"),
+            },
+            arguments.repeats,
+        )
     ratio = best["headstart"]["images_per_second"] / best["plain"]["images_per_second"]
     print(f"throughput ratio headstart/plain = {ratio:.3f} (target >= 0.95)")
 

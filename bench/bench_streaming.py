@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from _alternate import alternate
 
 DEFAULT_FOLDER_ROOT = Path("/tmp/headstart-bench")
@@ -54,8 +55,20 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 # scikit-image sample photos that ship with the wheel (no pooch download); grey ones become RGB.
 # Class names are the sample names. Any that fail to load offline are skipped.
-SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
-                 "retina", "coins", "camera", "grass", "clock", "moon")
+SAMPLE_PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "coins",
+    "camera",
+    "grass",
+    "clock",
+    "moon",
+)
 WIDTHS, HEIGHTS = (400, 640), (300, 480)
 JPEG_QUALITY = 85
 CHUNK = 250
@@ -154,7 +167,7 @@ def make_photo_folder(root: Path, count: int, seed: int = 0) -> Path:
     started = time.perf_counter()
     try:
         with ProcessPoolExecutor(max_workers=2) as pool:
-            written = sum(pool.map(_write_chunk, *zip(*[(str(partial), seed, a, b) for a, b in chunks])))
+            written = sum(pool.map(_write_chunk, *zip(*[(str(partial), seed, a, b) for a, b in chunks], strict=True)))
         assert written == count, (written, count)
         (partial / marker.name).write_text(json.dumps({"count": count, "seed": seed}) + "\n")
         if root.exists():
@@ -177,8 +190,9 @@ def photo_folder(folder_root: Path, count: int) -> Path:
 # --------------------------------------------------------------------------------------------------
 
 
-def plain_loop(folder: Path, *, steps: int, batch_size: int, workers: int, image_size: int = 224,
-               bf16: bool = False) -> dict:
+def plain_loop(
+    folder: Path, *, steps: int, batch_size: int, workers: int, image_size: int = 224, bf16: bool = False
+) -> dict:
     """What a PyTorch user writes: timm model, torchvision ImageFolder, DataLoader, Adam."""
     import timm
     from torch.utils.data import DataLoader
@@ -193,12 +207,26 @@ def plain_loop(folder: Path, *, steps: int, batch_size: int, workers: int, image
     memory_format = torch.channels_last if cuda and bf16 else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
     model.train()
-    dataset = datasets.ImageFolder(str(folder), transform=transforms.Compose([
-        transforms.Resize(image_size), transforms.CenterCrop(image_size), transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ]))
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-                        persistent_workers=workers > 0, pin_memory=cuda, drop_last=True)
+    dataset = datasets.ImageFolder(
+        str(folder),
+        transform=transforms.Compose(
+            [
+                transforms.Resize(image_size),
+                transforms.CenterCrop(image_size),
+                transforms.ToTensor(),
+                transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            ]
+        ),
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=cuda,
+        drop_last=True,
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     loss_function = torch.nn.CrossEntropyLoss()
     done = 0
@@ -231,30 +259,54 @@ def _headstart_stage(folder: Path, stage: dict, *, workers: int, image_size: int
     cuda = torch.cuda.is_available()
     torch.manual_seed(0)
     network = load(MODEL, weights=None, include_top=False)
-    data = TaskData.load(SourceSpec(kind="folder", path=str(folder), image_size=image_size, verify="header"),
-                         splits={"test_fraction": 0.01, "val_fraction": 0.0})
-    options = TrainerOptions(num_workers=workers, progress=False, accelerator="gpu" if cuda else "cpu",
-                             precision="bf16-mixed" if bf16 else "32-true")
+    data = TaskData.load(
+        SourceSpec(kind="folder", path=str(folder), image_size=image_size, verify="header"),
+        splits={"test_fraction": 0.01, "val_fraction": 0.0},
+    )
+    options = TrainerOptions(
+        num_workers=workers,
+        progress=False,
+        accelerator="gpu" if cuda else "cpu",
+        precision="bf16-mixed" if bf16 else "32-true",
+    )
     started = time.perf_counter()
     record = fit_stage(network, stage, data, folder=output, image_size=image_size, options=options)
     return record, time.perf_counter() - started
 
 
-def headstart_loop(folder: Path, *, steps: int, batch_size: int, workers: int, image_size: int = 224,
-                   output: str, bf16: bool = False) -> dict:
+def headstart_loop(
+    folder: Path, *, steps: int, batch_size: int, workers: int, image_size: int = 224, output: str, bf16: bool = False
+) -> dict:
     """The same fine-tuning as a headstart stage streaming the folder."""
-    stage = {"name": "fine-tune", "epochs": 1, "steps_per_epoch": steps, "batch_size": batch_size,
-             "optimizer": {"lr": 1e-4}}
+    stage = {
+        "name": "fine-tune",
+        "epochs": 1,
+        "steps_per_epoch": steps,
+        "batch_size": batch_size,
+        "optimizer": {"lr": 1e-4},
+    }
     record, seconds = _headstart_stage(folder, stage, workers=workers, image_size=image_size, output=output, bf16=bf16)
-    return {"images_per_second": steps * batch_size / seconds, "seconds": seconds,
-            "residency": record.data.residency}
+    return {"images_per_second": steps * batch_size / seconds, "seconds": seconds, "residency": record.data.residency}
 
 
-def headstart_cached_head(folder: Path, *, batch_size: int, workers: int, image_size: int = 224,
-                          epochs: int = 3, output: str, bf16: bool = False) -> dict:
+def headstart_cached_head(
+    folder: Path,
+    *,
+    batch_size: int,
+    workers: int,
+    image_size: int = 224,
+    epochs: int = 3,
+    output: str,
+    bf16: bool = False,
+) -> dict:
     """A frozen-backbone head stage on every image of the folder; headstart caches the features."""
-    stage = {"name": "head", "freeze": ["backbone"], "epochs": epochs, "batch_size": batch_size,
-             "optimizer": {"lr": 1e-3}}
+    stage = {
+        "name": "head",
+        "freeze": ["backbone"],
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "optimizer": {"lr": 1e-3},
+    }
     record, seconds = _headstart_stage(folder, stage, workers=workers, image_size=image_size, output=output, bf16=bf16)
     return {"seconds": seconds, "cached_features": record.cached_features, "residency": record.data.residency}
 
@@ -265,20 +317,34 @@ def headstart_cached_head(folder: Path, *, batch_size: int, workers: int, image_
 
 
 def speed(arguments: argparse.Namespace, folder: Path) -> float:
-    common = dict(steps=arguments.steps, batch_size=arguments.batch_size, workers=arguments.workers,
-                  image_size=arguments.image_size, bf16=arguments.bf16)
-    print(f"\nthroughput: {MODEL} {arguments.image_size}px, batch {arguments.batch_size}, {arguments.steps} steps, "
-          f"{arguments.workers} workers, {folder}", flush=True)
+    common = dict(
+        steps=arguments.steps,
+        batch_size=arguments.batch_size,
+        workers=arguments.workers,
+        image_size=arguments.image_size,
+        bf16=arguments.bf16,
+    )
+    print(
+        f"\nthroughput: {MODEL} {arguments.image_size}px, batch {arguments.batch_size}, {arguments.steps} steps, "
+        f"{arguments.workers} workers, {folder}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="headstart-bench-") as scratch:
         runs = itertools.count()
-        best = alternate({
-            "plain": lambda: plain_loop(folder, **common),
-            "headstart": lambda: headstart_loop(folder, output=f"{scratch}/run-{next(runs)}", **common),
-        }, arguments.repeats)
+        best = alternate(
+            {
+                "plain": lambda: plain_loop(folder, **common),
+                "headstart": lambda: headstart_loop(folder, output=f"{scratch}/run-{next(runs)}", **common),
+            },
+            arguments.repeats,
+        )
     ratio = best["headstart"]["images_per_second"] / best["plain"]["images_per_second"]
-    print(f"  best: plain {best['plain']['images_per_second']:.1f} images/s, "
-          f"headstart {best['headstart']['images_per_second']:.1f} images/s, "
-          f"ratio headstart/plain = {ratio:.3f} (target >= 0.9)", flush=True)
+    print(
+        f"  best: plain {best['plain']['images_per_second']:.1f} images/s, "
+        f"headstart {best['headstart']['images_per_second']:.1f} images/s, "
+        f"ratio headstart/plain = {ratio:.3f} (target >= 0.9)",
+        flush=True,
+    )
     return ratio
 
 
@@ -305,21 +371,39 @@ def child(arguments: argparse.Namespace) -> None:
     common = dict(batch_size=arguments.batch_size, workers=arguments.workers, bf16=arguments.bf16)
     with tempfile.TemporaryDirectory(prefix="headstart-bench-") as scratch:
         if arguments.child == "stream":
-            result = headstart_loop(folder, steps=arguments.child_steps, image_size=arguments.image_size,
-                                    output=f"{scratch}/run", **common)
+            result = headstart_loop(
+                folder, steps=arguments.child_steps, image_size=arguments.image_size, output=f"{scratch}/run", **common
+            )
         else:
-            result = headstart_cached_head(folder, epochs=1, image_size=arguments.head_image_size,
-                                           output=f"{scratch}/run", **common)
+            result = headstart_cached_head(
+                folder, epochs=1, image_size=arguments.head_image_size, output=f"{scratch}/run", **common
+            )
     gc.collect()  # let DataLoader workers be joined, so RUSAGE_CHILDREN includes them
     result.update(_peak_rss_mib(), kind=arguments.child, count=arguments.count)
     print(json.dumps(result, default=str), flush=True)
 
 
 def peak_rss(kind: str, count: int, arguments: argparse.Namespace) -> dict:
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--count", str(count),
-               "--folder-root", str(arguments.folder_root), "--batch-size", str(arguments.batch_size),
-               "--workers", str(arguments.workers), "--image-size", str(arguments.image_size),
-               "--head-image-size", str(arguments.head_image_size), "--child-steps", str(arguments.child_steps)]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        kind,
+        "--count",
+        str(count),
+        "--folder-root",
+        str(arguments.folder_root),
+        "--batch-size",
+        str(arguments.batch_size),
+        "--workers",
+        str(arguments.workers),
+        "--image-size",
+        str(arguments.image_size),
+        "--head-image-size",
+        str(arguments.head_image_size),
+        "--child-steps",
+        str(arguments.child_steps),
+    ]
     if arguments.bf16:
         command.append("--bf16")
     completed = subprocess.run(command, stdout=subprocess.PIPE, text=True)
@@ -332,9 +416,12 @@ def peak_rss(kind: str, count: int, arguments: argparse.Namespace) -> dict:
 
 def memory(arguments: argparse.Namespace) -> dict[str, float]:
     counts = sorted(arguments.counts)
-    print(f"\npeak RSS (child process + its reaped workers), folders of {' and '.join(map(str, counts))} photos; "
-          f"stream: {arguments.child_steps} steps at {arguments.image_size}px; "
-          f"cached-head: 1 epoch at {arguments.head_image_size}px", flush=True)
+    print(
+        f"\npeak RSS (child process + its reaped workers), folders of {' and '.join(map(str, counts))} photos; "
+        f"stream: {arguments.child_steps} steps at {arguments.image_size}px; "
+        f"cached-head: 1 epoch at {arguments.head_image_size}px",
+        flush=True,
+    )
     ratios = {}
     for kind in ("stream", "cached-head"):
         peaks, own = {}, {}
@@ -342,12 +429,18 @@ def memory(arguments: argparse.Namespace) -> dict[str, float]:
             result = peak_rss(kind, count, arguments)
             peaks[count], own[count] = result["peak_rss_mib"], result["self_mib"]
             detail = "".join(f"  {key} {result[key]}" for key in ("residency", "cached_features") if key in result)
-            print(f"  {kind:<11} {count:6d} images: {result['peak_rss_mib']:8.1f} MiB "
-                  f"(self {result['self_mib']:.1f} + workers {result['children_mib']:.1f}), "
-                  f"{result['seconds']:.1f} s{detail}", flush=True)
+            print(
+                f"  {kind:<11} {count:6d} images: {result['peak_rss_mib']:8.1f} MiB "
+                f"(self {result['self_mib']:.1f} + workers {result['children_mib']:.1f}), "
+                f"{result['seconds']:.1f} s{detail}",
+                flush=True,
+            )
         ratios[kind] = peaks[counts[-1]] / peaks[counts[0]]
-        print(f"  {kind}: peak RSS {counts[-1]}/{counts[0]} = {ratios[kind]:.3f} (target <= 1.2); "
-              f"main process alone {own[counts[-1]] / own[counts[0]]:.3f}", flush=True)
+        print(
+            f"  {kind}: peak RSS {counts[-1]}/{counts[0]} = {ratios[kind]:.3f} (target <= 1.2); "
+            f"main process alone {own[counts[-1]] / own[counts[0]]:.3f}",
+            flush=True,
+        )
     return ratios
 
 
@@ -361,13 +454,22 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=2, help="alternating run pairs per speed comparison")
-    parser.add_argument("--counts", type=int, nargs="+", default=[5000, 20000],
-                        help="folder sizes; speed uses the smallest, memory compares the largest to the smallest")
+    parser.add_argument(
+        "--counts",
+        type=int,
+        nargs="+",
+        default=[5000, 20000],
+        help="folder sizes; speed uses the smallest, memory compares the largest to the smallest",
+    )
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast and channels_last on a GPU")
-    parser.add_argument("--folder-root", type=Path, default=DEFAULT_FOLDER_ROOT,
-                        help="the photo folders are <folder-root>/photos-<count>")
+    parser.add_argument(
+        "--folder-root",
+        type=Path,
+        default=DEFAULT_FOLDER_ROOT,
+        help="the photo folders are <folder-root>/photos-<count>",
+    )
     parser.add_argument("--child-steps", type=int, default=4, help="steps of the 'stream' memory child")
     parser.add_argument("--head-image-size", type=int, default=96, help="image size of the 'cached-head' memory child")
     parser.add_argument("--child", choices=("stream", "cached-head"), help=argparse.SUPPRESS)
@@ -379,21 +481,26 @@ def main() -> None:
         return
 
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    print(f"hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"{torch.get_num_threads()} torch threads; torch {torch.__version__}; CUDA device: {cuda}"
-          f"{'; bf16' if arguments.bf16 else ''}", flush=True)
+    print(
+        f"hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"{torch.get_num_threads()} torch threads; torch {torch.__version__}; CUDA device: {cuda}"
+        f"{'; bf16' if arguments.bf16 else ''}",
+        flush=True,
+    )
     counts = sorted(arguments.counts)
-    folders = {count: photo_folder(arguments.folder_root, count)
-               for count in (counts[:1] if arguments.skip_memory else counts)}
+    folders = {
+        count: photo_folder(arguments.folder_root, count) for count in (counts[:1] if arguments.skip_memory else counts)
+    }
     summary = []
     if not arguments.skip_speed:
         ratio = speed(arguments, folders[counts[0]])
-        summary.append(f"throughput headstart/plain = {ratio:.3f} (target >= 0.9) "
-                       f"{'ok' if ratio >= 0.9 else 'MISSED'}")
+        summary.append(f"throughput headstart/plain = {ratio:.3f} (target >= 0.9) {'ok' if ratio >= 0.9 else 'MISSED'}")
     if not arguments.skip_memory and len(counts) > 1:
         for kind, ratio in memory(arguments).items():
-            summary.append(f"peak RSS {kind} {counts[-1]}/{counts[0]} = {ratio:.3f} (target <= 1.2) "
-                           f"{'ok' if ratio <= 1.2 else 'MISSED'}")
+            summary.append(
+                f"peak RSS {kind} {counts[-1]}/{counts[0]} = {ratio:.3f} (target <= 1.2) "
+                f"{'ok' if ratio <= 1.2 else 'MISSED'}"
+            )
     print("\nsummary:")
     for line in summary:
         print(f"  {line}")

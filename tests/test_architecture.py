@@ -29,11 +29,14 @@ def test_an_import_up_a_layer_inside_a_function_breaks_the_contract(tmp_path):
     shutil.copytree(ROOT / "src", copy / "src")
     shutil.copy(ROOT / "pyproject.toml", copy / "pyproject.toml")
     files = copy / "src" / "headstart" / "files.py"
-    files.write_text(files.read_text() + "\n\ndef _reach_up():\n    from headstart.stage import fit_stage\n\n"
-                     "    return fit_stage\n")
+    files.write_text(
+        files.read_text() + "\n\ndef _reach_up():\n    from headstart.stage import fit_stage\n\n    return fit_stage\n"
+    )
     # the copy is found first: its folder leads sys.path, ahead of the installed package
-    code = ("import sys; sys.path.insert(0, 'src'); sys.argv = ['lint-imports', '--no-cache']; "
-            "from importlinter.cli import lint_imports_command; lint_imports_command()")
+    code = (
+        "import sys; sys.path.insert(0, 'src'); sys.argv = ['lint-imports', '--no-cache']; "
+        "from importlinter.cli import lint_imports_command; lint_imports_command()"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=copy, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "headstart.files is not allowed to import headstart.stage" in result.stdout

@@ -47,8 +47,17 @@ def _papers_loop(probabilities, order, classes):
 
 
 def test_nabac_and_effectiveness_equal_the_papers_code():
-    probabilities = np.array([[0.995, 0.004, 0.001], [0.999, 0.0005, 0.0005], [0.001, 0.998, 0.001],
-                              [0.5, 0.3, 0.2], [0.002, 0.003, 0.995], [0.96, 0.02, 0.02], [0.97, 0.01, 0.02]])
+    probabilities = np.array(
+        [
+            [0.995, 0.004, 0.001],
+            [0.999, 0.0005, 0.0005],
+            [0.001, 0.998, 0.001],
+            [0.5, 0.3, 0.2],
+            [0.002, 0.003, 0.995],
+            [0.96, 0.02, 0.02],
+            [0.97, 0.01, 0.02],
+        ]
+    )
     metrics = attack_metrics(probabilities, orders=200, seed=3)
     rng = np.random.default_rng(3)
     expected = np.array([_papers_loop(probabilities, rng.permutation(7), 3) for _ in range(200)])
@@ -68,7 +77,7 @@ def test_crafting_in_batches_equals_one_at_a_time():
     mean, std = public.preprocessing.mean, public.preprocessing.std
     neurons = torch.tensor([0, 5, 17])
     together, _ = craft_batch(features, neurons, (3, 32, 32), mean, std, SMALL)
-    alone = torch.cat([craft_batch(features, neurons[i:i + 1], (3, 32, 32), mean, std, SMALL)[0] for i in range(3)])
+    alone = torch.cat([craft_batch(features, neurons[i : i + 1], (3, 32, 32), mean, std, SMALL)[0] for i in range(3)])
     assert torch.allclose(together, alone, atol=1e-3)
     assert together.min() >= 0 and together.max() <= 255  # clip keeps pixels valid
 
@@ -100,8 +109,9 @@ def test_the_audit_reaches_the_fine_tuned_model_only_through_its_predictions():
     # given the network: the audit wraps it in QueryOnly itself
     result = audit(victim, backbone=_public(), neurons=12, image_size=32, config=SMALL, batch_size=6, orders=20)
     # given only a predict callable, the audit cannot reach the module at all and answers the same
-    again = audit(QueryOnly(victim), backbone=_public(), neurons=12, image_size=32, config=SMALL, batch_size=6,
-                  orders=20)
+    again = audit(
+        QueryOnly(victim), backbone=_public(), neurons=12, image_size=32, config=SMALL, batch_size=6, orders=20
+    )
     assert torch.equal(result.probabilities, again.probabilities)
     assert forward_grad_modes and not any(forward_grad_modes)  # every query ran without autograd
     assert gradients == []
@@ -111,7 +121,9 @@ def test_the_audit_reaches_the_fine_tuned_model_only_through_its_predictions():
     from headstart.imageops import normalize
 
     public = _public()
-    direct = victim.predict(normalize(result.crafted.pixels / 255.0, public.preprocessing.mean, public.preprocessing.std))
+    direct = victim.predict(
+        normalize(result.crafted.pixels / 255.0, public.preprocessing.mean, public.preprocessing.std)
+    )
     assert result.probabilities.shape == (12, 5) and torch.allclose(result.probabilities, direct, atol=1e-6)
     assert result.metrics.attempts == 12 and len(result.metrics.hits_per_class) == 5
     assert result.labels == [f"class {index}" for index in range(5)]
@@ -131,7 +143,9 @@ def test_the_attack_crafts_on_public_weights_not_the_fine_tuned_ones():
     seen: list[int] = []
     public.backbone.conv_stem.register_forward_hook(lambda *_: seen.append(1))
     victim_calls: list[int] = []
-    victim.backbone.conv_stem.register_forward_hook(lambda module, inputs, output: victim_calls.append(int(torch.is_grad_enabled())))
+    victim.backbone.conv_stem.register_forward_hook(
+        lambda module, inputs, output: victim_calls.append(int(torch.is_grad_enabled()))
+    )
     audit(victim, backbone=public, neurons=4, image_size=32, config=SMALL, orders=5)
     assert len(seen) >= SMALL.steps and victim_calls and not any(victim_calls)  # victim: no-grad queries only
 
@@ -201,10 +215,21 @@ def test_victims_on_cached_features_answer_as_their_networks_do():
     images, labels = torch.rand(40, 3, 32, 32), torch.arange(40) % 10
     features = cached_features(public, images)
     assert public.training  # computed in evaluation mode, given back in the mode it came in
-    assert torch.allclose(features, public.eval().pooled(
-        torch.stack([normalize(image[None], *public_statistics(public))[0] for image in images])), atol=1e-5)
-    config = VictimConfig(image_size=32, class_counts=(5,), layer_counts=(1, 2), seeds=2, head_epochs=2,
-                          fine_tune_seeds=1, fine_tune_epochs=1, fine_tune_batch=8)
+    assert torch.allclose(
+        features,
+        public.eval().pooled(torch.stack([normalize(image[None], *public_statistics(public))[0] for image in images])),
+        atol=1e-5,
+    )
+    config = VictimConfig(
+        image_size=32,
+        class_counts=(5,),
+        layer_counts=(1, 2),
+        seeds=2,
+        head_epochs=2,
+        fine_tune_seeds=1,
+        fine_tune_epochs=1,
+        fine_tune_batch=8,
+    )
     mean, std = public.preprocessing.mean, public.preprocessing.std
     results, seen = [], []
     for victim in iter_victims(public, images, labels, features, config, echo=lambda line: None):
@@ -216,9 +241,19 @@ def test_victims_on_cached_features_answer_as_their_networks_do():
             from_features = float(accuracy(victim.network.head(features[chosen]), task))
             assert _accuracy(victim.network, images[chosen], task, mean, std) == pytest.approx(from_features)
         probabilities = torch.softmax(torch.randn(6, 5), 1)
-        results.append({"victim": victim, "result": type("R", (), {"metrics": attack_metrics(probabilities, orders=4)})()})
-    assert len(seen) == 2 * 2 * 2 + 2 and len({digits for digits in map(tuple, [r["victim"].digits for r in results])}) == 2
+        results.append(
+            {"victim": victim, "result": type("R", (), {"metrics": attack_metrics(probabilities, orders=4)})()}
+        )
+    assert (
+        len(seen) == 2 * 2 * 2 + 2
+        and len({digits for digits in map(tuple, [r["victim"].digits for r in results])}) == 2
+    )
     cells = pool_cells(results)
     assert [(cell.layers, cell.defence, cell.victims) for cell in cells] == [
-        (1, "none", 2), (2, "none", 2), (1, "feature clipping", 2), (2, "feature clipping", 2),
-        (1, "full fine-tuning", 1), (2, "full fine-tuning", 1)]
+        (1, "none", 2),
+        (2, "none", 2),
+        (1, "feature clipping", 2),
+        (2, "feature clipping", 2),
+        (1, "full fine-tuning", 1),
+        (2, "full fine-tuning", 1),
+    ]

@@ -55,9 +55,24 @@ def _batch(channels: int, height: int = 20, width: int = 28, count: int = 6, fra
 
 
 def test_the_pool_is_fixmatchs_table_12():
-    assert sorted(STRONG_OPERATIONS) == sorted([
-        "identity", "autocontrast", "brightness", "colour", "contrast", "equalize", "posterize", "rotate",
-        "sharpness", "shear_x", "shear_y", "solarize", "translate_x", "translate_y"])
+    assert sorted(STRONG_OPERATIONS) == sorted(
+        [
+            "identity",
+            "autocontrast",
+            "brightness",
+            "colour",
+            "contrast",
+            "equalize",
+            "posterize",
+            "rotate",
+            "sharpness",
+            "shear_x",
+            "shear_y",
+            "solarize",
+            "translate_x",
+            "translate_y",
+        ]
+    )
     assert all(operation.__doc__ for operation in STRONG_OPERATIONS.values())
 
 
@@ -73,7 +88,11 @@ def test_each_operation_on_a_batch_equals_torchvision_image_by_image(name, chann
     for index, image in enumerate(images):
         expected = _reference(name, image, float(values[index]))
         assert torch.allclose(out[index], expected, atol=tolerance), (
-            name, index, float(values[index]), float((out[index] - expected).abs().max()))
+            name,
+            index,
+            float(values[index]),
+            float((out[index] - expected).abs().max()),
+        )
     if name not in ("identity",) and not (name == "colour" and channels == 1):
         assert not torch.equal(out, images), name
 

@@ -37,7 +37,8 @@ def test_predict_json_names_the_sample_images(sample_images, lite0):
     # the three highest of the softmax the network computes in Python, in order, with their labels
     expected = lite0.predict(preprocess_input([sample_images["coffee"]], lite0.preprocessing))[0].topk(3)
     assert [prediction["label"] for prediction in results[1]["predictions"]] == [
-        lite0.labels[index] for index in expected.indices.tolist()]
+        lite0.labels[index] for index in expected.indices.tolist()
+    ]
     probabilities = [prediction["probability"] for prediction in results[1]["predictions"]]
     assert probabilities == pytest.approx(expected.values.tolist(), abs=1e-5)
 
@@ -75,21 +76,28 @@ def test_checkpoint_option_predicts_with_a_trained_stage(tmp_path):
     from headstart.stage import fit_stage
 
     network = digit_network()
-    fit_stage(network, {"name": "task", "epochs": 2, "batch_size": 50}, digit_data(20), folder=tmp_path / "stage",
-              image_size=16)
+    fit_stage(
+        network,
+        {"name": "task", "epochs": 2, "batch_size": 50},
+        digit_data(20),
+        folder=tmp_path / "stage",
+        image_size=16,
+    )
     images, _ = digit_data().split("test").as_tensors()
     paths = []
     for index in range(3):
         paths.append(tmp_path / f"digit-{index}.png")
         grey_image(images[index, 0]).save(paths[-1])
-    result = runner.invoke(app, ["predict", *map(str, paths), "--checkpoint", str(tmp_path / "stage"), "--json",
-                                 "--top", "3"])
+    result = runner.invoke(
+        app, ["predict", *map(str, paths), "--checkpoint", str(tmp_path / "stage"), "--json", "--top", "3"]
+    )
     assert result.exit_code == 0, result.output
     expected = network.predict(paths).topk(3)
     for entry, values, indices in zip(json.loads(result.stdout), expected.values, expected.indices, strict=True):
         assert [prediction["label"] for prediction in entry["predictions"]] == [DIGITS[i] for i in indices.tolist()]
-        assert [prediction["probability"] for prediction in entry["predictions"]] == pytest.approx(values.tolist(),
-                                                                                                  abs=1e-5)
+        assert [prediction["probability"] for prediction in entry["predictions"]] == pytest.approx(
+            values.tolist(), abs=1e-5
+        )
     assert network.labels == DIGITS
 
 

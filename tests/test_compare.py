@@ -27,17 +27,27 @@ DATA = {"source": {"kind": "digits"}, "splits": {"labels_per_class": 10}}
 def _arms(task_epochs: int = 4) -> dict:
     return {
         "scratch": {"model": TINY, "stages": [{"name": "task", "epochs": task_epochs, "batch_size": 25}]},
-        "rotation": {"model": TINY, "stages": [
-            {"name": "rotation", "data": "all", "pretext": {"name": "rotation"}, "epochs": 1, "batch_size": 64},
-            {"name": "task", "epochs": task_epochs, "batch_size": 25}]},
+        "rotation": {
+            "model": TINY,
+            "stages": [
+                {"name": "rotation", "data": "all", "pretext": {"name": "rotation"}, "epochs": 1, "batch_size": 64},
+                {"name": "task", "epochs": task_epochs, "batch_size": 25},
+            ],
+        },
     }
 
 
 @pytest.fixture(scope="module")
 def comparison(tmp_path_factory):
     folder = tmp_path_factory.mktemp("compare") / "digits"
-    spec = {"name": "digits", "output": str(folder), "seeds": 2, "data": DATA, "arms": _arms(),
-            "attention": {"images": 2}}
+    spec = {
+        "name": "digits",
+        "output": str(folder),
+        "seeds": 2,
+        "data": DATA,
+        "arms": _arms(),
+        "attention": {"images": 2},
+    }
     lines: list[str] = []
     result = run_comparison(spec, echo=lines.append, progress=False)
     return spec, result, lines
@@ -96,15 +106,20 @@ def test_cached_head_steps_are_not_counted_as_full_steps(tmp_path):
     from headstart.config import parse_run
     from headstart.structure import run
 
-    spec = parse_run(digit_run(tmp_path / "run", [
-        {"name": "head", "freeze": ["backbone"], "epochs": 2, "batch_size": 25},
-        {"name": "fine-tune", "epochs": 2, "batch_size": 25}]))
+    spec = parse_run(
+        digit_run(
+            tmp_path / "run",
+            [
+                {"name": "head", "freeze": ["backbone"], "epochs": 2, "batch_size": 25},
+                {"name": "fine-tune", "epochs": 2, "batch_size": 25},
+            ],
+        )
+    )
     run(spec)
     outcome = run_outcome(tmp_path / "run")
     head = json.loads((tmp_path / "run" / "0-head" / "stage.json").read_text())
     assert head["cached_features"] is True
-    assert [(p["full_steps"], p["cached_steps"]) for p in outcome["timeline"]] == [
-        (0, 4), (0, 8), (4, 8), (8, 8)]
+    assert [(p["full_steps"], p["cached_steps"]) for p in outcome["timeline"]] == [(0, 4), (0, 8), (4, 8), (8, 8)]
     assert outcome["head_start_steps"] == 0
 
 
@@ -140,13 +155,21 @@ def test_a_changed_arm_is_refused_unless_overwritten(comparison, tmp_path):
 
 
 def test_label_budgets_get_a_folder_and_a_table_each(tmp_path):
-    spec = {"name": "budgets", "output": str(tmp_path / "budgets"), "seeds": [3], "label_budgets": [5, 20],
-            "data": DATA, "arms": {"scratch": _arms(2)["scratch"]}, "probes": {"enabled": False},
-            "attention": {"enabled": False}}
+    spec = {
+        "name": "budgets",
+        "output": str(tmp_path / "budgets"),
+        "seeds": [3],
+        "label_budgets": [5, 20],
+        "data": DATA,
+        "arms": {"scratch": _arms(2)["scratch"]},
+        "probes": {"enabled": False},
+        "attention": {"enabled": False},
+    }
     result = run_comparison(spec, echo=lambda _: None, progress=False)
     for budget, labelled in ((5, 50), (20, 200)):
-        record = json.loads((tmp_path / "budgets" / f"labels-{budget}" / "scratch" / "seed-3" / "0-task" /
-                             "stage.json").read_text())
+        record = json.loads(
+            (tmp_path / "budgets" / f"labels-{budget}" / "scratch" / "seed-3" / "0-task" / "stage.json").read_text()
+        )
         assert record["history"][0]["steps"] == -(-labelled // 25)
     assert [b["labels_per_class"] for b in result.table["budgets"]] == [5, 20]
     assert "label budgets" in (tmp_path / "budgets" / "report.html").read_text()
@@ -156,12 +179,30 @@ def test_label_budgets_get_a_folder_and_a_table_each(tmp_path):
 
 
 def test_an_arm_can_be_a_run_file_next_to_the_comparison_file(tmp_path):
-    (tmp_path / "scratch.yaml").write_text(yaml.safe_dump({
-        "name": "ignored", "seed": 99, "data": {"source": {"kind": "digits"}}, "model": TINY,
-        "stages": [{"name": "task", "epochs": 1, "batch_size": 50}]}))
-    (tmp_path / "compare.yaml").write_text(yaml.safe_dump({
-        "name": "from-files", "output": str(tmp_path / "out"), "seeds": 1, "data": DATA,
-        "arms": {"scratch": {"run": "scratch.yaml"}}, "probes": {"enabled": False}, "attention": {"enabled": False}}))
+    (tmp_path / "scratch.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "ignored",
+                "seed": 99,
+                "data": {"source": {"kind": "digits"}},
+                "model": TINY,
+                "stages": [{"name": "task", "epochs": 1, "batch_size": 50}],
+            }
+        )
+    )
+    (tmp_path / "compare.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "from-files",
+                "output": str(tmp_path / "out"),
+                "seeds": 1,
+                "data": DATA,
+                "arms": {"scratch": {"run": "scratch.yaml"}},
+                "probes": {"enabled": False},
+                "attention": {"enabled": False},
+            }
+        )
+    )
     result = CliRunner().invoke(app, ["compare", str(tmp_path / "compare.yaml"), "--no-progress"])
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "out" / "scratch" / "seed-0" / "run.json").read_text())
@@ -169,15 +210,18 @@ def test_an_arm_can_be_a_run_file_next_to_the_comparison_file(tmp_path):
     assert "report:" in result.stdout and "scratch" in result.stdout
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"arms": {"a": {"model": TINY}}}, "needs `run`"),
-    ({"arms": {"a": {"run": "x.yaml", "model": TINY, "stages": [{"name": "t"}]}}}, "not both"),
-    ({"baseline": "nobody"}, "baseline 'nobody' is not an arm"),
-    ({"seeds": [1, 1]}, "seeds repeat"),
-    ({"label_budgets": [0]}, "positive numbers of labels"),
-    ({"probe": {}}, "probe: unknown key; did you mean 'probes'"),
-    ({"attention": {"layers": {"ghost": ["backbone.layer1"]}}}, "ghost"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"arms": {"a": {"model": TINY}}}, "needs `run`"),
+        ({"arms": {"a": {"run": "x.yaml", "model": TINY, "stages": [{"name": "t"}]}}}, "not both"),
+        ({"baseline": "nobody"}, "baseline 'nobody' is not an arm"),
+        ({"seeds": [1, 1]}, "seeds repeat"),
+        ({"label_budgets": [0]}, "positive numbers of labels"),
+        ({"probe": {}}, "probe: unknown key; did you mean 'probes'"),
+        ({"attention": {"layers": {"ghost": ["backbone.layer1"]}}}, "ghost"),
+    ],
+)
 def test_bad_comparison_files_name_the_key(change, message):
     base = {"data": DATA, "arms": {"a": {"model": TINY, "stages": [{"name": "t"}]}}}
     with pytest.raises(HeadstartError, match=message):
@@ -236,11 +280,26 @@ def test_plan_and_summary_arithmetic():
     assert [(r.arm, r.seed) for r in runs] == [("scratch", 0), ("rotation", 0), ("scratch", 1), ("rotation", 1)]
     assert runs[0].folder == Path("o/labels-5/scratch/seed-0")
     assert runs[0].spec.data.splits.labels_per_class == 5
-    assert mean_std([1.0, 3.0]) == (2.0, pytest.approx(2 ** 0.5))
+    assert mean_std([1.0, 3.0]) == (2.0, pytest.approx(2**0.5))
     assert mean_std([4.0]) == (4.0, 0.0) and mean_std([]) == (None, None)
-    summary = {"budgets": [{"labels_per_class": None, "baseline": "a", "winner": {
-        "arm": "b", "gain": 0.01, "gain_std": 0.02, "spread": 0.03, "exceeds_spread": False, "positive_seeds": 2,
-        "seeds": 3}, "arms": [{"name": "b", "test_accuracy": {"mean": 0.9, "std": 0.03, "n": 3}}]}]}
+    summary = {
+        "budgets": [
+            {
+                "labels_per_class": None,
+                "baseline": "a",
+                "winner": {
+                    "arm": "b",
+                    "gain": 0.01,
+                    "gain_std": 0.02,
+                    "spread": 0.03,
+                    "exceeds_spread": False,
+                    "positive_seeds": 2,
+                    "seeds": 3,
+                },
+                "arms": [{"name": "b", "test_accuracy": {"mean": 0.9, "std": 0.03, "n": 3}}],
+            }
+        ]
+    }
     assert "within the spread between seeds (±0.0300)" in summary_line(summary)[0]
     assert os.sep not in spec.baseline_arm
 
@@ -255,8 +314,10 @@ def test_an_audit_in_the_folder_goes_into_the_report(comparison, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(result.folder, copy)
     assert "predates audit-report.json" not in render(copy)
-    (copy / "audit.md").write_text("# Target-agnostic attack\n\nCrafted on the public backbone.\n\n"
-                                   "| classes | NABAC |\n|---|---|\n| 5 | 48.2 ± 3.0 |\n")
+    (copy / "audit.md").write_text(
+        "# Target-agnostic attack\n\nCrafted on the public backbone.\n\n"
+        "| classes | NABAC |\n|---|---|\n| 5 | 48.2 ± 3.0 |\n"
+    )
     page = render(copy)
     assert "predates audit-report.json" in page and "| 5 | 48.2 ± 3.0 |" in page
     assert page.count("<tr>") > 8 and "seed-1" in page  # the comparison is still all there
@@ -281,8 +342,15 @@ def test_an_arm_that_extends_another_shares_its_stages_and_reports_what_the_extr
     arms = _arms(task_epochs=2)
     extra = {"name": "more", "epochs": 2, "batch_size": 25, "optimizer": {"lr": 3e-4}}
     arms["rotation+more"] = {"model": TINY, "stages": arms["rotation"]["stages"] + [extra]}
-    spec = {"name": "extends", "output": str(tmp_path / "c"), "seeds": [0], "data": DATA, "arms": arms,
-            "probes": {"enabled": False}, "attention": {"enabled": False}}
+    spec = {
+        "name": "extends",
+        "output": str(tmp_path / "c"),
+        "seeds": [0],
+        "data": DATA,
+        "arms": arms,
+        "probes": {"enabled": False},
+        "attention": {"enabled": False},
+    }
     lines: list[str] = []
     result = run_comparison(spec, echo=lines.append, progress=False)
     assert extends(plan(parse_compare(spec))) == {"rotation+more": "rotation"}
@@ -303,13 +371,18 @@ def test_an_arm_that_extends_another_shares_its_stages_and_reports_what_the_extr
     # the same three stages trained alone end with the same weights
     alone = plan(parse_compare({**spec, "output": str(tmp_path / "alone")}))[2].spec
     run_structure(alone, progress=False)
-    shared, trained = load_file(sharer / "2-more" / "weights.safetensors"), load_file(
-        tmp_path / "alone" / "rotation+more" / "seed-0" / "2-more" / "weights.safetensors")
+    shared, trained = (
+        load_file(sharer / "2-more" / "weights.safetensors"),
+        load_file(tmp_path / "alone" / "rotation+more" / "seed-0" / "2-more" / "weights.safetensors"),
+    )
     assert shared.keys() == trained.keys() and all(torch.equal(shared[key], trained[key]) for key in trained)
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "examples" / "compare").glob("*.yaml")),
-                         ids=lambda path: path.name)
+@pytest.mark.parametrize(
+    "path",
+    sorted((Path(__file__).resolve().parents[1] / "examples" / "compare").glob("*.yaml")),
+    ids=lambda path: path.name,
+)
 def test_example_comparison_files_plan_and_name_known_pretexts(path):
     from headstart import pretext
     from headstart.compare import extends, load_compare_file

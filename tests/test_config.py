@@ -26,13 +26,15 @@ def test_minimal_run_parses_with_paper_defaults():
 
 def test_unknown_key_names_its_path_and_suggests(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text(textwrap.dedent("""
+    path.write_text(
+        textwrap.dedent("""
         data: {source: {kind: digits}}
         model: {name: test_resnet}
         stages:
           - {name: a, epochs: 1}
           - {name: b, epochs: 1, freze: [backbone]}
-    """))
+    """)
+    )
     with pytest.raises(HeadstartError) as error:
         load_run_file(path)
     message = str(error.value)

@@ -38,8 +38,11 @@ def test_empty_class():
 
 
 def test_empty_class_folder(tmp_path):
-    root = write_image_folder(tmp_path / "shapes", {"circle": 5, "square": 0, "triangle": 5},
-                              colour=lambda name, k: (k, 0, 0) if name == "circle" else (0, k, 0))
+    root = write_image_folder(
+        tmp_path / "shapes",
+        {"circle": 5, "square": 0, "triangle": 5},
+        colour=lambda name, k: (k, 0, 0) if name == "circle" else (0, k, 0),
+    )
     splits = make_splits(load_source(SourceSpec(kind="folder", path=str(root), image_size=4)))
     message = problems_of(splits)
     assert "class 'square' has no images at all" in message
@@ -48,8 +51,9 @@ def test_empty_class_folder(tmp_path):
 
 def test_classes_in_test_absent_from_train():
     data = toy({"a": 10, "b": 10})
-    splits = Splits(train=by_class(data, "a"), unlabelled=data.subset([]), val=by_class(data, "a"),
-                    test=by_class(data, "b"))
+    splits = Splits(
+        train=by_class(data, "a"), unlabelled=data.subset([]), val=by_class(data, "a"), test=by_class(data, "b")
+    )
     message = problems_of(splits)
     assert "class 'b' has no training images" in message
     assert "test: classes 'b' (10) have test images but no training images (class mismatch)" in message

@@ -46,11 +46,23 @@ def test_folder_labels_sizes_and_modes(pets):
     assert data.class_names == ["cat", "dog"]
     assert data.name == "pets" and data.channels == 3 and data.image_size() == (8, 8)
     files = by_file(data)
-    assert sorted(files) == ["a_grey.png", "b_clear.png", "c_palette.gif", "d_nested.PNG",
-                             "e_deep.png", "f_cmyk.jpg", "g_turned.jpg"]
+    assert sorted(files) == [
+        "a_grey.png",
+        "b_clear.png",
+        "c_palette.gif",
+        "d_nested.PNG",
+        "e_deep.png",
+        "f_cmyk.jpg",
+        "g_turned.jpg",
+    ]
     assert {name: label for name, (_, label) in files.items()} == {
-        "a_grey.png": 0, "b_clear.png": 0, "c_palette.gif": 0, "d_nested.PNG": 0,
-        "e_deep.png": 1, "f_cmyk.jpg": 1, "g_turned.jpg": 1,
+        "a_grey.png": 0,
+        "b_clear.png": 0,
+        "c_palette.gif": 0,
+        "d_nested.PNG": 0,
+        "e_deep.png": 1,
+        "f_cmyk.jpg": 1,
+        "g_turned.jpg": 1,
     }
     for image, _ in files.values():
         assert image.shape == (3, 8, 8) and image.dtype == torch.float32

@@ -109,8 +109,9 @@ def test_quick_demo_runs_the_four_arms_over_two_seeds_and_reports_them(tmp_path:
         grey_image(splits.test.store.load(np.array([position]))[0, 0]).save(path)
         paths.append(str(path))
         truth.append(splits.test.class_names[splits.test.labels[index]])
-    predicted = CliRunner().invoke(app, ["predict", *paths, "--checkpoint", str(output / "imagenet" / "seed-0"),
-                                         "--json", "--top", "1"])
+    predicted = CliRunner().invoke(
+        app, ["predict", *paths, "--checkpoint", str(output / "imagenet" / "seed-0"), "--json", "--top", "1"]
+    )
     assert predicted.exit_code == 0, predicted.output
     labels = [entry["predictions"][0]["label"] for entry in json.loads(predicted.stdout)]
     assert set(labels) <= {str(digit) for digit in range(10)}

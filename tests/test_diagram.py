@@ -19,8 +19,11 @@ def _parse(path):
     root = ET.parse(path).getroot()  # raises on anything that is not well-formed XML
     assert root.tag == f"{SVG}svg"
     texts = [element.text or "" for element in root.iter(f"{SVG}text")]
-    blocks = {group.get("data-name"): group.get("class").split() for group in root.iter(f"{SVG}g")
-              if "block" in (group.get("class") or "").split()}
+    blocks = {
+        group.get("data-name"): group.get("class").split()
+        for group in root.iter(f"{SVG}g")
+        if "block" in (group.get("class") or "").split()
+    }
     return root, texts, blocks
 
 
@@ -36,8 +39,11 @@ def test_the_diagram_names_every_top_level_block_and_marks_the_frozen_ones(tmp_p
     for name in top_level:
         local = name.split(".")[-1]
         assert name in blocks and any(text.startswith((f"{local}:", f"{local} (")) for text in texts), name
-    stem = [f"backbone.{name}" for name, child in network.backbone.named_children()
-            if any(True for _ in child.parameters()) and all(not p.requires_grad for p in child.parameters())]
+    stem = [
+        f"backbone.{name}"
+        for name, child in network.backbone.named_children()
+        if any(True for _ in child.parameters()) and all(not p.requires_grad for p in child.parameters())
+    ]
     assert stem, "the stem should hold frozen parameters"
     for name in top_level:
         assert ("frozen" in blocks[name]) == (name in stem), (name, blocks[name])
@@ -64,8 +70,9 @@ def test_resnet50_at_the_default_depth_fits_on_a_page(tmp_path):
 
 def test_the_summary_command_draws_the_diagram(tmp_path):
     target = tmp_path / "model.svg"
-    result = CliRunner().invoke(app, ["summary", "test_resnet", "--no-top", "--freeze", "backbone",
-                                      "--diagram", str(target)])
+    result = CliRunner().invoke(
+        app, ["summary", "test_resnet", "--no-top", "--freeze", "backbone", "--diagram", str(target)]
+    )
     assert result.exit_code == 0, result.output
     assert "Trainable params" in result.output and f"diagram: {target}" in result.output
     _, _, blocks = _parse(target)

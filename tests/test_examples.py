@@ -36,12 +36,18 @@ EXPECTED = {
     "folder-template.yaml": [("head", "new task head"), ("fine-tune", "kept")],
     "imagenet-simclr-fixmatch.yaml": [("simclr", "new simclr pretext head"), ("fixmatch", "new task head")],
 }
+
+
 def shrink(spec: RunSpec, output: Path, *, model: dict | None = None, image_size: int = 16) -> RunSpec:
     """The same structure with one epoch per stage, a tiny model, output under ``output``."""
     data = spec.model_dump()
     data.update(output=str(output), progress=False)
-    data["model"] = model or {"name": "test_resnet", "weights": None, "image_size": image_size,
-                              "pooling": spec.model.pooling}
+    data["model"] = model or {
+        "name": "test_resnet",
+        "weights": None,
+        "image_size": image_size,
+        "pooling": spec.model.pooling,
+    }
     for stage in data["stages"]:
         stage["epochs"] = 1
     return parse_run(data, f"shrunk {spec.name}")
@@ -86,8 +92,13 @@ def check_result(result, name: str) -> None:
     from headstart.stage import evaluate_split
 
     reloaded = load_network(result.folder)
-    again = evaluate_split(reloaded, TaskData.from_spec(result.spec.data), "test",
-                           image_size=result.stages[-1].model.image_size, loss=result.spec.stages[-1].loss)
+    again = evaluate_split(
+        reloaded,
+        TaskData.from_spec(result.spec.data),
+        "test",
+        image_size=result.stages[-1].model.image_size,
+        loss=result.spec.stages[-1].loss,
+    )
     assert again["accuracy"] == pytest.approx(result.test["accuracy"]) and again["count"] == result.test["count"]
 
 
@@ -153,8 +164,10 @@ def test_imagenet_freeze_unfreeze_with_real_lite0_weights(tmp_path, mnist_read_o
     check_result(result, name)
     head, top, fine_tune = result.stages
     assert head.cached_features and not top.cached_features and not fine_tune.cached_features
-    frozen = {stage.stage_name: set(json.loads((stage.folder / "stage.json").read_text())["frozen"])
-              for stage in result.stages}
+    frozen = {
+        stage.stage_name: set(json.loads((stage.folder / "stage.json").read_text())["frozen"])
+        for stage in result.stages
+    }
     assert all(key.startswith("backbone.") for key in frozen["head"]) and len(frozen["head"]) > len(frozen["top"]) > 0
     top_blocks = ("backbone.blocks.5.", "backbone.blocks.6.", "backbone.conv_head")
     assert not any(key.startswith(top_blocks) for key in frozen["top"])

@@ -3,7 +3,6 @@ augmentation, the threshold's effect on real digits, resuming, and bad settings.
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
@@ -30,8 +29,14 @@ def _digits(labels_per_class: int = 5) -> TaskData:
 
 
 def _semi_stage(threshold: float, epochs: int = 3, **extra) -> StageSpec:
-    return StageSpec(name="fixmatch", epochs=epochs, batch_size=10, augment="crop",
-                     optimizer={"lr": 3e-3}, semi_supervised={"ratio": 4, "threshold": threshold, **extra})
+    return StageSpec(
+        name="fixmatch",
+        epochs=epochs,
+        batch_size=10,
+        augment="crop",
+        optimizer={"lr": 3e-3},
+        semi_supervised={"ratio": 4, "threshold": threshold, **extra},
+    )
 
 
 # ------------------------------------------------------------------------------------------ the loss
@@ -122,8 +127,10 @@ def test_geometric_operations_fill_with_the_border_and_cutout_covers_a_square():
     covered = cutout(noisy, 0.5, torch.Generator().manual_seed(0))
     changed = (covered != noisy).flatten(1).sum(1)
     assert torch.all(changed <= 100) and torch.all(changed > 0)  # at most a 10×10 square, clipped at the edges
-    assert torch.equal(strong_augment(noisy, torch.Generator().manual_seed(0), ops=1, operations=("identity",),
-                                      cutout_fraction=0.5), cutout(noisy, 0.5, _after_identity_draws(4)))
+    assert torch.equal(
+        strong_augment(noisy, torch.Generator().manual_seed(0), ops=1, operations=("identity",), cutout_fraction=0.5),
+        cutout(noisy, 0.5, _after_identity_draws(4)),
+    )
 
 
 def _after_identity_draws(batch: int) -> torch.Generator:
@@ -149,8 +156,13 @@ def test_the_threshold_decides_how_much_of_the_unlabelled_pool_teaches_on_real_d
     assert loose.data.unlabelled_images == len(data.split("all")) > loose.data.train_images
     assert loose.stage.semi_supervised.threshold == 0.3
     with pytest.raises(HeadstartError, match="no images"):
-        fit_stage(_network(), _semi_stage(0.9, unlabelled="unlabelled"), TaskData.load(
-            {"kind": "digits"}, {"labelled_fraction": 1.0, "seed": 0}), folder=tmp_path / "none", image_size=16)
+        fit_stage(
+            _network(),
+            _semi_stage(0.9, unlabelled="unlabelled"),
+            TaskData.load({"kind": "digits"}, {"labelled_fraction": 1.0, "seed": 0}),
+            folder=tmp_path / "none",
+            image_size=16,
+        )
 
 
 def test_pseudo_labels_from_a_trained_network_lift_accuracy_above_labels_alone(tmp_path):
@@ -161,7 +173,9 @@ def test_pseudo_labels_from_a_trained_network_lift_accuracy_above_labels_alone(t
     plain = fit_stage(_network(), supervised, data, folder=tmp_path / "plain", image_size=16)
     fixmatch = fit_stage(_network(), semi, data, folder=tmp_path / "semi", image_size=16)
     assert fixmatch.history[-1]["val_accuracy"] > plain.history[-1]["val_accuracy"] + 0.03, (
-        plain.history[-1], fixmatch.history[-1])
+        plain.history[-1],
+        fixmatch.history[-1],
+    )
 
 
 def test_an_interrupted_semi_supervised_stage_resumes_to_the_same_weights(tmp_path, interrupted_then_resumed):
@@ -169,37 +183,52 @@ def test_an_interrupted_semi_supervised_stage_resumes_to_the_same_weights(tmp_pa
     spec = _semi_stage(0.5, epochs=3)
     fit_stage(_network(), spec, data, folder=tmp_path / "whole", image_size=16)
     resumed = interrupted_then_resumed(
-        lambda folder, resume, callbacks: fit_stage(_network(), spec, data, folder=folder, image_size=16,
-                                                    resume=resume, callbacks=callbacks),
-        tmp_path / "cut")
+        lambda folder, resume, callbacks: fit_stage(
+            _network(), spec, data, folder=folder, image_size=16, resume=resume, callbacks=callbacks
+        ),
+        tmp_path / "cut",
+    )
     assert [row["epoch"] for row in resumed.history] == [0, 1, 2]
-    whole, cut = load_file(tmp_path / "whole" / "weights.safetensors"), load_file(tmp_path / "cut" / "weights.safetensors")
+    whole, cut = (
+        load_file(tmp_path / "whole" / "weights.safetensors"),
+        load_file(tmp_path / "cut" / "weights.safetensors"),
+    )
     assert all(torch.equal(whole[key], cut[key]) for key in whole)
 
 
 # ------------------------------------------------------------------------------------ bad settings
 
 
-@pytest.mark.parametrize("stage, message", [
-    ({"name": "s", "pretext": {"name": "rotation"}, "data": "all", "semi_supervised": {}},
-     "a pretext stage has no task labels"),
-    ({"name": "s", "data": "all", "semi_supervised": {}}, "semi_supervised needs data: train"),
-    ({"name": "s", "semi_supervised": {"treshold": 0.9}}, "did you mean 'threshold'"),
-    ({"name": "s", "semi_supervised": {"threshold": 1.5}}, "threshold"),
-    ({"name": "s", "semi_supervised": {"ratio": 0}}, "ratio"),
-    ({"name": "s", "semi_supervised": {"method": "mixmatch"}}, "fixmatch"),
-])
+@pytest.mark.parametrize(
+    "stage, message",
+    [
+        (
+            {"name": "s", "pretext": {"name": "rotation"}, "data": "all", "semi_supervised": {}},
+            "a pretext stage has no task labels",
+        ),
+        ({"name": "s", "data": "all", "semi_supervised": {}}, "semi_supervised needs data: train"),
+        ({"name": "s", "semi_supervised": {"treshold": 0.9}}, "did you mean 'threshold'"),
+        ({"name": "s", "semi_supervised": {"threshold": 1.5}}, "threshold"),
+        ({"name": "s", "semi_supervised": {"ratio": 0}}, "ratio"),
+        ({"name": "s", "semi_supervised": {"method": "mixmatch"}}, "fixmatch"),
+    ],
+)
 def test_bad_semi_supervised_settings_name_the_key(stage, message):
     with pytest.raises(HeadstartError, match=message):
-        parse_run({"name": "r", "data": {"source": {"kind": "digits"}}, "model": {"name": "test_resnet"},
-                   "stages": [stage]}, "run.yaml")
+        parse_run(
+            {"name": "r", "data": {"source": {"kind": "digits"}}, "model": {"name": "test_resnet"}, "stages": [stage]},
+            "run.yaml",
+        )
 
 
-@pytest.mark.parametrize("arguments, message", [
-    ({"operations": ("rotate", "equalise")}, "operations has 'equalise'"),
-    ({"ops": -1}, "ops=-1"),
-    ({"cutout_fraction": 1.5}, "cutout_fraction=1.5"),
-])
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"operations": ("rotate", "equalise")}, "operations has 'equalise'"),
+        ({"ops": -1}, "ops=-1"),
+        ({"cutout_fraction": 1.5}, "cutout_fraction=1.5"),
+    ],
+)
 def test_strong_augment_names_a_bad_argument(arguments, message):
     with pytest.raises(HeadstartError, match=message):
         strong_augment(torch.rand(2, 1, 8, 8), torch.Generator(), **arguments)

@@ -67,14 +67,20 @@ def test_imported_onnx_backbone_trains_in_a_stage_with_freezing_by_name(tmp_path
     source.eval()
     with torch.no_grad():
         extractor = load(TINY, weights=None, include_top=False, in_chans=1)
-        extractor.load_state_dict({key: value for key, value in source.state_dict().items()
-                                   if key in extractor.state_dict()})
+        extractor.load_state_dict(
+            {key: value for key, value in source.state_dict().items() if key in extractor.state_dict()}
+        )
         assert torch.allclose(network.pooled(batch), extractor.eval().pooled(batch), atol=1e-5)
     groups = network.param_groups()
     assert "stem" in groups and "blocks[0]" in groups
     data = digit_data(40)
-    record = fit_stage(network, {"name": "task", "freeze": ["stem", "blocks[:2]"], "epochs": 3,
-                                 "optimizer": {"lr": 0.01}}, data, folder=tmp_path / "0-task", image_size=32)
+    record = fit_stage(
+        network,
+        {"name": "task", "freeze": ["stem", "blocks[:2]"], "epochs": 3, "optimizer": {"lr": 0.01}},
+        data,
+        folder=tmp_path / "0-task",
+        image_size=32,
+    )
     frozen = set(network.select("stem", "blocks[:2]"))
     assert set(record.frozen) == frozen and frozen
     assert record.last_metrics["val_accuracy"] > 0.3  # chance is 0.1
@@ -96,24 +102,31 @@ def test_import_errors_name_the_file_and_tensor(tmp_path):
 
 def test_cli_export_errors_are_one_line(tmp_path):
     runner = CliRunner()
-    result = runner.invoke(app, ["export", TINY, "--weights", "none", "-o", str(tmp_path / "m.onnx"),
-                                 "--format", "tflite"])
+    result = runner.invoke(
+        app, ["export", TINY, "--weights", "none", "-o", str(tmp_path / "m.onnx"), "--format", "tflite"]
+    )
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "--format 'tflite': expected one of onnx, keras" in result.output
-    result = runner.invoke(app, ["export", TINY, "--weights", "none", "-o", str(tmp_path / "m.txt"),
-                                 "--format", "keras"])
+    result = runner.invoke(
+        app, ["export", TINY, "--weights", "none", "-o", str(tmp_path / "m.txt"), "--format", "keras"]
+    )
     assert result.exit_code == 2 and "Traceback" not in result.output and "m.txt" in result.output
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("onnx2tf") is None,
-                    reason='needs the keras extra: pip install "headstart[keras]"')
+@pytest.mark.skipif(
+    importlib.util.find_spec("onnx2tf") is None, reason='needs the keras extra: pip install "headstart[keras]"'
+)
 def test_keras_export_parity_within_1e4(tmp_path):
     # its own process: TensorFlow and torch share the process badly when torchvision is imported after TensorFlow
     path = tmp_path / "tiny.keras"
-    completed = subprocess.run([sys.executable, "-m", "headstart", "export", TINY, "--weights", "none", "-o", str(path),
-                                "--format", "keras"], capture_output=True, text=True, timeout=300,
-                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    completed = subprocess.run(
+        [sys.executable, "-m", "headstart", "export", TINY, "--weights", "none", "-o", str(path), "--format", "keras"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert "max |PyTorch − keras|" in completed.stdout
     difference = float(completed.stdout.split("max |PyTorch − keras| = ")[1].split()[0])

@@ -69,8 +69,9 @@ def test_preprocess_input_accepts_nhwc_batches_of_every_dtype(lite0, chelsea):
     assert torch.allclose(preprocess_input(batch.astype(np.float64) / 255.0, lite0.preprocessing), from_list, atol=1e-6)
     assert torch.allclose(preprocess_input(batch.astype(np.int64), lite0.preprocessing), from_list)
     grey = np.asarray(Image.fromarray(chelsea).convert("L"))
-    assert torch.equal(preprocess_input(grey[None, :, :, None], lite0.preprocessing),
-                       preprocess_input([grey], lite0.preprocessing))
+    assert torch.equal(
+        preprocess_input(grey[None, :, :, None], lite0.preprocessing), preprocess_input([grey], lite0.preprocessing)
+    )
     rgba = np.concatenate([chelsea, np.full(chelsea.shape[:2] + (1,), 255, np.uint8)], axis=2)
     assert torch.equal(preprocess_input(rgba[None], lite0.preprocessing), from_list[:1])
 
@@ -82,8 +83,9 @@ def test_resize_stretch_squashes_the_whole_image_like_keras_resizing(lite0, chel
     """Keras' ``Resizing(h, w)`` scales both sides (nothing cut); the pretrained pipeline crops."""
     stretched = preprocess_input(np.array([chelsea]), lite0.preprocessing, resize="stretch")
     squashed = Image.fromarray(chelsea).resize((224, 224), Image.Resampling.BICUBIC)
-    expected = normalize(torch.from_numpy(np.asarray(squashed).copy()).permute(2, 0, 1)[None].float() / 255.0,
-                         lite0.preprocessing)
+    expected = normalize(
+        torch.from_numpy(np.asarray(squashed).copy()).permute(2, 0, 1)[None].float() / 255.0, lite0.preprocessing
+    )
     assert stretched.shape == (1, 3, 224, 224)
     assert torch.allclose(stretched, expected, atol=1e-5)
     cropped = preprocess_input(np.array([chelsea]), lite0.preprocessing)
@@ -97,9 +99,13 @@ def test_resize_stretch_squashes_the_whole_image_like_keras_resizing(lite0, chel
 
 def test_decode_predictions_keras_form_reproduces_the_chapters_listing():
     """Listing 2-5's five rows, from a probability vector with the listing's values."""
-    listing = [("n02129165", "lion", 0.91112673), ("n02112137", "chow", 0.008575964),
-               ("n02130308", "cheetah", 0.0024228022), ("n04328186", "stopwatch", 0.00097137265),
-               ("n02106030", "collie", 0.00083191396)]
+    listing = [
+        ("n02129165", "lion", 0.91112673),
+        ("n02112137", "chow", 0.008575964),
+        ("n02130308", "cheetah", 0.0024228022),
+        ("n04328186", "stopwatch", 0.00097137265),
+        ("n02106030", "collie", 0.00083191396),
+    ]
     index_of = {wnid: index for index, (wnid, _, _) in enumerate(imagenet_synsets())}
     probabilities = np.zeros((1, 1000), np.float32)
     for wnid, _, value in listing:
@@ -115,23 +121,29 @@ def test_decode_predictions_keras_form_reproduces_the_chapters_listing():
 def test_keras_form_on_the_network_and_on_a_new_head(lite0, chelsea):
     x = preprocess_input(np.array([chelsea]), lite0.preprocessing)
     triple = lite0.decode(lite0(x), top=2, style="keras")[0][0]
-    assert len(triple) == 3 and triple[0] in CATS and triple[1] == dict(
-        (wnid, name) for wnid, name, _ in imagenet_synsets())[triple[0]]
+    assert (
+        len(triple) == 3
+        and triple[0] in CATS
+        and triple[1] == dict((wnid, name) for wnid, name, _ in imagenet_synsets())[triple[0]]
+    )
     network = zoo.load(TINY, weights=None, include_top=False)
     network.replace_head(HeadSpec(outputs=3), labels=["cat", "dog", "bird"])
     decoded = network.decode(network(torch.randn(1, 3, 64, 64)), top=3, style="keras")[0]
     assert {(index, name) for index, name, _ in decoded} == {("0", "cat"), ("1", "dog"), ("2", "bird")}
 
 
-@pytest.mark.parametrize(("arguments", "message"), [
-    ({"style": "tf"}, "style='tf'; expected 'pairs' or 'keras'"),
-    ({"labels": "cat"}, "labels='cat' is one string"),
-    ({"top": 0}, "top=0"),
-    ({"top": 2.5}, "top=2.5"),
-    ({"probabilities": "lion"}, "probabilities of type str"),
-    ({"probabilities": np.zeros((1, 2, 3))}, r"shape \(1, 2, 3\), expected \[batch, classes\]"),
-    ({"labels": ["a"]}, "1 labels for 4 outputs"),
-])
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"style": "tf"}, "style='tf'; expected 'pairs' or 'keras'"),
+        ({"labels": "cat"}, "labels='cat' is one string"),
+        ({"top": 0}, "top=0"),
+        ({"top": 2.5}, "top=2.5"),
+        ({"probabilities": "lion"}, "probabilities of type str"),
+        ({"probabilities": np.zeros((1, 2, 3))}, r"shape \(1, 2, 3\), expected \[batch, classes\]"),
+        ({"labels": ["a"]}, "1 labels for 4 outputs"),
+    ],
+)
 def test_decode_predictions_misuse(arguments, message):
     given = {"probabilities": np.full((1, 4), 0.25), **arguments}
     with pytest.raises(HeadstartError, match=message):
@@ -141,25 +153,31 @@ def test_decode_predictions_misuse(arguments, message):
 # ------------------------------------------------------------------ misuse: preprocess_input
 
 
-@pytest.mark.parametrize(("images", "message"), [
-    (np.zeros((1, 8, 8, 5), np.uint8), r"images is a batch of shape \(1, 8, 8, 5\); expected \(batch, height, width"),
-    (np.zeros((2, 3, 8, 8), np.uint8), "channels-first: pass array.transpose"),
-    ([np.zeros((8, 8, 5), np.uint8)], r"images\[0\] is an image array of shape \(8, 8, 5\)"),
-    (np.zeros((3, 16, 16), np.float32), "channels-first"),
-    (np.zeros((1, 1, 8, 8, 3), np.uint8), r"images is an array of shape \(1, 1, 8, 8, 3\)"),
-    (np.zeros(8, np.uint8), r"images is an array of shape \(8,\)"),
-    (np.full((1, 8, 8, 3), 200.0, np.float32), "float values from 200 to 200; expected 0..1.*float_scale=255"),
-    (np.full((8, 8, 3), np.nan, np.float32), "NaN or infinite"),
-    (np.full((8, 8, 3), -3, np.int16), "int16 has values from -3 to -3; expected 0..255"),
-    (np.zeros((8, 8, 3), bool), "dtype bool; expected uint8"),
-    (np.zeros((8, 8, 3), np.complex64), "dtype complex64"),
-    (torch.zeros(1, 3, 8, 8), "images is a torch tensor.*normalize"),
-    (42, "images is of type int"),
-    ([42], r"images\[0\] is of type int"),
-    (np.zeros((0, 8, 8, 3), np.uint8), "got no images"),
-    ([], "got no images"),
-    (np.zeros((0, 8, 3), np.uint8), "at least 1×1"),
-])
+@pytest.mark.parametrize(
+    ("images", "message"),
+    [
+        (
+            np.zeros((1, 8, 8, 5), np.uint8),
+            r"images is a batch of shape \(1, 8, 8, 5\); expected \(batch, height, width",
+        ),
+        (np.zeros((2, 3, 8, 8), np.uint8), "channels-first: pass array.transpose"),
+        ([np.zeros((8, 8, 5), np.uint8)], r"images\[0\] is an image array of shape \(8, 8, 5\)"),
+        (np.zeros((3, 16, 16), np.float32), "channels-first"),
+        (np.zeros((1, 1, 8, 8, 3), np.uint8), r"images is an array of shape \(1, 1, 8, 8, 3\)"),
+        (np.zeros(8, np.uint8), r"images is an array of shape \(8,\)"),
+        (np.full((1, 8, 8, 3), 200.0, np.float32), "float values from 200 to 200; expected 0..1.*float_scale=255"),
+        (np.full((8, 8, 3), np.nan, np.float32), "NaN or infinite"),
+        (np.full((8, 8, 3), -3, np.int16), "int16 has values from -3 to -3; expected 0..255"),
+        (np.zeros((8, 8, 3), bool), "dtype bool; expected uint8"),
+        (np.zeros((8, 8, 3), np.complex64), "dtype complex64"),
+        (torch.zeros(1, 3, 8, 8), "images is a torch tensor.*normalize"),
+        (42, "images is of type int"),
+        ([42], r"images\[0\] is of type int"),
+        (np.zeros((0, 8, 8, 3), np.uint8), "got no images"),
+        ([], "got no images"),
+        (np.zeros((0, 8, 3), np.uint8), "at least 1×1"),
+    ],
+)
 def test_preprocess_input_misuse(lite0, images, message):
     with pytest.raises(HeadstartError, match=message):
         preprocess_input(images, lite0.preprocessing)
@@ -182,19 +200,22 @@ def tiny():
     return zoo.load(TINY, weights=None, include_top=False, num_classes=3)
 
 
-@pytest.mark.parametrize(("x", "options", "message"), [
-    (torch.zeros(1, 5, 32, 32), {}, r"x of shape \(1, 5, 32, 32\) has 5 channels; test_efficientnet reads 3"),
-    (torch.zeros(1, 32, 32, 3), {}, "looks channels-last.*permute"),
-    (torch.zeros(3, 32, 32), {}, r"is one image; expected a batch.*unsqueeze\(0\)"),
-    (torch.zeros(32, 32), {}, r"expected a batch \[batch, 3, height, width\]"),
-    (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), {}, "dtype torch.uint8; a tensor must hold normalised floats"),
-    (torch.zeros(0, 3, 32, 32), {}, "holds no images"),
-    (torch.zeros(1, 3, 32, 32), {"batch_size": 0}, "batch_size=0"),
-    (np.zeros((1, 32, 32, 3), np.uint8), {"resize": "squash"}, "resize='squash'"),
-    (np.zeros((1, 32, 32, 7), np.uint8), {}, r"images is a batch of shape \(1, 32, 32, 7\)"),
-    ("missing.jpg", {}, "missing.jpg"),
-    (3.5, {}, "images is of type float"),
-])
+@pytest.mark.parametrize(
+    ("x", "options", "message"),
+    [
+        (torch.zeros(1, 5, 32, 32), {}, r"x of shape \(1, 5, 32, 32\) has 5 channels; test_efficientnet reads 3"),
+        (torch.zeros(1, 32, 32, 3), {}, "looks channels-last.*permute"),
+        (torch.zeros(3, 32, 32), {}, r"is one image; expected a batch.*unsqueeze\(0\)"),
+        (torch.zeros(32, 32), {}, r"expected a batch \[batch, 3, height, width\]"),
+        (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), {}, "dtype torch.uint8; a tensor must hold normalised floats"),
+        (torch.zeros(0, 3, 32, 32), {}, "holds no images"),
+        (torch.zeros(1, 3, 32, 32), {"batch_size": 0}, "batch_size=0"),
+        (np.zeros((1, 32, 32, 3), np.uint8), {"resize": "squash"}, "resize='squash'"),
+        (np.zeros((1, 32, 32, 7), np.uint8), {}, r"images is a batch of shape \(1, 32, 32, 7\)"),
+        ("missing.jpg", {}, "missing.jpg"),
+        (3.5, {}, "images is of type float"),
+    ],
+)
 def test_predict_misuse(tiny, x, options, message):
     with pytest.raises(HeadstartError, match=message):
         tiny.predict(x, **options)
@@ -211,15 +232,18 @@ def test_predict_converts_dtype_and_names_an_input_too_small():
 # ------------------------------------------------------------------ misuse: freeze, trainable
 
 
-@pytest.mark.parametrize(("selectors", "message"), [
-    ((3,), r"selector 3 \(int\): expected a name such as 'backbone'"),
-    ((None,), r"selector None \(NoneType\)"),
-    (("",), r"selector '' \(str\)"),
-    (("stme",), "unknown selector 'stme'.*did you mean stem"),
-    ((["backbone", 7],), r"selector 7 \(int\)"),
-    (("blocks[99]",), r"has \d+ blocks"),
-    ((), "no selector given"),
-])
+@pytest.mark.parametrize(
+    ("selectors", "message"),
+    [
+        ((3,), r"selector 3 \(int\): expected a name such as 'backbone'"),
+        ((None,), r"selector None \(NoneType\)"),
+        (("",), r"selector '' \(str\)"),
+        (("stme",), "unknown selector 'stme'.*did you mean stem"),
+        ((["backbone", 7],), r"selector 7 \(int\)"),
+        (("blocks[99]",), r"has \d+ blocks"),
+        ((), "no selector given"),
+    ],
+)
 def test_freeze_misuse(selectors, message):
     network = zoo.load(TINY, weights=None, include_top=False, num_classes=2)
     with pytest.raises(HeadstartError, match=message):
@@ -251,19 +275,22 @@ def test_trainable_is_keras_model_trainable_for_the_whole_network():
 # ------------------------------------------------------------------ misuse: replace_head
 
 
-@pytest.mark.parametrize(("head", "labels", "message"), [
-    (3, None, "replace_head: head of type int: expected an nn.Module, a HeadSpec or a mapping"),
-    ("dense", None, "head of type str"),
-    ({"outputs": 0}, None, "head: outputs: Input should be greater than 0"),
-    ({"output_units": 3}, None, "head: output_units: unknown key; did you mean .outputs."),
-    (nn.Linear(7, 3), None, r"cannot read this network's features, \[batch, \d+\] \(avg-pooled features\)"),
-    (nn.Conv2d(3, 3, 1), None, "cannot read this network's features"),
-    (nn.Unflatten(1, (-1, 1, 1)), None, r"returns \(2, \d+, 1, 1\).*expected logits \[batch, outputs\]"),
-    ("linear3", ["a", "b", "c", "d"], "4 labels for a head of 3 outputs"),
-    ("linear3", "abc", "labels='abc'; expected a list of class names"),
-    ("linear3", 3, "labels=3; expected a list"),
-    (HeadSpec(outputs=3), ["a", "b"], "2 labels for a head of 3 outputs"),
-])
+@pytest.mark.parametrize(
+    ("head", "labels", "message"),
+    [
+        (3, None, "replace_head: head of type int: expected an nn.Module, a HeadSpec or a mapping"),
+        ("dense", None, "head of type str"),
+        ({"outputs": 0}, None, "head: outputs: Input should be greater than 0"),
+        ({"output_units": 3}, None, "head: output_units: unknown key; did you mean .outputs."),
+        (nn.Linear(7, 3), None, r"cannot read this network's features, \[batch, \d+\] \(avg-pooled features\)"),
+        (nn.Conv2d(3, 3, 1), None, "cannot read this network's features"),
+        (nn.Unflatten(1, (-1, 1, 1)), None, r"returns \(2, \d+, 1, 1\).*expected logits \[batch, outputs\]"),
+        ("linear3", ["a", "b", "c", "d"], "4 labels for a head of 3 outputs"),
+        ("linear3", "abc", "labels='abc'; expected a list of class names"),
+        ("linear3", 3, "labels=3; expected a list"),
+        (HeadSpec(outputs=3), ["a", "b"], "2 labels for a head of 3 outputs"),
+    ],
+)
 def test_replace_head_misuse(head, labels, message):
     network = zoo.load(TINY, weights=None, include_top=False)
     if head == "linear3":
@@ -305,27 +332,30 @@ def test_classes_is_keras_name_for_the_full_classifier_size():
     assert torch.equal(network(x), network.head(network.backbone(x))) and network(x).shape == (2, 4)
 
 
-@pytest.mark.parametrize(("arguments", "message"), [
-    ({"name": 3}, "model name 3: expected a Keras alias"),
-    ({"name": "EfficentNetB0"}, "did you mean.*EfficientNetB0"),
-    ({"weights": "imagnet"}, "weights='imagnet'; expected 'imagenet', None.*did you mean 'imagenet'"),
-    ({"weights": 3}, "weights of type int"),
-    ({"weights": {"conv.weight": torch.zeros(1)}}, "weights of type dict"),
-    ({"weights": "missing/model.safetensors"}, "missing/model.safetensors: no such weights file"),
-    ({"include_top": "False"}, "include_top='False'; expected True"),
-    ({"pooling": "mean"}, "pooling='mean': expected one of avg, max, flatten, none"),
-    ({"in_chans": True}, "in_chans=True"),
-    ({"in_chans": "3"}, "in_chans='3'"),
-    ({"num_classes": 0}, "num_classes=0"),
-    ({"classes": 2.5}, "classes=2.5"),
-    ({"classes": 10, "num_classes": 5}, "num_classes=5 and classes=10 disagree"),
-    ({"input_shape": (32, 32, 3)}, "input_shape is a Keras argument.*in_chans="),
-    ({"input_tensor": None}, "input_tensor is a Keras argument"),
-    ({"poolng": "avg"}, "unknown argument poolng='avg'; did you mean pooling"),
-    ({"stem_adaptation": "mean"}, "stem_adaptation='mean'"),
-    ({"head": 3}, "head of type int"),
-    ({"include_top": False, "pooling": None, "num_classes": 2}, "pooling='none' keeps the 4-D feature map"),
-])
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"name": 3}, "model name 3: expected a Keras alias"),
+        ({"name": "EfficentNetB0"}, "did you mean.*EfficientNetB0"),
+        ({"weights": "imagnet"}, "weights='imagnet'; expected 'imagenet', None.*did you mean 'imagenet'"),
+        ({"weights": 3}, "weights of type int"),
+        ({"weights": {"conv.weight": torch.zeros(1)}}, "weights of type dict"),
+        ({"weights": "missing/model.safetensors"}, "missing/model.safetensors: no such weights file"),
+        ({"include_top": "False"}, "include_top='False'; expected True"),
+        ({"pooling": "mean"}, "pooling='mean': expected one of avg, max, flatten, none"),
+        ({"in_chans": True}, "in_chans=True"),
+        ({"in_chans": "3"}, "in_chans='3'"),
+        ({"num_classes": 0}, "num_classes=0"),
+        ({"classes": 2.5}, "classes=2.5"),
+        ({"classes": 10, "num_classes": 5}, "num_classes=5 and classes=10 disagree"),
+        ({"input_shape": (32, 32, 3)}, "input_shape is a Keras argument.*in_chans="),
+        ({"input_tensor": None}, "input_tensor is a Keras argument"),
+        ({"poolng": "avg"}, "unknown argument poolng='avg'; did you mean pooling"),
+        ({"stem_adaptation": "mean"}, "stem_adaptation='mean'"),
+        ({"head": 3}, "head of type int"),
+        ({"include_top": False, "pooling": None, "num_classes": 2}, "pooling='none' keeps the 4-D feature map"),
+    ],
+)
 def test_load_misuse(arguments, message):
     given = {"name": TINY, "weights": None, **arguments}
     with pytest.raises(HeadstartError, match=message):
@@ -361,8 +391,11 @@ def test_squeezenet1_0_imagenet_offline_says_how_to_pass_a_file(tmp_path):
     previous = torch.hub.get_dir()
     torch.hub.set_dir(str(tmp_path))
     try:
-        with pytest.raises(HeadstartError, match=r'SqueezeNet1_0: ImageNet weights are not in .*'
-                                                 r'weights="path/to/squeezenet1_0-[0-9a-f]+\.pth"'):
+        with pytest.raises(
+            HeadstartError,
+            match=r"SqueezeNet1_0: ImageNet weights are not in .*"
+            r'weights="path/to/squeezenet1_0-[0-9a-f]+\.pth"',
+        ):
             zoo.load("SqueezeNet1_0", weights="imagenet")
     finally:
         torch.hub.set_dir(previous)
@@ -403,8 +436,14 @@ RUN_FILE = {
     "data": {"source": {"kind": "digits", "image_size": 16}, "splits": {"labels_per_class": 5}},
     "model": {"name": "test_resnet", "weights": None, "image_size": 16, "include_top": True, "classes": 8},
     "stages": [
-        {"name": "rotation", "data": "all", "pretext": {"name": "rotation"}, "epochs": 1, "steps_per_epoch": 3,
-         "batch_size": 32},
+        {
+            "name": "rotation",
+            "data": "all",
+            "pretext": {"name": "rotation"},
+            "epochs": 1,
+            "steps_per_epoch": 3,
+            "batch_size": 32,
+        },
         {"name": "task", "epochs": 1, "batch_size": 25, "freeze": ["re:^backbone\\."]},
     ],
 }
@@ -450,7 +489,8 @@ def test_classes_without_include_top_is_refused_and_old_hashes_are_kept():
     plain = {"name": "test_resnet", "weights": None, "image_size": 16}
     assert parse_run({**RUN_FILE, "model": plain}).config_hash() == "d6213f9c5a5bf037"
     assert parse_run({**RUN_FILE, "model": {**plain, "include_top": False, "classes": None}}).config_hash() == (
-        "d6213f9c5a5bf037")
+        "d6213f9c5a5bf037"
+    )
     # set, they change what is trained and so the hash
     variants = ({}, {"include_top": True}, {"include_top": True, "classes": 8}, {"include_top": True, "classes": 9})
     hashes = {parse_run({**RUN_FILE, "model": {**plain, **keys}}).config_hash() for keys in variants}

@@ -16,10 +16,23 @@ mlflow = pytest.importorskip("mlflow")
 
 
 def _spec(output: Path, **extra) -> dict:
-    return digit_run(output, [{"name": "rotation", "data": "all", "pretext": {"name": "rotation"}, "epochs": 2,
-                               "batch_size": 64, "steps_per_epoch": 3},
-                              {"name": "task", "epochs": 3, "batch_size": 25, "optimizer": {"lr": 0.003}}],
-                     name="tracked", loggers=["csv", "mlflow"], **extra)
+    return digit_run(
+        output,
+        [
+            {
+                "name": "rotation",
+                "data": "all",
+                "pretext": {"name": "rotation"},
+                "epochs": 2,
+                "batch_size": 64,
+                "steps_per_epoch": 3,
+            },
+            {"name": "task", "epochs": 3, "batch_size": 25, "optimizer": {"lr": 0.003}},
+        ],
+        name="tracked",
+        loggers=["csv", "mlflow"],
+        **extra,
+    )
 
 
 def test_a_file_store_beside_the_run_holds_one_run_per_stage_with_metrics_params_and_artifacts(tmp_path):
@@ -70,8 +83,10 @@ def test_mlflow_settings_are_checked(tmp_path):
     with pytest.raises(HeadstartError, match="mlflow.tracking_ur: unknown key; did you mean 'tracking_uri'"):
         parse_run(_spec(tmp_path, mlflow={"tracking_ur": "x"}))
     # where metrics go does not change what is trained
-    assert (parse_run(_spec(tmp_path, mlflow={"experiment": "x"})).config_hash()
-            == parse_run({**_spec(tmp_path), "loggers": ["csv"]}).config_hash())
+    assert (
+        parse_run(_spec(tmp_path, mlflow={"experiment": "x"})).config_hash()
+        == parse_run({**_spec(tmp_path), "loggers": ["csv"]}).config_hash()
+    )
 
 
 def test_without_mlflow_installed_the_run_says_how_to_install_it_before_writing(tmp_path, monkeypatch):

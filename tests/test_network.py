@@ -88,7 +88,8 @@ def test_trainable_counts_before_and_after_freezing_the_backbone():
     assert changed == preview and len(changed) == len(network.frozen_parameter_names())
     assert trainable() == LITE0_CLASSIFIER
     assert sorted(name for name, _ in network.trainable_parameters()) == [
-        "backbone.classifier.bias", "backbone.classifier.weight"
+        "backbone.classifier.bias",
+        "backbone.classifier.weight",
     ]
     report = network.summary(input_size=64)
     assert f"Total params: {LITE0_PARAMETERS:,}" in report

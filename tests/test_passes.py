@@ -37,8 +37,10 @@ def _spy_on_moves(network) -> list:
 
 
 def _passes():
-    return {"compute_features": lambda network, data, **options: compute_features(network, data, **options),
-            "evaluate": lambda network, data, **options: evaluate(network, data, num_classes=3, **options)}
+    return {
+        "compute_features": lambda network, data, **options: compute_features(network, data, **options),
+        "evaluate": lambda network, data, **options: evaluate(network, data, num_classes=3, **options),
+    }
 
 
 @pytest.mark.parametrize("name", ["compute_features", "evaluate"])
@@ -102,8 +104,9 @@ def test_evaluate_reports_the_accuracy_and_confusion_of_the_whole_set():
 def test_evaluate_reads_a_one_sigmoid_head_as_two_classes():
     network = _network(outputs=1)
     pixels, labels = _data(classes=2)
-    metrics = evaluate(network, (pixels, labels), image_size=16, batch_size=8, loss="binary_cross_entropy",
-                       num_classes=2)
+    metrics = evaluate(
+        network, (pixels, labels), image_size=16, batch_size=8, loss="binary_cross_entropy", num_classes=2
+    )
     with torch.no_grad():
         z = network.eval()(network_input(network, pixels, 16, "cpu"))[:, 0]
     assert metrics["accuracy"] == pytest.approx(float(((z > 0).long() == labels).float().mean()))

@@ -118,6 +118,10 @@ def test_a_network_reading_grey_structure_is_cleared():
 
 def test_shortcut_check_needs_the_context_task_and_colour():
     with pytest.raises(HeadstartError, match="context"):
-        context_shortcut_check(channel_means(), nn.Identity(), torch.rand(2, 3, 8, 8), pretext.get("rotation"), torch.Generator())
+        context_shortcut_check(
+            channel_means(), nn.Identity(), torch.rand(2, 3, 8, 8), pretext.get("rotation"), torch.Generator()
+        )
     with pytest.raises(HeadstartError, match="RGB"):
-        context_shortcut_check(channel_means(), nn.Identity(), torch.rand(2, 1, 64, 64), pretext.get("context"), torch.Generator())
+        context_shortcut_check(
+            channel_means(), nn.Identity(), torch.rand(2, 1, 64, 64), pretext.get("context"), torch.Generator()
+        )

@@ -28,7 +28,9 @@ def test_unpermuting_the_tiles_restores_the_image():
     restored[torch.arange(12)[:, None], order] = shuffled
     grid = restored.view(12, 3, 3, 3, 10, 10).permute(0, 3, 1, 4, 2, 5).reshape(12, 3, 30, 30)
     assert torch.equal(grid, images)
-    assert not torch.equal(shuffled, images.unfold(2, 10, 10).unfold(3, 10, 10).permute(0, 2, 3, 1, 4, 5).reshape(12, 9, 3, 10, 10))
+    assert not torch.equal(
+        shuffled, images.unfold(2, 10, 10).unfold(3, 10, 10).permute(0, 2, 3, 1, 4, 5).reshape(12, 9, 3, 10, 10)
+    )
 
 
 def test_each_slot_holds_a_tile_from_the_cell_its_permutation_names():

@@ -3,7 +3,6 @@ views, the momentum teacher, stages that train and resume on real digits, diagno
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -48,7 +47,7 @@ def test_simclr_loss_is_nt_xent_and_lightlys():
     expected = 0.0
     for i in range(2 * n):
         partner = (i + n) % (2 * n)
-        others = torch.cat([similarity[i, :i], similarity[i, i + 1:]])
+        others = torch.cat([similarity[i, :i], similarity[i, i + 1 :]])
         expected += -(similarity[i, partner] - torch.logsumexp(others, 0))
     expected /= 2 * n
     assert task.loss(z, None).item() == pytest.approx(expected.item(), rel=1e-5)
@@ -65,8 +64,15 @@ def test_byol_loss_is_two_minus_two_cosine_both_ways():
 
 
 def test_dino_loss_is_cross_entropy_of_centred_sharpened_teacher_across_views():
-    task = pretext.get("dino", output_dim=16, hidden_dim=8, bottleneck_dim=4, teacher_temperature=0.05,
-                       student_temperature=0.2, center_momentum=0.5)
+    task = pretext.get(
+        "dino",
+        output_dim=16,
+        hidden_dim=8,
+        bottleneck_dim=4,
+        teacher_temperature=0.05,
+        student_temperature=0.2,
+        center_momentum=0.5,
+    )
     network = _network()
     head = task.build_head(network.encoder(16), (16, 16))
     center = _random(1, 16, seed=3)
@@ -117,7 +123,9 @@ def test_grey_images_are_not_flipped_unless_asked():
         return (view[..., :8].mean(dim=(1, 2, 3)) > view[..., 8:].mean(dim=(1, 2, 3))).float().mean().item()
 
     generator = torch.Generator().manual_seed(0)
-    assert left_heavy(ViewOptions(colour_jitter=0, crop_scale=(0.9, 1.0)).view(left, generator)) == 1.0  # flip: auto, grey → off
+    assert (
+        left_heavy(ViewOptions(colour_jitter=0, crop_scale=(0.9, 1.0)).view(left, generator)) == 1.0
+    )  # flip: auto, grey → off
     flipped = left_heavy(ViewOptions(colour_jitter=0, crop_scale=(0.9, 1.0), flip=True).view(left, generator))
     assert 0.25 < flipped < 0.75
 
@@ -150,8 +158,11 @@ def test_the_teacher_moves_only_by_its_momentum_update(name):
     task.loss(task.forward(encoder, head, inputs), targets).backward()
     optimizer.step()
     assert all(parameter.grad is None for parameter in head.teacher.parameters())
-    assert all(torch.equal(head.teacher.state_dict()[key], value) for key, value in teacher_before.items()
-               if value.is_floating_point() and "running" not in key)  # BatchNorm statistics follow batches
+    assert all(
+        torch.equal(head.teacher.state_dict()[key], value)
+        for key, value in teacher_before.items()
+        if value.is_floating_point() and "running" not in key
+    )  # BatchNorm statistics follow batches
     student_module, teacher_module = followed_pair(encoder, head.teacher)
     assert teacher_module is not network.backbone and student_module is network.backbone
     student = dict(student_module.named_parameters())
@@ -171,9 +182,20 @@ def test_the_teacher_moves_only_by_its_momentum_update(name):
 def test_a_stage_of_each_trains_on_real_digits_and_its_backbone_reads_back(tmp_path, name):
     data = _digits()
     network = _network()
-    record = fit_stage(network, {"name": name, "data": "all", "pretext": {"name": name}, "epochs": 2,
-                                 "batch_size": 64, "optimizer": {"lr": 3e-3}}, data, folder=tmp_path / name,
-                       image_size=16)
+    record = fit_stage(
+        network,
+        {
+            "name": name,
+            "data": "all",
+            "pretext": {"name": name},
+            "epochs": 2,
+            "batch_size": 64,
+            "optimizer": {"lr": 3e-3},
+        },
+        data,
+        folder=tmp_path / name,
+        image_size=16,
+    )
     assert record.head.pretext == name and len(record.history) == 2
     metric = {"simclr": "val_contrastive_accuracy", "byol": "val_view_similarity", "dino": "val_teacher_entropy"}[name]
     assert metric in record.history[-1]
@@ -185,8 +207,11 @@ def test_a_stage_of_each_trains_on_real_digits_and_its_backbone_reads_back(tmp_p
     loaded = {f"backbone.{key}": value for key, value in backbone.backbone.state_dict().items()}
     assert all(torch.equal(stored[key], value) for key, value in loaded.items())
     initial = _network().backbone.state_dict()  # the same seed: the weights the stage started from
-    changed = [key for key, value in backbone.backbone.state_dict().items()
-               if key.endswith("conv1.weight") and not torch.equal(initial[key], value)]
+    changed = [
+        key
+        for key, value in backbone.backbone.state_dict().items()
+        if key.endswith("conv1.weight") and not torch.equal(initial[key], value)
+    ]
     assert changed, "the stage did not train the backbone"
 
 
@@ -198,8 +223,20 @@ def test_simclr_views_make_a_better_backbone_than_random_weights(tmp_path):
     data = _digits()
     random_probe = probe_network(_network(), data, image_size=16, source="init")
     network = _network()
-    fit_stage(network, {"name": "simclr", "data": "all", "pretext": {"name": "simclr"}, "epochs": 5,
-                        "batch_size": 128, "optimizer": {"lr": 3e-3}}, data, folder=tmp_path / "s", image_size=16)
+    fit_stage(
+        network,
+        {
+            "name": "simclr",
+            "data": "all",
+            "pretext": {"name": "simclr"},
+            "epochs": 5,
+            "batch_size": 128,
+            "optimizer": {"lr": 3e-3},
+        },
+        data,
+        folder=tmp_path / "s",
+        image_size=16,
+    )
     trained = probe_network(network, data, image_size=16, source="simclr")
     assert trained.knn_accuracy > random_probe.knn_accuracy + 0.03, (random_probe.knn_accuracy, trained.knn_accuracy)
 
@@ -210,10 +247,15 @@ def test_an_interrupted_stage_resumes_to_the_same_weights(tmp_path, name, interr
     spec = {"name": name, "data": "all", "pretext": {"name": name}, "epochs": 3, "batch_size": 128}
     fit_stage(_network(), spec, data, folder=tmp_path / "whole", image_size=16)
     interrupted_then_resumed(
-        lambda folder, resume, callbacks: fit_stage(_network(), spec, data, folder=folder, image_size=16,
-                                                    resume=resume, callbacks=callbacks),
-        tmp_path / "cut")
-    whole, cut = load_file(tmp_path / "whole" / "weights.safetensors"), load_file(tmp_path / "cut" / "weights.safetensors")
+        lambda folder, resume, callbacks: fit_stage(
+            _network(), spec, data, folder=folder, image_size=16, resume=resume, callbacks=callbacks
+        ),
+        tmp_path / "cut",
+    )
+    whole, cut = (
+        load_file(tmp_path / "whole" / "weights.safetensors"),
+        load_file(tmp_path / "cut" / "weights.safetensors"),
+    )
     assert set(whole) == set(cut) and any(key.startswith("head.") for key in whole)
     assert all(torch.equal(whole[key], cut[key]) for key in whole)
 
@@ -223,9 +265,12 @@ def test_an_interrupted_stage_resumes_to_the_same_weights(tmp_path, name, interr
 
 def test_diagnostics_say_when_a_pretext_is_still_learning_or_an_embedding_is_not():
     rotation = pretext.get("rotation")
-    rising = [{"train_accuracy": value, "val_accuracy": value} for value in (0.5, 0.6, 0.66, 0.7, 0.73, 0.75, 0.77, 0.8)]
-    assert any(line.startswith("underfit: still learning") and "0.750 to 0.800" in line
-               for line in diagnose(rising, rotation))
+    rising = [
+        {"train_accuracy": value, "val_accuracy": value} for value in (0.5, 0.6, 0.66, 0.7, 0.73, 0.75, 0.77, 0.8)
+    ]
+    assert any(
+        line.startswith("underfit: still learning") and "0.750 to 0.800" in line for line in diagnose(rising, rotation)
+    )
     settled = rising[:-2] + [{"train_accuracy": 0.75, "val_accuracy": 0.75}] * 3
     assert not any("underfit" in line for line in diagnose(settled, rotation))
     high = [{"train_accuracy": v, "val_accuracy": v} for v in (0.5, 0.8, 0.9, 0.93, 0.96, 0.97)]
@@ -235,8 +280,10 @@ def test_diagnostics_say_when_a_pretext_is_still_learning_or_an_embedding_is_not
     assert any("not learning" in line for line in diagnose(flat, simclr))
     assert diagnose([{"val_loss": 5.0}, {"val_loss": 4.5}], simclr) == []
     dino = pretext.get("dino", output_dim=64)
-    assert diagnose([{"val_loss": 4.0, "val_teacher_entropy": 2.0}, {"val_loss": 4.2, "val_teacher_entropy": 2.1}],
-                    dino) == []  # a loss against a moving teacher may rise
+    assert (
+        diagnose([{"val_loss": 4.0, "val_teacher_entropy": 2.0}, {"val_loss": 4.2, "val_teacher_entropy": 2.1}], dino)
+        == []
+    )  # a loss against a moving teacher may rise
     assert "one prototype" in diagnose([{"val_loss": 4.0, "val_teacher_entropy": 0.01}], dino)[0]
     assert "uniform" in diagnose([{"val_loss": 4.0, "val_teacher_entropy": 4.15}], dino)[0]
 

@@ -33,15 +33,19 @@ def colour_arrays(tmp_path_factory):
 
 
 def _spec(tmp_path, source, task, image_size=32, **options):
-    return parse_run({
-        "seed": 0, "output": str(tmp_path / task), "progress": False,
-        "data": {"source": source, "splits": {"test_fraction": 0.2, "val_fraction": 0.1}},
-        "model": {"name": "test_resnet", "weights": None, "image_size": image_size},
-        "stages": [
-            {"name": "pretext", "data": "all", "pretext": {"name": task, **options}, "epochs": 1, "batch_size": 16},
-            {"name": "task", "epochs": 8, "batch_size": 16, "optimizer": {"lr": 0.003}},
-        ],
-    })
+    return parse_run(
+        {
+            "seed": 0,
+            "output": str(tmp_path / task),
+            "progress": False,
+            "data": {"source": source, "splits": {"test_fraction": 0.2, "val_fraction": 0.1}},
+            "model": {"name": "test_resnet", "weights": None, "image_size": image_size},
+            "stages": [
+                {"name": "pretext", "data": "all", "pretext": {"name": task, **options}, "epochs": 1, "batch_size": 16},
+                {"name": "task", "epochs": 8, "batch_size": 16, "optimizer": {"lr": 0.003}},
+            ],
+        }
+    )
 
 
 @pytest.mark.parametrize("task", sorted(set(pretext.names()) - {"custom"}))
@@ -73,8 +77,12 @@ def test_a_registered_user_task_is_usable_by_name(tmp_path):
         name = "brightness_factor"
 
         def __init__(self) -> None:
-            super().__init__(alter=alter, head=lambda encoder, size: nn.Linear(encoder.num_features, 3),
-                             loss="cross_entropy", kind="classification")
+            super().__init__(
+                alter=alter,
+                head=lambda encoder, size: nn.Linear(encoder.num_features, 3),
+                loss="cross_entropy",
+                kind="classification",
+            )
 
     try:
         result = run(_spec(tmp_path, {"kind": "digits"}, "brightness_factor", image_size=16))

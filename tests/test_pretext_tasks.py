@@ -250,7 +250,7 @@ def test_one_step_on_timm_test_backbones(name, model_name, structured_images):
     loss = task.loss(task.forward(encoder, head, inputs), targets)
     loss.backward()
     optimizer.step()
-    moved = [not torch.equal(old, new) for old, new in zip(before, backbone.parameters())]
+    moved = [not torch.equal(old, new) for old, new in zip(before, backbone.parameters(), strict=True)]
     assert any(moved) and all(torch.isfinite(parameter).all() for parameter in backbone.parameters())
 
 

@@ -18,8 +18,18 @@ from typer.testing import CliRunner
 
 from headstart.cli import app
 from headstart.errors import HeadstartError
-from headstart.probe import (attention_maps, fit_logistic_regression, knn_predict, knn_probe, linear_probe,
-                             probe_network, probe_stage, read_probe, run_data, standardize)
+from headstart.probe import (
+    attention_maps,
+    fit_logistic_regression,
+    knn_predict,
+    knn_probe,
+    linear_probe,
+    probe_network,
+    probe_stage,
+    read_probe,
+    run_data,
+    standardize,
+)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +58,8 @@ def test_linear_probe_is_scikit_learns_pipeline_on_standardised_features(digits)
     # the default C = 1 (scikit-learn's) scores what the pipeline with C = 1 scores
     default = _pipeline().fit(features[:300].numpy(), labels[:300].numpy())
     assert linear_probe(features[:300], labels[:300], features[300:], labels[300:]) == pytest.approx(
-        default.score(features[300:].numpy(), labels[300:].numpy()))
+        default.score(features[300:].numpy(), labels[300:].numpy())
+    )
 
 
 def test_linear_probe_of_two_classes_is_one_sigmoid_output_and_absent_classes_are_never_predicted(digits):
@@ -59,10 +70,15 @@ def test_linear_probe_of_two_classes_is_one_sigmoid_output_and_absent_classes_ar
     bank, probe = standardize(x[:100], x[100:])
     weights, bias = fit_logistic_regression(bank, y[:100], 2)
     assert weights.shape == (1, 64) and bias.shape == (1,)  # the log-odds of class 1, as headstart.heads reads it
-    assert np.abs(torch.sigmoid(probe @ weights.T + bias)[:, 0].numpy()
-                  - reference.predict_proba(x[100:].numpy())[:, 1]).max() < 1e-9
+    assert (
+        np.abs(
+            torch.sigmoid(probe @ weights.T + bias)[:, 0].numpy() - reference.predict_proba(x[100:].numpy())[:, 1]
+        ).max()
+        < 1e-9
+    )
     assert linear_probe(x[:100], y[:100], x[100:], y[100:]) == pytest.approx(
-        reference.score(x[100:].numpy(), y[100:].numpy()))
+        reference.score(x[100:].numpy(), y[100:].numpy())
+    )
     # a bank without digits 7..9: those classes are never predicted, the others as scikit-learn predicts them
     seen = labels[:400] < 7
     weights, bias = fit_logistic_regression(standardize(features[:400][seen])[0], labels[:400][seen], 10)
@@ -95,13 +111,19 @@ def trained_run(tmp_path_factory):
     from headstart.structure import run
 
     folder = tmp_path_factory.mktemp("probe") / "run"
-    spec = parse_run({
-        "output": str(folder), "progress": False, "seed": 0,
-        "data": {"source": {"kind": "digits"}, "splits": {"labels_per_class": 20}},
-        "model": {"name": "test_resnet", "weights": None, "image_size": 16},
-        "stages": [{"name": "rotation", "data": "all", "pretext": {"name": "rotation"}, "epochs": 1, "batch_size": 64},
-                   {"name": "task", "epochs": 12, "batch_size": 25, "optimizer": {"lr": 3e-3}}],
-    })
+    spec = parse_run(
+        {
+            "output": str(folder),
+            "progress": False,
+            "seed": 0,
+            "data": {"source": {"kind": "digits"}, "splits": {"labels_per_class": 20}},
+            "model": {"name": "test_resnet", "weights": None, "image_size": 16},
+            "stages": [
+                {"name": "rotation", "data": "all", "pretext": {"name": "rotation"}, "epochs": 1, "batch_size": 64},
+                {"name": "task", "epochs": 12, "batch_size": 25, "optimizer": {"lr": 3e-3}},
+            ],
+        }
+    )
     run(spec)
     return folder
 
@@ -166,7 +188,8 @@ def test_attention_maps_follow_their_formula_and_refuse_unknown_layers(trained_r
     hook.remove()
     expected = captured["a"].abs().pow(2).mean(1)
     expected = (expected - expected.amin((1, 2), keepdim=True)) / (
-        expected.amax((1, 2), keepdim=True) - expected.amin((1, 2), keepdim=True))
+        expected.amax((1, 2), keepdim=True) - expected.amin((1, 2), keepdim=True)
+    )
     assert torch.allclose(maps[name], expected, atol=1e-5)
     assert float(maps[name].min()) == 0.0 and float(maps[name].max()) == pytest.approx(1.0)
     with pytest.raises(HeadstartError, match="backbone.nowhere"):

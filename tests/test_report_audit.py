@@ -13,8 +13,7 @@ import torch
 from headstart.audit import AttackConfig, AuditResult, PublicFeatures, attack_metrics, craft
 from headstart.audit.experiment import Victim, pool_cells
 from headstart.report.audit import AUDIT_DATA_FILE
-from headstart.report.html import write_audit_report
-from headstart.report.html import render
+from headstart.report.html import render, write_audit_report
 from headstart.zoo import load
 
 
@@ -76,9 +75,16 @@ def experiment():
     probabilities = torch.full((5, 5), 0.00025) + torch.eye(5) * (0.999 - 0.00025)
     results = []
     for seed, clean in ((0, 0.9), (1, 0.8)):
-        result = AuditResult(target=f"victim {seed}", backbone="public", feature_layer="pre-activation",
-                             image_size=32, metrics=attack_metrics(probabilities.numpy(), orders=20, seed=seed),
-                             probabilities=probabilities, crafted=crafted, labels=[f"digit {d}" for d in range(5)])
+        result = AuditResult(
+            target=f"victim {seed}",
+            backbone="public",
+            feature_layer="pre-activation",
+            image_size=32,
+            metrics=attack_metrics(probabilities.numpy(), orders=20, seed=seed),
+            probabilities=probabilities,
+            crafted=crafted,
+            labels=[f"digit {d}" for d in range(5)],
+        )
         victim = Victim(f"victim {seed}", 5, 1, "none", seed, [0, 1, 2, 3, 4], clean, 1.0)
         results.append({"victim": victim, "result": result})
     return {"results": results, "cells": pool_cells(results), "crafted": crafted, "neurons": 5, "image_size": 32}
@@ -92,8 +98,21 @@ def test_the_reports_audit_section_shows_the_numbers_of_the_audit_data(experimen
     page = _parse((tmp_path / "report.html").read_text(encoding="utf-8"))
     header, *rows = page.tables["audit"]
     assert header[:6] == ["classes", "new layers", "defence", "victims", "clean accuracy", "NABAC"]
-    assert rows == [["5", "1", "none", "2", "0.8500 ± 0.0500", "5.0 ± 0.0", "100%", "100.0% ± 0.0", "100.0% ± 0.0",
-                     "100%", "48.25 ± 42.5 / 91.68% ± 5.69 / 87.82% ± 6.98"]]
+    assert rows == [
+        [
+            "5",
+            "1",
+            "none",
+            "2",
+            "0.8500 ± 0.0500",
+            "5.0 ± 0.0",
+            "100%",
+            "100.0% ± 0.0",
+            "100.0% ± 0.0",
+            "100%",
+            "48.25 ± 42.5 / 91.68% ± 5.69 / 87.82% ± 6.98",
+        ]
+    ]
     assert page.headings == ["Target-agnostic attack (Rezaei & Liu, ICLR 2020)"]
     for name in ("examples", "confidence"):  # the figures the data names, embedded byte for byte
         assert page.images[name] == (tmp_path / f"audit-{name}.png").read_bytes()
@@ -108,8 +127,9 @@ def test_the_reports_audit_section_shows_the_numbers_of_the_audit_data(experimen
 
 
 def test_a_folder_with_only_an_older_audit_md_says_so(tmp_path):
-    (tmp_path / "audit.md").write_text("# Target-agnostic attack\n\n| classes | NABAC |\n|---|---|\n"
-                                       "| 5 | 48.2 ± 3.0 |\n")
+    (tmp_path / "audit.md").write_text(
+        "# Target-agnostic attack\n\n| classes | NABAC |\n|---|---|\n| 5 | 48.2 ± 3.0 |\n"
+    )
     page = render(tmp_path)
     assert "predates audit-report.json" in page and "48.2 ± 3.0" in page
     assert "audit" not in _parse(page).tables  # no table parsed back out of the Markdown

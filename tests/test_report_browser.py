@@ -34,13 +34,22 @@ CHECK = """<script>window.addEventListener("load", function () {
   document.body.appendChild(out);
 });</script>"""
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
-         "--disable-background-networking", "--no-first-run", "--disable-extensions"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+    "--disable-background-networking",
+    "--no-first-run",
+    "--disable-extensions",
+]
 
 
 def _browser() -> str | None:
-    found = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
-                  if shutil.which(name)), None)
+    found = next(
+        (shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)), None
+    )
     if found is None and os.environ.get("HEADSTART_REQUIRE_BROWSER") == "1":
         pytest.fail("HEADSTART_REQUIRE_BROWSER=1 but no chromium on PATH (apt-get install chromium)")
     return found
@@ -50,19 +59,37 @@ def _browser() -> str | None:
 def report(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("report") / "digits"
     tiny = {"name": "test_resnet", "weights": None, "image_size": 16}
-    run_comparison({
-        "name": "digits", "output": str(folder), "seeds": 2,
-        "data": {"source": {"kind": "digits"}, "splits": {"labels_per_class": 10}},
-        "arms": {
-            "scratch": {"model": tiny, "stages": [{"name": "task", "epochs": 3, "batch_size": 25}]},
-            "rotation": {"model": tiny, "stages": [
-                {"name": "rotation", "data": "all", "pretext": {"name": "rotation"}, "epochs": 1, "batch_size": 64},
-                {"name": "task", "epochs": 3, "batch_size": 25}]},
-            "frozen-head": {"model": tiny, "stages": [
-                {"name": "head", "freeze": ["backbone"], "epochs": 3, "batch_size": 25}]},
+    run_comparison(
+        {
+            "name": "digits",
+            "output": str(folder),
+            "seeds": 2,
+            "data": {"source": {"kind": "digits"}, "splits": {"labels_per_class": 10}},
+            "arms": {
+                "scratch": {"model": tiny, "stages": [{"name": "task", "epochs": 3, "batch_size": 25}]},
+                "rotation": {
+                    "model": tiny,
+                    "stages": [
+                        {
+                            "name": "rotation",
+                            "data": "all",
+                            "pretext": {"name": "rotation"},
+                            "epochs": 1,
+                            "batch_size": 64,
+                        },
+                        {"name": "task", "epochs": 3, "batch_size": 25},
+                    ],
+                },
+                "frozen-head": {
+                    "model": tiny,
+                    "stages": [{"name": "head", "freeze": ["backbone"], "epochs": 3, "batch_size": 25}],
+                },
+            },
+            "attention": {"images": 3},
         },
-        "attention": {"images": 3},
-    }, echo=lambda _: None, progress=False)
+        echo=lambda _: None,
+        progress=False,
+    )
     return folder / "report.html"
 
 
@@ -74,8 +101,12 @@ def test_report_renders_in_headless_chromium_with_a_row_per_arm_and_every_image_
     assert "<script" not in page  # the report itself runs nothing
     checked = tmp_path / "checked.html"
     checked.write_text(page.replace("</body>", CHECK + "</body>"), encoding="utf-8")
-    dumped = subprocess.run([browser, *FLAGS, "--virtual-time-budget=10000", "--dump-dom", checked.as_uri()],
-                            capture_output=True, text=True, timeout=120)
+    dumped = subprocess.run(
+        [browser, *FLAGS, "--virtual-time-budget=10000", "--dump-dom", checked.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     found = re.search(r'<pre id="dom-check">(.*?)</pre>', dumped.stdout, re.S)
     assert found, dumped.stderr[-2000:]
     dom = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
@@ -85,8 +116,12 @@ def test_report_renders_in_headless_chromium_with_a_row_per_arm_and_every_image_
     assert dom["external"] == 0
 
     shot = tmp_path / "report.png"
-    subprocess.run([browser, *FLAGS, "--window-size=1280,2400", f"--screenshot={shot}", report.as_uri()],
-                   capture_output=True, timeout=120, check=True)
+    subprocess.run(
+        [browser, *FLAGS, "--window-size=1280,2400", f"--screenshot={shot}", report.as_uri()],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     with Image.open(shot) as image:
         pixels = np.asarray(image.convert("L"), dtype=float)
     assert pixels.shape == (2400, 1280)

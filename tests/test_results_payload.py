@@ -8,10 +8,16 @@ from headstart.config import parse_run
 from headstart.errors import HeadstartError
 from headstart.validation import validate
 
-BASE = {"name": "a", "seed": 0, "data": {"source": {"kind": "digits"}, "splits": {"labels_per_class": 10}},
-        "model": {"name": "test_resnet", "weights": None, "image_size": 16},
-        "stages": [{"name": "rotation", "data": "all", "pretext": {"name": "rotation"}, "epochs": 1},
-                   {"name": "task", "epochs": 2}]}
+BASE = {
+    "name": "a",
+    "seed": 0,
+    "data": {"source": {"kind": "digits"}, "splits": {"labels_per_class": 10}},
+    "model": {"name": "test_resnet", "weights": None, "image_size": 16},
+    "stages": [
+        {"name": "rotation", "data": "all", "pretext": {"name": "rotation"}, "epochs": 1},
+        {"name": "task", "epochs": 2},
+    ],
+}
 
 
 def _spec(**changes):
@@ -19,11 +25,17 @@ def _spec(**changes):
     return parse_run(payload)
 
 
-@pytest.mark.parametrize("how", [
-    {"data": {**BASE["data"], "residency": "stream"}},  # the same pixels, held or streamed
-    {"num_workers": 2}, {"progress": False}, {"output": "elsewhere"}, {"loggers": ["csv", "tensorboard"]},
-    {"name": "other-arm"},
-])
+@pytest.mark.parametrize(
+    "how",
+    [
+        {"data": {**BASE["data"], "residency": "stream"}},  # the same pixels, held or streamed
+        {"num_workers": 2},
+        {"progress": False},
+        {"output": "elsewhere"},
+        {"loggers": ["csv", "tensorboard"]},
+        {"name": "other-arm"},
+    ],
+)
 def test_arms_that_differ_only_in_how_they_run_share_their_stages(how):
     assert common_stages(_spec(), _spec(**how)) == 2
 

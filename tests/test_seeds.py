@@ -5,7 +5,9 @@ from headstart import seeds
 
 def test_derived_seeds_are_fixed_and_fit_every_generator():
     assert seeds.derive(3, "stage", 1) == seeds.derive(3, "stage", 1)
-    values = [seeds.derive(seed, "epoch", stage, epoch) for seed in range(3) for stage in range(3) for epoch in range(20)]
+    values = [
+        seeds.derive(seed, "epoch", stage, epoch) for seed in range(3) for stage in range(3) for epoch in range(20)
+    ]
     assert all(0 <= value < 2**32 for value in values)  # numpy, lightning.seed_everything and torch accept it
     assert len(set(values)) == len(values)
 

@@ -38,17 +38,30 @@ def digit_folder(tmp_path_factory) -> Path:
 
 
 def _folder_data(root: Path, **source) -> TaskData:
-    return TaskData.load(SourceSpec(kind="folder", path=str(root), image_size=16, channels=1, **source),
-                         {"labels_per_class": 30, "seed": 0})
+    return TaskData.load(
+        SourceSpec(kind="folder", path=str(root), image_size=16, channels=1, **source),
+        {"labels_per_class": 30, "seed": 0},
+    )
 
 
 def test_freeze_fit_unfreeze_fit_in_a_few_lines_with_typed_records(tmp_path):
     data = digit_data(40)
     network = digit_network()
-    head = fit_stage(network, {"name": "head", "freeze": ["backbone"], "epochs": 4, "optimizer": {"lr": 0.01}},
-                     data, folder=tmp_path / "0-head", image_size=16)
-    tune = fit_stage(network, {"name": "fine-tune", "epochs": 6, "batch_size": 25, "optimizer": {"lr": 0.003}},
-                     data, folder=tmp_path / "1-fine-tune", index=1, image_size=16)
+    head = fit_stage(
+        network,
+        {"name": "head", "freeze": ["backbone"], "epochs": 4, "optimizer": {"lr": 0.01}},
+        data,
+        folder=tmp_path / "0-head",
+        image_size=16,
+    )
+    tune = fit_stage(
+        network,
+        {"name": "fine-tune", "epochs": 6, "batch_size": 25, "optimizer": {"lr": 0.003}},
+        data,
+        folder=tmp_path / "1-fine-tune",
+        index=1,
+        image_size=16,
+    )
     assert head.cached_features and not tune.cached_features
     assert head.bn_policy == "frozen" and tune.bn_policy == "train"
     assert head.handover.head == "new task head" and tune.handover.head == "kept"
@@ -64,8 +77,9 @@ def test_freeze_fit_unfreeze_fit_in_a_few_lines_with_typed_records(tmp_path):
 
 def test_a_stage_without_a_folder_keeps_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    record = fit_stage(digit_network(), StageSpec(name="task", epochs=1), TaskData.load({"kind": "digits"}),
-                       image_size=16)
+    record = fit_stage(
+        digit_network(), StageSpec(name="task", epochs=1), TaskData.load({"kind": "digits"}), image_size=16
+    )
     assert record.folder is None and record.steps > 0
     assert list(tmp_path.iterdir()) == []
 
@@ -73,10 +87,22 @@ def test_a_stage_without_a_folder_keeps_nothing(tmp_path, monkeypatch):
 def test_a_folder_of_files_is_streamed_and_trains_exactly_as_in_memory(digit_folder, tmp_path):
     stage = StageSpec(name="task", epochs=3, batch_size=20, augment="crop", optimizer={"lr": 0.003})
     streamed_network, held_network = digit_network(1), digit_network(1)
-    streamed = fit_stage(streamed_network, stage, _folder_data(digit_folder), folder=tmp_path / "stream",
-                         image_size=16, options=TrainerOptions(num_workers=2))
-    held = fit_stage(held_network, stage, _folder_data(digit_folder), folder=tmp_path / "memory", image_size=16,
-                     options=TrainerOptions(residency="memory"))
+    streamed = fit_stage(
+        streamed_network,
+        stage,
+        _folder_data(digit_folder),
+        folder=tmp_path / "stream",
+        image_size=16,
+        options=TrainerOptions(num_workers=2),
+    )
+    held = fit_stage(
+        held_network,
+        stage,
+        _folder_data(digit_folder),
+        folder=tmp_path / "memory",
+        image_size=16,
+        options=TrainerOptions(residency="memory"),
+    )
     assert (streamed.data.residency, streamed.data.workers) == ("stream", 2)
     assert held.data.residency == "memory"
     assert "streamed from disk by 2 worker(s)" in streamed.data.description
@@ -96,8 +122,14 @@ def test_streaming_never_decodes_more_than_a_batch_at_once(digit_folder, tmp_pat
 
     monkeypatch.setattr(FileStore, "pixels", watched)
     data = _folder_data(digit_folder)
-    record = fit_stage(digit_network(), StageSpec(name="task", epochs=1, batch_size=16), data, folder=tmp_path / "s",
-                       image_size=16, options=TrainerOptions(num_workers=0))
+    record = fit_stage(
+        digit_network(),
+        StageSpec(name="task", epochs=1, batch_size=16),
+        data,
+        folder=tmp_path / "s",
+        image_size=16,
+        options=TrainerOptions(num_workers=0),
+    )
     assert record.data.residency == "stream"
     assert largest and max(largest) <= 256  # training batches of 16, validation batches of 256
     assert sum(largest) < 3 * len(data.split("train")) + len(data.split("val")) * 2
@@ -105,8 +137,14 @@ def test_streaming_never_decodes_more_than_a_batch_at_once(digit_folder, tmp_pat
 
 def test_a_cached_head_stage_streams_its_features_once(digit_folder, tmp_path):
     network = digit_network()
-    record = fit_stage(network, StageSpec(name="head", freeze=["backbone"], epochs=2), _folder_data(digit_folder),
-                       folder=tmp_path / "head", image_size=16, options=TrainerOptions(num_workers=1))
+    record = fit_stage(
+        network,
+        StageSpec(name="head", freeze=["backbone"], epochs=2),
+        _folder_data(digit_folder),
+        folder=tmp_path / "head",
+        image_size=16,
+        options=TrainerOptions(num_workers=1),
+    )
     assert record.cached_features and record.data.residency == "stream"
 
 
@@ -119,8 +157,14 @@ def test_a_file_that_breaks_while_streaming_is_named(digit_folder, tmp_path):
     victim = Path(data.split("train").describe(3))
     victim.write_bytes(victim.read_bytes()[:40])  # truncated after the header was checked
     with pytest.raises(HeadstartError) as caught:
-        fit_stage(digit_network(), StageSpec(name="task", epochs=1), data, folder=tmp_path / "bad", image_size=16,
-                  options=TrainerOptions(num_workers=1))
+        fit_stage(
+            digit_network(),
+            StageSpec(name="task", epochs=1),
+            data,
+            folder=tmp_path / "bad",
+            image_size=16,
+            options=TrainerOptions(num_workers=1),
+        )
     assert str(victim) in str(caught.value) and "Traceback" not in str(caught.value)
     assert not (tmp_path / "bad" / "stage.json").exists()
 
@@ -156,8 +200,13 @@ def test_one_batch_can_be_overfit(tmp_path):
     one_batch = from_arrays(images[:20].numpy(), labels[:20].numpy(), class_names=DIGITS)
     splits = make_splits(one_batch, test_fraction=0.0001, val_fraction=0.0, seed=0)
     splits.train = one_batch  # every one of the 20 images, in one batch
-    record = fit_stage(digit_network(), StageSpec(name="overfit", epochs=60, batch_size=20, optimizer={"lr": 0.01}),
-                       splits, folder=tmp_path / "o", image_size=16)
+    record = fit_stage(
+        digit_network(),
+        StageSpec(name="overfit", epochs=60, batch_size=20, optimizer={"lr": 0.01}),
+        splits,
+        folder=tmp_path / "o",
+        image_size=16,
+    )
     assert record.history[-1]["train_accuracy"] == 1.0
     assert record.step_losses[-1] < 0.05 < 2.0 < record.step_losses[0]
 
@@ -189,8 +238,13 @@ def test_the_schedule_is_an_array_of_the_planned_length():
 
 
 def test_a_damaged_stage_record_is_refused_naming_the_file(tmp_path):
-    record = fit_stage(digit_network(), StageSpec(name="task", epochs=1), TaskData.load({"kind": "digits"}),
-                       folder=tmp_path / "s", image_size=16)
+    record = fit_stage(
+        digit_network(),
+        StageSpec(name="task", epochs=1),
+        TaskData.load({"kind": "digits"}),
+        folder=tmp_path / "s",
+        image_size=16,
+    )
     path = tmp_path / "s" / "stage.json"
     payload = json.loads(path.read_text())
     del payload["head"]
@@ -200,18 +254,26 @@ def test_a_damaged_stage_record_is_refused_naming_the_file(tmp_path):
     assert record.stage_name == "task"
 
 
-@pytest.mark.parametrize("arguments, named", [
-    ({"network": torch.nn.Linear(2, 2)}, "network is a Linear"),
-    ({"stage": {"name": "x", "epohcs": 3}}, "stage: epohcs: unknown key; did you mean 'epochs'?"),
-    ({"stage": "head"}, "stage is a str"),
-    ({"data": load_digits()}, "data is a ImageSet; expected a TaskData"),
-    ({"image_size": 0}, "image_size=0"),
-    ({"options": {"num_workers": -1}}, "options: num_workers"),
-    ({"options": 4}, "options is a int"),
-])
+@pytest.mark.parametrize(
+    "arguments, named",
+    [
+        ({"network": torch.nn.Linear(2, 2)}, "network is a Linear"),
+        ({"stage": {"name": "x", "epohcs": 3}}, "stage: epohcs: unknown key; did you mean 'epochs'?"),
+        ({"stage": "head"}, "stage is a str"),
+        ({"data": load_digits()}, "data is a ImageSet; expected a TaskData"),
+        ({"image_size": 0}, "image_size=0"),
+        ({"options": {"num_workers": -1}}, "options: num_workers"),
+        ({"options": 4}, "options is a int"),
+    ],
+)
 def test_fit_stage_names_the_argument_a_user_got_wrong(tmp_path, arguments, named):
-    call = {"network": digit_network(), "stage": {"name": "task", "epochs": 1},
-            "data": TaskData.load({"kind": "digits"}), "image_size": 16, **arguments}
+    call = {
+        "network": digit_network(),
+        "stage": {"name": "task", "epochs": 1},
+        "data": TaskData.load({"kind": "digits"}),
+        "image_size": 16,
+        **arguments,
+    }
     with pytest.raises(HeadstartError) as caught:
         fit_stage(call.pop("network"), call.pop("stage"), call.pop("data"), folder=tmp_path / "s", **call)
     assert named in str(caught.value)
@@ -221,7 +283,8 @@ def test_fit_stage_names_the_argument_a_user_got_wrong(tmp_path, arguments, name
 def test_header_verification_decodes_no_image_before_training(digit_folder, monkeypatch):
     decoded = []
     original = FileStore.decode
-    monkeypatch.setattr(FileStore, "decode",
-                        lambda store, position: decoded.append(position) or original(store, position))
+    monkeypatch.setattr(
+        FileStore, "decode", lambda store, position: decoded.append(position) or original(store, position)
+    )
     data = _folder_data(digit_folder, verify="header")
     assert len(data.split("train")) == 300 and decoded == []

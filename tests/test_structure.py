@@ -86,12 +86,25 @@ def test_three_stage_yaml_run_end_to_end(tmp_path):
 
 
 def test_frozen_parameters_and_bn_statistics_stay_fixed_through_a_lightning_stage(tmp_path):
-    spec = parse_run(digit_run(tmp_path / "frozen", [
-        {"name": "warm", "epochs": 1, "batch_size": 32},
-        # augmentation stops feature caching, so the backbone really runs in every step
-        {"name": "frozen", "freeze": ["backbone"], "bn_policy": "frozen", "augment": "flip", "epochs": 2,
-         "batch_size": 32, "optimizer": {"lr": 0.05}},
-    ], seed=1))
+    spec = parse_run(
+        digit_run(
+            tmp_path / "frozen",
+            [
+                {"name": "warm", "epochs": 1, "batch_size": 32},
+                # augmentation stops feature caching, so the backbone really runs in every step
+                {
+                    "name": "frozen",
+                    "freeze": ["backbone"],
+                    "bn_policy": "frozen",
+                    "augment": "flip",
+                    "epochs": 2,
+                    "batch_size": 32,
+                    "optimizer": {"lr": 0.05},
+                },
+            ],
+            seed=1,
+        )
+    )
     before: dict[str, torch.Tensor] = {}
 
     def remember(stage_result):
@@ -111,9 +124,14 @@ def test_frozen_parameters_and_bn_statistics_stay_fixed_through_a_lightning_stag
 
 def test_cached_head_stage_matches_uncached(tmp_path):
     def head_weights(cache: bool) -> dict[str, torch.Tensor]:
-        spec = parse_run(digit_run(tmp_path / f"cache-{cache}", [
-            {"name": "head", "freeze": ["backbone"], "epochs": 3, "batch_size": 30, "cache_features": cache}],
-            labels_per_class=15, seed=2))
+        spec = parse_run(
+            digit_run(
+                tmp_path / f"cache-{cache}",
+                [{"name": "head", "freeze": ["backbone"], "epochs": 3, "batch_size": 30, "cache_features": cache}],
+                labels_per_class=15,
+                seed=2,
+            )
+        )
         result = run(spec)
         assert result.stages[0].cached_features is cache
         return {k: v for k, v in result.network.state_dict().items() if k.startswith("head.")}
@@ -124,8 +142,9 @@ def test_cached_head_stage_matches_uncached(tmp_path):
 
 
 def test_metrics_go_to_csv_and_tensorboard_logs(tmp_path):
-    spec = parse_run(digit_run(tmp_path / "logs", [{"name": "task", "epochs": 2, "batch_size": 25}],
-                               loggers=["csv", "tensorboard"]))
+    spec = parse_run(
+        digit_run(tmp_path / "logs", [{"name": "task", "epochs": 2, "batch_size": 25}], loggers=["csv", "tensorboard"])
+    )
     result = run(spec)
     folder = result.folder / "0-task"
     rows = (folder / "metrics.csv").read_text().splitlines()
@@ -141,33 +160,45 @@ def test_metrics_go_to_csv_and_tensorboard_logs(tmp_path):
 def test_tensorboard_without_its_package_fails_before_writing(tmp_path, monkeypatch):
     for package in ("tensorboard", "tensorboardX"):  # as if not installed: importlib finds no spec, import fails
         monkeypatch.setitem(sys.modules, package, None)
-    spec = parse_run({
-        "output": str(tmp_path / "nolog"), "progress": False, "loggers": ["tensorboard"],
-        "data": {"source": {"kind": "digits"}}, "model": {"name": "test_resnet", "image_size": 16},
-        "stages": [{"name": "task", "epochs": 1}],
-    })
+    spec = parse_run(
+        {
+            "output": str(tmp_path / "nolog"),
+            "progress": False,
+            "loggers": ["tensorboard"],
+            "data": {"source": {"kind": "digits"}},
+            "model": {"name": "test_resnet", "image_size": 16},
+            "stages": [{"name": "task", "epochs": 1}],
+        }
+    )
     with pytest.raises(HeadstartError, match="loggers: tensorboard needs the tensorboardX package"):
         run(spec, overwrite=True)
     assert not (tmp_path / "nolog").exists()
 
 
 def test_unlabelled_data_needs_a_pretext(tmp_path):
-    spec = parse_run({
-        "output": str(tmp_path / "bad"), "progress": False,
-        "data": {"source": {"kind": "digits"}}, "model": {"name": "test_resnet", "image_size": 16},
-        "stages": [{"name": "task", "data": "unlabelled", "epochs": 1}],
-    })
+    spec = parse_run(
+        {
+            "output": str(tmp_path / "bad"),
+            "progress": False,
+            "data": {"source": {"kind": "digits"}},
+            "model": {"name": "test_resnet", "image_size": 16},
+            "stages": [{"name": "task", "data": "unlabelled", "epochs": 1}],
+        }
+    )
     with pytest.raises(HeadstartError, match="has no labels"):
         run(spec)
 
 
 def test_existing_output_is_not_overwritten(tmp_path):
-    spec = parse_run({
-        "output": str(tmp_path / "once"), "progress": False,
-        "data": {"source": {"kind": "digits"}, "splits": {"labels_per_class": 5}},
-        "model": {"name": "test_resnet", "image_size": 16},
-        "stages": [{"name": "task", "epochs": 1}],
-    })
+    spec = parse_run(
+        {
+            "output": str(tmp_path / "once"),
+            "progress": False,
+            "data": {"source": {"kind": "digits"}, "splits": {"labels_per_class": 5}},
+            "model": {"name": "test_resnet", "image_size": 16},
+            "stages": [{"name": "task", "epochs": 1}],
+        }
+    )
     run(spec)
     with pytest.raises(HeadstartError, match="--resume"):
         run(spec)
@@ -198,8 +229,14 @@ stages:
 
 def _headstart(*args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "headstart", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "headstart", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 240) -> None:
@@ -245,8 +282,9 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, how):
     reference = json.loads((tmp_path / "ref" / "out" / "1-task" / "stage.json").read_text())
     resumed = json.loads((tmp_path / "cut" / "out" / "1-task" / "stage.json").read_text())
     assert len(resumed["step_losses"]) == len(reference["step_losses"]) > 0
-    torch.testing.assert_close(torch.tensor(resumed["step_losses"]), torch.tensor(reference["step_losses"]),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        torch.tensor(resumed["step_losses"]), torch.tensor(reference["step_losses"]), atol=1e-5, rtol=1e-5
+    )
     assert [e["epoch"] for e in resumed["history"]] == [e["epoch"] for e in reference["history"]]
 
 

@@ -18,14 +18,30 @@ from helpers import TINY_EFFICIENTNET as TINY
 KERAS_PARAMETERS_MILLIONS = {
     # "Parameters" column of the Keras applications table (keras.io/api/applications). Keras also
     # counts BatchNorm moving statistics, so BatchNorm-heavy models read up to ~1.5% higher.
-    "Xception": 22.9, "VGG16": 138.4, "VGG19": 143.7,
-    "ResNet50": 25.6, "ResNet50V2": 25.6, "ResNet101": 44.7, "ResNet101V2": 44.7,
-    "ResNet152": 60.4, "ResNet152V2": 60.4,
-    "InceptionV3": 23.9, "InceptionResNetV2": 55.9,
-    "MobileNet": 4.3, "MobileNetV2": 3.5,
-    "DenseNet121": 8.1, "DenseNet169": 14.3, "DenseNet201": 20.2,
-    "EfficientNetB0": 5.3, "EfficientNetB1": 7.9, "EfficientNetB2": 9.2, "EfficientNetB3": 12.3,
-    "EfficientNetB4": 19.5, "EfficientNetB5": 30.6, "EfficientNetB6": 43.3, "EfficientNetB7": 66.7,
+    "Xception": 22.9,
+    "VGG16": 138.4,
+    "VGG19": 143.7,
+    "ResNet50": 25.6,
+    "ResNet50V2": 25.6,
+    "ResNet101": 44.7,
+    "ResNet101V2": 44.7,
+    "ResNet152": 60.4,
+    "ResNet152V2": 60.4,
+    "InceptionV3": 23.9,
+    "InceptionResNetV2": 55.9,
+    "MobileNet": 4.3,
+    "MobileNetV2": 3.5,
+    "DenseNet121": 8.1,
+    "DenseNet169": 14.3,
+    "DenseNet201": 20.2,
+    "EfficientNetB0": 5.3,
+    "EfficientNetB1": 7.9,
+    "EfficientNetB2": 9.2,
+    "EfficientNetB3": 12.3,
+    "EfficientNetB4": 19.5,
+    "EfficientNetB5": 30.6,
+    "EfficientNetB6": 43.3,
+    "EfficientNetB7": 66.7,
 }
 
 
@@ -52,9 +68,21 @@ def test_alias_creates_its_model_and_features_match_num_features(alias):
 def test_list_entries_covers_every_family():
     aliases = {entry.alias for entry in zoo.list_entries()}
     required = {
-        "ResNet50", "ResNet101", "ResNet152", "ResNet50V2", "ResNet101V2", "ResNet152V2", "InceptionV3",
-        "InceptionResNetV2", "MobileNet", "MobileNetV2", "MobileNetV3Small", "MobileNetV3Large",
-        "EfficientNetLite0", "SqueezeNet", *(f"EfficientNetB{index}" for index in range(8)),
+        "ResNet50",
+        "ResNet101",
+        "ResNet152",
+        "ResNet50V2",
+        "ResNet101V2",
+        "ResNet152V2",
+        "InceptionV3",
+        "InceptionResNetV2",
+        "MobileNet",
+        "MobileNetV2",
+        "MobileNetV3Small",
+        "MobileNetV3Large",
+        "EfficientNetLite0",
+        "SqueezeNet",
+        *(f"EfficientNetB{index}" for index in range(8)),
     }
     assert required <= aliases
     described = zoo.resolve("EfficientNetLite0").to_dict()
@@ -162,7 +190,8 @@ def test_squeezenet_from_torchvision_answers_the_same_interface():
     extractor = zoo.load("SqueezeNet", weights=None, include_top=False, num_classes=4)
     assert extractor.num_features == 512 and extractor(x).shape == (1, 4)
     assert "stem" in extractor.param_groups() and extractor.preview_freeze("stem") == [
-        "backbone.features.0.weight", "backbone.features.0.bias"
+        "backbone.features.0.weight",
+        "backbone.features.0.bias",
     ]
 
 
