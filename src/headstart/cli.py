@@ -315,7 +315,7 @@ def _print_comparison(result) -> None:
     """The comparison's table per label budget (mean ± std over seeds), its verdicts and the report."""
     from rich.table import Table
 
-    from headstart.report.summary import step_lines, summary_line
+    from headstart.report.summary import arm_cells, step_lines, summary_line
 
     for budget in result.table["budgets"]:
         target = budget["target_val_accuracy"]
@@ -327,40 +327,16 @@ def _print_comparison(result) -> None:
             "n",
             "test accuracy",
             f"vs {budget['baseline']}",
-            f"to val {target:.3f}: seconds (seeds)" if target is not None else "time to target",
-            "full + cached steps",
-            "wall time (s)",
+            f"to val {target:.3f} (seeds)" if target is not None else "time to target",
+            "steps to target",
+            "wall time",
         ):
             shown.add_column(column)
 
-        def spread(values, digits=4):
-            if values["mean"] is None:
-                return "—"
-            return f"{values['mean']:.{digits}f}" + (f" ± {values['std']:.{digits}f}" if values["n"] > 1 else "")
-
         for arm in budget["arms"]:
-            seeds = len(arm["seeds"])
-            reached = (
-                f"{spread(arm['seconds_to_target'], 1)} ({arm['reached']}/{seeds})"
-                if arm["reached"]
-                else f"never (0/{seeds})"
-            )
-            steps = (
-                f"{spread(arm['full_steps_to_target'], 0)} + {spread(arm['cached_steps_to_target'], 0)}"
-                if arm["reached"]
-                else "—"
-            )
-            gain = "baseline" if arm["name"] == budget["baseline"] else spread(arm["gain"])
-            shown.add_row(
-                arm["name"],
-                " → ".join(arm["stages"]),
-                str(arm["test_accuracy"]["n"]),
-                spread(arm["test_accuracy"]),
-                gain,
-                reached,
-                steps,
-                spread(arm["seconds"], 1),
-            )
+            cells = arm_cells(arm, budget)
+            row = (cells["test"], cells["gain"], cells["reach"], cells["steps"], cells["wall"])
+            shown.add_row(arm["name"], " → ".join(arm["stages"]), str(arm["test_accuracy"]["n"]), *row)
         _console().print(shown)
     for line in summary_line(result.table):
         typer.echo(line)

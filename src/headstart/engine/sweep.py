@@ -17,7 +17,7 @@ from headstart import seeds
 from headstart.config import StageSpec
 from headstart.engine.callbacks import InterruptOnSignal, RunInterrupted
 from headstart.engine.module import StageData, StageModule
-from headstart.engine.trainer import AtomicCheckpointIO, TrainerOptions
+from headstart.engine.trainer import TrainerOptions, lightning_trainer
 from headstart.errors import HeadstartError
 from headstart.lrfind import DIVERGENCE, MAX_LR, MIN_LR, STEPS, LRSweep, SweepInterrupted, smooth, suggest
 
@@ -94,23 +94,16 @@ def sweep(
     module.interrupt, module.raw_losses = InterruptOnSignal(), []
     pl.seed_everything(seeds.stage(seed, index), verbose=False)
     with tempfile.TemporaryDirectory(prefix="headstart-lr-find-") as scratch:
-        trainer = pl.Trainer(
-            default_root_dir=scratch,
+        trainer = lightning_trainer(
+            options,
+            scratch,
             max_epochs=-1,
             max_steps=steps,
-            accelerator=options.accelerator,
             devices=1,
-            precision=options.precision,
             logger=False,
             enable_checkpointing=False,
-            plugins=[AtomicCheckpointIO()],
             enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
             limit_val_batches=0,
-            use_distributed_sampler=False,
-            deterministic=False,
-            benchmark=False,
         )
         network.train()  # as fit_stage: the frozen BatchNorm policy keeps its layers in eval mode
         module.interrupt.on_fit_start(trainer, module)

@@ -134,29 +134,40 @@ def stage_loggers(options: TrainerOptions, folder: Path) -> list:
     return loggers
 
 
+def lightning_trainer(options: TrainerOptions, folder: str | Path, **settings: Any) -> pl.Trainer:
+    """A ``pl.Trainer`` as headstart runs them: the options' device and precision, atomic
+    checkpoints (:class:`AtomicCheckpointIO`), no model summary, no sanity validation, batches
+    split across processes by headstart's own samplers; ``settings`` add or override the rest."""
+    defaults: dict[str, Any] = {
+        "default_root_dir": folder,
+        "accelerator": options.accelerator,
+        "precision": options.precision,
+        "plugins": [AtomicCheckpointIO()],
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "use_distributed_sampler": False,
+        "deterministic": False,
+        "benchmark": False,
+    }
+    return pl.Trainer(**{**defaults, **settings})
+
+
 def build_trainer(
     options: TrainerOptions, stage: StageSpec, folder: Path, callbacks: list, extra_loggers: list | None = None
 ) -> pl.Trainer:
-    """The ``pl.Trainer`` of one stage: its epochs and step cap, the options' device, processes and
-    precision, atomic checkpoints in ``folder``, the given callbacks and loggers."""
-    return pl.Trainer(
-        default_root_dir=folder,
+    """The ``pl.Trainer`` of one stage: its epochs and step cap, the options' processes, the given
+    callbacks, file loggers in ``folder`` and any ``extra_loggers``."""
+    return lightning_trainer(
+        options,
+        folder,
         max_epochs=stage.epochs,
         limit_train_batches=stage.steps_per_epoch,
-        accelerator=options.accelerator,
         devices=options.devices,
         strategy=options.strategy,
-        precision=options.precision,
         logger=stage_loggers(options, folder) + list(extra_loggers or []),
         callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()],
         enable_progress_bar=options.show_progress,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
         log_every_n_steps=1,
-        use_distributed_sampler=False,
-        deterministic=False,
-        benchmark=False,
     )
 
 

@@ -23,7 +23,7 @@ from headstart.files import atomic_write_bytes, is_comparison, is_run, read_json
 from headstart.report import figures
 from headstart.report.audit import AUDIT_DATA_FILE, AUDIT_FILE, audit_summary, audit_table, write_audit_files
 from headstart.report.audit import NOTE as AUDIT_NOTE
-from headstart.report.summary import budget_verdict, step_lines, summarise
+from headstart.report.summary import arm_cells, budget_verdict, spread_text, step_lines, summarise
 
 REPORT_FILE = "report.html"
 
@@ -46,14 +46,6 @@ def _image(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
-def _value(spread: dict[str, Any], digits: int = 4) -> str:
-    if spread["mean"] is None:
-        return "—"
-    if spread["n"] < 2:
-        return f"{spread['mean']:.{digits}f}"
-    return f"{spread['mean']:.{digits}f} ± {spread['std']:.{digits}f}"
-
-
 def _table(headers: list[str], rows: list[list[str]], classes: list[str] | None = None, ident: str = "") -> str:
     classes = classes or [""] * len(headers)
     head = "".join(f'<th class="{c}">{html.escape(h)}</th>' for h, c in zip(headers, classes, strict=True))
@@ -68,29 +60,18 @@ def _table(headers: list[str], rows: list[list[str]], classes: list[str] | None 
 def _comparison_table(budget: dict[str, Any], ident: str) -> str:
     rows = []
     for arm in budget["arms"]:
-        seeds = len(arm["seeds"])
-        reach = (
-            f"{_value(arm['seconds_to_target'], 1)} s ({arm['reached']}/{seeds})"
-            if arm["reached"]
-            else f"not reached (0/{seeds})"
-        )
-        steps = (
-            f"{_value(arm['full_steps_to_target'], 0)} full + {_value(arm['cached_steps_to_target'], 0)} cached"
-            if arm["reached"]
-            else "—"
-        )
-        gain = "baseline" if arm["name"] == budget["baseline"] else _value(arm["gain"])
+        cells = arm_cells(arm, budget)
         rows.append(
             [
                 html.escape(arm["name"]),
                 html.escape(" → ".join(arm["stages"])),
                 str(arm["test_accuracy"]["n"]),
-                _value(arm["test_accuracy"]),
-                gain,
-                reach,
-                steps,
-                f"{_value(arm['head_start_seconds'], 1)} s ({_value(arm['head_start_steps'], 0)} steps)",
-                f"{_value(arm['seconds'], 1)} s",
+                cells["test"],
+                cells["gain"],
+                cells["reach"],
+                cells["steps"],
+                cells["head_start"],
+                cells["wall"],
             ]
         )
     return _table(
@@ -121,8 +102,8 @@ def _probe_table(budget: dict[str, Any]) -> str:
                 [
                     html.escape(arm["name"]),
                     html.escape(probe["backbone"]),
-                    _value(probe["linear"]),
-                    _value(probe["knn"]),
+                    spread_text(probe["linear"]),
+                    spread_text(probe["knn"]),
                     str(probe["linear"]["n"]),
                 ]
             )

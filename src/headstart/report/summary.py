@@ -331,6 +331,36 @@ def summarise(folder: str | Path, *, write: bool = True) -> dict[str, Any]:
     return summary
 
 
+def spread_text(values: dict[str, Any], digits: int = 4) -> str:
+    """``mean ± std`` of a spread (``{"mean", "std", "n"}``); the mean alone for one value; ``—`` for none."""
+    if values["mean"] is None:
+        return "—"
+    if values["n"] < 2:
+        return f"{values['mean']:.{digits}f}"
+    return f"{values['mean']:.{digits}f} ± {values['std']:.{digits}f}"
+
+
+def arm_cells(arm: dict[str, Any], budget: dict[str, Any]) -> dict[str, str]:
+    """The cells of an arm's row in the comparison table, as the terminal and the HTML report show
+    them: test accuracy, gain over the baseline, time and steps to the target, head start, wall time."""
+    seeds = len(arm["seeds"])
+    reached = bool(arm["reached"])
+    return {
+        "test": spread_text(arm["test_accuracy"]),
+        "gain": "baseline" if arm["name"] == budget["baseline"] else spread_text(arm["gain"]),
+        "reach": f"{spread_text(arm['seconds_to_target'], 1)} s ({arm['reached']}/{seeds})"
+        if reached
+        else f"not reached (0/{seeds})",
+        "steps": f"{spread_text(arm['full_steps_to_target'], 0)} full + "
+        f"{spread_text(arm['cached_steps_to_target'], 0)} cached"
+        if reached
+        else "—",
+        "head_start": f"{spread_text(arm['head_start_seconds'], 1)} s "
+        f"({spread_text(arm['head_start_steps'], 0)} steps)",
+        "wall": f"{spread_text(arm['seconds'], 1)} s",
+    }
+
+
 def summary_line(summary: dict[str, Any]) -> list[str]:
     """One line per label budget with a winner: which arm won, by how much, and whether that beats
     the spread (:func:`budget_verdict`)."""
