@@ -8,20 +8,35 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from typer.testing import CliRunner
 
-from headstart.cli import app
-from headstart.compare import parse_compare, plan
+from headstart.cli import _print_comparison, app
+from headstart.compare import attention_picks, parse_compare, plan
 from headstart.compare import run as run_comparison
 from headstart.errors import HeadstartError
-from headstart.report.summary import mean_std, reach, run_outcome, summarise, summary_line
+from headstart.report.summary import (
+    labels_per_class_text,
+    mean_std,
+    reach,
+    run_outcome,
+    summarise,
+    summary_line,
+)
 from helpers import digit_run
 
 TINY = {"name": "test_resnet", "weights": None, "image_size": 16}
 DATA = {"source": {"kind": "digits"}, "splits": {"labels_per_class": 10}}
+
+
+def _test_labels(run_folder: Path) -> np.ndarray:
+    from headstart.probe import run_data
+
+    data, _ = run_data(run_folder)
+    return data.split("test").labels
 
 
 def _arms(task_epochs: int = 4) -> dict:
@@ -78,7 +93,11 @@ def test_every_arm_runs_at_every_seed_on_the_same_splits(comparison):
     assert rotation["gain"]["values"] == pytest.approx(gains)
     assert any("[4/4] rotation, seed 1" in line for line in lines)
     assert (folder / "report.html").stat().st_size > 50_000
-    assert (folder / "attention.npz").is_file()
+    with np.load(folder / "attention.npz") as attention:
+        meta = json.loads(str(attention["meta"]))
+        assert len(attention["images"]) == 2
+    assert len(set(meta["labels"])) == 2  # two classes, not the first two test images
+    assert meta["indices"] == attention_picks(_test_labels(folder / "scratch" / "seed-0"), 2, seed=0)
     for arm in ("scratch", "rotation"):
         assert (folder / arm / "seed-0" / "init-probe.json").is_file()
         assert (folder / arm / "seed-0" / f"{1 if arm == 'rotation' else 0}-task" / "probe.json").is_file()
@@ -154,28 +173,53 @@ def test_a_changed_arm_is_refused_unless_overwritten(comparison, tmp_path):
     assert len(json.loads((copy / "scratch" / "seed-0" / "0-task" / "stage.json").read_text())["history"]) == 2
 
 
-def test_label_budgets_get_a_folder_and_a_table_each(tmp_path):
+def test_label_budgets_get_a_folder_and_a_table_each(tmp_path, capsys):
     spec = {
         "name": "budgets",
         "output": str(tmp_path / "budgets"),
         "seeds": [3],
-        "label_budgets": [5, 20],
+        "label_budgets": [1, 20],
         "data": DATA,
         "arms": {"scratch": _arms(2)["scratch"]},
         "probes": {"enabled": False},
         "attention": {"enabled": False},
     }
-    result = run_comparison(spec, echo=lambda _: None, progress=False)
-    for budget, labelled in ((5, 50), (20, 200)):
+    lines: list[str] = []
+    result = run_comparison(spec, echo=lines.append, progress=False)
+    for budget, labelled in ((1, 10), (20, 200)):
         record = json.loads(
             (tmp_path / "budgets" / f"labels-{budget}" / "scratch" / "seed-3" / "0-task" / "stage.json").read_text()
         )
         assert record["history"][0]["steps"] == -(-labelled // 25)
-    assert [b["labels_per_class"] for b in result.table["budgets"]] == [5, 20]
-    assert "label budgets" in (tmp_path / "budgets" / "report.html").read_text()
-    # one verdict per budget, in order (one arm: it is the baseline and wins)
-    assert [line.split(" labels per class: ")[0] for line in result.verdicts] == ["5", "20"]
+    assert [b["labels_per_class"] for b in result.table["budgets"]] == [1, 20]
+    report = (tmp_path / "budgets" / "report.html").read_text()
+    assert "label budgets" in report
+    # one verdict per budget, in order (one arm: it is the baseline and wins); one label is singular
+    assert [line.split(": ")[0] for line in result.verdicts] == ["1 label per class", "20 labels per class"]
     assert all("scratch won with test accuracy" in line for line in result.verdicts)
+    assert "Comparison — 1 label per class</h2>" in report and "Comparison — 20 labels per class</h2>" in report
+    assert any(line.startswith("[1/2] scratch, seed 3, 1 label per class:") for line in lines), lines
+    _print_comparison(result)
+    printed = capsys.readouterr().out
+    assert "budgets, 1 label per class" in printed and "budgets, 20 labels per class" in printed
+    assert "1 labels" not in printed + report + "\n".join(lines)
+
+
+def test_one_label_per_class_is_singular():
+    assert labels_per_class_text(1) == "1 label per class"
+    assert [labels_per_class_text(n) for n in (2, 10)] == ["2 labels per class", "10 labels per class"]
+
+
+def test_attention_images_are_one_per_class_and_fixed_by_the_seed():
+    labels = np.repeat(np.arange(10), 30)  # sorted by class: the first four images are all zeros
+    picks = attention_picks(labels, 4, seed=0)
+    assert len(picks) == 4 and len(set(labels[picks].tolist())) == 4
+    assert picks == attention_picks(labels, 4, seed=0)
+    assert [attention_picks(labels, 4, seed) for seed in (1, 2, 3)] != [picks] * 3  # the seed draws them
+    assert labels[attention_picks(labels, 10, seed=0)].tolist() == list(range(10))
+    few = np.array([0, 0, 0, 1, 1])  # more images asked than classes: every class first, then again
+    assert sorted(few[attention_picks(few, 3, seed=0)].tolist()) == [0, 0, 1]
+    assert sorted(attention_picks(few, 9, seed=0)) == [0, 1, 2, 3, 4]
 
 
 def test_an_arm_can_be_a_run_file_next_to_the_comparison_file(tmp_path):

@@ -41,6 +41,21 @@ def test_reconstruction_that_does_not_improve_is_flagged():
     assert diagnose([{"mse": 0.05}, {"mse": 0.02}], task) == []
 
 
+@pytest.mark.parametrize("name", ["simclr", "byol", "dino", "rotation"])
+def test_an_exactly_constant_loss_is_not_learning(name):
+    task = pretext.get(name)
+    metric = "val_accuracy" if name == "rotation" else "val_loss"
+    # SimCLR on batches of one image: NT-Xent is exactly 0 in training; validation (larger batches) still moves
+    history = [{"train_loss": 0.0, metric: 0.5}, {"train_loss": 0.0, metric: 0.45}, {"train_loss": 0.0, metric: 0.4}]
+    warnings = diagnose(history, task)
+    assert sum("not learning" in line for line in warnings) == 1, warnings
+    assert f"{name} train_loss stayed exactly 0.0000 for all 3 epochs" in warnings[0]
+    assert any("stayed exactly 5.0000" in line for line in diagnose([{"val_loss": 5.0}] * 2, pretext.get("simclr")))
+    moving = [{"train_loss": 0.0, metric: 0.5}, {"train_loss": 1e-7, metric: 0.45}]
+    assert not any("stayed exactly" in line for line in diagnose(moving, task))
+    assert not any("stayed exactly" in line for line in diagnose(history[:1], task))  # one epoch: nothing to compare
+
+
 def test_missing_metric_or_empty_history_is_an_error():
     with pytest.raises(HeadstartError, match="'accuracy'"):
         diagnose([{"loss": 1.0}], pretext.get("rotation"))

@@ -3,6 +3,8 @@ views, the momentum teacher, stages that train and resume on real digits, diagno
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,13 +12,16 @@ from safetensors.torch import load_file
 
 from headstart import pretext
 from headstart.checkpoint import load_backbone
+from headstart.config import StageSpec, parse_run
 from headstart.data import TaskData
 from headstart.errors import HeadstartError
 from headstart.pretext.diagnostics import diagnose
 from headstart.pretext.distillation import followed_pair
 from headstart.pretext.views import ViewOptions, is_grey
 from headstart.stage import fit_stage
+from headstart.stage.prepare import prepare_stage
 from headstart.zoo import load
+from helpers import digit_run
 
 
 def _network(seed: int = 0):
@@ -286,6 +291,37 @@ def test_diagnostics_say_when_a_pretext_is_still_learning_or_an_embedding_is_not
     )  # a loss against a moving teacher may rise
     assert "one prototype" in diagnose([{"val_loss": 4.0, "val_teacher_entropy": 0.01}], dino)[0]
     assert "uniform" in diagnose([{"val_loss": 4.0, "val_teacher_entropy": 4.15}], dino)[0]
+
+
+@pytest.mark.parametrize("name", ["simclr", "byol", "dino"])
+def test_a_batch_of_one_image_is_refused_when_the_run_file_is_read(tmp_path, name):
+    stages = [{"name": "pre", "data": "all", "pretext": {"name": name}, "batch_size": 1}, {"name": "task"}]
+    with pytest.raises(HeadstartError, match=rf"stage 'pre': pretext {name} needs batch_size >= 2, got 1"):
+        parse_run(digit_run(tmp_path / "run", stages))
+    with pytest.raises(HeadstartError, match=rf"pretext {name} needs batch_size >= 2, got 1"):
+        fit_stage(_network(), stages[0], _digits(), folder=tmp_path / "stage", image_size=16)
+    assert not (tmp_path / "stage").exists() and not (tmp_path / "run").exists()
+    stages[0]["batch_size"] = 2
+    parse_run(digit_run(tmp_path / "run", stages))
+    parse_run(digit_run(tmp_path / "run", [{**stages[0], "pretext": {"name": "rotation"}, "batch_size": 1}]))
+
+
+@pytest.mark.parametrize(
+    "name, useful, source",
+    [("simclr", 32, "Chen et al. 2020"), ("byol", 16, "Grill et al. 2020"), ("dino", 16, "Caron et al. 2021")],
+)
+def test_a_batch_below_the_useful_size_is_a_warning_when_the_stage_is_prepared(caplog, name, useful, source):
+    task = pretext.get(name)
+    assert task.check_batch_size(useful) is None and pretext.get("rotation").check_batch_size(1) is None
+    warning = task.check_batch_size(useful - 1, "stage 'pre'")
+    assert warning is not None and warning.startswith(f"stage 'pre': batch_size {useful - 1} is below {useful}")
+    assert source in warning
+    spec = StageSpec.model_validate({"name": "pre", "data": "all", "pretext": {"name": name}, "batch_size": 2})
+    with caplog.at_level(logging.WARNING, logger="headstart"):
+        prepare_stage(_network(), spec, _digits(), index=0, seed=0, image_size=16)
+    assert [record.getMessage() for record in caplog.records if "is below" in record.getMessage()] == [
+        task.check_batch_size(2, "stage 'pre'")
+    ]
 
 
 def test_view_options_are_checked_when_made_directly():

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
+from rich.markup import escape
 
 from headstart.errors import INTERRUPTED_EXIT_CODE, USER_ERROR_EXIT_CODE, HeadstartError
 from headstart.files import is_comparison, is_run
@@ -315,11 +316,13 @@ def _print_comparison(result) -> None:
     """The comparison's table per label budget (mean ± std over seeds), its verdicts and the report."""
     from rich.table import Table
 
-    from headstart.report.summary import arm_cells, step_lines, summary_line
+    from headstart.report.summary import arm_cells, labels_per_class_text, step_lines, summary_line
 
     for budget in result.table["budgets"]:
         target = budget["target_val_accuracy"]
-        label = f", {budget['labels_per_class']} labels per class" if budget["labels_per_class"] is not None else ""
+        label = (
+            f", {labels_per_class_text(budget['labels_per_class'])}" if budget["labels_per_class"] is not None else ""
+        )
         shown = Table(title=f"{result.table['name']}{label}")
         for column in (
             "arm",
@@ -462,19 +465,35 @@ def probe_command(
 @user_errors
 def export_command(
     model: str = typer.Argument(..., help="Zoo alias / timm name, or a stage or run folder (its trained head)."),
-    output: Path = typer.Option(..., "--output", "-o", help="File to write: .onnx, or .keras / .h5 for Keras."),
-    format: str = typer.Option("onnx", "--format", "-f", help="onnx or keras (needs pip install 'headstart[keras]')."),
+    output: Path = typer.Option(
+        ...,
+        "--output",
+        "-o",
+        help="File to write: .onnx for ONNX, .keras or .h5 for Keras; its suffix sets the format.",
+    ),
+    format: str | None = typer.Option(
+        None,
+        "--format",
+        "-f",
+        help=escape(
+            "onnx or keras; default: the format the suffix of --output names. Refused, before anything is "
+            "written, when --output ends with the other format's suffix. keras needs pip install 'headstart[keras]'."
+        ),
+        show_default=False,
+    ),
     weights: str = typer.Option("imagenet", help="For a zoo name: imagenet, none, or a weights file."),
     fixed_size: bool = typer.Option(False, "--fixed-size", help="ONNX: fixed height and width (batch stays dynamic)."),
     channels_first: bool = typer.Option(False, "--channels-first", help="Keras: NCHW input instead of NHWC."),
     tolerance: float = typer.Option(1e-4, min=0, help="Largest accepted max |PyTorch − exported| on real images."),
 ) -> None:
-    """Export a network with its preprocessing and labels; output parity against PyTorch is checked."""
-    from headstart.interop import FORMATS, export
+    """Export a network with its preprocessing and labels; output parity against PyTorch is checked.
 
-    if format not in FORMATS:
-        raise HeadstartError(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
-    options = {"weights": weights, "tolerance": tolerance}
+    The format follows the suffix of --output (.onnx, or .keras / .h5 for Keras) unless --format names it.
+    """
+    from headstart.interop import export, export_format
+
+    format = export_format(output, format)
+    options: dict[str, Any] = {"weights": weights, "tolerance": tolerance}
     if format == "onnx":
         options["dynamic_size"] = False if fixed_size else None
     else:

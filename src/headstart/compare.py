@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from headstart.checkpoint import RunRecord, StageRecord, load_backbone, stage_folder
@@ -65,7 +66,8 @@ from headstart.config import (
 )
 from headstart.errors import HeadstartError
 from headstart.files import atomic_write_bytes, atomic_write_json, hardware, is_run, versions
-from headstart.report.summary import MANIFEST_FILE
+from headstart.report.summary import MANIFEST_FILE, labels_per_class_text
+from headstart.seeds import derive
 from headstart.stage import Interrupted
 from headstart.structure import prepare_run
 from headstart.validation import validate
@@ -102,7 +104,10 @@ class ProbeOptions(_Strict):
 
 
 class AttentionOptions(_Strict):
-    """Attention maps of each arm's final network for a few test images (Gidaris et al. 2018, fig. 3)."""
+    """Attention maps of each arm's final network for a few test images (Gidaris et al. 2018, fig. 3).
+
+    The images are one per class while classes last (:func:`attention_picks`), drawn with the
+    comparison's first seed, so the figure shows different classes and the same images every time."""
 
     enabled: bool = True
     images: int = Field(4, gt=0, le=16)
@@ -374,12 +379,31 @@ def _probe_run(planned: PlannedRun, options: ProbeOptions, echo: Callable[[str],
     echo(f"    probes of {1 + len(pending)} backbones in {time.perf_counter() - started:.1f} s")
 
 
+def attention_picks(labels: np.ndarray, count: int, seed: int) -> list[int]:
+    """Indices (into ``labels``) of ``count`` images for the attention figure, spread over the classes.
+
+    Each class's images are shuffled and the classes taken in a shuffled order, one image each,
+    then a second image each, and so on: with at least ``count`` classes every image shows another
+    class. Drawn from :func:`headstart.seeds.derive` ``(seed, "attention")``, so the same seed picks
+    the same images; returned in class order (then in the order drawn)."""
+    labels = np.asarray(labels).reshape(-1)
+    count = min(int(count), len(labels))
+    generator = np.random.default_rng(derive(seed, "attention"))
+    classes = generator.permutation(np.unique(labels))
+    queues = [generator.permutation(np.flatnonzero(labels == label)).tolist() for label in classes]
+    picks: list[int] = []
+    for depth in range(max((len(queue) for queue in queues), default=0)):
+        picks.extend(queue[depth] for queue in queues if depth < len(queue))
+        if len(picks) >= count:
+            break
+    picks = picks[:count]
+    return sorted(picks, key=lambda index: (int(labels[index]), picks.index(index)))
+
+
 def _attention(spec: CompareSpec, runs: list[PlannedRun], echo: Callable[[str], None]) -> None:
     """Maps of every arm's final network at the first seed (and first budget), for the same test images."""
     import io
     import json
-
-    import numpy as np
 
     from headstart.probe import attention_maps, run_data
 
@@ -389,7 +413,8 @@ def _attention(spec: CompareSpec, runs: list[PlannedRun], echo: Callable[[str], 
     count = min(spec.attention.images, len(test))
     if count == 0:
         return
-    images = test.store.load(test.positions[:count])
+    picks = attention_picks(test.labels, count, spec.seed_list[0])
+    images = test.store.load(test.positions[picks])
     arrays: dict[str, Any] = {"images": images.numpy()}
     meta: list[dict[str, Any]] = []
     for planned in first:
@@ -419,7 +444,8 @@ def _attention(spec: CompareSpec, runs: list[PlannedRun], echo: Callable[[str], 
                     "maps": meta,
                     "power": spec.attention.power,
                     "seed": spec.seed_list[0],
-                    "labels": [test.class_names[int(label)] for label in test.labels[:count]],
+                    "labels": [test.class_names[int(test.labels[index])] for index in picks],
+                    "indices": picks,
                 }
             )
         ),
@@ -500,7 +526,7 @@ def run(
     )
     finished: list[PlannedRun] = []
     for number, (planned, decision) in enumerate(zip(runs, decisions, strict=True), start=1):
-        budget = f", {planned.budget} labels per class" if planned.budget is not None else ""
+        budget = f", {labels_per_class_text(planned.budget)}" if planned.budget is not None else ""
         stages = " → ".join(stage.name for stage in planned.spec.stages)
         prefix = f"[{number}/{len(runs)}] {planned.arm}, seed {planned.seed}{budget}"
         if decision == "reuse":

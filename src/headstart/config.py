@@ -219,6 +219,13 @@ class StageSpec(_Strict):
     def _check(self) -> StageSpec:
         if self.pretext is not None and isinstance(self.head, HeadSpec):
             raise ValueError("a pretext stage brings its own head; remove `head` or `pretext`")
+        if self.pretext is not None:
+            from headstart.pretext import check_batch_size
+
+            try:  # a batch too small for the task fails with the file, not after the earlier stages trained
+                check_batch_size(self.pretext.name, self.batch_size, f"stage {self.name!r}")
+            except HeadstartError as error:
+                raise ValueError(str(error)) from None
         if self.semi_supervised is not None:
             if self.pretext is not None:
                 raise ValueError(

@@ -29,6 +29,7 @@ from typing import Any
 from headstart.compare import CompareResult, CompareSpec, parse_compare, plan
 from headstart.compare import run as run_comparison
 from headstart.config import RunSpec
+from headstart.report.summary import labels_per_class_text
 
 LABELS_PER_CLASS = 10
 SPLITS = {"test_fraction": 0.2, "val_fraction": 0.05, "labels_per_class": LABELS_PER_CLASS, "seed": 0}
@@ -105,7 +106,7 @@ def demo_comparison(
     output: str | Path = "headstart-demo", *, seeds: Sequence[int] = DEFAULT_SEEDS, quick: bool = False
 ) -> CompareSpec:
     """The main job as a comparison file: four arms, the same splits, ``seeds`` (module docstring)."""
-    title = f"MNIST-5k, {LABELS_PER_CLASS} labels per class"
+    title = f"MNIST-5k, {labels_per_class_text(LABELS_PER_CLASS)}"
     return parse_compare(
         {
             "name": title,

@@ -36,19 +36,21 @@ from headstart.interop.common import (
     read_metadata,
     sample_batch,
 )
-from headstart.interop.export import KERAS_INSTALL, export, export_keras, export_onnx
+from headstart.interop.export import KERAS_INSTALL, SUFFIXES, export, export_format, export_keras, export_onnx
 from headstart.interop.onnx_import import OnnxBackbone, import_onnx, load_imported_stage
 
 __all__ = [
     "FORMATS",
     "KERAS_INSTALL",
     "SAMPLE_IMAGES",
+    "SUFFIXES",
     "TOLERANCE",
     "ExportReport",
     "OnnxBackbone",
     "ParityCheck",
     "as_network",
     "export",
+    "export_format",
     "export_keras",
     "export_onnx",
     "import_onnx",

@@ -127,6 +127,40 @@ def _check_tolerance(report: ExportReport) -> None:
         )
 
 
+SUFFIXES = {".onnx": "onnx", ".keras": "keras", ".h5": "keras"}
+"""The file suffix of each export format: what :func:`export_format` reads a format from."""
+
+
+def _suffixes_of(format: str) -> str:
+    return " or ".join(suffix for suffix, known in SUFFIXES.items() if known == format)
+
+
+def export_format(path: str | os.PathLike, format: str | None = None) -> str:
+    """The format to write ``path`` in: ``format`` when given, else the one its suffix names
+    (``.onnx`` → ``onnx``, ``.keras`` / ``.h5`` → ``keras``).
+
+    Raises :class:`HeadstartError` for an unknown format, a suffix that names no format, and a
+    suffix that contradicts ``format`` (ONNX bytes in ``model.keras``), before anything is written.
+    """
+    path = Path(path)
+    if format is not None and format not in FORMATS:
+        raise HeadstartError(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
+    named = SUFFIXES.get(path.suffix)
+    if format is None:
+        if named is None:
+            raise HeadstartError(
+                f"{path}: cannot tell the export format from the file name; "
+                "end it with .onnx, or .keras / .h5 for Keras"
+            )
+        return named
+    if named != format:
+        raise HeadstartError(
+            f"{path}: --format {format} writes a file ending with {_suffixes_of(format)}; rename the file, "
+            f"or leave --format out to export by the suffix"
+        )
+    return format
+
+
 def export_onnx(
     model: Network | str | os.PathLike,
     path: str | os.PathLike,
@@ -139,7 +173,8 @@ def export_onnx(
 
     Args:
         model: a :class:`Network`, a stage or run folder (its trained head and labels) or a zoo name.
-        path: the ``.onnx`` file to write (weights inside, no external data file).
+        path: the ``.onnx`` file to write (weights inside, no external data file); another suffix
+            is refused.
         weights: for a zoo name, which weights (``imagenet``, ``none`` or a file).
         dynamic_size: ``None`` (default) makes height and width dynamic when the model allows it
             (checked by running a second image size) and fixed otherwise; ``False`` fixes them.
@@ -153,6 +188,8 @@ def export_onnx(
     """
     started = time.perf_counter()
     path = Path(path)
+    if path.suffix != ".onnx":
+        raise HeadstartError(f"{path}: an ONNX file ends with .onnx")
     network = as_network(model, weights)
     with evaluating(network):
         data, axes, checks = _onnx_bytes(network, dynamic_size)
@@ -275,11 +312,10 @@ def export_keras(
 
 
 def export(
-    model: Network | str | os.PathLike, path: str | os.PathLike, format: str = "onnx", **options
+    model: Network | str | os.PathLike, path: str | os.PathLike, format: str | None = None, **options
 ) -> ExportReport:
-    """:func:`export_onnx` or :func:`export_keras` by ``format``."""
-    if format == "onnx":
+    """:func:`export_onnx` or :func:`export_keras` by ``format``; by default by the suffix of
+    ``path`` (:func:`export_format`, which also refuses a suffix that contradicts ``format``)."""
+    if export_format(path, format) == "onnx":
         return export_onnx(model, path, **options)
-    if format == "keras":
-        return export_keras(model, path, **options)
-    raise HeadstartError(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
+    return export_keras(model, path, **options)

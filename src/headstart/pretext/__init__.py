@@ -114,6 +114,14 @@ def get(name: str, **options) -> PretextTask:
         raise HeadstartError(f"pretext task {name!r}: {error}") from None
 
 
+def check_batch_size(name: str, batch_size: int, where: str = "") -> str | None:
+    """:meth:`PretextTask.check_batch_size` of the task registered as ``name``, without building it:
+    raises below the task's minimum batch, returns a warning below its useful one. An unknown name
+    passes (``None``): :func:`get` reports it with the known names."""
+    cls = _REGISTRY.get(name)
+    return None if cls is None else cls.check_batch_size(batch_size, where)
+
+
 for _task in (
     RotationTask,
     NoisePresenceTask,
@@ -147,6 +155,7 @@ __all__ = [
     "RotationTask",
     "SimCLRTask",
     "SimpleEncoder",
+    "check_batch_size",
     "get",
     "names",
     "register",

@@ -169,6 +169,35 @@ class PretextTask(ABC):
     name: ClassVar[str]
     kind: ClassVar[TaskKind]
 
+    min_batch_size: ClassVar[int] = 1
+    """Fewest images per training batch the task learns anything from; fewer are refused
+    (:meth:`check_batch_size`). The tasks that compare the images of a batch (SimCLR, BYOL, DINO) need 2."""
+    min_batch_reason: ClassVar[str] = ""
+    """Why: the rest of the refusal's sentence."""
+    useful_batch_size: ClassVar[int] = 1
+    """Images per batch below which a stage logs a warning (not a refusal): the method's literature
+    reports weaker features as the batch shrinks. Each subclass cites its source and says how it
+    chose the threshold."""
+    useful_batch_reason: ClassVar[str] = ""
+
+    @classmethod
+    def check_batch_size(cls, batch_size: int, where: str = "") -> str | None:
+        """Refuse ``batch_size`` below :attr:`min_batch_size` (:class:`HeadstartError`); return a
+        warning below :attr:`useful_batch_size`, ``None`` otherwise. ``where`` (``"stage 'simclr'"``)
+        begins both messages."""
+        prefix = f"{where}: " if where else ""
+        if batch_size < cls.min_batch_size:
+            raise HeadstartError(
+                f"{prefix}pretext {cls.name} needs batch_size >= {cls.min_batch_size}, got {batch_size}: "
+                f"{cls.min_batch_reason}"
+            )
+        if batch_size < cls.useful_batch_size:
+            return (
+                f"{prefix}batch_size {batch_size} is below {cls.useful_batch_size} for pretext {cls.name}: expect "
+                f"weaker features ({cls.useful_batch_reason}); raise batch_size if memory allows"
+            )
+        return None
+
     # ------------------------------------------------------------------ the four task-specific parts
     @abstractmethod
     def alter(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:

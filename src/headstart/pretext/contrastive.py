@@ -31,6 +31,17 @@ from headstart.heads import accuracy, predicted_classes
 from headstart.pretext.base import Encoder, PretextTask, TaskKind, check_generator, check_images, require
 from headstart.pretext.views import ViewOptions
 
+SIMCLR_USEFUL_BATCH = 32
+"""Images per batch below which a SimCLR stage logs a warning.
+
+Chen et al. 2020 (§5.2, fig. 9) trained with 256 to 8192 images per batch: linear evaluation fell
+as the batch shrank, most with short training (100 epochs), as each view is told from fewer
+negatives (2N − 2 of them); they trained no smaller batch than 256. headstart draws its own line
+lower, at 32 (62 negatives per view): a convention, not a value from the paper, set below the 64 to
+256 images per batch its small-image CPU stages train with (at 128, a SimCLR stage on the 16-pixel
+digits lifts the k-NN probe of the backbone above random weights). Batches of one are refused:
+with no other image NT-Xent is exactly 0."""
+
 
 def similarity_to_others(embeddings: Tensor) -> Tensor:
     """Cosine similarity of every row to every *other* row, ``[N, N]``, the diagonal ``−∞``: a
@@ -52,6 +63,16 @@ class SimCLRTask(ViewOptions, PretextTask):
     name: ClassVar[str] = "simclr"
     kind: ClassVar[TaskKind] = "embedding"
     loss_should_fall: ClassVar[bool] = True
+    min_batch_size: ClassVar[int] = 2
+    min_batch_reason: ClassVar[str] = (
+        "NT-Xent tells each view's partner from the other images of the batch, and with one image there "
+        "is none: the loss is exactly 0 and nothing is learned"
+    )
+    useful_batch_size: ClassVar[int] = SIMCLR_USEFUL_BATCH
+    useful_batch_reason: ClassVar[str] = (
+        "Chen et al. 2020, fig. 9: trained with 256 to 8192 images per batch, linear evaluation fell as the "
+        "batch shrank; below 32 each view has fewer than 62 negatives"
+    )
 
     temperature: float = 0.5
     """NT-Xent τ (the paper: 0.1 at batch 4096, 0.5 at small batches; lightly's default 0.5)."""

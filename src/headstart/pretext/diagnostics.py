@@ -61,6 +61,23 @@ def _still_learning(history: list[dict], task: PretextTask) -> list[str]:
     return []
 
 
+LOSS_KEYS = ("train_loss", "val_loss")
+
+
+def _constant_loss(history: list[dict], task: PretextTask) -> list[str]:
+    """**not learning**: a loss exactly the same in every epoch (two or more) — no gradient moved the
+    network, as with SimCLR on batches of one image, where NT-Xent is exactly 0."""
+    for key in LOSS_KEYS:
+        values = [float(entry[key]) for entry in history if key in entry]
+        if len(values) == len(history) > 1 and len(set(values)) == 1:
+            return [
+                f"not learning — {task.name} {key} stayed exactly {values[0]:.4f} for all {len(values)} epochs: "
+                "no gradient moved the network; check batch_size (contrastive and self-distillation tasks learn from "
+                "the images of a batch together) and the learning rate"
+            ]
+    return []
+
+
 def diagnose(history: list[dict], task: PretextTask, *, margin: float = 0.1) -> list[str]:
     """Warnings about ``task`` from ``history`` (one dict of metrics per epoch, first epoch first).
 
@@ -75,6 +92,8 @@ def diagnose(history: list[dict], task: PretextTask, *, margin: float = 0.1) -> 
       last quarter of the epochs and ended below 0.95: train longer.
     * **not learning** (contrastive tasks) — the loss did not fall; **collapsed** (DINO) — the
       teacher's entropy ended near 0 (one prototype) or near its maximum (uniform).
+    * **not learning** (any task) — the training or validation loss was exactly the same in every
+      epoch (at least two): nothing moved the network.
 
     Returns an empty list when none applies.
     """
@@ -84,7 +103,7 @@ def diagnose(history: list[dict], task: PretextTask, *, margin: float = 0.1) -> 
     key, values = _series(history, metric)
     first, last = values[0], values[-1]
     chance = task.chance_level().get(metric)
-    warnings = []
+    warnings = _constant_loss(history, task)
     if task.kind == "classification":
         if first >= EASY_ACCURACY:
             warnings.append(
@@ -112,7 +131,12 @@ def diagnose(history: list[dict], task: PretextTask, *, margin: float = 0.1) -> 
     elif task.kind == "embedding":
         # a contrastive loss falls as the task is learned; a loss against a moving teacher need not,
         # so distillation tasks are watched for collapse instead
-        if getattr(task, "loss_should_fall", False) and len(values) > 1 and last >= first - 1e-3 * abs(first):
+        if (
+            not warnings
+            and getattr(task, "loss_should_fall", False)
+            and len(values) > 1
+            and last >= first - 1e-3 * abs(first)
+        ):
             warnings.append(
                 f"not learning — {task.name} {key} went from {first:.4f} to {last:.4f}; raise the learning rate, "
                 "train longer or check the views differ (crop_scale, colour_jitter)"

@@ -129,9 +129,32 @@ class MomentumHead(nn.Module):
         update_momentum(self.projection, self.teacher_projection, momentum)
 
 
+BATCHNORM_USEFUL_BATCH = 16
+"""Images per batch below which a BYOL or DINO stage logs a warning.
+
+Neither method needs negatives, so both tolerate smaller batches than SimCLR. Grill et al. 2020
+(§5, fig. 3a) found BYOL stable from 4096 down to 256 images per batch and losing accuracy below,
+which they attribute to the BatchNorm layers of the encoder; Wu & He 2018 (Group Normalization,
+fig. 1) measured BatchNorm itself holding down to 16 images per batch and degrading quickly
+below (8, 4, 2). Caron et al. 2021 train DINO with 64 images per GPU (1024 in all) and
+their batch-size ablation goes down to 128 in all. headstart warns below 16, where the batch
+statistics of a BatchNorm backbone turn noisy. Batches of one are refused: every batch statistic
+(BatchNorm, BYOL's projector and predictor, DINO's centre) then comes from one image's two views."""
+
+
 @dataclass(kw_only=True)
 class _MomentumTask(ViewOptions, PretextTask):
     kind: ClassVar[TaskKind] = "embedding"
+    min_batch_size: ClassVar[int] = 2
+    min_batch_reason: ClassVar[str] = (
+        "with one image per batch every batch statistic (BatchNorm in the backbone and heads, DINO's centre) "
+        "comes from that image's two views alone"
+    )
+    useful_batch_size: ClassVar[int] = BATCHNORM_USEFUL_BATCH
+    useful_batch_reason: ClassVar[str] = (
+        "Grill et al. 2020, fig. 3a: BYOL holds from 4096 down to 256 and then drops through BatchNorm, which "
+        "Wu & He 2018 found degrading below 16 images per batch"
+    )
 
     momentum: float = 0.99
     """Teacher momentum at the start of the stage; it rises to 1 along a cosine (lightly's schedule)."""
@@ -226,6 +249,10 @@ class DINOTask(_MomentumTask):
     sharpened) on the other."""
 
     name: ClassVar[str] = "dino"
+    useful_batch_reason: ClassVar[str] = (
+        "Caron et al. 2021 train with 64 images per GPU, 1024 in all; a BatchNorm backbone's statistics "
+        "degrade below 16 images per batch, Wu & He 2018"
+    )
 
     momentum: float = 0.99
     hidden_dim: int = 512

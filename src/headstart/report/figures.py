@@ -72,58 +72,94 @@ def learning_curves(budget: dict[str, Any]) -> bytes:
 
 def accuracy_and_time(budget: dict[str, Any]) -> bytes:
     """Test accuracy per arm (mean ± std, each seed a dot) and seconds to the target."""
+    return png_bytes(accuracy_and_time_figure(budget), dpi=DPI)
+
+
+def _step_label(arm: dict[str, Any]) -> str:
+    seeds = len(arm["seeds"])
+    if not arm["reached"]:
+        return f"0/{seeds} seeds: never reached"
+    return (
+        f"{arm['reached']}/{seeds} seeds: {arm['full_steps_to_target']['mean']:.0f} full"
+        f" + {arm['cached_steps_to_target']['mean']:.0f} cached steps"
+    )
+
+
+def _room_on_the_right(axes: Any, labels: list[Any], anchors: list[float], left: float = 0.0) -> None:
+    """Widen the x axis of ``axes`` (from ``left``) until every label, drawn from its anchor to the
+    right by a fixed number of pixels, ends inside the axes: labels at the ends of horizontal bars."""
+    figure = axes.figure
+    figure.tight_layout()
+    renderer = figure.canvas.get_renderer()
+    width = axes.get_window_extent(renderer).width
+    span = max(max(anchors, default=left) - left, 0.0) or 1.0
+    for label, anchor in zip(labels, anchors, strict=True):
+        box = label.get_window_extent(renderer)
+        needed = box.x1 - axes.transData.transform((anchor, 0))[0]  # offset + width, in pixels
+        free = 0.97 * width - needed
+        # a label as wide as most of the axes gets the right half of it
+        span = max(span, (anchor - left) * width / free if free > 0.1 * width else 2 * (anchor - left))
+    axes.set_xlim(left, left + span * 1.02)
+
+
+def accuracy_and_time_figure(budget: dict[str, Any]) -> Any:
+    """:func:`accuracy_and_time`'s figure: one row per arm (the first on top, as in the table), its
+    name once on the left; test accuracy and seconds to the target as horizontal bars, each labelled
+    at its end (the mean accuracy; the seeds that reached the target and the steps it took), so the
+    labels of neighbouring arms never share a line. The figure grows a row's height per arm."""
     plt = _pyplot()
-    figure, (accuracy, timing) = plt.subplots(1, 2, figsize=(11, 3.8))
     arms = budget["arms"]
     names = [arm["name"] for arm in arms]
+    figure, (accuracy, timing) = plt.subplots(
+        1, 2, figsize=(12, max(3.8, 1.5 + 0.45 * len(arms))), sharey=True, width_ratios=(2, 3)
+    )
     palette = colours(names)
-    positions = np.arange(len(arms))
+    bar_colours = [palette[name] for name in names]
+    rows = np.arange(len(arms))
     means = [arm["test_accuracy"]["mean"] or 0.0 for arm in arms]
     stds = [arm["test_accuracy"]["std"] or 0.0 for arm in arms]
-    accuracy.bar(positions, means, yerr=stds, capsize=4, color=[palette[n] for n in names], alpha=0.85)
-    for position, arm in zip(positions, arms, strict=True):
+    accuracy.barh(rows, means, xerr=stds, capsize=3, height=0.6, color=bar_colours, alpha=0.85)
+    tops = []
+    for row, arm, mean, std in zip(rows, arms, means, stds, strict=True):
         values = arm["test_accuracy"]["values"]
-        accuracy.scatter([position] * len(values), values, color="black", s=12, zorder=3)
+        accuracy.scatter(values, [row] * len(values), color="black", s=12, zorder=3)
+        tops.append(max([*values, mean + std]))
+    values_shown = [
         accuracy.annotate(
             f"{arm['test_accuracy']['mean']:.3f}",
-            (position, max(values)),
-            ha="center",
-            va="bottom",
-            fontsize=9,
-            xytext=(0, 4),
+            (top, row),
+            ha="left",
+            va="center",
+            fontsize=8,
+            xytext=(5, 0),
             textcoords="offset points",
         )
-    low = min(min(arm["test_accuracy"]["values"]) for arm in arms)
-    accuracy.set_ylim(max(0.0, low - 0.1), 1.0)
-    accuracy.set_xticks(positions, names)
-    accuracy.set_ylabel("test accuracy")
+        for row, arm, top in zip(rows, arms, tops, strict=True)
+    ]
+    accuracy.set_yticks(rows, names)
+    accuracy.set_ylim(len(arms) - 0.5, -0.5)  # the first arm on top, as in the table
+    accuracy.set_xlabel("test accuracy")
     accuracy.set_title("final metric (bars: mean ± std; dots: seeds)")
+    accuracy.grid(axis="x", alpha=0.3)
     times = [arm["seconds_to_target"]["mean"] or 0.0 for arm in arms]
     spreads = [arm["seconds_to_target"]["std"] or 0.0 for arm in arms]
-    timing.bar(positions, times, yerr=spreads, capsize=4, color=[palette[n] for n in names], alpha=0.85)
-    for position, arm in zip(positions, arms, strict=True):
-        seeds = len(arm["seeds"])
-        label = (
-            f"{arm['reached']}/{seeds} seeds\n{arm['full_steps_to_target']['mean']:.0f} full"
-            f" + {arm['cached_steps_to_target']['mean']:.0f} cached steps"
-            if arm["reached"]
-            else f"0/{seeds} seeds\nnever reached"
-        )
+    timing.barh(rows, times, xerr=spreads, capsize=3, height=0.6, color=bar_colours, alpha=0.85)
+    ends = [time + spread for time, spread in zip(times, spreads, strict=True)]
+    steps_shown = [
         timing.annotate(
-            label,
-            (position, arm["seconds_to_target"]["mean"] or 0.0),
-            ha="center",
-            va="bottom",
-            fontsize=8,
-            xytext=(0, 4),
-            textcoords="offset points",
+            _step_label(arm), (end, row), ha="left", va="center", fontsize=8, xytext=(5, 0), textcoords="offset points"
         )
-    timing.set_xticks(positions, names)
-    timing.set_ylabel("wall seconds to the target")
+        for row, arm, end in zip(rows, arms, ends, strict=True)
+    ]
+    timing.tick_params(axis="y", left=False)
+    timing.set_xlabel("wall seconds to the target")
     target = budget["target_val_accuracy"]
     timing.set_title("time to converge" + (f" (validation accuracy {target:.3f})" if target is not None else ""))
-    timing.set_ylim(0, max(times + [1.0]) * 1.35)
-    return png_bytes(figure, dpi=DPI)
+    timing.grid(axis="x", alpha=0.3)
+    low = min(min(arm["test_accuracy"]["values"]) for arm in arms)
+    _room_on_the_right(accuracy, values_shown, tops, left=max(0.0, low - 0.1))
+    _room_on_the_right(timing, steps_shown, ends)
+    return figure
 
 
 def confusion(matrix: list[list[int]], labels: list[str], title: str) -> bytes:

@@ -23,7 +23,14 @@ from headstart.files import atomic_write_bytes, is_comparison, is_run, read_json
 from headstart.report import figures
 from headstart.report.audit import AUDIT_DATA_FILE, AUDIT_FILE, audit_summary, audit_table, write_audit_files
 from headstart.report.audit import NOTE as AUDIT_NOTE
-from headstart.report.summary import arm_cells, budget_verdict, spread_text, step_lines, summarise
+from headstart.report.summary import (
+    arm_cells,
+    budget_verdict,
+    labels_per_class_text,
+    spread_text,
+    step_lines,
+    summarise,
+)
 
 REPORT_FILE = "report.html"
 
@@ -244,7 +251,7 @@ def render(folder: str | Path) -> str:
         parts.append(_image(figures.budgets(summary), "test accuracy against labels per class"))
     for index, budget in enumerate(summary["budgets"]):
         label = budget["labels_per_class"]
-        suffix = f" — {label} labels per class" if label is not None else ""
+        suffix = f" — {labels_per_class_text(label)}" if label is not None else ""
         target = budget["target_val_accuracy"]
         parts.append(f"<h2>Comparison{suffix}</h2>")
         parts.append(_comparison_table(budget, f"comparison-{index}"))

@@ -47,6 +47,11 @@ class TimelinePoint(TypedDict):
     stage: str
 
 
+def labels_per_class_text(count: int) -> str:
+    """``"1 label per class"``, ``"10 labels per class"``: a label budget as every title and line writes it."""
+    return f"{count} label per class" if count == 1 else f"{count} labels per class"
+
+
 def mean_std(values: list[float]) -> tuple[float | None, float | None]:
     """Mean and sample standard deviation (0 for a single value; ``None`` for none)."""
     if not values:
@@ -372,7 +377,7 @@ def budget_verdict(budget: dict[str, Any]) -> str | None:
     best = budget["winner"]
     if best is None:
         return None
-    where = f"{budget['labels_per_class']} labels per class: " if budget["labels_per_class"] is not None else ""
+    where = f"{labels_per_class_text(budget['labels_per_class'])}: " if budget["labels_per_class"] is not None else ""
     arm = next(arm for arm in budget["arms"] if arm["name"] == best["arm"])
     accuracy = arm["test_accuracy"]
     text = (
@@ -398,7 +403,7 @@ def budget_verdict(budget: dict[str, Any]) -> str | None:
 def step_lines(budget: dict[str, Any], several: bool = False) -> list[str]:
     """What each step added: for an arm that extends another (its stages begin with all of the other's),
     the paired gain of its extra stages (prefixed with the label budget when ``several``)."""
-    where = f"{budget['labels_per_class']} labels per class: " if several else ""
+    where = f"{labels_per_class_text(budget['labels_per_class'])}: " if several else ""
     lines = []
     for arm in budget["arms"]:
         gain = arm.get("step_gain")

@@ -54,6 +54,9 @@ def prepare_stage(
         from headstart import pretext as pretext_registry
 
         pretext = pretext_registry.get(stage.pretext.name, **stage.pretext.options())
+        warning = pretext.check_batch_size(stage.batch_size, f"stage {stage.name!r}")
+        if warning:
+            LOG.warning("%s", warning)
     labels, train_set, val_set = _stage_splits(stage, data, index, pretext)
     pl.seed_everything(seeds.stage(seed, index), verbose=False)  # a new head's initial weights
     handover = install_head(network, stage, labels, pretext, image_size)
