@@ -1,0 +1,201 @@
+"""Did pretraining help? Arms × seeds × label budgets on one task, judged by both promised gains.
+
+The chapter judges a pretraining strategy by comparison with the same task trained from a random
+start, and names two gains: less time to converge and a better final metric. It also warns that a
+pretraining which makes things worse must be re-thought. One seed cannot say which: on MNIST with
+10 labels per class the spread between seeds is as large as some gains. A comparison therefore runs
+every *arm* (a list of stages: scratch, ImageNet transfer, rotation self-supervision, both, …) on
+the same task data, the same splits and the same label budget, over several seeds, then writes a
+report (:mod:`headstart.report.html`) built only from what the runs wrote on disk.
+
+A comparison file (``headstart compare FILE``)::
+
+    name: mnist-10-labels
+    output: comparisons/mnist
+    seeds: [0, 1, 2]              # or a count: 3 → seeds 0, 1, 2
+    label_budgets: [5, 10, 50]    # labels per class; default: the data's own splits
+    baseline: scratch             # default: the first arm
+    data:                         # every arm trains on this task (an arm's own data is replaced)
+      source: {kind: mnist5k}
+      splits: {test_fraction: 0.2, val_fraction: 0.05, labels_per_class: 10}
+    arms:
+      scratch: {run: scratch.yaml}                  # a run file, relative to this file
+      rotation:                                     # or the model and stages inline
+        model: {name: resnet10t, image_size: 32}
+        stages:
+          - {name: rotation, data: all, pretext: {name: rotation}, epochs: 12}
+          - {name: task, epochs: 40}
+    probes: {k: 20}               # linear and k-NN probes of every stage's backbone
+    attention: {images: 4, power: 1}
+
+Each run lands in ``OUTPUT/[labels-N/]ARM/seed-S`` as an ordinary run folder. A rerun reuses the
+runs that finished with the same configuration and resumes the interrupted one, so a long
+comparison survives Ctrl+C; a folder written by a different configuration is refused unless
+``overwrite``. An arm whose first stages equal another arm's (same model, data, seed and stage
+settings) starts from that arm's finished stages instead of training them again — they would
+come out the same — and counts their wall time as its own; the report says what the extra stages
+added (the paired gain over the shorter arm). The splits are the same for every seed
+(``data.splits.seed``): seeds vary the initialisation, the order of batches and the augmentations,
+which is the spread a user will see.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from headstart.compare.evidence import attention_maps_of_arms, attention_picks, probe_run
+from headstart.compare.sharing import common_stages, extends, link_stages, reuse_or_resume, shared_stages
+from headstart.compare.spec import (
+    ATTENTION_FILE,
+    INIT_PROBE_FILE,
+    ArmSpec,
+    AttentionOptions,
+    CompareSpec,
+    PlannedRun,
+    ProbeOptions,
+    load_compare_file,
+    parse_compare,
+    plan,
+)
+from headstart.errors import HeadstartError
+from headstart.files import atomic_write_json, hardware, versions
+from headstart.report.summary import MANIFEST_FILE, labels_per_class_text
+from headstart.stage import Interrupted
+
+__all__ = [
+    "ATTENTION_FILE",
+    "INIT_PROBE_FILE",
+    "ArmSpec",
+    "AttentionOptions",
+    "CompareResult",
+    "CompareSpec",
+    "PlannedRun",
+    "ProbeOptions",
+    "attention_picks",
+    "common_stages",
+    "extends",
+    "load_compare_file",
+    "parse_compare",
+    "plan",
+    "run",
+    "shared_stages",
+]
+
+
+@dataclass
+class CompareResult:
+    """What a comparison wrote: its folder, the summary table and the report's path."""
+
+    folder: Path
+    table: dict[str, Any]
+    report: Path
+    seconds: float
+
+    @property
+    def verdicts(self) -> list[str]:
+        """One line per label budget: which arm won, by how much, and whether it beats the spread."""
+        from headstart.report.summary import summary_line
+
+        return summary_line(self.table)
+
+
+def run(
+    spec: CompareSpec | dict | str | Path,
+    *,
+    base: str | Path | None = None,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    echo: Callable[[str], None] = print,
+    how_to_continue: str = "headstart.compare.run",
+) -> CompareResult:
+    """Run (or reuse) every planned run, probe the backbones, draw attention maps, write the report.
+
+    ``spec`` is a :class:`CompareSpec`, a mapping, or the path of a comparison file (whose folder
+    then resolves relative paths, like ``base``).
+    """
+    from headstart.report.html import write_report
+    from headstart.report.summary import summarise
+    from headstart.structure import run as run_structure
+
+    if isinstance(spec, (str, Path)):
+        spec, folder = load_compare_file(spec)
+        base = base or folder
+    elif isinstance(spec, dict):
+        spec = parse_compare(spec)
+    elif not isinstance(spec, CompareSpec):
+        raise HeadstartError(
+            f"compare.run spec={type(spec).__name__}: expected a CompareSpec, a mapping or the path "
+            "of a comparison file"
+        )
+    base = Path(base or ".")
+    started = time.perf_counter()
+    runs = plan(spec, base)
+    decisions = [reuse_or_resume(planned, overwrite) for planned in runs]  # refuse before training anything
+    root = spec.output_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "name": spec.name,
+        "spec": spec.model_dump(mode="json"),
+        "baseline": spec.baseline_arm,
+        "arms": list(spec.arms),
+        "seeds": spec.seeds,
+        "label_budgets": spec.label_budgets,
+        "runs": [
+            {"arm": p.arm, "seed": p.seed, "budget": p.budget, "folder": str(p.folder.relative_to(root))} for p in runs
+        ],
+        "extends": extends(runs),
+        "hardware": hardware(),
+        "versions": versions(),
+    }
+    atomic_write_json(root / MANIFEST_FILE, manifest)
+    show_bars = (
+        progress if progress is not None else (spec.progress if spec.progress is not None else sys.stderr.isatty())
+    )
+    finished: list[PlannedRun] = []
+    for number, (planned, decision) in enumerate(zip(runs, decisions, strict=True), start=1):
+        budget = f", {labels_per_class_text(planned.budget)}" if planned.budget is not None else ""
+        stages = " → ".join(stage.name for stage in planned.spec.stages)
+        prefix = f"[{number}/{len(runs)}] {planned.arm}, seed {planned.seed}{budget}"
+        if decision == "reuse":
+            echo(f"{prefix}: finished before, reused")
+        else:
+            echo(f"{prefix}: {stages}" + (" (resuming)" if decision == "resume" else ""))
+            if decision == "overwrite":
+                shutil.rmtree(planned.folder)
+            resume = decision == "resume"
+            shared = shared_stages(planned, finished) if decision in ("fresh", "overwrite") else None
+            if shared is not None:
+                donor, count = shared
+                names = link_stages(donor, planned, count)
+                echo(
+                    f"    {', '.join(names)} shared with {donor.arm}, seed {donor.seed} (same model, data, seed and "
+                    "stage settings)"
+                )
+                resume = True
+            try:
+                result = run_structure(planned.spec, resume=resume, progress=show_bars)
+            except Interrupted as interruption:
+                raise Interrupted(
+                    interruption.folder,
+                    interruption.stage,
+                    f"the same command again ({how_to_continue}); finished runs are reused",
+                ) from None
+            echo(
+                f"    test accuracy {result.test['accuracy']:.4f} in {result.seconds:.1f} s"
+                if result.test
+                else f"    finished in {result.seconds:.1f} s"
+            )
+        finished.append(planned)
+        if spec.probes.enabled:
+            probe_run(planned, spec.probes, echo)
+    if spec.attention.enabled:
+        attention_maps_of_arms(spec, runs, echo)
+    table = summarise(root)
+    report = write_report(root)
+    return CompareResult(root, table, report, time.perf_counter() - started)

@@ -1,0 +1,98 @@
+"""Runs of a comparison that share their first stages: which, how many, and linking them."""
+
+from __future__ import annotations
+
+import shutil
+
+from headstart.checkpoint import RunRecord, stage_folder
+from headstart.compare.spec import INIT_PROBE_FILE, PlannedRun
+from headstart.config import (
+    RunSpec,
+)
+from headstart.errors import HeadstartError
+from headstart.files import is_run
+
+
+def reuse_or_resume(planned: PlannedRun, overwrite: bool) -> str:
+    """``fresh``, ``reuse`` (finished with this configuration), ``resume`` or ``overwrite``."""
+    folder = planned.folder
+    if not is_run(folder):
+        if folder.exists() and any(folder.iterdir()):
+            raise HeadstartError(f"{folder}: exists and is not a headstart run; choose another output")
+        return "fresh"
+    record = RunRecord.read(folder)
+    if record.config_hash != planned.spec.config_hash():
+        if overwrite:
+            return "overwrite"
+        raise HeadstartError(
+            f"{folder}: holds a run of a different configuration (hash {record.config_hash}, this "
+            f"arm {planned.spec.config_hash()}); pass --overwrite or choose another output"
+        )
+    return "reuse" if record.status == "finished" else "resume"
+
+
+def common_stages(first: RunSpec, second: RunSpec) -> int:
+    """How many leading stages two runs share with everything that fixes their weights (model,
+    data, seed, stage settings) — equal weights after them on a deterministic device."""
+    count = 0
+    for index in range(1, min(len(first.stages), len(second.stages)) + 1):
+        if first.prefix_key(index) != second.prefix_key(index):
+            break
+        count = index
+    return count
+
+
+def shared_stages(planned: PlannedRun, finished: list[PlannedRun]) -> tuple[PlannedRun, int] | None:
+    """The finished run (same seed and label budget) sharing the most leading stages with
+    ``planned``, and how many; ``None`` when none shares any."""
+    candidates = [
+        (common_stages(donor.spec, planned.spec), donor)
+        for donor in finished
+        if donor.seed == planned.seed and donor.budget == planned.budget
+    ]
+    if not candidates:
+        return None
+    count, donor = max(candidates, key=lambda pair: pair[0])
+    return (donor, count) if count else None
+
+
+def link_stages(donor: PlannedRun, planned: PlannedRun, count: int) -> list[str]:
+    """Hard-link (copy where links fail) the donor's first ``count`` finished stage folders into
+    ``planned``'s folder, training checkpoints left out; the run then resumes after them."""
+    names = []
+    for index, stage in enumerate(planned.spec.stages[:count]):
+        source = stage_folder(donor.folder, index, stage.name)
+        target = stage_folder(planned.folder, index, stage.name)
+        for path in source.rglob("*"):
+            if path.is_dir() or path.suffix == ".ckpt":
+                continue
+            destination = target / path.relative_to(source)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                destination.hardlink_to(path)
+            except OSError:
+                shutil.copy2(path, destination)
+        names.append(target.name)
+    if (donor.folder / INIT_PROBE_FILE).is_file() and not (planned.folder / INIT_PROBE_FILE).exists():
+        shutil.copy2(donor.folder / INIT_PROBE_FILE, planned.folder / INIT_PROBE_FILE)
+    return names
+
+
+def extends(runs: list[PlannedRun]) -> dict[str, str]:
+    """For each arm whose stages start with all of another arm's (same model and settings), that
+    other arm — the longest such: what the extra stages added is the paired gain over it."""
+    first_seed: dict[str, PlannedRun] = {}
+    for planned in runs:
+        first_seed.setdefault(planned.arm, planned)
+    parents = {}
+    for name, planned in first_seed.items():
+        candidates = [
+            (len(other.spec.stages), other.arm)
+            for other in first_seed.values()
+            if other.arm != name
+            and len(other.spec.stages) < len(planned.spec.stages)
+            and common_stages(other.spec, planned.spec) == len(other.spec.stages)
+        ]
+        if candidates:
+            parents[name] = max(candidates)[1]
+    return parents
