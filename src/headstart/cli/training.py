@@ -1,0 +1,223 @@
+"""Commands that train: ``run``, ``lr-find``, ``compare``, ``demo``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+if TYPE_CHECKING:
+    pass
+
+from headstart.cli.app import _console, app, user_errors
+
+
+@app.command("lr-find")
+@user_errors
+def lr_find_command(
+    file: Path = typer.Argument(..., help="YAML run file (see headstart.config)."),
+    stage: str = typer.Option(..., "--stage", "-s", help="Name of the stage to sweep."),
+    output: Path | None = typer.Option(
+        None, help="Run folder holding the earlier stages (overrides the file's `output`)."
+    ),
+    run_earlier: bool = typer.Option(
+        False, "--run-earlier", help="Train unfinished earlier stages in a temporary folder."
+    ),
+    plot: Path | None = typer.Option(None, help="PNG of loss against rate; default lr-find-<run>-<stage>.png here."),
+    min_lr: float = typer.Option(1e-7, min=0, help="Rate at the first step (fastai's start_lr)."),
+    max_lr: float = typer.Option(10.0, min=0, help="Rate the sweep grows to (fastai's end_lr)."),
+    steps: int = typer.Option(100, min=20, help="Optimizer steps of the sweep."),
+    json_output: bool = typer.Option(False, "--json", help="Print the sweep as JSON."),
+) -> None:
+    """Sweep the learning rate for one stage of a run (LR range test) and suggest one; the run's \
+folder is not touched."""
+    from headstart.config import load_run_file, parse_run
+    from headstart.structure import find_learning_rate
+
+    spec = load_run_file(file)
+    if output is not None:
+        spec = parse_run({**spec.model_dump(mode="json"), "output": str(output)}, str(file))
+    result = find_learning_rate(
+        spec, stage, run_earlier=run_earlier, min_lr=min_lr, max_lr=max_lr, steps=steps, source=str(file)
+    )
+    path = result.plot(plot or Path(f"lr-find-{spec.name}-{stage}.png"))
+    if json_output:
+        typer.echo(result.model_dump_json(indent=2))
+        return
+    typer.echo(result.describe())
+    typer.echo(f"plot: {path}; to use it: optimizer: {{lr: {result.suggestion:.3g}}} (or lr: find)")
+
+
+def _print_stage_table(result) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"run {result.spec.name} — {result.folder}")
+    for column in ("stage", "epochs", "steps", "seconds", "last train loss", "last val metric", "data", "notes"):
+        table.add_column(column)
+    for record in result.stages:
+        last = record.last_metrics
+        val = next(
+            (f"{key}={last[key]:.4f}" for key in ("val_accuracy", "val_mae", "val_mse", "val_loss") if key in last), ""
+        )
+        data = "cached features" if record.cached_features else record.data.residency
+        notes = "resumed: done before" if record.stage_name in result.resumed else "; ".join(record.diagnostics)
+        table.add_row(
+            record.stage_name,
+            str(len(record.history)),
+            str(record.steps),
+            f"{record.seconds:.1f}",
+            f"{last.get('train_loss', float('nan')):.4f}",
+            val,
+            data,
+            notes,
+        )
+    _console().print(table)
+    if result.test is not None:
+        typer.echo(
+            f"test accuracy {result.test['accuracy']:.4f} on {result.test['count']} images "
+            f"(never seen by any stage); {result.seconds:.1f} s"
+        )
+
+
+@app.command("run")
+@user_errors
+def run_command(
+    file: Path = typer.Argument(..., help="YAML run file (see headstart.config)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in the output folder where it stopped."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run in the output folder."),
+    output: Path | None = typer.Option(None, help="Output folder (overrides the file's `output`)."),
+    devices: int | None = typer.Option(None, help="Processes/devices (overrides the file's `devices`)."),
+    accelerator: str | None = typer.Option(None, help="cpu, gpu or auto (overrides the file)."),
+    precision: str | None = typer.Option(None, help="32-true, bf16-mixed or 16-mixed (overrides the file)."),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress bars."),
+) -> None:
+    """Run the stages of a YAML run file in order; Ctrl+C stops cleanly and --resume continues."""
+    from headstart.config import load_run_file, parse_run
+    from headstart.structure import run
+
+    spec = load_run_file(file)
+    overrides = {
+        key: value
+        for key, value in (
+            ("output", str(output) if output else None),
+            ("devices", devices),
+            ("accelerator", accelerator),
+            ("precision", precision),
+        )
+        if value is not None
+    }
+    if overrides:
+        spec = parse_run({**spec.model_dump(mode="json"), **overrides}, str(file))
+    result = run(spec, resume=resume, overwrite=overwrite, progress=progress)
+    from headstart.engine.trainer import is_rank_zero
+
+    if is_rank_zero():
+        _print_stage_table(result)
+
+
+def _print_comparison(result) -> None:
+    """The comparison's table per label budget (mean ± std over seeds), its verdicts and the report."""
+    from rich.table import Table
+
+    from headstart.report.summary import arm_cells, labels_per_class_text, step_lines, summary_line
+
+    for budget in result.table["budgets"]:
+        target = budget["target_val_accuracy"]
+        label = (
+            f", {labels_per_class_text(budget['labels_per_class'])}" if budget["labels_per_class"] is not None else ""
+        )
+        shown = Table(title=f"{result.table['name']}{label}")
+        for column in (
+            "arm",
+            "stages",
+            "n",
+            "test accuracy",
+            f"vs {budget['baseline']}",
+            f"to val {target:.3f} (seeds)" if target is not None else "time to target",
+            "steps to target",
+            "wall time",
+        ):
+            shown.add_column(column)
+
+        for arm in budget["arms"]:
+            cells = arm_cells(arm, budget)
+            row = (cells["test"], cells["gain"], cells["reach"], cells["steps"], cells["wall"])
+            shown.add_row(arm["name"], " → ".join(arm["stages"]), str(arm["test_accuracy"]["n"]), *row)
+        _console().print(shown)
+    for line in summary_line(result.table):
+        typer.echo(line)
+    several = len(result.table["budgets"]) > 1
+    for budget in result.table["budgets"]:
+        for line in step_lines(budget, several):
+            typer.echo(line)
+    typer.echo(
+        f"report: {result.report} ({result.report.stat().st_size / 1024:.0f} KiB); {result.seconds:.0f} s in all"
+    )
+
+
+def _progress_default(progress: bool | None) -> bool:
+    return sys.stderr.isatty() if progress is None else progress
+
+
+@app.command()
+@user_errors
+def demo(
+    output: Path = typer.Option(Path("headstart-demo"), help="Folder of the comparison (runs, report.html)."),
+    seeds: int = typer.Option(3, min=1, help="Seeds per arm (0, 1, …); --seeds 1 is quick."),
+    seed: int | None = typer.Option(None, help="Run this one seed only (instead of --seeds)."),
+    quick: bool = typer.Option(False, help="Fewer epochs (a smoke test of the same structure)."),
+    show_config: bool = typer.Option(False, "--show-config", help="Print the comparison file and exit."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Retrain runs left by a different configuration."),
+    progress: bool | None = typer.Option(
+        None, "--progress/--no-progress", help="Progress bars per stage (default: when stderr is a terminal)."
+    ),
+) -> None:
+    """MNIST with 10 labels per class: from scratch vs rotation pretraining vs ImageNet transfer, over seeds."""
+    import yaml
+
+    from headstart.demo import demo_comparison, run_demo
+
+    chosen = [seed] if seed is not None else list(range(seeds))
+    if show_config:
+        spec = demo_comparison(output, seeds=chosen, quick=quick)
+        typer.echo(yaml.safe_dump(spec.model_dump(mode="json", exclude_defaults=True), sort_keys=False))
+        return
+    result = run_demo(
+        output,
+        seeds=chosen,
+        quick=quick,
+        progress=_progress_default(progress),
+        overwrite=overwrite,
+        echo=lambda line: typer.echo(line, err=True),
+    )
+    _print_comparison(result)
+
+
+@app.command("compare")
+@user_errors
+def compare_command(
+    file: Path = typer.Argument(..., help="YAML comparison file (see headstart.compare)."),
+    output: Path | None = typer.Option(None, help="Output folder (overrides the file's `output`)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Retrain runs left by a different configuration."),
+    progress: bool | None = typer.Option(
+        None, "--progress/--no-progress", help="Progress bars per stage (default: when stderr is a terminal)."
+    ),
+) -> None:
+    """Arms × seeds × label budgets on one task; finished runs are reused; writes report.html."""
+    from headstart.compare import load_compare_file, parse_compare
+    from headstart.compare import run as run_comparison
+
+    spec, base = load_compare_file(file)
+    if output is not None:
+        spec = parse_compare({**spec.model_dump(mode="json"), "output": str(output)}, str(file))
+    result = run_comparison(
+        spec,
+        base=base,
+        overwrite=overwrite,
+        progress=_progress_default(progress),
+        echo=lambda line: typer.echo(line, err=True),
+        how_to_continue=f"headstart compare {file}",
+    )
+    _print_comparison(result)
