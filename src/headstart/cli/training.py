@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     pass
 
 from headstart.cli.app import _console, app, user_errors
+from headstart.engine.trainer import is_rank_zero
 
 
 @app.command("lr-find")
@@ -111,8 +112,6 @@ def run_command(
     if overrides:
         spec = parse_run({**spec.model_dump(mode="json"), **overrides}, str(file))
     result = run(spec, resume=resume, overwrite=overwrite, progress=progress)
-    from headstart.engine.trainer import is_rank_zero
-
     if is_rank_zero():
         _print_stage_table(result)
 

@@ -12,7 +12,7 @@
 from headstart.engine.augment import augment, strong_augment
 from headstart.engine.batches import EpochBatches, ImagePlan, make_loader, plan_images
 from headstart.engine.callbacks import EpochHistory, InterruptOnSignal, NonFiniteLoss, RunInterrupted
-from headstart.engine.losses import learning_rate_factors, parameter_groups, task_loss, task_predictions
+from headstart.engine.losses import learning_rate_factors, parameter_groups, task_loss
 from headstart.engine.module import StageData, StageModule
 from headstart.engine.passes import compute_features, evaluate
 
@@ -34,5 +34,4 @@ __all__ = [
     "plan_images",
     "strong_augment",
     "task_loss",
-    "task_predictions",
 ]

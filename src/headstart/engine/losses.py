@@ -19,7 +19,7 @@ from torch import Tensor
 
 from headstart.config import OptimizerSpec
 from headstart.errors import HeadstartError
-from headstart.heads import class_probabilities, class_targets, predicted_classes
+from headstart.heads import class_probabilities, class_targets
 
 if TYPE_CHECKING:
     from headstart.network import Network
@@ -45,11 +45,6 @@ def task_loss(kind: str, logits: Tensor, labels: Tensor) -> Tensor:
     if kind == "huber":
         return F.huber_loss(probabilities, targets)
     raise HeadstartError(f"unknown loss '{kind}'; expected cross_entropy, binary_cross_entropy, mse or huber")
-
-
-task_predictions = predicted_classes
-"""Class indices of task logits: :func:`headstart.heads.predicted_classes` (kept under this name
-for :mod:`headstart.engine`'s callers)."""
 
 
 def learning_rate_factors(spec: OptimizerSpec, epochs: int, steps_per_epoch: int) -> np.ndarray:
