@@ -19,6 +19,7 @@ from headstart.compare import attention_picks, parse_compare, plan
 from headstart.compare import run as run_comparison
 from headstart.errors import HeadstartError
 from headstart.report.summary import (
+    contrast_lines,
     labels_per_class_text,
     mean_std,
     reach,
@@ -61,6 +62,7 @@ def comparison(tmp_path_factory):
         "seeds": 2,
         "data": DATA,
         "arms": _arms(),
+        "contrasts": [{"arm": "scratch", "against": "rotation"}],
         "attention": {"images": 2},
     }
     lines: list[str] = []
@@ -91,6 +93,15 @@ def test_every_arm_runs_at_every_seed_on_the_same_splits(comparison):
     scratch_tests = budget["arms"][0]["test_accuracy"]["values"]
     gains = [r - s for r, s in zip(rotation["test_accuracy"]["values"], scratch_tests, strict=True)]
     assert rotation["gain"]["values"] == pytest.approx(gains)
+    (judged,) = budget["contrasts"]  # scratch against rotation: the baseline's gain, reversed
+    assert (judged["arm"], judged["against"], judged["seeds"]) == ("scratch", "rotation", 2)
+    assert judged["gain"] == pytest.approx(-sum(gains) / 2)
+    spread = max(arm["test_accuracy"]["std"] for arm in budget["arms"])
+    assert judged["spread"] == pytest.approx(spread)
+    assert judged["exceeds_spread"] == (judged["gain"] > spread)
+    line = contrast_lines(summarise(folder, write=False)["budgets"][0])[0]
+    assert line.startswith(f"scratch against rotation: {judged['gain']:+.4f}") and "paired by seed" in line
+    assert line in (folder / "report.html").read_text()
     assert any("[4/4] rotation, seed 1" in line for line in lines)
     assert (folder / "report.html").stat().st_size > 50_000
     with np.load(folder / "attention.npz") as attention:
@@ -264,6 +275,9 @@ def test_an_arm_can_be_a_run_file_next_to_the_comparison_file(tmp_path):
         ({"label_budgets": [0]}, "positive numbers of labels"),
         ({"probe": {}}, "probe: unknown key; did you mean 'probes'"),
         ({"attention": {"layers": {"ghost": ["backbone.layer1"]}}}, "ghost"),
+        ({"contrasts": [{"arm": "a", "against": "b"}]}, r"contrasts\[0\].against 'b' is not an arm"),
+        ({"contrasts": [{"arm": "a", "against": "a"}]}, "compares 'a' with itself"),
+        ({"contrasts": [{"arm": "a"}]}, "against"),
     ],
 )
 def test_bad_comparison_files_name_the_key(change, message):
@@ -433,10 +447,49 @@ def test_example_comparison_files_plan_and_name_known_pretexts(path):
 
     spec, base = load_compare_file(path)
     runs = plan(spec, base)
-    assert {run.seed for run in runs} == set(spec.seeds) and len(runs) == len(spec.seeds) * len(spec.arms)
+    assert {run.seed for run in runs} == set(spec.seeds)
+    assert len(runs) == len(spec.seeds) * len(spec.arms) * len(spec.budgets)
     for run in runs:
         for stage in run.spec.stages:
             if stage.pretext is not None:
                 pretext.get(stage.pretext.name, **stage.pretext.options())
     parents = extends(runs)
     assert all(parent in spec.arms for parent in parents.values())
+
+
+def test_a_pretext_stage_on_the_whole_pool_is_trained_once_for_every_label_budget(tmp_path):
+    """The pretext reads the training pool with labels hidden, the same images at 1 and 4 labels per
+    class: the second budget links its weights instead of training it again; the task stage (and
+    the probes, which read the budget's labels) are the budget's own."""
+    arms = _arms(1)
+    arms["rotation"]["stages"][0]["epochs"] = 1
+    spec = {
+        "name": "shared-pretext",
+        "output": str(tmp_path / "out"),
+        "seeds": [0],
+        "label_budgets": [1, 4],
+        "data": DATA,
+        "arms": {"rotation": arms["rotation"]},
+        "attention": {"enabled": False},
+    }
+    lines: list[str] = []
+    run_comparison(spec, echo=lines.append, progress=False)
+    one, four = (tmp_path / "out" / f"labels-{n}" / "rotation" / "seed-0" for n in (1, 4))
+    assert any(
+        "0-rotation shared with rotation, seed 0, 1 label per class (these stages read no labels)" in line
+        for line in lines
+    ), lines
+    weights = "0-rotation/weights.safetensors"
+    assert (one / weights).read_bytes() == (four / weights).read_bytes()
+    assert (one / weights).stat().st_ino == (four / weights).stat().st_ino  # linked, not trained again
+    assert (one / "1-task/weights.safetensors").read_bytes() != (four / "1-task/weights.safetensors").read_bytes()
+    for folder, labelled in ((one, 10), (four, 40)):
+        for probe in ("0-rotation/probe.json", "1-task/probe.json", "init-probe.json"):
+            assert json.loads((folder / probe).read_text())["bank_size"] == labelled, (folder, probe)
+    plans = plan(parse_compare({**spec, "arms": _arms(1)}))
+    rotation = [p.spec for p in plans if p.arm == "rotation"]
+    scratch = [p.spec for p in plans if p.arm == "scratch"]
+    assert rotation[0].prefix_key(1) == rotation[1].prefix_key(1) and rotation[0].prefix_key(2) != rotation[
+        1
+    ].prefix_key(2)
+    assert scratch[0].prefix_key(1) != scratch[1].prefix_key(1)  # the task stage reads the labels

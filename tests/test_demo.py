@@ -94,7 +94,7 @@ def test_quick_demo_runs_the_four_arms_over_two_seeds_and_reports_them(tmp_path:
     assert "Semi-supervised stages" in (output / "report.html").read_text()
     fixmatch = json.loads((output / "rotation+fixmatch" / "seed-0" / "2-fixmatch" / "stage.json").read_text())
     used = [row["train_unlabelled_used"] for row in fixmatch["history"]]
-    assert used[-1] > used[0] + 0.05 and used[-1] > 0.1, used  # seed 0: 0.05 → 0.23 over six epochs
+    assert len(used) == 2 and used[-1] > used[0] + 0.05 and used[-1] > 0.1, used  # two passes over the pool
     assert fixmatch["data"]["unlabelled_images"] == 3750
     # a second demo reuses every finished run
     again = CliRunner().invoke(app, ["demo", "--quick", "--seeds", "2", "--output", str(output)])

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from headstart.config import StageSpec, parse_run
 from headstart.data import TaskData
 from headstart.engine.augment import STRONG_OPERATIONS, border_mean, cutout, strong_augment
-from headstart.engine.batches import StreamBatches
+from headstart.engine.batches import EpochBatches, StreamBatches
 from headstart.engine.fixmatch import pseudo_labels, unlabelled_loss
 from headstart.errors import HeadstartError
 from headstart.stage import fit_stage
@@ -28,10 +28,11 @@ def _digits(labels_per_class: int = 5) -> TaskData:
     return TaskData.load({"kind": "digits"}, {"labels_per_class": labels_per_class, "seed": 0})
 
 
-def _semi_stage(threshold: float, epochs: int = 3, **extra) -> StageSpec:
+def _semi_stage(threshold: float, epochs: int = 3, steps_per_epoch: int | None = 5, **extra) -> StageSpec:
     return StageSpec(
         name="fixmatch",
         epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
         batch_size=10,
         augment="crop",
         optimizer={"lr": 3e-3},
@@ -87,6 +88,46 @@ def test_unlabelled_batches_split_across_ranks_like_one_larger_batch():
     for step in range(3):
         together = torch.stack([ranks[0][step], ranks[1][step]], 1).flatten()
         assert together.tolist() == single[step].tolist()
+
+
+def test_a_labelled_split_smaller_than_an_epoch_cycles_in_seeded_passes():
+    """With ``steps`` an epoch is that many batches from the endless stream: 7 labelled images fill
+    4 batches of 5, every image in every pass, and epoch 1 continues the stream where epoch 0 ended."""
+    sampler = EpochBatches(7, 5, seed=2, shuffle=True, drop_last=True, steps=4)
+    first = list(sampler)
+    assert len(sampler) == 4 and [len(b) for b in first] == [5] * 4
+    assert sorted(torch.cat(first)[:14].tolist()) == sorted(list(range(7)) * 2)
+    sampler.set_epoch(1)
+    assert [b.tolist() for b in sampler] == [b.tolist() for b in StreamBatches(7, 5, seed=2, start_step=4, steps=4)]
+    ranks = [EpochBatches(7, 2, seed=2, shuffle=True, drop_last=True, steps=4, rank=r, world_size=2) for r in (0, 1)]
+    merged = [torch.stack([a, b], 1).flatten().tolist() for a, b in zip(*ranks, strict=True)]
+    assert merged == [b.tolist() for b in EpochBatches(7, 4, seed=2, shuffle=True, drop_last=True, steps=4)]
+
+
+def test_the_budget_of_a_semi_supervised_stage_does_not_shrink_with_the_labels(tmp_path):
+    """An epoch is a pass over the unlabelled images: 1 and 5 labels per class train the same
+    number of steps, ``ceil(images / (ratio × batch))``; ``epoch: labelled`` counts labelled passes."""
+    steps = {}
+    for labels in (1, 5):
+        data = _digits(labels)
+        record = fit_stage(
+            _network(),
+            _semi_stage(0.9, epochs=1, steps_per_epoch=None),
+            data,
+            folder=tmp_path / f"l{labels}",
+            image_size=8,
+        )
+        steps[labels] = record.steps
+        assert record.steps == -(-len(data.split("all")) // (4 * 10))
+    assert steps[1] == steps[5] > 20
+    labelled = fit_stage(
+        _network(),
+        _semi_stage(0.9, epochs=2, steps_per_epoch=None, epoch="labelled"),
+        _digits(5),
+        folder=tmp_path / "labelled",
+        image_size=8,
+    )
+    assert labelled.steps == 2 * 5  # 50 labelled images, batches of 10
 
 
 def test_no_unlabelled_images_is_an_error():
@@ -211,6 +252,7 @@ def test_an_interrupted_semi_supervised_stage_resumes_to_the_same_weights(tmp_pa
         ({"name": "s", "semi_supervised": {"threshold": 1.5}}, "threshold"),
         ({"name": "s", "semi_supervised": {"ratio": 0}}, "ratio"),
         ({"name": "s", "semi_supervised": {"method": "mixmatch"}}, "fixmatch"),
+        ({"name": "s", "semi_supervised": {"epoch": "steps"}}, "unlabelled"),
     ],
 )
 def test_bad_semi_supervised_settings_name_the_key(stage, message):

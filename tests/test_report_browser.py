@@ -65,6 +65,8 @@ def report(tmp_path_factory) -> Path:
             "output": str(folder),
             "seeds": 2,
             "data": {"source": {"kind": "digits"}, "splits": {"labels_per_class": 10}},
+            "label_budgets": [5, 10],
+            "contrasts": [{"arm": "rotation", "against": "frozen-head"}],
             "arms": {
                 "scratch": {"model": tiny, "stages": [{"name": "task", "epochs": 3, "batch_size": 25}]},
                 "rotation": {
@@ -110,8 +112,11 @@ def test_report_renders_in_headless_chromium_with_a_row_per_arm_and_every_image_
     found = re.search(r'<pre id="dom-check">(.*?)</pre>', dumped.stdout, re.S)
     assert found, dumped.stderr[-2000:]
     dom = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
-    assert dom["rows"] == ["scratch", "rotation", "frozen-head"]
-    assert len(dom["images"]) >= 7  # bars, curves, confusion, attention, one schedule per arm
+    assert dom["rows"] == ["scratch", "rotation", "frozen-head"] * 2  # one table per label budget
+    assert len(dom["images"]) >= 10  # budgets, bars, curves, confusion per budget, attention, schedules
+    budgets = [image for image in dom["images"] if image["alt"] == "accuracy against labels per class"]
+    assert len(budgets) == 1 and budgets[0]["width"] > 500, dom["images"]
+    assert "rotation against frozen-head:" in page
     assert all(image["width"] > 0 and image["height"] > 0 for image in dom["images"]), dom["images"]
     assert dom["external"] == 0
 

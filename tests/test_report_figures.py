@@ -98,3 +98,37 @@ def test_time_to_target_labels_do_not_overlap(drawn, arms):
     for axes, shown in ((timing, steps), (accuracy, values)):  # and inside their own chart
         frame = axes.get_window_extent(renderer)
         assert all(frame.x0 <= box.x0 and box.x1 <= frame.x1 for _, box in shown)
+
+
+def test_accuracy_against_labels_per_class_draws_a_line_and_a_band_per_arm():
+    """One line through the means and a ± std band per arm, ticked at the budgets; an arm missing
+    at a budget is drawn through the budgets it has."""
+
+    def arm(name, mean, std):
+        return {"name": name, "test_accuracy": {"mean": mean, "std": std, "n": 3, "values": [mean] * 3}}
+
+    levels = {1: 0.30, 2: 0.45, 4: 0.62, 10: 0.88}
+    summary = {
+        "arms": ["scratch", "rotation → FixMatch"],
+        "budgets": [
+            {
+                "labels_per_class": count,
+                "arms": [arm("scratch", level, 0.02)]
+                + ([arm("rotation → FixMatch", level + 0.1, 0.01)] if count > 1 else []),
+            }
+            for count, level in levels.items()
+        ],
+    }
+    figure = figures.budgets_figure(summary)
+    (axes,) = figure.axes
+    lines = {line.get_label(): line for line in axes.get_lines()}
+    assert list(lines) == ["scratch (n=3)", "rotation → FixMatch (n=3)"]
+    assert list(lines["scratch (n=3)"].get_xdata()) == [1, 2, 4, 10]
+    assert list(lines["scratch (n=3)"].get_ydata()) == pytest.approx(list(levels.values()))
+    assert list(lines["rotation → FixMatch (n=3)"].get_xdata()) == [2, 4, 10]
+    bands = axes.collections
+    assert len(bands) == 2
+    low, high = bands[0].get_paths()[0].vertices[:, 1].min(), bands[0].get_paths()[0].vertices[:, 1].max()
+    assert low == pytest.approx(0.28) and high == pytest.approx(0.90)
+    assert [tick.get_text() for tick in axes.get_xticklabels()] == ["1", "2", "4", "10"]
+    assert figures.budgets(summary)[:8] == b"\x89PNG\r\n\x1a\n"

@@ -6,7 +6,7 @@ A finished stage leaves, in its own folder ``<run>/<index>-<name>/``:
 * ``stage.json`` — its :class:`StageRecord`, one schema for the writer and every reader: stage
   index and name, frozen parameter names, BatchNorm policy, head (kind, spec, labels),
   preprocessing, model, config hash, library versions, metrics, learning rates, how its data was
-  read and what was handed over from the previous stage.
+  read, what was handed over from the previous stage and the device it trained on.
 
 While a stage trains, ``last.ckpt`` (Lightning's format: weights, optimizer, scheduler, loop and
 callback state) is rewritten at the end of every epoch; ``--resume`` continues from it. A run
@@ -45,6 +45,7 @@ from headstart.weights import load_weights, save_weights
 
 __all__ = [
     "DataRecord",
+    "DeviceRecord",
     "Handover",
     "HeadRecord",
     "ModelRecord",
@@ -108,6 +109,37 @@ class DataRecord(BaseModel):
     description: str
 
 
+class DeviceRecord(BaseModel):
+    """What a stage trained on, as Lightning set it up (``accelerator: auto`` resolved)."""
+
+    type: str
+    """``cpu``, ``cuda`` or ``mps``."""
+    name: str
+    """The GPU's name (``NVIDIA H200``), or the CPU's model."""
+    processes: int = 1
+    """Training processes in all machines (DDP world size)."""
+    num_nodes: int = 1
+    precision: str = "32-true"
+    compiled: bool = False
+    channels_last: bool = False
+    decode: Literal["cpu", "device"] = "cpu"
+    prefetch: bool = False
+
+    def describe(self) -> str:
+        """One line: ``cuda (NVIDIA H200), 16 processes on 2 machines, bf16-mixed, compiled``."""
+        parts = [f"{self.type} ({self.name})"]
+        if self.processes > 1:
+            machines = f" on {self.num_nodes} machines" if self.num_nodes > 1 else ""
+            parts.append(f"{self.processes} processes{machines}")
+        parts.append(self.precision)
+        parts += [label for on, label in ((self.compiled, "compiled"), (self.channels_last, "channels-last")) if on]
+        if self.decode == "device":
+            parts.append("JPEGs decoded on the device")
+        if self.prefetch:
+            parts.append("batches copied ahead")
+        return ", ".join(parts)
+
+
 class StageRecord(BaseModel):
     """The typed content of ``stage.json``: written by :func:`~headstart.stage.fit_stage`, read by
     everything else."""
@@ -140,6 +172,8 @@ class StageRecord(BaseModel):
     versions: dict[str, str] = Field(default_factory=dict)
     lr_find: LRSweep | None = None
     """The learning-rate sweep run first when the stage says ``optimizer: {lr: find}``."""
+    device: DeviceRecord | None = None
+    """Where the stage trained (``None`` in records written before this was recorded)."""
     _folder: Path | None = PrivateAttr(default=None)
 
     @property

@@ -158,6 +158,12 @@ class SemiSupervisedSpec(_Strict):
     cross-entropy``. The share of unlabelled images above the threshold is logged every epoch
     (``unlabelled_used``). The paper's defaults: ratio (μ) 7, threshold (τ) 0.95, weight (λu) 1;
     CIFAR-10 with 25 labels per class 94.93% (250 labels: 94.93 ± 0.65), 4 labels per class 88.61%.
+
+    The paper counts its budget in steps (2^20) with the unlabelled data driving them; here an epoch
+    is one pass over the unlabelled images (``epoch: unlabelled``, ``ceil(images / (ratio ×
+    batch_size))`` steps) and the labelled batches cycle, so 30 epochs are 30 passes whether the
+    stage has 10 labels or 1,000. ``epoch: labelled`` counts passes over the labelled split instead
+    (at 10 labels and a batch of 25, one step per epoch).
     """
 
     method: Literal["fixmatch"] = "fixmatch"
@@ -165,6 +171,11 @@ class SemiSupervisedSpec(_Strict):
         "all",
         description="images used without labels: all of the training pool (FixMatch's choice, the labelled "
         "images included) or only the unlabelled rest",
+    )
+    epoch: Literal["unlabelled", "labelled"] = Field(
+        "unlabelled",
+        description="what one of the stage's epochs passes over: the unlabelled images (the labelled batches "
+        "cycle, so the budget does not shrink with the number of labels) or the labelled split",
     )
     ratio: int = Field(7, gt=0, description="unlabelled images per labelled image in a step (μ)")
     threshold: float = Field(0.95, gt=0, le=1, description="confidence a pseudo-label needs (τ)")
@@ -176,6 +187,10 @@ class SemiSupervisedSpec(_Strict):
 DataChoice = Literal["train", "unlabelled", "all", "general"]
 """``train``: the labelled training split; ``unlabelled``: the rest of the training pool (labels
 hidden); ``all``: both, labels hidden (for pretext stages); ``general``: the general dataset."""
+
+LABEL_FREE_DATA = ("all", "general")
+"""Stage data that is the same whichever images of the training pool are labelled: the whole pool
+with labels hidden, or the general dataset (``unlabelled`` is the pool *minus* the labelled images)."""
 
 LoggerKind = Literal["csv", "tensorboard", "mlflow"]
 """Metric logs a stage writes: csv (``metrics.csv``), tensorboard, mlflow (one MLflow run per stage)."""
@@ -213,6 +228,9 @@ class StageSpec(_Strict):
     )
     semi_supervised: SemiSupervisedSpec | None = Field(
         None, description="also learn from the unlabelled images: {method: fixmatch, ratio: 7, threshold: 0.95}"
+    )
+    compile: bool | None = Field(
+        None, description="torch.compile the backbone for this stage; default: the run's compile"
     )
 
     @model_validator(mode="after")
@@ -277,10 +295,38 @@ class RunSpec(_Strict):
     data: DataSpec
     model: ModelSpec
     stages: list[StageSpec] = Field(min_length=1)
-    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
-    devices: int = Field(1, gt=0)
-    accelerator: Literal["cpu", "gpu", "auto"] = "cpu"
-    strategy: Literal["auto", "ddp", "ddp_spawn"] = "auto"
+    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = Field(
+        "32-true", description="bf16-mixed: bfloat16 autocast (GPUs from Ampere on, and CPUs); 16-mixed: CUDA only"
+    )
+    devices: int = Field(1, gt=0, description="processes per machine (one per GPU; on the CPU, processes)")
+    accelerator: Literal["cpu", "gpu", "auto"] = Field(
+        "auto", description="auto: the GPU when there is one, else the CPU; the device used is in stage.json"
+    )
+    strategy: Literal["auto", "ddp", "ddp_spawn"] = Field(
+        "auto", description="auto: one process, or DDP when devices × num_nodes > 1 (Lightning's choice)"
+    )
+    num_nodes: int = Field(
+        1,
+        gt=0,
+        description="machines taking part; the launcher (torchrun, SLURM's srun) starts devices processes on each. "
+        "Each process reads batch_size images a step, so the global batch is batch_size × devices × num_nodes",
+    )
+    compile: bool = Field(
+        False, description="torch.compile the backbone of every stage (a stage's own compile: overrides)"
+    )
+    channels_last: bool = Field(
+        False, description="train in channels-last memory format (faster convolutions on tensor-core GPUs)"
+    )
+    decode: Literal["cpu", "device"] = Field(
+        "cpu",
+        description="where streamed JPEG files are decoded: cpu (Pillow, in loader workers) or device "
+        "(nvJPEG on the training GPU, a batch at a time; needs CUDA)",
+    )
+    prefetch: bool = Field(
+        False,
+        description="copy (and decode) the next batch on a side CUDA stream while the current step runs; "
+        "nothing to do on the CPU",
+    )
     num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
         "auto",
         description="processes decoding streamed images; auto: one per CPU core, at most 8, none on 2 cores or fewer",
@@ -316,7 +362,13 @@ class RunSpec(_Strict):
     def results_payload(self) -> dict[str, Any]:
         """Everything in this run that changes its results, as canonical JSON data: the one place
         that says which settings do not (where outputs go, progress bars, loggers, decoding
-        workers, whether images are held in memory or streamed: the same pixels either way)."""
+        workers, whether images are held in memory or streamed: the same pixels either way; the
+        accelerator and how it is driven — compile, channels_last, decode, prefetch — which change
+        results by floating-point round-off and decoder rounding only).
+
+        ``accelerator`` stays in the payload at ``cpu``, the one value every run hashed before
+        ``auto`` became the default, so those runs keep their hash; ``num_nodes`` (it sets the
+        global batch) is left out at 1 for the same reason."""
         payload = self.model_dump(
             mode="json",
             exclude={
@@ -326,14 +378,25 @@ class RunSpec(_Strict):
                 "loggers": True,
                 "mlflow": True,
                 "data": {"residency"},
+                "compile": True,
+                "channels_last": True,
+                "decode": True,
+                "prefetch": True,
             },
         )
+        payload["accelerator"] = "cpu"
+        if payload.get("num_nodes") == 1:
+            payload.pop("num_nodes")
         for key, default in (("include_top", False), ("classes", None)):  # runs from before these keys keep their hash
             if payload["model"].get(key, default) == default:
                 payload["model"].pop(key, None)
+        for source in (payload["data"]["source"], payload["data"].get("general") or {}):
+            if source.get("unlabelled") is None:  # sources without an unlabelled folder keep their hash
+                source.pop("unlabelled", None)
         for stage in payload["stages"]:
             if stage.get("semi_supervised") is None:
                 stage.pop("semi_supervised", None)
+            stage.pop("compile", None)
         return payload
 
     def config_hash(self) -> str:
@@ -342,11 +405,16 @@ class RunSpec(_Strict):
 
     def prefix_key(self, stages: int) -> str:
         """What fixes the weights after the first ``stages`` stages: :meth:`results_payload` without
-        the run's name and later stages. Two runs with the same key end those stages with the same
-        weights on a deterministic device."""
+        the run's name and later stages, and without the label budget when those stages read the task
+        without its labels (:data:`LABEL_FREE_DATA`). Two runs with the same key end those stages with
+        the same weights on a deterministic device."""
         payload = self.results_payload()
         payload.pop("name", None)
         payload["stages"] = payload["stages"][:stages]
+        if all(stage.data in LABEL_FREE_DATA for stage in self.stages[:stages]):
+            # the whole training pool with labels hidden is the same at every label budget
+            for key in ("labels_per_class", "labelled_fraction"):
+                payload["data"]["splits"].pop(key, None)
         return json.dumps(payload, sort_keys=True)
 
     def output_dir(self) -> Path:
@@ -388,6 +456,8 @@ def resolve_data_paths(data: DataSpec, folder: Path) -> None:
     for source in (data.source, data.general):
         if source is not None and source.path is not None and not Path(source.path).is_absolute():
             source.path = str((folder / source.path).resolve())
+        if source is not None and source.unlabelled is not None and not Path(source.unlabelled).is_absolute():
+            source.unlabelled = str((folder / source.unlabelled).resolve())
 
 
 def load_run_file(path: str | Path) -> RunSpec:
@@ -396,3 +466,24 @@ def load_run_file(path: str | Path) -> RunSpec:
     spec = parse_run(read_yaml_file(path), str(path))
     resolve_data_paths(spec.data, path.parent)
     return spec
+
+
+__all__ = [
+    "DataSpec",
+    "ModelSpec",
+    "OptimizerSpec",
+    "EarlyStoppingSpec",
+    "PretextSpec",
+    "SemiSupervisedSpec",
+    "DataChoice",
+    "LoggerKind",
+    "default_loggers",
+    "StageSpec",
+    "MLflowSpec",
+    "RunSpec",
+    "describe_validation_error",
+    "parse_run",
+    "read_yaml_file",
+    "resolve_data_paths",
+    "load_run_file",
+]

@@ -35,6 +35,17 @@ LABELS_PER_CLASS = 10
 SPLITS = {"test_fraction": 0.2, "val_fraction": 0.05, "labels_per_class": LABELS_PER_CLASS, "seed": 0}
 SMALL_MODEL = "resnet10t"
 SMALL_SIZE = 32
+IMAGENET_MODEL = "efficientnet_lite0"
+IMAGENET_SIZE = 64
+"""Side the ImageNet arm reads MNIST's 28-px digits at (photographs: the model's own 224, see
+:mod:`headstart.demo_folder`)."""
+QUICK_SCALE = 0.2
+"""``--quick`` runs this share of every stage's epochs (at least one each)."""
+
+
+def scaled_epochs(scale: float) -> Callable[[int], int]:
+    """The epochs a stage runs when its recipe's ``count`` is scaled by ``scale``: rounded, at least one."""
+    return lambda count: max(1, round(count * scale))
 
 
 def _task_stage(epochs: int, lr: float, **extra: Any) -> dict[str, Any]:
@@ -49,13 +60,24 @@ def _task_stage(epochs: int, lr: float, **extra: Any) -> dict[str, Any]:
     }
 
 
-def _arm_definitions(quick: bool) -> dict[str, dict[str, Any]]:
-    scale = 0.2 if quick else 1.0
+def fixmatch_stage(epochs: Callable[[int], int]) -> dict[str, Any]:
+    """The FixMatch stage after rotation → task; its recipe (epochs, rate, ratio, threshold) is here only.
+    Its epochs are passes over the unlabelled pool (``semi_supervised.epoch: unlabelled``): on MNIST-5k
+    6 passes of ``ceil(3,750 / (7 × 25)) = 22`` steps, 132 steps whatever the number of labels (at
+    least 2 passes in a quick run, so the share of pseudo-labels used has a trend)."""
+    return _task_stage(max(2, epochs(6)), 2e-3, name="fixmatch", semi_supervised={"ratio": 7, "threshold": 0.95})
 
-    def epochs(count: int) -> int:
-        return max(1, round(count * scale))
 
-    small = {"name": SMALL_MODEL, "weights": None, "image_size": SMALL_SIZE}
+def arm_definitions(
+    small_model: dict[str, Any], imagenet_model: dict[str, Any], epochs: Callable[[int], int]
+) -> dict[str, dict[str, Any]]:
+    """The four arms of the main job (module docstring) as comparison-file arms.
+
+    ``small_model`` and ``imagenet_model`` are the ``model`` blocks of the scratch/rotation arms and
+    of the ImageNet arm (name, weights, image_size); ``epochs`` turns each stage's recipe epochs
+    (those of the full MNIST demo) into the epochs it runs: :func:`scaled_epochs` of 1, of
+    :data:`QUICK_SCALE` for ``--quick``, or of whatever fits a time budget
+    (:mod:`headstart.demo_folder`)."""
     rotation_stages = [
         {
             "name": "rotation",
@@ -70,19 +92,13 @@ def _arm_definitions(quick: bool) -> dict[str, dict[str, Any]]:
     ]
     return {
         "scratch": {
-            "model": small,
+            "model": small_model,
             "stages": [_task_stage(epochs(40), 2e-3)],
         },
-        "rotation": {"model": small, "stages": rotation_stages},
-        "rotation+fixmatch": {
-            "model": small,
-            "stages": rotation_stages
-            + [
-                _task_stage(epochs(30), 2e-3, name="fixmatch", semi_supervised={"ratio": 7, "threshold": 0.95}),
-            ],
-        },
+        "rotation": {"model": small_model, "stages": rotation_stages},
+        "rotation+fixmatch": {"model": small_model, "stages": rotation_stages + [fixmatch_stage(epochs)]},
         "imagenet": {
-            "model": {"name": "efficientnet_lite0", "weights": "imagenet", "image_size": 64},
+            "model": imagenet_model,
             "stages": [
                 {
                     "name": "head",
@@ -114,7 +130,11 @@ def demo_comparison(
             "seeds": list(seeds),
             "data": DATA,
             "baseline": "scratch",
-            "arms": _arm_definitions(quick),
+            "arms": arm_definitions(
+                {"name": SMALL_MODEL, "weights": None, "image_size": SMALL_SIZE},
+                {"name": IMAGENET_MODEL, "weights": "imagenet", "image_size": IMAGENET_SIZE},
+                scaled_epochs(QUICK_SCALE if quick else 1.0),
+            ),
         },
         "demo",
     )
@@ -143,3 +163,6 @@ def run_demo(
         echo=echo,
         how_to_continue="headstart demo",
     )
+
+
+__all__ = ["DEFAULT_SEEDS", "demo_comparison", "demo_arms", "run_demo"]

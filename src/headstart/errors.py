@@ -10,3 +10,6 @@ INTERRUPTED_EXIT_CODE = 130
 
 class HeadstartError(Exception):
     """A problem with the user's input (file, config key, model name, value)."""
+
+
+__all__ = ["USER_ERROR_EXIT_CODE", "INTERRUPTED_EXIT_CODE", "HeadstartError"]

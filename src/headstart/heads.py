@@ -301,3 +301,24 @@ def check_head_module(head: nn.Module, in_features: int, labels: list[str] | Non
             f"replace_head: {len(labels)} labels for a head of {count} outputs, expected as many "
             "(or one sigmoid output for two labels)"
         )
+
+
+__all__ = [
+    "POOLING_MODES",
+    "PoolingMode",
+    "OutputKind",
+    "HeadSpec",
+    "DenseHead",
+    "GlobalPooling",
+    "build_head",
+    "head_spec_from_mapping",
+    "output_kind",
+    "outputs_fit_labels",
+    "is_single_sigmoid",
+    "class_logits",
+    "class_targets",
+    "class_probabilities",
+    "predicted_classes",
+    "accuracy",
+    "to_probabilities",
+]

@@ -227,3 +227,6 @@ def suggest(learning_rates: list[float], losses: list[float], steps: int) -> tup
         )
     offset, _ = valley(losses[start:stop])
     return float(learning_rates[start + offset]), (start, stop)
+
+
+__all__ = ["MIN_LR", "MAX_LR", "STEPS", "DIVERGENCE", "LRSweep", "SweepInterrupted", "smooth", "valley", "suggest"]

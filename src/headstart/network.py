@@ -477,3 +477,6 @@ class NetworkEncoder:
             with evaluating(self.network):
                 self._feature_channels = int(self.feature_map(probe).shape[1])
         return self._feature_channels
+
+
+__all__ = ["BN_POLICIES", "BatchNormPolicy", "Network", "NetworkEncoder"]

@@ -12,7 +12,7 @@ Keras habits carry over: ``preprocess_input`` takes a numpy batch ``(batch, heig
 channels)`` as the chapter's listing 2-4 builds it (``np.array([im])``); ``resize="stretch"``
 squashes the whole image as Keras' ``Resizing(299, 299)`` does (listing 2-3); and
 ``decode_predictions(..., style="keras")`` returns Keras' ``(class id, name, probability)``
-triples (listing 2-5). ``docs/keras.md`` maps each of the chapter's calls.
+triples (listing 2-5). ``docs/guides/pretrained-models.md`` maps each of the chapter's calls.
 """
 
 from __future__ import annotations
@@ -491,3 +491,14 @@ def decode_predictions(
         [(names[int(index)], float(value)) for value, index in zip(row_values, row_indices, strict=True)]
         for row_values, row_indices in zip(values, indices, strict=True)
     ]
+
+
+__all__ = [
+    "DECODE_STYLES",
+    "DecodeStyle",
+    "Preprocessing",
+    "preprocess_input",
+    "decode_predictions",
+    "imagenet_synsets",
+    "normalize",
+]

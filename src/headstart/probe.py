@@ -397,3 +397,20 @@ def attention_maps(
         )
         maps = {name: maps[name] for name in layers if name in keep}
     return maps
+
+
+__all__ = [
+    "ProbeRecord",
+    "standardize",
+    "fit_logistic_regression",
+    "linear_probe",
+    "knn_votes",
+    "knn_predict",
+    "knn_probe",
+    "probe_network",
+    "run_data",
+    "probe_stage",
+    "read_probe",
+    "default_attention_layers",
+    "attention_maps",
+]

@@ -45,3 +45,6 @@ def step(seed: int, index: int, epoch_number: int, rank: int, step_number: int) 
 def stream(seed: int, number: int) -> int:
     """The seed of pass ``number`` over a shuffled index order."""
     return derive(seed, "pass", number)
+
+
+__all__ = ["derive", "stage", "epoch", "step", "stream"]

@@ -36,7 +36,7 @@ from headstart.checkpoint import RunRecord, StageRecord, stage_folder
 from headstart.config import RunSpec, parse_run
 from headstart.data.task import TaskData
 from headstart.engine.tracking import require_mlflow
-from headstart.engine.trainer import TrainerOptions, is_rank_zero, quiet_lightning
+from headstart.engine.trainer import TrainerOptions, check_launch, is_rank_zero, quiet_lightning
 from headstart.errors import HeadstartError
 from headstart.files import RUN_FILE, hardware, is_finished_stage, is_run, versions
 from headstart.lrfind import DIVERGENCE, MAX_LR, MIN_LR, STEPS, LRSweep
@@ -52,6 +52,7 @@ __all__ = [
     "initial_network",
     "prepare_run",
     "run",
+    "same_configuration",
     "stage_folder",
 ]
 
@@ -120,6 +121,7 @@ def run(
     ``callbacks``: extra Lightning callbacks given to every stage (see :func:`~headstart.stage.fit_stage`).
     """
     _check_loggers(spec)
+    check_launch(spec.devices, spec.num_nodes)  # before anything is written or loaded
     quiet_lightning()
     started = time.perf_counter()
     root = spec.output_dir()
@@ -170,7 +172,8 @@ def run(
 
     last = spec.stages[-1]
     test = None
-    if records[-1].head.kind == "task" and last.data != "general" and len(data.split("test")):
+    # only the first process evaluates: it alone writes run.json, and the others would read every test image
+    if is_rank_zero() and records[-1].head.kind == "task" and last.data != "general" and len(data.split("test")):
         test = evaluate_split(
             network,
             data,
@@ -230,7 +233,9 @@ def find_learning_rate(
     quiet_lightning()
     prepared = prepare_run(spec, progress=progress)
     # one process: batch_size is the global batch, so one device sees the batches the run's processes share
-    options = prepared.options.model_copy(update={"loggers": ["csv"], "mlflow": None, "devices": 1, "strategy": "auto"})
+    options = prepared.options.model_copy(
+        update={"loggers": ["csv"], "mlflow": None, "devices": 1, "num_nodes": 1, "strategy": "auto"}
+    )
     for position, stage in enumerate(spec.stages[:index]):
         # finished stages are read back, as --resume does; the others train in a temporary folder
         folder = stage_folder(root, position, stage.name) if position < finished else None
@@ -267,6 +272,18 @@ def _write(record: RunRecord, root: Path) -> None:
         record.write(root)
 
 
+def same_configuration(record: RunRecord, spec: RunSpec) -> bool:
+    """Whether the run ``record`` describes was written by ``spec``'s configuration: the same hash,
+    or — for a run written by an earlier version, whose hash covered settings that no longer
+    count (the accelerator) — its recorded configuration hashed by this version."""
+    if record.config_hash == spec.config_hash():
+        return True
+    try:
+        return parse_run(record.config, "run.json").config_hash() == spec.config_hash()
+    except HeadstartError:
+        return False
+
+
 def _check_loggers(spec: RunSpec) -> None:
     """Fail before anything is written when a chosen logger's package is missing."""
     if "tensorboard" in spec.loggers and find_spec("tensorboard") is None and find_spec("tensorboardX") is None:
@@ -287,7 +304,7 @@ def _prepare_folder(spec: RunSpec, root: Path, resume: bool, overwrite: bool) ->
         shutil.rmtree(root)
     if resume and is_run(root):
         previous = RunRecord.read(root)
-        if previous.config_hash != spec.config_hash():
+        if not same_configuration(previous, spec):
             raise HeadstartError(
                 f"{root / RUN_FILE}: written by a different configuration (hash "
                 f"{previous.config_hash}, this one {spec.config_hash()}); resume needs the same run file"

@@ -347,3 +347,19 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise HeadstartError(f"{path}: no such weights file") from None
     except (SafetensorError, ValueError, OSError) as error:
         raise HeadstartError(f"{path}: not a complete safetensors file ({error})") from None
+
+
+__all__ = [
+    "STEM_ADAPTATIONS",
+    "StemAdaptation",
+    "read_state_dict",
+    "adapt_first_conv",
+    "rename_by_order",
+    "LoadReport",
+    "load_into",
+    "hub_state_dict",
+    "torchvision_state_dict",
+    "efficientnet_lite0_package_state_dict",
+    "save_weights",
+    "load_weights",
+]

@@ -527,3 +527,6 @@ def load(
     if head is not None:
         network.replace_head(head)
     return network.eval()
+
+
+__all__ = ["ZooEntry", "list_entries", "resolve", "load"]

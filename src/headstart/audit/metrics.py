@@ -25,6 +25,10 @@ import numpy as np
 
 @dataclass
 class AttackMetrics:
+    """The paper's measures of one attacked model (module docstring): NABAC as mean ± std over random
+    neuron orders, the share of orders that broke every class, effectiveness at 95% and 99%, and the
+    hits per class."""
+
     classes: int
     attempts: int
     """Crafted inputs queried (neurons attacked)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,6 +14,7 @@ if TYPE_CHECKING:
 
 from headstart.cli.app import _console, app, user_errors
 from headstart.engine.trainer import is_rank_zero
+from headstart.errors import HeadstartError
 
 
 @app.command("lr-find")
@@ -89,12 +91,17 @@ def run_command(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in the output folder where it stopped."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run in the output folder."),
     output: Path | None = typer.Option(None, help="Output folder (overrides the file's `output`)."),
-    devices: int | None = typer.Option(None, help="Processes/devices (overrides the file's `devices`)."),
-    accelerator: str | None = typer.Option(None, help="cpu, gpu or auto (overrides the file)."),
+    devices: int | None = typer.Option(None, help="Processes/devices per machine (overrides the file's `devices`)."),
+    num_nodes: int | None = typer.Option(None, help="Machines taking part (overrides the file's `num_nodes`)."),
+    accelerator: str | None = typer.Option(
+        None, help="cpu, gpu or auto (overrides the file; default auto: the GPU when there is one)."
+    ),
     precision: str | None = typer.Option(None, help="32-true, bf16-mixed or 16-mixed (overrides the file)."),
     progress: bool | None = typer.Option(None, "--progress/--no-progress", help="Progress bars."),
 ) -> None:
-    """Run the stages of a YAML run file in order; Ctrl+C stops cleanly and --resume continues."""
+    """Run the stages of a YAML run file in order; Ctrl+C stops cleanly and --resume continues.
+
+    On several machines, start it on each with torchrun or SLURM's srun (docs/guides/accelerators.md)."""
     from headstart.config import load_run_file, parse_run
     from headstart.structure import run
 
@@ -104,6 +111,7 @@ def run_command(
         for key, value in (
             ("output", str(output) if output else None),
             ("devices", devices),
+            ("num_nodes", num_nodes),
             ("accelerator", accelerator),
             ("precision", precision),
         )
@@ -120,7 +128,13 @@ def _print_comparison(result) -> None:
     """The comparison's table per label budget (mean ± std over seeds), its verdicts and the report."""
     from rich.table import Table
 
-    from headstart.report.summary import arm_cells, labels_per_class_text, step_lines, summary_line
+    from headstart.report.summary import (
+        arm_cells,
+        contrast_lines,
+        labels_per_class_text,
+        step_lines,
+        summary_line,
+    )
 
     for budget in result.table["budgets"]:
         target = budget["target_val_accuracy"]
@@ -149,7 +163,7 @@ def _print_comparison(result) -> None:
         typer.echo(line)
     several = len(result.table["budgets"]) > 1
     for budget in result.table["budgets"]:
-        for line in step_lines(budget, several):
+        for line in step_lines(budget, several) + contrast_lines(budget, several):
             typer.echo(line)
     typer.echo(
         f"report: {result.report} ({result.report.stat().st_size / 1024:.0f} KiB); {result.seconds:.0f} s in all"
@@ -163,7 +177,33 @@ def _progress_default(progress: bool | None) -> bool:
 @app.command()
 @user_errors
 def demo(
-    output: Path = typer.Option(Path("headstart-demo"), help="Folder of the comparison (runs, report.html)."),
+    data: Path | None = typer.Option(
+        None,
+        "--data",
+        help="A folder with one sub-folder of images per class (PATH/<class>/<image>): run the main job on it "
+        "instead of MNIST, choosing splits, models, image sizes and epochs from the images.",
+    ),
+    unlabelled: Path | None = typer.Option(
+        None,
+        "--unlabelled",
+        help="With --data: a folder of images without labels, for the pretext and FixMatch stages.",
+    ),
+    budget: str | None = typer.Option(
+        None,
+        "--budget",
+        help="With --data: time for the whole comparison, all seeds (90s, 15m, 1h; default 15m); every stage's "
+        "epochs are scaled to fit.",
+    ),
+    labels_per_class: int | None = typer.Option(
+        None,
+        "--labels-per-class",
+        min=1,
+        help="With --data: keep this many labelled training images per class, the rest without labels "
+        "(default: every training image keeps its label).",
+    ),
+    output: Path | None = typer.Option(
+        None, help="Folder of the comparison (runs, report.html); default headstart-demo, or headstart-demo-<folder>."
+    ),
     seeds: int = typer.Option(3, min=1, help="Seeds per arm (0, 1, …); --seeds 1 is quick."),
     seed: int | None = typer.Option(None, help="Run this one seed only (instead of --seeds)."),
     quick: bool = typer.Option(False, help="Fewer epochs (a smoke test of the same structure)."),
@@ -173,12 +213,28 @@ def demo(
         None, "--progress/--no-progress", help="Progress bars per stage (default: when stderr is a terminal)."
     ),
 ) -> None:
-    """MNIST with 10 labels per class: from scratch vs rotation pretraining vs ImageNet transfer, over seeds."""
+    """MNIST with 10 labels per class, or your own folder (--data): from scratch vs rotation pretraining vs \
+ImageNet transfer, over seeds."""
     import yaml
+
+    chosen = [seed] if seed is not None else list(range(seeds))
+    if data is not None:
+        _demo_on_folder(
+            data, unlabelled, budget, labels_per_class, output, chosen, quick, show_config, overwrite, progress
+        )
+        return
+    given = [name for name, value in (("--unlabelled", unlabelled), ("--budget", budget)) if value is not None]
+    if labels_per_class is not None:
+        given.append("--labels-per-class")
+    if given:
+        raise HeadstartError(
+            f"{' and '.join(given)} {'needs' if len(given) == 1 else 'need'} --data PATH (a folder of class "
+            "sub-folders)"
+        )
 
     from headstart.demo import demo_comparison, run_demo
 
-    chosen = [seed] if seed is not None else list(range(seeds))
+    output = output or Path("headstart-demo")
     if show_config:
         spec = demo_comparison(output, seeds=chosen, quick=quick)
         typer.echo(yaml.safe_dump(spec.model_dump(mode="json", exclude_defaults=True), sort_keys=False))
@@ -190,6 +246,59 @@ def demo(
         progress=_progress_default(progress),
         overwrite=overwrite,
         echo=lambda line: typer.echo(line, err=True),
+    )
+    _print_comparison(result)
+
+
+def _demo_on_folder(
+    data: Path,
+    unlabelled: Path | None,
+    budget: str | None,
+    labels_per_class: int | None,
+    output: Path | None,
+    seeds: list[int],
+    quick: bool,
+    show_config: bool,
+    overwrite: bool,
+    progress: bool | None = None,
+) -> None:
+    """``headstart demo --data``: the main job on the user's folder (:mod:`headstart.demo_folder`)."""
+    from headstart.demo_folder import DEFAULT_BUDGET, folder_comparison, run_folder_demo
+    from headstart.demo_folder import show_config as config_text
+
+    if show_config:
+        chosen = folder_comparison(
+            data,
+            unlabelled,
+            output=output,
+            seeds=seeds,
+            quick=quick,
+            budget=budget or DEFAULT_BUDGET,
+            labels_per_class=labels_per_class,
+        )
+        typer.echo(config_text(chosen), nl=False)
+        return
+    command = shlex.join(
+        ["headstart", "demo", "--data", str(data)]
+        + (["--unlabelled", str(unlabelled)] if unlabelled is not None else [])
+        + (["--budget", budget] if budget is not None else [])
+        + (["--labels-per-class", str(labels_per_class)] if labels_per_class is not None else [])
+        + (["--output", str(output)] if output is not None else [])
+        + (["--seed", str(seeds[0])] if len(seeds) == 1 and seeds[0] != 0 else ["--seeds", str(len(seeds))])
+        + (["--quick"] if quick else [])
+    )
+    result = run_folder_demo(
+        data,
+        unlabelled,
+        output=output,
+        seeds=seeds,
+        quick=quick,
+        budget=budget or DEFAULT_BUDGET,
+        labels_per_class=labels_per_class,
+        progress=_progress_default(progress),
+        overwrite=overwrite,
+        echo=lambda line: typer.echo(line, err=True),
+        how_to_continue=command,
     )
     _print_comparison(result)
 

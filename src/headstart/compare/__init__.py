@@ -15,6 +15,8 @@ A comparison file (``headstart compare FILE``)::
     seeds: [0, 1, 2]              # or a count: 3 → seeds 0, 1, 2
     label_budgets: [5, 10, 50]    # labels per class; default: the data's own splits
     baseline: scratch             # default: the first arm
+    contrasts:                    # other pairs judged at every budget, paired by seed
+      - {arm: rotation+fixmatch, against: scratch+fixmatch}
     data:                         # every arm trains on this task (an arm's own data is replaced)
       source: {kind: mnist5k}
       splits: {test_fraction: 0.2, val_fraction: 0.05, labels_per_class: 10}
@@ -57,6 +59,7 @@ from headstart.compare.spec import (
     ArmSpec,
     AttentionOptions,
     CompareSpec,
+    Contrast,
     PlannedRun,
     ProbeOptions,
     load_compare_file,
@@ -75,6 +78,7 @@ __all__ = [
     "AttentionOptions",
     "CompareResult",
     "CompareSpec",
+    "Contrast",
     "PlannedRun",
     "ProbeOptions",
     "attention_picks",
@@ -173,9 +177,14 @@ def run(
             if shared is not None:
                 donor, count = shared
                 names = link_stages(donor, planned, count)
+                where = (
+                    f", {labels_per_class_text(donor.budget)} (these stages read no labels)"
+                    if donor.budget != planned.budget and donor.budget is not None
+                    else ""
+                )
                 echo(
-                    f"    {', '.join(names)} shared with {donor.arm}, seed {donor.seed} (same model, data, seed and "
-                    "stage settings)"
+                    f"    {', '.join(names)} shared with {donor.arm}, seed {donor.seed}{where} (same model, data, "
+                    "seed and stage settings)"
                 )
                 resume = True
             try:

@@ -11,6 +11,8 @@ from headstart.config import (
 )
 from headstart.errors import HeadstartError
 from headstart.files import is_run
+from headstart.probe import PROBE_FILE
+from headstart.structure import same_configuration
 
 
 def reuse_or_resume(planned: PlannedRun, overwrite: bool) -> str:
@@ -21,7 +23,7 @@ def reuse_or_resume(planned: PlannedRun, overwrite: bool) -> str:
             raise HeadstartError(f"{folder}: exists and is not a headstart run; choose another output")
         return "fresh"
     record = RunRecord.read(folder)
-    if record.config_hash != planned.spec.config_hash():
+    if not same_configuration(record, planned.spec):
         if overwrite:
             return "overwrite"
         raise HeadstartError(
@@ -43,28 +45,32 @@ def common_stages(first: RunSpec, second: RunSpec) -> int:
 
 
 def shared_stages(planned: PlannedRun, finished: list[PlannedRun]) -> tuple[PlannedRun, int] | None:
-    """The finished run (same seed and label budget) sharing the most leading stages with
-    ``planned``, and how many; ``None`` when none shares any."""
+    """The finished run (same seed) sharing the most leading stages with ``planned``, and how many;
+    ``None`` when none shares any. Runs of another label budget share only stages that read no
+    labels (a pretext stage on the whole training pool: :meth:`RunSpec.prefix_key`); of equal
+    counts, a donor of the same budget is preferred."""
     candidates = [
-        (common_stages(donor.spec, planned.spec), donor)
+        (common_stages(donor.spec, planned.spec), donor.budget == planned.budget, donor)
         for donor in finished
-        if donor.seed == planned.seed and donor.budget == planned.budget
+        if donor.seed == planned.seed
     ]
     if not candidates:
         return None
-    count, donor = max(candidates, key=lambda pair: pair[0])
+    count, _, donor = max(candidates, key=lambda triple: triple[:2])
     return (donor, count) if count else None
 
 
 def link_stages(donor: PlannedRun, planned: PlannedRun, count: int) -> list[str]:
     """Hard-link (copy where links fail) the donor's first ``count`` finished stage folders into
-    ``planned``'s folder, training checkpoints left out; the run then resumes after them."""
+    ``planned``'s folder, training checkpoints left out; the run then resumes after them. Probes
+    come along only from a donor of the same label budget (a probe reads the budget's labels)."""
     names = []
+    same_labels = donor.budget == planned.budget
     for index, stage in enumerate(planned.spec.stages[:count]):
         source = stage_folder(donor.folder, index, stage.name)
         target = stage_folder(planned.folder, index, stage.name)
         for path in source.rglob("*"):
-            if path.is_dir() or path.suffix == ".ckpt":
+            if path.is_dir() or path.suffix == ".ckpt" or (path.name == PROBE_FILE and not same_labels):
                 continue
             destination = target / path.relative_to(source)
             destination.parent.mkdir(parents=True, exist_ok=True)
@@ -73,7 +79,7 @@ def link_stages(donor: PlannedRun, planned: PlannedRun, count: int) -> list[str]
             except OSError:
                 shutil.copy2(path, destination)
         names.append(target.name)
-    if (donor.folder / INIT_PROBE_FILE).is_file() and not (planned.folder / INIT_PROBE_FILE).exists():
+    if same_labels and (donor.folder / INIT_PROBE_FILE).is_file() and not (planned.folder / INIT_PROBE_FILE).exists():
         shutil.copy2(donor.folder / INIT_PROBE_FILE, planned.folder / INIT_PROBE_FILE)
     return names
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -67,6 +67,15 @@ class AttentionOptions(_Strict):
     )
 
 
+class Contrast(_Strict):
+    """Two arms judged against each other at every label budget, paired by seed: does ``arm`` beat
+    ``against`` by more than the spread between seeds? E.g. ``{arm: rotation+fixmatch, against:
+    scratch+fixmatch}`` asks whether the pretraining *before* FixMatch adds anything once FixMatch runs."""
+
+    arm: str
+    against: str
+
+
 class CompareSpec(_Strict):
     """A comparison: arms × seeds × label budgets on one task (module docstring)."""
 
@@ -77,6 +86,10 @@ class CompareSpec(_Strict):
     seeds: list[int] | int = Field([0, 1, 2], description="seeds, or how many (3 → 0, 1, 2)")
     label_budgets: list[int] | None = Field(None, description="labels per class; one comparison per budget")
     baseline: str | None = Field(None, description="the arm gains are measured against; default: the first")
+    contrasts: list[Contrast] = Field(
+        default_factory=list,
+        description="pairs of arms judged against each other at every budget (paired by seed), beside the baseline",
+    )
     target: float | None = Field(
         None,
         gt=0,
@@ -90,7 +103,9 @@ class CompareSpec(_Strict):
     attention: AttentionOptions = AttentionOptions()
     progress: bool | None = Field(None, description="progress bars; default: when the output is a terminal")
     num_workers: int | str | None = None
-    accelerator: str | None = None
+    accelerator: Literal["cpu", "gpu", "auto"] | None = Field(
+        None, description="overrides every arm's; default: each arm's own (auto: the GPU when there is one)"
+    )
     devices: int | None = None
     precision: str | None = None
 
@@ -118,6 +133,13 @@ class CompareSpec(_Strict):
                 raise ValueError(f"arm name {name!r}: use a plain folder name")
         if self.baseline is not None and self.baseline not in self.arms:
             raise ValueError(f"baseline {self.baseline!r} is not an arm; arms: {', '.join(self.arms)}")
+        for index, contrast in enumerate(self.contrasts):
+            for key in ("arm", "against"):
+                named = getattr(contrast, key)
+                if named not in self.arms:
+                    raise ValueError(f"contrasts[{index}].{key} {named!r} is not an arm; arms: {', '.join(self.arms)}")
+            if contrast.arm == contrast.against:
+                raise ValueError(f"contrasts[{index}] compares {contrast.arm!r} with itself")
         unknown = sorted(set(self.attention.layers) - set(self.arms))
         if unknown:
             raise ValueError(f"attention.layers names arms that do not exist: {unknown}")

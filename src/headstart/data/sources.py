@@ -10,6 +10,12 @@ Folder source
     ignored (``.ipynb_checkpoints`` is not a class), as are files whose suffix is not in
     :data:`~headstart.data.images.IMAGE_SUFFIXES`. A root holding only image files and no
     sub-folders is an unlabelled set.
+Unlabelled folder (``unlabelled``, folder and CSV sources)
+    A second folder whose image files (every one under it, at any depth, hidden ones skipped;
+    sub-folder names are ignored) join the dataset labelled -1: the splits put them in the
+    unlabelled pool, never in test or validation, so self-supervised and semi-supervised stages
+    learn from them and no evaluation counts them. A file that is also one of the labelled images
+    is refused (a test image would leak into pretraining), as is a folder with no image files.
 CSV source
     A header row naming at least the path column (``path``) and, optionally, the label column
     (``label``); other columns are ignored. Relative paths are relative to the CSV file's folder.
@@ -78,6 +84,9 @@ class SourceSpec(pydantic.BaseModel, extra="forbid", use_attribute_docstrings=Tr
     """Keep decoded, resized file images in memory (N × channels × image_size² bytes)."""
     verify: Literal["decode", "header"] = "decode"
     """How files are checked at load: full decode (catches truncation) or header only (faster)."""
+    unlabelled: str | None = None
+    """Folder of images without labels, added to the unlabelled pool (folder and CSV sources; see
+    the module docstring)."""
     path_column: str = "path"
     """CSV column holding image paths."""
     label_column: str | None = "label"
@@ -89,6 +98,8 @@ class SourceSpec(pydantic.BaseModel, extra="forbid", use_attribute_docstrings=Tr
             raise ValueError(f"kind {self.kind!r} is a built-in dataset and takes no path (got {self.path!r})")
         if self.kind not in BUILTIN_KINDS and not self.path:
             raise ValueError(f"kind {self.kind!r} needs a path")
+        if self.unlabelled is not None and self.kind not in FILE_KINDS:
+            raise ValueError(f"unlabelled (a folder of images) is read by folder and csv sources, not {self.kind!r}")
         if self.kind in FILE_KINDS and self.image_size is None:
             raise ValueError(
                 f"kind {self.kind!r} needs image_size: files differ in size and are resized to one "
@@ -187,7 +198,32 @@ def _load_folder(spec: SourceSpec) -> ImageSet:
             raise HeadstartError(f"{root}: holds no class folders and no image files ({', '.join(IMAGE_SUFFIXES)})")
         class_names = []
         entries = [(path, -1, None) for path in loose]
-    return _file_set(spec, entries, class_names, name=root.name or str(root))
+    return _file_set(spec, entries + _unlabelled_entries(spec, entries), class_names, name=root.name or str(root))
+
+
+def _unlabelled_entries(
+    spec: SourceSpec, labelled: Sequence[tuple[Path, int, str | None]]
+) -> list[tuple[Path, int, str | None]]:
+    """The images of ``spec.unlabelled``, labelled -1 (module docstring); none without one."""
+    if spec.unlabelled is None:
+        return []
+    folder = Path(spec.unlabelled)
+    if not folder.is_dir():
+        raise HeadstartError(f"{folder}: no such folder (expected a folder of unlabelled images)")
+    found = _image_files(folder)
+    if not found:
+        raise HeadstartError(
+            f"{folder}: holds no image files ({', '.join(IMAGE_SUFFIXES)}); expected unlabelled images"
+        )
+    known = {path.resolve() for path, _, _ in labelled}
+    shared = [path for path in found if path.resolve() in known]
+    if shared:
+        listed = ", ".join(str(path) for path in shared[:MAX_LISTED])
+        raise HeadstartError(
+            f"{folder}: {len(shared)} of its images are also labelled images of the dataset ({listed}); "
+            f"keep the unlabelled folder apart, or a test image would be seen by pretraining"
+        )
+    return [(path, -1, None) for path in found]
 
 
 def _sorted_class_names(names: set[str]) -> list[str]:
@@ -252,7 +288,7 @@ def _load_csv(spec: SourceSpec) -> ImageSet:
     class_names = _sorted_class_names({label for _, label, _ in entries if label is not None})
     lookup = {n: k for k, n in enumerate(class_names)}
     indexed = [(path, -1 if label is None else lookup[label], where) for path, label, where in entries]
-    return _file_set(spec, indexed, class_names, name=table.stem)
+    return _file_set(spec, indexed + _unlabelled_entries(spec, indexed), class_names, name=table.stem)
 
 
 def _listing(title: str, lines: list[str]) -> str:

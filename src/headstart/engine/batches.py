@@ -34,7 +34,9 @@ import torch
 from torch import Tensor
 
 from headstart import seeds
-from headstart.data.dataset import ArrayStore, ImageSet
+from headstart.data.dataset import ArrayStore, FileStore, ImageSet
+from headstart.data.encoded import EncodedImages, read_encoded
+from headstart.engine.accelerate import DeviceFeed, FedLoader
 from headstart.errors import HeadstartError
 
 Residency = Literal["memory", "stream"]
@@ -42,7 +44,13 @@ ResidencyChoice = Literal["auto", "memory", "stream"]
 
 
 class EpochBatches:
-    """Index batches for one epoch: order fixed by ``(seed, epoch)``, split across ranks (module docstring)."""
+    """Index batches for one epoch: order fixed by ``(seed, epoch)``, split across ranks (module docstring).
+
+    With ``steps``, an epoch is exactly ``steps`` batches drawn from an endless stream of shuffled
+    passes (:class:`StreamBatches`; epoch ``e`` starts at step ``e × steps``), so a split smaller than
+    ``steps`` batches is cycled: the labelled batches of a semi-supervised stage whose epoch is a pass
+    over its unlabelled images.
+    """
 
     def __init__(
         self,
@@ -54,9 +62,11 @@ class EpochBatches:
         drop_last: bool,
         rank: int = 0,
         world_size: int = 1,
+        steps: int | None = None,
     ) -> None:
         self.count, self.batch_size, self.seed = count, batch_size, seed
         self.shuffle, self.drop_last, self.rank, self.world_size = shuffle, drop_last, rank, world_size
+        self.steps = steps
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -75,13 +85,24 @@ class EpochBatches:
         return batches
 
     def __iter__(self) -> Iterator[Tensor]:
+        if self.steps is not None:
+            yield from StreamBatches(
+                self.count,
+                self.batch_size,
+                seed=self.seed,
+                start_step=self.epoch * self.steps,
+                steps=self.steps,
+                rank=self.rank,
+                world_size=self.world_size,
+            )
+            return
         for batch in self._global_batches():
             mine = batch[self.rank :: self.world_size]
             if len(mine):
                 yield mine
 
     def __len__(self) -> int:
-        return len(self._global_batches())
+        return self.steps if self.steps is not None else len(self._global_batches())
 
 
 class StreamBatches:
@@ -145,19 +166,25 @@ class LoaderError(HeadstartError):
 
 
 class SetBatches(torch.utils.data.Dataset):
-    """An :class:`ImageSet` indexed by a whole batch of indices: ``(stored pixels, labels)``."""
+    """An :class:`ImageSet` indexed by a whole batch of indices: ``(stored pixels, labels)``; with
+    ``encoded``, the files' bytes for decoding on the device (:mod:`headstart.data.encoded`)."""
 
-    def __init__(self, images: ImageSet) -> None:
+    def __init__(self, images: ImageSet, encoded: bool = False) -> None:
         self.store = images.store
         self.positions = images.positions
         self.labels = torch.from_numpy(images.labels.copy())
+        self.encoded = encoded and isinstance(images.store, FileStore)
 
     def __len__(self) -> int:
         return len(self.positions)
 
-    def __getitem__(self, indices: Tensor) -> tuple[Tensor, Tensor]:
+    def __getitem__(self, indices: Tensor) -> tuple[Tensor | EncodedImages, Tensor]:
         try:
-            pixels = self.store.pixels(self.positions[indices.numpy()])
+            positions = self.positions[indices.numpy()]
+            if self.encoded:
+                assert isinstance(self.store, FileStore)  # checked in __init__
+                return read_encoded(self.store, positions), self.labels[indices]
+            pixels = self.store.pixels(positions)
         except HeadstartError as error:
             raise LoaderError(str(error)) from None
         return pixels, self.labels[indices]
@@ -188,6 +215,8 @@ class ImagePlan:
     residency: Residency
     workers: int
     reason: str
+    feed: DeviceFeed | None = None
+    """How batches reach the accelerator (decoded there, copied ahead); ``None``: as the loader yields them."""
 
     def describe(self) -> str:
         if self.residency == "memory":
@@ -245,28 +274,39 @@ def make_loader(
     world_size: int = 1,
     pin_memory: bool = False,
     sampler: EpochBatches | StreamBatches | None = None,
-) -> torch.utils.data.DataLoader:
+    steps: int | None = None,
+) -> torch.utils.data.DataLoader | FedLoader:
     """A ``DataLoader`` yielding whole batches of ``data`` in :class:`EpochBatches` order (or the
-    given index ``sampler``'s).
+    given index ``sampler``'s); with ``steps``, every epoch is that many batches, cycling ``data``.
 
     A streamed :class:`ImagePlan` decodes in its worker processes (kept alive between epochs, two
     batches prefetched each); in-memory images and tensors are gathered in the main process. A
-    bare :class:`ImageSet` is planned with :func:`plan_images`' defaults.
+    bare :class:`ImageSet` is planned with :func:`plan_images`' defaults. A plan with a
+    :class:`~headstart.engine.accelerate.DeviceFeed` yields its batches on the accelerator.
     """
     workers = 0
+    feed = None
     if isinstance(data, ImageSet):
         data = plan_images(data)
     if isinstance(data, ImagePlan):
-        dataset: SetBatches | TensorBatches = SetBatches(data.images)
+        feed = data.feed
+        dataset: SetBatches | TensorBatches = SetBatches(data.images, encoded=feed is not None and feed.decode)
         workers = data.workers if data.residency == "stream" else 0
     else:
         dataset = TensorBatches(*data)
     persistent = sampler is None and workers > 0
     if sampler is None:
         sampler = EpochBatches(
-            len(dataset), batch_size, seed=seed, shuffle=shuffle, drop_last=shuffle, rank=rank, world_size=world_size
+            len(dataset),
+            batch_size,
+            seed=seed,
+            shuffle=shuffle,
+            drop_last=shuffle,
+            rank=rank,
+            world_size=world_size,
+            steps=steps,
         )
-    return torch.utils.data.DataLoader(
+    loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=None,
         sampler=sampler,
@@ -276,6 +316,7 @@ def make_loader(
         prefetch_factor=2 if workers > 0 else None,
         multiprocessing_context=_worker_context() if workers > 0 else None,
     )
+    return feed.wrap(loader) if feed is not None else loader
 
 
 def _worker_context():

@@ -15,6 +15,7 @@ processes exactly (counts, not averages of averages).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -99,7 +100,22 @@ class StageModule(pl.LightningModule):
             rank=rank,
             world_size=world,
             pin_memory=self.pin_memory,
+            steps=self.unlabelled_epoch_steps(),
         )
+
+    def unlabelled_epoch_steps(self) -> int | None:
+        """Steps of one pass over the unlabelled images, for a semi-supervised stage whose epochs count
+        them (``semi_supervised.epoch: unlabelled``): ``ceil(images / (ratio × batch_size × ranks))``.
+        The labelled batches cycle to fill those steps, so the stage's budget does not shrink with the
+        number of labels (the FixMatch paper counts its budget in steps, 2^20, driven by the unlabelled
+        data); capped by the stage's ``steps_per_epoch``, so the labelled stream continues where the
+        last epoch stopped. ``None`` for other stages: an epoch is a pass over the training split."""
+        semi = self.stage.semi_supervised
+        if semi is None or semi.epoch != "unlabelled" or self.data.unlabelled is None:
+            return None
+        _, world = self._rank()
+        steps = max(1, math.ceil(count_of(self.data.unlabelled) / (semi.ratio * self.stage.batch_size * world)))
+        return min(steps, self.stage.steps_per_epoch) if self.stage.steps_per_epoch else steps
 
     def val_dataloader(self):
         if self.data.val is None or count_of(self.data.val) == 0:

@@ -22,10 +22,11 @@ from lightning.pytorch.loggers import CSVLogger
 from pydantic import BaseModel, ConfigDict, Field
 
 from headstart.config import LoggerKind, MLflowSpec, StageSpec, default_loggers
-from headstart.data.dataset import ImageSet
+from headstart.data.dataset import FileStore, ImageSet
+from headstart.engine.accelerate import DeviceFeed
 from headstart.engine.batches import ImagePlan, ResidencyChoice, plan_images
 from headstart.errors import HeadstartError
-from headstart.files import atomic_write
+from headstart.files import atomic_write, hardware
 from headstart.validation import validate
 
 
@@ -36,10 +37,22 @@ class TrainerOptions(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
-    accelerator: Literal["cpu", "gpu", "auto"] = "cpu"
+    accelerator: Literal["cpu", "gpu", "auto"] = "auto"
+    """auto: the GPU when there is one (CUDA, or Apple's MPS), else the CPU."""
     devices: int = Field(1, gt=0)
+    """Processes on each machine (one per GPU)."""
+    num_nodes: int = Field(1, gt=0)
+    """Machines; a launcher (torchrun, SLURM's srun) starts ``devices`` processes on each."""
     strategy: Literal["auto", "ddp", "ddp_spawn"] = "auto"
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
+    compile: bool = False
+    """``torch.compile`` the backbone of every stage (a stage's own ``compile`` overrides)."""
+    channels_last: bool = False
+    """Train in channels-last memory format."""
+    decode: Literal["cpu", "device"] = "cpu"
+    """Where streamed JPEG files are decoded: in the loader's CPU workers, or on the CUDA device (nvJPEG)."""
+    prefetch: bool = False
+    """Copy (and decode) the next batch on a side CUDA stream while the current step runs."""
     num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = "auto"
     """Processes decoding streamed images; auto: one per CPU core, at most 8, none on 2 cores or fewer."""
     residency: ResidencyChoice = "auto"
@@ -65,8 +78,13 @@ class TrainerOptions(BaseModel):
         return cls(
             accelerator=spec.accelerator,
             devices=spec.devices,
+            num_nodes=spec.num_nodes,
             strategy=spec.strategy,
             precision=spec.precision,
+            compile=spec.compile,
+            channels_last=spec.channels_last,
+            decode=spec.decode,
+            prefetch=spec.prefetch,
             num_workers=spec.num_workers,
             residency=spec.data.residency,
             progress=spec.progress if progress is None else progress,
@@ -87,8 +105,38 @@ class TrainerOptions(BaseModel):
 
     @property
     def device(self) -> str:
-        """Where whole-set passes (feature caching, evaluation) run."""
-        return "cuda" if self.accelerator in ("gpu", "auto") and torch.cuda.is_available() else "cpu"
+        """Where stages train and whole-set passes (feature caching, evaluation) run: ``cuda``,
+        ``mps`` or ``cpu`` (Lightning's choice for the same accelerator)."""
+        if self.accelerator == "cpu":
+            return "cpu"
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return "mps"
+        if self.accelerator == "gpu":
+            raise HeadstartError(
+                "accelerator: gpu, but this machine has no GPU that PyTorch can use "
+                "(torch.cuda.is_available() is False); use accelerator: auto (the GPU when there is one) or cpu"
+            )
+        return "cpu"
+
+    def checked(self) -> TrainerOptions:
+        """These options as this machine can run them, checked before any data is read.
+
+        Refuses ``accelerator: gpu`` without a GPU and a ``num_nodes`` or ``devices`` that disagree
+        with the launcher (:func:`check_launch`). ``decode: device`` needs CUDA: without it a warning
+        names the key and JPEGs are decoded on the CPU; ``prefetch`` does nothing without CUDA.
+        """
+        device = self.device
+        check_launch(self.devices, self.num_nodes)
+        if self.decode == "device" and device != "cuda":
+            _warn(
+                f"decode: device decodes JPEGs with nvJPEG on a CUDA GPU; this process trains on {device}, "
+                "so files are decoded on the CPU by the loader (set decode: cpu to silence this)"
+            )
+            return self.model_copy(update={"decode": "cpu"})
+        return self
 
     @property
     def workers(self) -> int | None:
@@ -100,8 +148,14 @@ class TrainerOptions(BaseModel):
         return self.progress if self.progress is not None else sys.stderr.isatty()
 
     def plan(self, images: ImageSet) -> ImagePlan:
-        """How ``images`` reach the training step under these options (held or streamed, workers)."""
-        return plan_images(images, prefer=self.residency, workers=self.workers)
+        """How ``images`` reach the training step under these options (held or streamed, workers,
+        decoded and copied ahead on the accelerator)."""
+        plan = plan_images(images, prefer=self.residency, workers=self.workers)
+        cuda = self.device == "cuda"
+        decode = cuda and self.decode == "device" and plan.residency == "stream" and isinstance(images.store, FileStore)
+        if decode or (cuda and self.prefetch):
+            plan.feed = DeviceFeed("cuda", decode=decode, prefetch=self.prefetch)
+        return plan
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -118,8 +172,84 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def is_rank_zero() -> bool:
-    """Whether this process is the first of its job (it alone writes run files)."""
-    return int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+    """Whether this process is the first of its job (it alone writes run files): global rank 0
+    of a torchrun launch (``RANK``), the first process of Lightning's own launcher on the first
+    machine (``LOCAL_RANK``, ``NODE_RANK``), or task 0 of a SLURM step (``SLURM_PROCID``)."""
+    environ = os.environ
+    if "RANK" in environ:
+        return int(environ["RANK"]) == 0
+    if "LOCAL_RANK" in environ or "NODE_RANK" in environ:
+        return int(environ.get("LOCAL_RANK", "0")) == 0 and int(environ.get("NODE_RANK", "0")) == 0
+    if _slurm_launched():
+        return int(environ.get("SLURM_PROCID", "0")) == 0
+    return True
+
+
+def _slurm_launched() -> bool:
+    """Whether SLURM's srun started this process as one task of a job (Lightning's rule: an
+    interactive job, named ``bash`` or ``interactive``, is not)."""
+    return "SLURM_NTASKS" in os.environ and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive")
+
+
+def launcher() -> tuple[str, int] | None:
+    """The launcher that started this process and the number of processes it started:
+    ``("torchrun", WORLD_SIZE)``, ``("srun", SLURM_NTASKS)``, or ``None``."""
+    if os.environ.get("TORCHELASTIC_RUN_ID") and "WORLD_SIZE" in os.environ:
+        return "torchrun", int(os.environ["WORLD_SIZE"])
+    if _slurm_launched():
+        return "srun", int(os.environ["SLURM_NTASKS"])
+    return None
+
+
+def check_launch(devices: int, num_nodes: int) -> None:
+    """Refuse, naming the keys, a ``devices`` × ``num_nodes`` that cannot match how this process
+    was started: a launcher that started a different number of processes, or several machines
+    with no launcher (Lightning would wait for the others forever)."""
+    started = launcher()
+    wanted = devices * num_nodes
+    if started is not None:
+        name, processes = started
+        if processes != wanted:
+            per_node = os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE") or "?"
+            raise HeadstartError(
+                f"{name} started {processes} processes ({per_node} per machine), but the run asks for "
+                f"devices × num_nodes = {devices} × {num_nodes} = {wanted}; set devices to the processes per "
+                f"machine and num_nodes to the machines (e.g. --nproc-per-node {devices} --nnodes {num_nodes})"
+            )
+        return
+    if num_nodes > 1 and not ("MASTER_ADDR" in os.environ and "NODE_RANK" in os.environ):
+        raise HeadstartError(
+            f"num_nodes: {num_nodes}, but no launcher started this process: start `headstart run FILE` on "
+            "every machine with torchrun (--nnodes, --node-rank, --master-addr) or SLURM's srun, or set "
+            "MASTER_ADDR, MASTER_PORT and NODE_RANK on each (docs/guides/accelerators.md)"
+        )
+
+
+def device_description(trainer: pl.Trainer, options: TrainerOptions, *, compiled: bool) -> dict[str, Any]:
+    """What a stage actually trains on, from the built trainer: device type and name, processes
+    and machines, precision, and how the accelerator is driven."""
+    root = trainer.strategy.root_device
+    if root.type == "cuda":
+        name = torch.cuda.get_device_name(root)
+    elif root.type == "mps":
+        name = "Apple GPU (MPS)"
+    else:
+        name = str(hardware()["cpu"])
+    return {
+        "type": root.type,
+        "name": str(name),
+        "processes": int(trainer.world_size),
+        "num_nodes": int(trainer.num_nodes),
+        "precision": str(trainer.precision),
+        "compiled": compiled,
+        "channels_last": options.channels_last,
+        "decode": options.decode,
+        "prefetch": options.prefetch and root.type == "cuda",
+    }
+
+
+def _warn(message: str) -> None:
+    logging.getLogger("headstart").warning("%s", message)
 
 
 def stage_loggers(options: TrainerOptions, folder: Path) -> list:
@@ -141,6 +271,7 @@ def lightning_trainer(options: TrainerOptions, folder: str | Path, **settings: A
     defaults: dict[str, Any] = {
         "default_root_dir": folder,
         "accelerator": options.accelerator,
+        "num_nodes": options.num_nodes,
         "precision": options.precision,
         "plugins": [AtomicCheckpointIO()],
         "enable_model_summary": False,

@@ -26,6 +26,7 @@ from headstart.report.audit import NOTE as AUDIT_NOTE
 from headstart.report.summary import (
     arm_cells,
     budget_verdict,
+    contrast_lines,
     labels_per_class_text,
     spread_text,
     step_lines,
@@ -247,8 +248,11 @@ def render(folder: str | Path) -> str:
         parts.append(f'<div class="verdict{"" if clear else " within"}">{html.escape(verdict)}</div>')
         for line in step_lines(budget, several):
             parts.append(f'<div class="verdict step">{html.escape(line)}</div>')
+        for judged, line in zip(budget.get("contrasts") or [], contrast_lines(budget, several), strict=True):
+            clear = judged["exceeds_spread"]
+            parts.append(f'<div class="verdict step{"" if clear else " within"}">{html.escape(line)}</div>')
     if several:
-        parts.append(_image(figures.budgets(summary), "test accuracy against labels per class"))
+        parts.append(_image(figures.budgets(summary), "accuracy against labels per class"))
     for index, budget in enumerate(summary["budgets"]):
         label = budget["labels_per_class"]
         suffix = f" — {labels_per_class_text(label)}" if label is not None else ""
@@ -342,3 +346,6 @@ def write_audit_report(experiment: dict, folder: str | Path) -> Path:
     path = write_audit_files(experiment, folder)
     write_report(folder)
     return path
+
+
+__all__ = ["REPORT_FILE", "render", "write_report", "write_audit_report"]

@@ -267,6 +267,21 @@ def _budget_table(
     return {"target_val_accuracy": target, "baseline": baseline, "arms": arms}
 
 
+def _judge(gain: dict[str, Any], arm: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """A paired gain of ``arm`` over ``other`` judged against the spread between seeds (the larger
+    std of the two arms' test accuracies): it counts only when its mean exceeds that spread."""
+    spread = max(arm["test_accuracy"]["std"] or 0.0, other["test_accuracy"]["std"] or 0.0)
+    mean = gain["mean"] or 0.0
+    return {
+        "gain": mean,
+        "gain_std": gain["std"],
+        "spread": spread,
+        "exceeds_spread": arm["name"] != other["name"] and mean > spread and arm["test_accuracy"]["n"] > 1,
+        "positive_seeds": sum(1 for value in gain["values"] if value > 0),
+        "seeds": len(gain["values"]),
+    }
+
+
 def winner(budget: dict[str, Any]) -> dict[str, Any] | None:
     """The arm with the best mean test accuracy, its gain over the baseline, and whether the gain
     exceeds the spread between seeds (the larger std of the two arms' test accuracies)."""
@@ -275,18 +290,19 @@ def winner(budget: dict[str, Any]) -> dict[str, Any] | None:
         return None
     best = max(scored, key=lambda arm: arm["test_accuracy"]["mean"])
     base = next(arm for arm in budget["arms"] if arm["name"] == budget["baseline"])
-    spread = max(best["test_accuracy"]["std"] or 0.0, base["test_accuracy"]["std"] or 0.0)
-    gain = best["gain"]["mean"] or 0.0
-    positive = sum(1 for value in best["gain"]["values"] if value > 0)
-    return {
-        "arm": best["name"],
-        "gain": gain,
-        "gain_std": best["gain"]["std"],
-        "spread": spread,
-        "exceeds_spread": best["name"] != budget["baseline"] and gain > spread and best["test_accuracy"]["n"] > 1,
-        "positive_seeds": positive,
-        "seeds": len(best["gain"]["values"]),
-    }
+    return {"arm": best["name"], **_judge(best["gain"], best, base)}
+
+
+def contrast(budget: dict[str, Any], arm: str, against: str) -> dict[str, Any] | None:
+    """``arm`` against ``against`` at one budget (a comparison's ``contrasts``): the paired gain in
+    test accuracy and whether it exceeds the spread; ``None`` when either arm has no finished run."""
+    rows = {row["name"]: row for row in budget["arms"]}
+    if arm not in rows or against not in rows or rows[arm]["test_accuracy"]["mean"] is None:
+        return None
+    gain = _spread(_paired_gains(budget["runs"][arm], budget["runs"][against]))
+    if gain["mean"] is None:
+        return None
+    return {"arm": arm, "against": against, **_judge(gain, rows[arm], rows[against])}
 
 
 def summarise(folder: str | Path, *, write: bool = True) -> dict[str, Any]:
@@ -314,6 +330,10 @@ def summarise(folder: str | Path, *, write: bool = True) -> dict[str, Any]:
         table["labels_per_class"] = budget
         table["winner"] = winner(table)
         table["runs"] = outcomes
+        pairs = (manifest.get("spec") or {}).get("contrasts") or []
+        table["contrasts"] = [
+            judged for pair in pairs if (judged := contrast(table, pair["arm"], pair["against"])) is not None
+        ]
         budgets.append(table)
     if not budgets:
         raise HeadstartError(f"{folder}: no finished run to report on yet")
@@ -391,13 +411,31 @@ def budget_verdict(budget: dict[str, Any]) -> str | None:
             f", {best['gain']:+.4f} ± {best['gain_std']:.4f} over {budget['baseline']} "
             f"(paired by seed, better in {best['positive_seeds']} of {best['seeds']}); "
         )
-        if accuracy["n"] < 2:
-            text += "one seed: no spread to judge the gain against"
-        elif best["exceeds_spread"]:
-            text += f"the gain exceeds the spread between seeds (±{best['spread']:.4f})"
-        else:
-            text += f"the gain is within the spread between seeds (±{best['spread']:.4f})"
+        text += _spread_text(best, accuracy["n"])
     return text
+
+
+def _spread_text(judged: dict[str, Any], seeds: int) -> str:
+    if seeds < 2:
+        return "one seed: no spread to judge the gain against"
+    if judged["exceeds_spread"]:
+        return f"the gain exceeds the spread between seeds (±{judged['spread']:.4f})"
+    return f"the gain is within the spread between seeds (±{judged['spread']:.4f})"
+
+
+def contrast_lines(budget: dict[str, Any], several: bool = False) -> list[str]:
+    """The verdict of each of the comparison's ``contrasts`` at one budget (prefixed with the label
+    budget when ``several``): e.g. whether the pretraining before FixMatch gains more than the spread."""
+    where = f"{labels_per_class_text(budget['labels_per_class'])}: " if several else ""
+    lines = []
+    for judged in budget.get("contrasts") or []:
+        spread = f" ± {judged['gain_std']:.4f}" if judged["gain_std"] is not None else ""
+        lines.append(
+            f"{where}{judged['arm']} against {judged['against']}: {judged['gain']:+.4f}{spread} "
+            f"(paired by seed, better in {judged['positive_seeds']} of {judged['seeds']}); "
+            + _spread_text(judged, judged["seeds"])
+        )
+    return lines
 
 
 def step_lines(budget: dict[str, Any], several: bool = False) -> list[str]:

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from headstart.checkpoint import DataRecord, HeadRecord, ModelRecord, StageRecord
+from headstart.checkpoint import DataRecord, DeviceRecord, HeadRecord, ModelRecord, StageRecord
 from headstart.config import ModelSpec, StageSpec
+from headstart.engine.accelerate import accelerated
 from headstart.engine.batches import ImagePlan
 from headstart.engine.callbacks import EpochHistory, InterruptOnSignal, RunInterrupted
 from headstart.engine.module import StageModule
 from headstart.engine.sweep import sweep
 from headstart.engine.tracking import StageTracking
-from headstart.engine.trainer import TrainerOptions, build_trainer, restore_best
+from headstart.engine.trainer import TrainerOptions, build_trainer, device_description, is_rank_zero, restore_best
 from headstart.errors import INTERRUPTED_EXIT_CODE, HeadstartError
 from headstart.files import RESUME_FILE, atomic_write_json, read_json, versions
 from headstart.lrfind import PLOT_FILE, SWEEP_FILE, LRSweep, SweepInterrupted
@@ -64,6 +67,7 @@ def train(
 ) -> StageRecord:
     """Steps 3 to 5: prepare the data, fit on Lightning, write the record (when ``keep``)."""
     stage = plan.stage
+    plan = dataclasses.replace(plan, options=plan.options.checked())  # before any data is read
     StageTracking.check(plan.options)  # before any data is read or feature computed
     data = prepare_data(network, stage, plan.index, prepared, plan.options, plan.image_size)
     trained, sweep_record = _learning_rate(network, plan, prepared, data, folder if keep else None, resume)
@@ -94,13 +98,18 @@ def train(
         learning_rate=sweep_record.suggestion if sweep_record is not None else None,
     )
     trainer = build_trainer(plan.options, stage, folder, callbacks + plan.callbacks, tracking.loggers)
+    compiled = (stage.compile if stage.compile is not None else plan.options.compile) and not data.cached
+    device = DeviceRecord(**device_description(trainer, plan.options, compiled=compiled))
+    if is_rank_zero():
+        print(f"stage '{stage.name}' trains on {device.describe()}", file=sys.stderr, flush=True)
     # Lightning keeps the mode a module arrives in, and a loaded network arrives in eval mode: without
     # this, BatchNorm would normalise with its running statistics and never update them, and dropout
     # would be off. Network.train() keeps the layers of the `frozen` BatchNorm policy in eval mode.
     network.train()
     resume_from = folder / RESUME_FILE
     try:
-        trainer.fit(module, ckpt_path=str(resume_from) if resume and resume_from.is_file() else None)
+        with accelerated(network, compile=compiled, channels_last=plan.options.channels_last):
+            trainer.fit(module, ckpt_path=str(resume_from) if resume and resume_from.is_file() else None)
     except (RunInterrupted, SIGTERMException, KeyboardInterrupt) as interruption:
         raise Interrupted(folder, stage.name) from interruption
     best_epoch = None
@@ -132,6 +141,7 @@ def train(
         data=_data_record(stage, prepared, data.train_plan),
         versions=versions(),
         lr_find=sweep_record,
+        device=device,
     )
     if keep and trainer.is_global_zero:
         record.write(folder, network.state_dict())

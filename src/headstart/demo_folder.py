@@ -1,0 +1,784 @@
+"""The main job on a folder of one's own photos: does pretraining give a head start on *this* data?
+
+``headstart demo --data PATH`` runs the four arms of :mod:`headstart.demo` (scratch; rotation →
+task; rotation → task → FixMatch; ImageNet head → fine-tune) on ``PATH/<class>/<image>`` over
+seeds, within a time budget, and writes the same report. Everything it chooses follows the rules
+below and is printed before training; ``--show-config`` prints the comparison file instead, for
+``headstart compare FILE``.
+
+Images
+    Listed as the folder source lists them (:mod:`headstart.data.sources`: sub-folders are the
+    classes, hidden files skipped, image suffixes only). Every file is decoded once before anything
+    is written, so an unreadable image stops the job with its path. ``--unlabelled PATH2`` adds the
+    image files under a second folder (any layout) as unlabelled images.
+Splits (:class:`~headstart.data.splits.SplitSpec`, seed 0 whatever the arm's seed)
+    Per class: :data:`TEST_FRACTION` of the images for test (never seen by any stage, pretext and
+    FixMatch stages included), :data:`VAL_FRACTION` for validation (at least one image each), the
+    rest labelled training images — all of them, or ``--labels-per-class N`` with the rest of the
+    class's training images unlabelled. Pretext and FixMatch stages read every training image
+    without its label (``data: all``), plus the unlabelled folder. A class needs at least
+    :data:`MIN_IMAGES_PER_CLASS` images, and two classes at least.
+Models and sizes (:func:`choose_sizes`)
+    ``resnet10t`` from random weights for scratch and rotation, EfficientNet-Lite0 with its ImageNet
+    weights (offline package) for transfer, at sizes read from the images: photographs at the
+    ImageNet model's own resolution, small images kept small.
+Time budget (:func:`fit_budget`)
+    ``--budget 15m`` (also ``90s``, ``1h``, ``1h30m``; default :data:`DEFAULT_BUDGET`) is a ceiling
+    for the whole comparison, all seeds. The cost of every stage is estimated from the image counts
+    and a short timed probe of each model on this machine (:func:`estimate_seconds`), and every
+    stage's recipe epochs are scaled by one factor, the largest that fits — never above the recipe
+    (``--quick``: a fifth of it), never below one epoch per stage. The plan and the timings are
+    kept in ``OUTPUT/budget.json``: the same command again (same images, same options), after
+    Ctrl+C for instance, runs the same epochs and so reuses the finished runs instead of timing the
+    machine anew; other options on the same machine reuse the timings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from headstart.compare import CompareResult, CompareSpec, parse_compare, plan
+from headstart.compare import run as run_comparison
+from headstart.compare.sharing import reuse_or_resume
+from headstart.config import StageSpec
+from headstart.data.dataset import FileStore, ImageSet, decode_file
+from headstart.data.images import probe_image
+from headstart.data.sources import MAX_LISTED, SourceSpec, load_source
+from headstart.data.splits import Splits, make_splits
+from headstart.demo import DEFAULT_SEEDS, IMAGENET_MODEL, QUICK_SCALE, SMALL_MODEL, arm_definitions, scaled_epochs
+from headstart.errors import HeadstartError
+from headstart.files import atomic_write_json, hardware, read_json
+
+TEST_FRACTION = 0.2
+VAL_FRACTION = 0.1
+MIN_IMAGES_PER_CLASS = 5
+"""Five images give one test image, one validation image and three training images."""
+DEFAULT_BUDGET = "15m"
+PHOTO_SIDE = 96
+"""Median shorter side (pixels) from which images count as photographs. BiT's HyperRule
+(Kolesnikov et al., ECCV 2020; ``bit_hyperrule.get_resolution`` in google-research/big_transfer)
+draws the same line: images of less than 96 × 96 pixels are fine-tuned at 128 px, larger ones at
+480 px."""
+SMALL_SIDES = (32, 64)
+"""Smallest and largest side the small model trains at: 32 is the MNIST demo's size for 28-px
+digits; 64 leaves resnet10t's five stride-2 stages a 2 × 2 map and costs a quarter of 128 px."""
+IMAGENET_MIN_SIDE = 64
+"""Smallest side of the ImageNet arm: EfficientNet-Lite0 at 64 px is the MNIST demo's choice."""
+COLOUR_LEVELS = 16
+COLOUR_SHARE = 0.01
+"""An image is in colour when more than 1% of its pixels have channels more than 16 grey levels
+apart (of 255): JPEG's chroma noise on a grey photograph stays below that."""
+CACHE_BYTES = 2 * 1024**3
+"""Decoded images are held in memory (``cache: true``) when all of them fit in 2 GiB, else streamed."""
+STAGE_OVERHEAD_S = 2.0
+"""Seconds a stage costs beyond its images (trainer, checkpoint and record writes), measured on a
+2-core CPU."""
+EPOCH_OVERHEAD_S = 0.1
+"""Seconds an epoch costs beyond its images (the epoch loop, validation set-up, logging): a head on
+cached features trained 55 epochs in 6.8 s on a 2-core CPU, 1.0 s of it computing the features."""
+RUN_OVERHEAD_S = 2.0
+"""Seconds a run costs beyond its stages and images (folders, run record, test pass set-up)."""
+BUDGET_FILE = "budget.json"
+PROBE_BATCHES = (25, 8)
+"""Images per timed step of the speed probe: the task stages' batch (25) up to 96 px, 8 above. A small
+network's cost per image falls with the batch (resnet10t at 64 px on 2 cores: 20 ms per image at a
+batch of 8, 11 at 25), a large input's does not (EfficientNet-Lite0 at 224 px: 74 and 76 ms), and
+a batch of 8 keeps the probe of the large one to a few seconds."""
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)", re.IGNORECASE)
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+# ------------------------------------------------------------------------------------ the budget
+
+
+def parse_budget(text: str) -> float:
+    """``"15m"`` → 900 seconds. Hours, minutes and seconds (``h``, ``m``, ``s``), alone or together
+    (``1h30m``); decimals allowed (``2.5m``). Raises HeadstartError naming the value otherwise."""
+    compact = str(text).strip().replace(" ", "")
+    parts = list(_DURATION.finditer(compact))
+    if not compact or not parts or "".join(part.group(0) for part in parts) != compact:
+        raise HeadstartError(
+            f"--budget {text!r}: expected a duration such as 90s, 15m, 1h or 1h30m (hours h, minutes m, seconds s)"
+        )
+    seconds = sum(float(part.group(1)) * _UNIT_SECONDS[part.group(2).lower()] for part in parts)
+    if seconds <= 0:
+        raise HeadstartError(f"--budget {text!r}: expected a duration above zero, such as 90s or 15m")
+    return seconds
+
+
+def duration_text(seconds: float) -> str:
+    """Seconds as a person reads them: ``48 s``, ``3.2 min``, ``1.4 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+# -------------------------------------------------------------------------------------- images
+
+
+@dataclass(frozen=True)
+class Survey:
+    """What the images of the folder (and the unlabelled folder) are: listed, sized, checked."""
+
+    images: ImageSet
+    """Every image, labelled images with their class and the unlabelled folder's labelled -1."""
+    median_side: int
+    """Median shorter side of the stored images, in pixels (before EXIF orientation)."""
+    smallest_side: int
+    largest_side: int
+    colour: bool
+    """Whether any image is in colour (:data:`COLOUR_SHARE`)."""
+    decode_seconds: float
+    """Wall seconds per image of decoding every file at the stored size, as a run loads them."""
+
+
+def _list_images(data: Path, unlabelled: Path | None) -> ImageSet:
+    """The folder's images as the folder source lists them (headers checked, nothing decoded)."""
+    if not data.is_dir():
+        raise HeadstartError(
+            f"{data}: {'is a file' if data.exists() else 'no such folder'}; expected a folder with one "
+            f"sub-folder per class (PATH/<class>/<image>)"
+        )
+    spec = SourceSpec(
+        kind="folder",
+        path=str(data),
+        unlabelled=None if unlabelled is None else str(unlabelled),
+        image_size=8,
+        verify="header",
+        on_corrupt="skip",
+    )
+    images = load_source(spec)
+    if images.skipped:
+        _refuse_unreadable(data, [f"{path}: {reason}" for path, reason in images.skipped])
+    if not images.class_names:
+        raise HeadstartError(
+            f"{data}: holds {len(images)} image file(s) but no class sub-folders; expected one sub-folder "
+            f"per class (PATH/<class>/<image>), and unlabelled images in a folder of their own (--unlabelled)"
+        )
+    return images
+
+
+def _refuse_unreadable(data: Path, problems: list[str]) -> None:
+    more = f"; and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+    raise HeadstartError(
+        f"{data}: {len(problems)} unreadable image file(s); expected JPEG, PNG, BMP, GIF, TIFF or WebP images "
+        f"that decode (remove or replace them): " + "; ".join(problems[:MAX_LISTED]) + more
+    )
+
+
+def _check_classes(data: Path, images: ImageSet) -> None:
+    counts = images.class_counts()
+    if len(counts) < 2:
+        raise HeadstartError(
+            f"{data}: has {len(counts)} class sub-folder(s) ({', '.join(counts)}); expected at least two "
+            f"(PATH/<class>/<image>), one per class to tell apart"
+        )
+    short = [f"{data / name}: {count} image(s)" for name, count in counts.items() if count < MIN_IMAGES_PER_CLASS]
+    if short:
+        raise HeadstartError(
+            f"{data}: too few images for the splits (at least {MIN_IMAGES_PER_CLASS} per class: one for "
+            f"test, one for validation and three for training): " + "; ".join(short)
+        )
+
+
+def _is_colour(pixels) -> bool:
+    values = pixels.numpy().astype(np.int16)
+    spread = values.max(axis=0) - values.min(axis=0)
+    return bool((spread > COLOUR_LEVELS).mean() > COLOUR_SHARE)
+
+
+def survey(data: str | os.PathLike, unlabelled: str | os.PathLike | None = None) -> Survey:
+    """List, measure and decode every image once (module docstring); a problem raises HeadstartError
+    naming the path and what was expected, before anything is written."""
+    root = Path(data)
+    extra = None if unlabelled is None else Path(unlabelled)
+    if extra is not None and not extra.is_dir():
+        raise HeadstartError(f"{extra}: no such folder (expected a folder of unlabelled images, --unlabelled)")
+    images = _list_images(root, extra)
+    _check_classes(root, images)
+    store = images.store
+    assert isinstance(store, FileStore), "a folder source is file-backed"
+    paths = store.paths
+    workers = max(1, min(8, os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        sides = [min(size) for size in pool.map(probe_image, paths)]
+    median_side = int(statistics.median(sides))
+    small, imagenet = choose_sizes(median_side)
+    stored = max(small, imagenet)
+
+    def check(path: Path) -> bool | str:
+        try:
+            return _is_colour(decode_file(path, stored, 3))
+        except HeadstartError as error:
+            return str(error)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        outcomes = list(pool.map(check, paths))
+    seconds = time.perf_counter() - started
+    bad = [outcome for outcome in outcomes if isinstance(outcome, str)]
+    if bad:
+        _refuse_unreadable(root, bad)
+    return Survey(
+        images=images,
+        median_side=median_side,
+        smallest_side=min(sides),
+        largest_side=max(sides),
+        colour=any(outcome is True for outcome in outcomes),
+        decode_seconds=seconds / len(paths),
+    )
+
+
+def _multiple_of_16(side: float) -> int:
+    return int(16 * math.ceil(side / 16))
+
+
+def imagenet_resolution() -> int:
+    """The side the ImageNet model was trained and evaluated at (timm's pretrained config): 224 for
+    EfficientNet-Lite0."""
+    from headstart.zoo import resolve
+
+    return int(resolve(IMAGENET_MODEL).input_size[-1])
+
+
+def choose_sizes(median_side: int, resolution: int | None = None) -> tuple[int, int]:
+    """Sides (pixels) of the small model and of the ImageNet model, from the images' median shorter side.
+
+    * Photographs (median shorter side ≥ :data:`PHOTO_SIDE`): the ImageNet model at its own
+      ``resolution`` (224 for EfficientNet-Lite0: its features were learned at that scale, and
+      evaluating a network away from its training resolution costs accuracy, Touvron et al.,
+      NeurIPS 2019); the small model at 64 px.
+    * Smaller images stay small: the small model at the median side rounded up to a multiple of 16,
+      within :data:`SMALL_SIDES` (25-px faces and 28-px digits: 32 px, the MNIST demo's size); the
+      ImageNet model at the same rounding, at least :data:`IMAGENET_MIN_SIDE` (digits: 64 px, as the
+      MNIST demo).
+    """
+    resolution = resolution or imagenet_resolution()
+    rounded = _multiple_of_16(median_side)
+    small = min(SMALL_SIDES[1], max(SMALL_SIDES[0], rounded))
+    if median_side >= PHOTO_SIDE:
+        return small, resolution
+    return small, min(resolution, max(IMAGENET_MIN_SIDE, rounded))
+
+
+# ------------------------------------------------------------------------------------- splits
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Images of each split; ``files`` is every image file a run decodes when it loads the data."""
+
+    train: int
+    unlabelled: int
+    val: int
+    test: int
+    files: int
+
+    @property
+    def pool(self) -> int:
+        """Training images without labels for pretext and FixMatch stages (``data: all``)."""
+        return self.train + self.unlabelled
+
+    @classmethod
+    def of(cls, splits: Splits) -> Counts:
+        return cls(
+            len(splits.train),
+            len(splits.unlabelled),
+            len(splits.val),
+            len(splits.test),
+            len(splits.train) + len(splits.unlabelled) + len(splits.val) + len(splits.test),
+        )
+
+
+def split_spec(labels_per_class: int | None) -> dict[str, Any]:
+    """The ``data.splits`` block of the folder job (module docstring)."""
+    spec: dict[str, Any] = {"test_fraction": TEST_FRACTION, "val_fraction": VAL_FRACTION, "seed": 0}
+    if labels_per_class is not None:
+        spec["labels_per_class"] = labels_per_class
+    return spec
+
+
+def _splits(data: Path, images: ImageSet, labels_per_class: int | None) -> Splits:
+    if labels_per_class is not None and labels_per_class < 1:
+        raise HeadstartError(f"--labels-per-class {labels_per_class}: expected 1 or more")
+    try:
+        return make_splits(images, **split_spec(labels_per_class))
+    except HeadstartError as error:
+        lines = [line.strip() for line in str(error).removeprefix(f"{images.name}: ").splitlines()]
+        message = lines[0] + " " + "; ".join(lines[1:])
+        raise HeadstartError(f"{data}: {message} (--labels-per-class {labels_per_class})") from None
+
+
+# --------------------------------------------------------------------------------- time budget
+
+
+@dataclass(frozen=True)
+class Speed:
+    """Seconds per image of one model at one side on this machine, from a short timed probe."""
+
+    train: float
+    """A training step (forward, backward, Adam update) per image, training mode."""
+    infer: float
+    """A forward pass per image, evaluation mode, no gradients."""
+    build: float
+    """Building the model once (seconds, not per image)."""
+
+
+def _fastest(step: Callable[[], None], repeats: int, synchronise: Callable[[], None]) -> float:
+    step()  # warm-up: allocations, kernel selection
+    synchronise()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        step()
+        synchronise()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def measure_speed(model: str, side: int, *, batch: int | None = None, repeats: int = 2) -> Speed:
+    """Time ``model`` at ``side`` px: the fastest of ``repeats`` steps after a warm-up one, on the
+    device a run would use (the GPU when there is one); ``batch`` by default from :data:`PROBE_BATCHES`."""
+    import torch
+
+    if batch is None:
+        batch = PROBE_BATCHES[0] if side <= PHOTO_SIDE else PROBE_BATCHES[1]
+
+    from headstart.zoo import load
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    synchronise = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    started = time.perf_counter()
+    network = load(model, weights=None, include_top=False, num_classes=2).to(device)
+    build = time.perf_counter() - started
+    images = torch.rand(batch, 3, side, side, device=device)  # stages train in the default memory format
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-4)
+    network.train()
+
+    def train_step() -> None:
+        optimizer.zero_grad()
+        network(images).logsumexp(dim=1).mean().backward()
+        optimizer.step()
+
+    def infer_step() -> None:  # whole-set passes feed channels-last batches (engine.passes.network_input)
+        with torch.no_grad():
+            network(images.contiguous(memory_format=torch.channels_last))
+
+    train = _fastest(train_step, repeats, synchronise) / batch
+    network.eval()
+    infer = _fastest(infer_step, repeats, synchronise) / batch
+    return Speed(train=train, infer=infer, build=build)
+
+
+def _speed_key(model: str, side: int) -> str:
+    return f"{model}@{side}"
+
+
+def kept_plan(output: Path) -> dict[str, Any]:
+    """What an earlier run left in ``output/budget.json`` (:attr:`FolderPlan.record`), else ``{}``."""
+    path = output / BUDGET_FILE
+    if not path.is_file():
+        return {}
+    try:
+        kept = read_json(path)
+    except (HeadstartError, OSError, ValueError):
+        return {}
+    return kept if isinstance(kept, dict) else {}
+
+
+def speeds_for(
+    models: dict[str, int], kept: dict[str, Any], decode_seconds: float, decode_key: str
+) -> tuple[dict[str, Speed], float, bool]:
+    """Speeds of each ``model → side`` and seconds per decoded image: those ``kept`` holds when it
+    was timed on this machine (:func:`headstart.files.hardware`), else measured now (decoding: the
+    survey's). Returns them and whether every one was kept."""
+    same_machine = kept.get("machine") == hardware()
+    stored = kept.get("speeds", {}) if same_machine else {}
+    speeds: dict[str, Speed] = {}
+    reused = True
+    for model, side in models.items():
+        key = _speed_key(model, side)
+        if key in stored:
+            speeds[key] = Speed(**stored[key])
+        else:
+            speeds[key] = measure_speed(model, side)
+            reused = False
+    decode = kept.get("decode", {}) if same_machine else {}
+    if decode_key in decode:
+        decode_seconds = float(decode[decode_key])
+    else:
+        reused = False
+    return speeds, decode_seconds, reused
+
+
+def _cached_head(stage: StageSpec) -> bool:
+    """The stage trains a head on features computed once (the rule of ``stage.prepare_data``: the
+    backbone frozen, BatchNorm frozen, no augmentation, pretext or semi-supervision)."""
+    return (
+        stage.pretext is None
+        and stage.semi_supervised is None
+        and stage.augment == "none"
+        and "backbone" in stage.freeze
+        and stage.bn_policy != "train"
+        and stage.cache_features is not False
+    )
+
+
+def stage_seconds(stage: StageSpec, speed: Speed, counts: Counts) -> float:
+    """Estimated seconds of one stage: its epochs of training and validation passes.
+
+    * pretext stage on ``data: all``: ``pool × train + val × infer`` per epoch;
+    * task stage: ``train × train + val × infer`` per epoch;
+    * FixMatch: per step ``(b + μb) × train`` (labelled and strong copies) ``+ μb × infer`` (the
+      weak copies' pseudo-labels), ``ceil(unlabelled / μb)`` steps per epoch with ``epoch:
+      unlabelled`` (``ceil(train / b)`` with ``epoch: labelled``), plus the validation pass;
+    * a head on cached features: one pass over train and validation (``infer``); its epochs
+      cost next to nothing;
+    * every epoch: :data:`EPOCH_OVERHEAD_S`.
+    """
+    if _cached_head(stage):
+        return (counts.train + counts.val) * speed.infer + stage.epochs * EPOCH_OVERHEAD_S
+    every_epoch = counts.val * speed.infer + EPOCH_OVERHEAD_S
+    if stage.pretext is not None:
+        images = (
+            counts.pool if stage.data == "all" else counts.unlabelled if stage.data == "unlabelled" else counts.train
+        )
+        return stage.epochs * (images * speed.train + every_epoch)
+    semi = stage.semi_supervised
+    if semi is None:
+        return stage.epochs * (counts.train * speed.train + every_epoch)
+    batch = stage.batch_size
+    unlabelled = counts.pool if semi.unlabelled == "all" else counts.unlabelled
+    if semi.epoch == "unlabelled":
+        steps = max(1, math.ceil(unlabelled / (semi.ratio * batch)))
+    else:
+        steps = max(1, math.ceil(counts.train / batch))
+    per_step = (batch + semi.ratio * batch) * speed.train + semi.ratio * batch * speed.infer
+    return stage.epochs * (steps * per_step + every_epoch)
+
+
+def estimate_seconds(spec: CompareSpec, counts: Counts, speeds: dict[str, Speed], decode: float) -> float:
+    """Estimated wall seconds of the whole comparison (every seed), from the rule of :func:`stage_seconds`
+    and per run: loading the data twice (training, then probes), building the model twice, the test
+    pass, probes of the starting backbone and of each stage trained (bank = train, probed = test),
+    :data:`STAGE_OVERHEAD_S` per stage and :data:`RUN_OVERHEAD_S`. Stages an arm shares with an
+    earlier arm (same model and settings) are trained once, as the comparison does."""
+    per_seed = 0.0
+    trained: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+    for arm in spec.arms.values():
+        assert arm.model is not None and arm.stages is not None, "the folder job writes its arms inline"
+        speed = speeds[_speed_key(arm.model.name, arm.model.image_size or 0)]
+        model = arm.model.model_dump(mode="json")
+        stages = [stage.model_dump(mode="json") for stage in arm.stages]
+        shared = max(
+            (_common_prefix(stages, earlier) for earlier_model, earlier in trained if earlier_model == model),
+            default=0,
+        )
+        trained.append((model, stages))
+        per_seed += RUN_OVERHEAD_S + 2 * (counts.files * decode + speed.build) + counts.test * speed.infer
+        fresh = arm.stages[shared:]
+        per_seed += (1 + len(fresh)) * (counts.train + counts.test) * speed.infer
+        per_seed += sum(STAGE_OVERHEAD_S + stage_seconds(stage, speed, counts) for stage in fresh)
+    return per_seed * len(spec.seed_list)
+
+
+def _common_prefix(first: list[dict[str, Any]], second: list[dict[str, Any]]) -> int:
+    count = 0
+    for one, other in zip(first, second, strict=False):
+        if one != other:
+            break
+        count += 1
+    return count
+
+
+def fit_budget(
+    build: Callable[[float], CompareSpec], cost: Callable[[CompareSpec], float], budget: float, cap: float
+) -> tuple[float, CompareSpec, float]:
+    """The largest epoch scale in ``(0, cap]`` whose comparison ``cost`` fits ``budget`` seconds (by
+    bisection: the cost grows with the scale), its comparison and cost. When even the fewest epochs
+    (scale 0: one per stage) do not fit, that smallest plan with its cost."""
+    spec = build(cap)
+    seconds = cost(spec)
+    if seconds <= budget:
+        return cap, spec, seconds
+    low, high = 0.0, cap
+    for _ in range(40):
+        middle = (low + high) / 2
+        if cost(build(middle)) <= budget:
+            low = middle
+        else:
+            high = middle
+    spec = build(low)
+    return low, spec, cost(spec)
+
+
+# ---------------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class FolderPlan:
+    """The comparison the folder job runs and what it chose, in words."""
+
+    spec: CompareSpec
+    document: dict[str, Any]
+    """The comparison file's content as written (every number of the recipe shown, defaults too)."""
+    lines: list[str]
+    """The choices as printed before training (and as comments above ``--show-config``)."""
+    record: dict[str, Any]
+    """What ``budget.json`` keeps: the machine, the timings, the budget and the epochs chosen."""
+
+
+def _model_block(name: str, weights: str | None, side: int) -> dict[str, Any]:
+    return {"name": name, "weights": weights, "image_size": side}
+
+
+def _epochs_line(spec: CompareSpec) -> str:
+    parts = []
+    for name, arm in spec.arms.items():
+        assert arm.stages is not None
+        parts.append(f"{name}: " + " → ".join(f"{stage.name} {stage.epochs}" for stage in arm.stages))
+    return "epochs: " + "; ".join(parts)
+
+
+def folder_comparison(
+    data: str | os.PathLike,
+    unlabelled: str | os.PathLike | None = None,
+    *,
+    output: str | os.PathLike | None = None,
+    seeds: Sequence[int] = DEFAULT_SEEDS,
+    quick: bool = False,
+    budget: str | float = DEFAULT_BUDGET,
+    labels_per_class: int | None = None,
+) -> FolderPlan:
+    """Survey the folder, choose the splits, models, sizes and epochs (module docstring) and return
+    the comparison with its description. Writes nothing; raises HeadstartError on bad input."""
+    seconds_allowed = budget if isinstance(budget, (int, float)) else parse_budget(budget)
+    if seconds_allowed <= 0:
+        raise HeadstartError(f"budget {budget!r}: expected a duration above zero, such as 90s or 15m")
+    root = Path(data).resolve() if Path(data).exists() else Path(data)
+    extra = None if unlabelled is None else (Path(unlabelled).resolve() if Path(unlabelled).exists() else None)
+    if unlabelled is not None and extra is None:
+        raise HeadstartError(f"{unlabelled}: no such folder (expected a folder of unlabelled images, --unlabelled)")
+    found = survey(root, extra)
+    splits = _splits(root, found.images, labels_per_class)
+    counts = Counts.of(splits)
+    small, imagenet = choose_sizes(found.median_side)
+    stored = max(small, imagenet)
+    channels = 3 if found.colour else 1
+    folder = Path(output) if output is not None else Path(f"headstart-demo-{root.name}")
+    source: dict[str, Any] = {
+        "kind": "folder",
+        "path": str(root),
+        "image_size": stored,
+        "channels": channels,
+        "cache": counts.files * channels * stored * stored <= CACHE_BYTES,
+    }
+    if extra is not None:
+        source["unlabelled"] = str(extra)
+    class_count = len(found.images.class_names)
+    name = (
+        f"{root.name}: {class_count} classes, {counts.train} labelled training images, "
+        f"epochs fitted to {duration_text(seconds_allowed)}"
+    )
+
+    def document(scale: float) -> dict[str, Any]:
+        return {
+            "name": name,
+            "output": str(folder),
+            "seeds": list(seeds),
+            "data": {"source": source, "splits": split_spec(labels_per_class)},
+            "baseline": "scratch",
+            "arms": arm_definitions(
+                _model_block(SMALL_MODEL, None, small),
+                _model_block(IMAGENET_MODEL, "imagenet", imagenet),
+                scaled_epochs(scale),
+            ),
+        }
+
+    def build(scale: float) -> CompareSpec:
+        return parse_compare(document(scale), "demo --data")
+
+    inputs = {
+        "data": str(root),
+        "unlabelled": None if extra is None else str(extra),
+        "budget_seconds": seconds_allowed,
+        "quick": quick,
+        "seeds": list(seeds),
+        "labels_per_class": labels_per_class,
+        "counts": asdict(counts),
+        "sides": [small, imagenet, stored],
+        "channels": channels,
+    }
+    decode_key = f"{stored}px/{channels}"
+    kept = kept_plan(folder)
+    speeds, decode, reused = speeds_for(
+        {SMALL_MODEL: small, IMAGENET_MODEL: imagenet}, kept, found.decode_seconds, decode_key
+    )
+    cap = QUICK_SCALE if quick else 1.0
+
+    def cost(candidate: CompareSpec) -> float:
+        return estimate_seconds(candidate, counts, speeds, decode)
+
+    same_plan = kept.get("inputs") == inputs and isinstance(kept.get("scale"), (int, float))
+    if same_plan:  # the same command again: the same epochs, so finished runs are reused
+        scale = float(kept["scale"])
+        spec = build(scale)
+        estimate = cost(spec)
+    else:
+        scale, spec, estimate = fit_budget(build, cost, seconds_allowed, cap)
+    recipe_seconds = cost(build(cap))
+
+    labelled = int((found.images.labels >= 0).sum())
+    lines = [
+        f"data: {root} — {class_count} classes ({', '.join(found.images.class_names)}), {labelled} labelled images"
+        + (f"; unlabelled: {extra}, {len(found.images) - labelled} images" if extra is not None else ""),
+        f"images: {'colour' if found.colour else 'grey'}, shorter side {found.smallest_side}–{found.largest_side} px "
+        f"(median {found.median_side}); stored at {stored} px, {channels} channel(s), "
+        + ("held in memory" if source["cache"] else "streamed from disk"),
+        f"splits (seed 0, the same for every arm and seed): test {counts.test} ({TEST_FRACTION:.0%} of each class, "
+        f"never seen by any stage), validation {counts.val} ({VAL_FRACTION:.0%}), labelled training {counts.train} "
+        + (f"({labels_per_class} per class)" if labels_per_class is not None else "(all the rest)")
+        + f", unlabelled {counts.unlabelled}; pretext and FixMatch stages read {counts.pool} training images "
+        "without labels",
+        f"models: {SMALL_MODEL} from random weights at {small} px; {IMAGENET_MODEL} with ImageNet weights at "
+        f"{imagenet} px ("
+        + (
+            f"its own resolution: photographs, median shorter side {found.median_side} ≥ {PHOTO_SIDE} px"
+            if found.median_side >= PHOTO_SIDE
+            else f"small images, median shorter side {found.median_side} < {PHOTO_SIDE} px"
+        )
+        + ")",
+        "speed ("
+        + (f"timed by an earlier run, {folder / BUDGET_FILE}" if reused else "timed now")
+        + "): "
+        + "; ".join(
+            f"{key} {1000 * value.train:.1f} ms/image to train, {1000 * value.infer:.1f} to infer"
+            for key, value in speeds.items()
+        )
+        + f"; decoding {1000 * decode:.1f} ms/image",
+        _budget_line(seconds_allowed, len(spec.seed_list), quick, cap, scale, recipe_seconds, estimate)
+        + ("; the epochs of the earlier run with the same data and options" if same_plan else ""),
+        _epochs_line(spec),
+    ]
+    record = {
+        "inputs": inputs,
+        "machine": hardware(),
+        "speeds": {key: asdict(value) for key, value in speeds.items()},
+        "decode": {decode_key: decode},
+        "budget_seconds": seconds_allowed,
+        "scale": scale,
+        "estimated_seconds": estimate,
+        "epochs": {arm: [stage.epochs for stage in spec.arms[arm].stages or []] for arm in spec.arms},
+    }
+    return FolderPlan(spec, document(scale), lines, record)
+
+
+def _budget_line(
+    budget: float, seeds: int, quick: bool, cap: float, scale: float, recipe: float, estimate: float
+) -> str:
+    recipe_text = f"the recipe's epochs{' ×' + format(cap, 'g') + ' (--quick)' if quick else ''}"
+    head = f"budget {duration_text(budget)} for {seeds} seed(s): "
+    if scale >= cap:
+        return head + f"{recipe_text} need an estimated {duration_text(recipe)}, which fits"
+    if estimate > budget:
+        return head + (
+            f"{recipe_text} need an estimated {duration_text(recipe)}; even the fewest epochs (one per stage) "
+            f"need {duration_text(estimate)}, over the budget (fewer images, fewer seeds or a larger --budget fit)"
+        )
+    return head + (
+        f"{recipe_text} need an estimated {duration_text(recipe)}; every stage's epochs scaled by "
+        f"{scale / cap:.2f} to fit: an estimated {duration_text(estimate)}"
+    )
+
+
+def run_folder_demo(
+    data: str | os.PathLike,
+    unlabelled: str | os.PathLike | None = None,
+    *,
+    output: str | os.PathLike | None = None,
+    seeds: Sequence[int] = DEFAULT_SEEDS,
+    quick: bool = False,
+    budget: str | float = DEFAULT_BUDGET,
+    labels_per_class: int | None = None,
+    progress: bool | None = None,
+    overwrite: bool = False,
+    echo: Callable[[str], None] = print,
+    how_to_continue: str | None = None,
+) -> CompareResult:
+    """Plan the job (:func:`folder_comparison`), print its choices, keep its timings in
+    ``budget.json`` and run the comparison (:func:`headstart.compare.run`): ``report.html`` and
+    ``comparison.json`` in the output folder."""
+    chosen = folder_comparison(
+        data,
+        unlabelled,
+        output=output,
+        seeds=seeds,
+        quick=quick,
+        budget=budget,
+        labels_per_class=labels_per_class,
+    )
+    for line in chosen.lines:
+        echo(line)
+    for planned in plan(chosen.spec):
+        reuse_or_resume(planned, overwrite)  # refuse a foreign output folder before writing into it
+    folder = chosen.spec.output_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / BUDGET_FILE, chosen.record)
+    started = time.perf_counter()
+    result = run_comparison(
+        chosen.spec,
+        overwrite=overwrite,
+        progress=progress,
+        echo=echo,
+        how_to_continue=how_to_continue or f"headstart demo --data {data}",
+    )
+    estimated = chosen.record["estimated_seconds"]
+    echo(
+        f"took {duration_text(time.perf_counter() - started)} against an estimated {duration_text(estimated)} "
+        f"(budget {duration_text(chosen.record['budget_seconds'])})"
+    )
+    return result
+
+
+def show_config(plan_: FolderPlan) -> str:
+    """The comparison file of ``plan_`` as YAML, its choices as comments on top."""
+    import yaml
+
+    header = "".join(f"# {line}\n" for line in plan_.lines)
+    plain = json.loads(json.dumps(plan_.document))  # arms share stage lists: written out, not as YAML aliases
+    body = yaml.safe_dump(plain, sort_keys=False, allow_unicode=True)
+    return header + "# run it with: headstart compare FILE\n" + body
+
+
+__all__ = [
+    "DEFAULT_BUDGET",
+    "BUDGET_FILE",
+    "Counts",
+    "FolderPlan",
+    "Speed",
+    "Survey",
+    "choose_sizes",
+    "estimate_seconds",
+    "fit_budget",
+    "folder_comparison",
+    "parse_budget",
+    "run_folder_demo",
+    "show_config",
+    "stage_seconds",
+    "survey",
+]
