@@ -351,7 +351,7 @@ def _fastest(step: Callable[[], None], repeats: int, synchronise: Callable[[], N
     return min(times)
 
 
-def measure_speed(model: str, side: int, *, batch: int | None = None, repeats: int = 2) -> Speed:
+def measure_speed(model: str, side: int, *, batch: int | None = None, repeats: int = 3) -> Speed:
     """Time ``model`` at ``side`` px: the fastest of ``repeats`` steps after a warm-up one, on the
     device a run would use (the GPU when there is one); ``batch`` by default from :data:`PROBE_BATCHES`."""
     import torch
