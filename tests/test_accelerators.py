@@ -262,6 +262,32 @@ def test_the_feed_decodes_each_batch_and_keeps_the_loaders_length_and_order(mixe
     assert isinstance(read_encoded(store, np.arange(2)), EncodedImages)
 
 
+def test_workers_are_sent_index_arrays_so_the_training_process_shares_no_tensor(mixed_folder, monkeypatch):
+    """A tensor put on a worker's queue is shared by the queue's feeder thread, whose PyTorch call
+    starts a second OpenMP team in the training process (5,000 context switches a second, steps
+    1.5x as long on two cores). The sampler must hand workers numpy arrays, and the batches must be
+    those of the same loader without workers."""
+    from multiprocessing.reduction import ForkingPickler
+
+    shared = []
+    reduce_tensor = ForkingPickler._extra_reducers[torch.Tensor]
+    monkeypatch.setitem(
+        ForkingPickler._extra_reducers, torch.Tensor, lambda tensor: (shared.append(tensor), reduce_tensor(tensor))[1]
+    )
+    data = TaskData.load(SourceSpec(kind="folder", path=str(mixed_folder), image_size=48), {})
+    with_workers = TrainerOptions(num_workers=2).plan(data.split("train"))
+    in_process = TrainerOptions(num_workers=0).plan(data.split("train"))
+    assert (with_workers.residency, with_workers.workers, in_process.workers) == ("stream", 2, 0)
+    loader = make_loader(with_workers, 4, seed=3, shuffle=True)
+    assert all(isinstance(indices, np.ndarray) for indices in loader.sampler)
+    batches = list(loader)
+    assert shared == []  # the main process pickled no tensor for its workers
+    reference = list(make_loader(in_process, 4, seed=3, shuffle=True))
+    assert len(batches) == len(reference) > 1
+    for (pixels, labels), (expected, expected_labels) in zip(batches, reference, strict=True):
+        assert torch.equal(pixels, expected) and torch.equal(labels, expected_labels)
+
+
 def test_a_folder_stage_with_device_decoding_trains_on_the_cpu_feed(tmp_path, mixed_folder, monkeypatch):
     """The whole stage with batches decoded by the feed (``DeviceFeed("cpu")`` standing in for CUDA)."""
     original = TrainerOptions.plan
