@@ -13,7 +13,7 @@ from headstart.config import StageSpec, parse_run
 from headstart.data import TaskData
 from headstart.engine.augment import STRONG_OPERATIONS, border_mean, cutout, strong_augment
 from headstart.engine.batches import EpochBatches, StreamBatches
-from headstart.engine.fixmatch import pseudo_labels, unlabelled_loss
+from headstart.engine.fixmatch import ALIGNMENT_MOMENTUM, DistributionAlignment, pseudo_labels, unlabelled_loss
 from headstart.errors import HeadstartError
 from headstart.stage import fit_stage
 from headstart.zoo import load
@@ -69,6 +69,34 @@ def test_the_threshold_decides_which_images_teach_and_no_gradient_reaches_the_we
 
 
 # ------------------------------------------------------------------------------ unlabelled batches
+
+
+def test_distribution_alignment_scales_by_the_labelled_over_the_running_marginal():
+    """ReMixMatch's q ← normalise(q · p(y) / p̃(y)); p̃ starts at the first batch's mean, then averages."""
+    alignment = DistributionAlignment(torch.tensor([1.0, 1.0, 2.0]))  # labelled counts: p(y) = 1/4, 1/4, 1/2
+    first = torch.tensor([[0.7, 0.2, 0.1], [0.5, 0.3, 0.2]])
+    aligned = alignment(first)
+    running = first.mean(0)
+    expected = first * torch.tensor([0.25, 0.25, 0.5]) / running
+    assert torch.allclose(aligned, expected / expected.sum(1, keepdim=True), atol=1e-5)
+    assert torch.allclose(alignment.running, running) and int(alignment.steps) == 1
+    second = torch.tensor([[0.1, 0.1, 0.8]])
+    alignment(second)
+    assert torch.allclose(alignment.running, ALIGNMENT_MOMENTUM * running + (1 - ALIGNMENT_MOMENTUM) * second[0])
+
+
+def test_alignment_spreads_pseudo_labels_that_crowd_into_one_class():
+    """A network that favours class 0 everywhere: plain pseudo-labels are all class 0; aligned ones
+    follow the second-best guesses over a uniform labelled marginal, and more pass the threshold."""
+    torch.manual_seed(0)
+    logits = torch.randn(200, 4) + torch.tensor([3.0, 0.0, 0.0, 0.0])
+    plain = pseudo_labels(logits, 0.5)
+    aligned = pseudo_labels(logits, 0.5, DistributionAlignment(torch.ones(4)))
+    assert torch.bincount(plain.labels, minlength=4)[0] > 180
+    counts = torch.bincount(aligned.labels, minlength=4)
+    assert counts.min() > 25, counts
+    with pytest.raises(ValueError, match="two or more classes"):
+        DistributionAlignment(torch.tensor([3.0]))
 
 
 def test_unlabelled_batches_are_fixed_by_the_seed_and_the_step():
@@ -219,9 +247,13 @@ def test_pseudo_labels_from_a_trained_network_lift_accuracy_above_labels_alone(t
     )
 
 
-def test_an_interrupted_semi_supervised_stage_resumes_to_the_same_weights(tmp_path, interrupted_then_resumed):
+@pytest.mark.parametrize("alignment", [False, True], ids=["plain", "distribution-alignment"])
+def test_an_interrupted_semi_supervised_stage_resumes_to_the_same_weights(
+    tmp_path, interrupted_then_resumed, alignment
+):
+    """With distribution alignment the running marginal travels in the checkpoint too."""
     data = _digits()
-    spec = _semi_stage(0.5, epochs=3)
+    spec = _semi_stage(0.5, epochs=3, distribution_alignment=alignment)
     fit_stage(_network(), spec, data, folder=tmp_path / "whole", image_size=16)
     resumed = interrupted_then_resumed(
         lambda folder, resume, callbacks: fit_stage(

@@ -182,6 +182,11 @@ class SemiSupervisedSpec(_Strict):
     weight: float = Field(1.0, ge=0, description="weight of the unlabelled loss (λu)")
     strong_ops: int = Field(2, ge=0, le=4, description="RandAugment operations per strongly augmented image")
     cutout: float = Field(0.5, ge=0, lt=1, description="side of the Cutout square, as a fraction of the image's side")
+    distribution_alignment: bool = Field(
+        False,
+        description="align the pseudo-labels' class marginal with the labelled split's (ReMixMatch): helps with "
+        "very few labels per class, where the first confident pseudo-labels crowd into a few classes",
+    )
 
 
 DataChoice = Literal["train", "unlabelled", "all", "general"]
@@ -396,6 +401,8 @@ class RunSpec(_Strict):
         for stage in payload["stages"]:
             if stage.get("semi_supervised") is None:
                 stage.pop("semi_supervised", None)
+            elif not stage["semi_supervised"].get("distribution_alignment"):  # stages from before it keep their hash
+                stage["semi_supervised"].pop("distribution_alignment", None)
             stage.pop("compile", None)
         return payload
 

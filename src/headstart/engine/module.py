@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
@@ -29,7 +30,7 @@ from headstart.config import StageSpec
 from headstart.engine.augment import augment, strong_augment
 from headstart.engine.batches import Batchable, ImagePlan, StreamBatches, count_of, make_loader
 from headstart.engine.callbacks import NonFiniteLoss
-from headstart.engine.fixmatch import pseudo_labels, unlabelled_loss
+from headstart.engine.fixmatch import DistributionAlignment, pseudo_labels, unlabelled_loss
 from headstart.engine.losses import ScheduleFromArray, build_optimizer, learning_rate_factors, resolved_lr, task_loss
 from headstart.heads import accuracy, class_logits, predicted_classes
 from headstart.imageops import resize, to_unit_range
@@ -46,6 +47,15 @@ class StageData:
     val: Batchable | ImagePlan | None
     unlabelled: ImagePlan | None = None
     """Images a semi-supervised stage reads without labels (``semi_supervised``)."""
+
+
+def _labels_of(data: Batchable | ImagePlan) -> Tensor:
+    """The class labels of a stage's training split, whatever carries it."""
+    if isinstance(data, ImagePlan):
+        data = data.images
+    if isinstance(data, tuple):
+        return torch.as_tensor(data[1])
+    return torch.as_tensor(np.asarray(data.labels))
 
 
 class StageModule(pl.LightningModule):
@@ -84,6 +94,13 @@ class StageModule(pl.LightningModule):
             classes = max(2, len(network.labels or ()))
             self.train_accuracy = MulticlassAccuracy(classes, average="micro")
             self.val_accuracy = MulticlassAccuracy(classes, average="micro")
+        semi = stage.semi_supervised
+        self.alignment: DistributionAlignment | None = None
+        if semi is not None and semi.distribution_alignment and pretext is None:
+            labels = _labels_of(data.train).long()
+            self.alignment = DistributionAlignment(
+                torch.bincount(labels[labels >= 0], minlength=classes).float(), reduce=self._mean_over_processes
+            )
 
     # data -------------------------------------------------------------------------------------
     def _rank(self) -> tuple[int, int]:
@@ -206,12 +223,20 @@ class StageModule(pl.LightningModule):
         weak = augment(unlabelled, self.stage.augment, generator)
         strong = strong_augment(unlabelled, generator, ops=semi.strong_ops, cutout_fraction=semi.cutout)
         with torch.no_grad():
-            pseudo = pseudo_labels(class_logits(self.network(self.encoder.prepare(weak))), semi.threshold)
+            weak_logits = class_logits(self.network(self.encoder.prepare(weak)))
+            pseudo = pseudo_labels(weak_logits, semi.threshold, self.alignment)
         logits = self.network(self.encoder.prepare(torch.cat([images, strong])))
         labelled_logits, strong_logits = logits[: len(images)], logits[len(images) :]
         loss, metrics = self._task_step(labelled_logits, labels, training=True)
         loss = loss + semi.weight * unlabelled_loss(class_logits(strong_logits), pseudo)
         return loss, {**metrics, "unlabelled_used": pseudo.used}
+
+    def _mean_over_processes(self, value: Tensor) -> Tensor:
+        """``value`` averaged over every process of a multi-GPU or multi-machine run (itself on one)."""
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1:
+            return value
+        return trainer.strategy.reduce(value, reduce_op="mean")
 
     def _task_step(self, logits: Tensor, labels: Tensor, training: bool) -> tuple[Tensor, dict[str, Any]]:
         loss = task_loss(self.stage.loss, logits, labels)
