@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import math
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import nn
@@ -10,7 +14,7 @@ import headstart.pretext as pretext
 from headstart.errors import HeadstartError
 from headstart.pretext import SimpleEncoder
 from headstart.pretext.context import GRID_CELLS
-from headstart.pretext.diagnostics import context_shortcut_check, diagnose
+from headstart.pretext.diagnostics import collapse, context_shortcut_check, diagnose, embedding_spread
 
 
 def test_rotation_solved_in_the_first_epoch_is_too_easy():
@@ -54,6 +58,52 @@ def test_an_exactly_constant_loss_is_not_learning(name):
     moving = [{"train_loss": 0.0, metric: 0.5}, {"train_loss": 1e-7, metric: 0.45}]
     assert not any("stayed exactly" in line for line in diagnose(moving, task))
     assert not any("stayed exactly" in line for line in diagnose(history[:1], task))  # one epoch: nothing to compare
+
+
+def test_embedding_spread_is_about_one_for_spread_outputs_and_zero_for_collapsed_ones():
+    """SimSiam's measure (Chen & He 2021, fig. 2): std of the ℓ2-normalised outputs per dimension × √d."""
+    torch.manual_seed(0)
+    spread = embedding_spread(torch.randn(2048, 64))
+    collapsed = embedding_spread(torch.ones(2048, 64) + 1e-3 * torch.randn(2048, 64))
+    assert 0.95 < spread < 1.05 and collapsed < 0.01, (spread, collapsed)
+    half = embedding_spread(torch.cat([torch.randn(2048, 32), 5 * torch.ones(2048, 32)], dim=1))
+    assert collapsed < half < spread  # a partly collapsed output lies between
+
+
+@pytest.mark.parametrize(
+    "name, metrics, expected",
+    [
+        ("simclr", {"val_embedding_spread": 0.03}, "all point the same way"),
+        ("byol", {"val_embedding_spread": 0.8}, None),
+        ("dino", {"val_teacher_entropy": 0.01}, "one prototype"),
+        ("dino", {"val_teacher_entropy": 0.999 * math.log(pretext.get("dino").output_dim)}, "uniform"),
+        ("dino", {"val_teacher_entropy": 2.0}, None),
+    ],
+)
+def test_one_epochs_metrics_say_whether_a_joint_embedding_task_collapsed(name, metrics, expected):
+    line = collapse(metrics, pretext.get(name))
+    assert (line is None) if expected is None else (expected in line), line
+    if expected is not None:  # the whole-stage diagnosis says the same of its last epoch
+        history = [{"epoch": 0, "train_loss": 2.0, "val_loss": 1.9, **metrics}]
+        metric = pretext.get(name).metric
+        history[0].setdefault(f"val_{metric}", 0.5)
+        assert any(expected in warning for warning in diagnose(history, pretext.get(name)))
+
+
+def test_the_collapse_watch_warns_once_when_two_epochs_in_a_row_show_it(caplog):
+    from headstart.engine.callbacks import EpochHistory
+    from headstart.stage.fit import CollapseWatch
+
+    history = EpochHistory()
+    watch = CollapseWatch("simclr", pretext.get("simclr"), history)
+    trainer = SimpleNamespace(current_epoch=0, max_epochs=30)
+    for epoch, spread in enumerate([0.9, 0.05, 0.6, 0.04, 0.03, 0.02]):
+        history.epochs.append({"epoch": epoch, "val_embedding_spread": spread})
+        trainer.current_epoch = epoch
+        with caplog.at_level(logging.WARNING):
+            watch.on_train_epoch_end(trainer, None)
+    assert len(watch.warnings) == 1 and watch.warnings[0].startswith("stage 'simclr', epoch 5 of 30: collapsed")
+    assert sum("collapsed" in record.getMessage() for record in caplog.records) == 1
 
 
 def test_missing_metric_or_empty_history_is_an_error():

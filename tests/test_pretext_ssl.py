@@ -15,7 +15,7 @@ from headstart.checkpoint import load_backbone
 from headstart.config import StageSpec, parse_run
 from headstart.data import TaskData
 from headstart.errors import HeadstartError
-from headstart.pretext.diagnostics import diagnose
+from headstart.pretext.diagnostics import COLLAPSED_SPREAD, diagnose
 from headstart.pretext.distillation import followed_pair
 from headstart.pretext.views import ViewOptions, is_grey
 from headstart.stage import fit_stage
@@ -204,6 +204,8 @@ def test_a_stage_of_each_trains_on_real_digits_and_its_backbone_reads_back(tmp_p
     assert record.head.pretext == name and len(record.history) == 2
     metric = {"simclr": "val_contrastive_accuracy", "byol": "val_view_similarity", "dino": "val_teacher_entropy"}[name]
     assert metric in record.history[-1]
+    if name in ("simclr", "byol"):  # spread over the sphere, not collapsed (about 1 when healthy, 0 collapsed)
+        assert COLLAPSED_SPREAD < record.history[-1]["val_embedding_spread"] < 1.5, record.history[-1]
     if name == "simclr":  # each view finds its partner among the other 2N − 1 views far above chance
         chance = 1 / (2 * record.data.val_images - 1)
         assert record.history[-1][metric] > 4 * chance, (record.history[-1], chance)

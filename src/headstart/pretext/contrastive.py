@@ -108,9 +108,16 @@ class SimCLRTask(ViewOptions, PretextTask):
         return self._criterion(first, second)
 
     def metrics(self, outputs: Tensor, targets: Tensor) -> dict[str, float]:
-        """``contrastive_accuracy``: share of views whose most similar other view is their partner."""
+        """``contrastive_accuracy``: share of views whose most similar other view is their partner;
+        ``embedding_spread``: how far the projections spread over the sphere, about 1 when healthy
+        and 0 when collapsed (:func:`headstart.pretext.diagnostics.embedding_spread`)."""
+        from headstart.pretext.diagnostics import embedding_spread
+
         with torch.no_grad():
-            return {"contrastive_accuracy": accuracy(similarity_to_others(outputs), targets).item()}
+            return {
+                "contrastive_accuracy": accuracy(similarity_to_others(outputs), targets).item(),
+                "embedding_spread": embedding_spread(outputs),
+            }
 
     def decode(self, outputs: Tensor) -> list[str]:
         """For each view, the view it finds most similar (``pair`` when that is its partner)."""

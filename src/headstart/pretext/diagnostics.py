@@ -5,6 +5,11 @@ chromatic aberration and the continuity of lines across patch borders — shortc
 nothing useful. A pretext task solved almost perfectly at once is the typical sign; one that stays
 at chance teaches nothing either. :func:`diagnose` reads a training history for both signs, and
 :func:`context_shortcut_check` tests a trained context network for the colour shortcut directly.
+
+Joint-embedding tasks (SimCLR, BYOL, DINO) fail differently: they *collapse*, every image mapped
+to the same output, and the loss can still look reasonable. :func:`collapse` judges one epoch's
+metrics, so :class:`CollapseWatch` can say so at the end of the epoch where it happens rather than
+after the stage.
 """
 
 from __future__ import annotations
@@ -25,6 +30,28 @@ EASY_ACCURACY = 0.98
 """Accuracy after the first epoch at or above which a classification task is "too easy"."""
 EASY_ERROR_FRACTION = 0.02
 """Mean absolute error, as a fraction of the target range, at or below which regression is "too easy"."""
+COLLAPSED_SPREAD = 0.1
+"""``embedding_spread`` (:func:`embedding_spread`) at or below which the embeddings have collapsed."""
+COLLAPSED_ENTROPY = 0.1
+"""DINO teacher entropy (nats) at or below which every image lands on one prototype."""
+UNIFORM_ENTROPY_SHARE = 0.98
+"""Share of ``log K`` at or above which DINO's teacher output is uniform over its K prototypes."""
+
+
+def embedding_spread(embeddings: Tensor) -> float:
+    """How far a batch's embeddings spread over the sphere: the standard deviation over the batch of
+    the ℓ2-normalised outputs, per dimension, averaged over dimensions, times ``√d``.
+
+    Chen & He (SimSiam, CVPR 2021, §4 and fig. 2) watch this standard deviation: outputs that
+    collapse to one vector have 0, outputs spread like an isotropic Gaussian have ``1/√d`` per
+    dimension, so the scaled value is about 1 when healthy (SimSiam with stop-gradient: ≈ 1/√d;
+    without it, 0 within a few epochs)."""
+    with torch.no_grad():
+        flat = embeddings.detach().float().flatten(1)
+        if len(flat) < 2:
+            return float("nan")
+        normalised = torch.nn.functional.normalize(flat, dim=1)
+        return float(normalised.std(dim=0).mean() * math.sqrt(flat.shape[1]))
 
 
 def _series(history: list[dict], metric: str) -> tuple[str, list[float]]:
@@ -141,25 +168,48 @@ def diagnose(history: list[dict], task: PretextTask, *, margin: float = 0.1) -> 
                 f"not learning — {task.name} {key} went from {first:.4f} to {last:.4f}; raise the learning rate, "
                 "train longer or check the views differ (crop_scale, colour_jitter)"
             )
-        entropy = history[-1].get("val_teacher_entropy")
-        prototypes = getattr(task, "output_dim", None)
-        if entropy is not None and prototypes:
-            if entropy < 0.1:
-                warnings.append(
-                    f"collapsed — {task.name}'s teacher puts every image on one prototype (entropy "
-                    f"{entropy:.3f} nats); lower teacher_temperature less, or raise center_momentum"
-                )
-            elif entropy > 0.98 * math.log(prototypes):
-                warnings.append(
-                    f"collapsed — {task.name}'s teacher output is uniform (entropy {entropy:.3f} of at most "
-                    f"{math.log(prototypes):.3f} nats); lower teacher_temperature or train longer"
-                )
+        collapsed = collapse(history[-1], task)
+        if collapsed is not None:
+            warnings.append(collapsed)
     elif len(values) > 1 and last >= (1.0 - margin) * first:
         warnings.append(
             f"too hard: stuck — {task.name} {key} went from {first:.4f} to {last:.4f}, "
             f"less than {margin:.0%} lower; the decoder may be too weak or the learning rate too low"
         )
     return warnings
+
+
+def collapse(metrics: dict, task: PretextTask) -> str | None:
+    """Whether one epoch's metrics show a joint-embedding task collapsed, as a warning line; ``None``
+    when they do not (or carry no sign of it).
+
+    * ``embedding_spread`` (SimCLR, BYOL; :func:`embedding_spread`) at or below
+      :data:`COLLAPSED_SPREAD`: every image gets nearly the same embedding;
+    * DINO's ``teacher_entropy`` near 0 (one prototype for every image) or near ``log K`` (uniform:
+      the teacher says nothing), Caron et al. 2021 §5.3 and fig. 7.
+    """
+    spread = metrics.get("val_embedding_spread", metrics.get("train_embedding_spread"))
+    if spread is not None and float(spread) <= COLLAPSED_SPREAD:
+        return (
+            f"collapsed — {task.name}'s embeddings all point the same way (spread {float(spread):.3f}, about 1 "
+            "when healthy); lower the learning rate, raise the batch size, or check the views differ"
+        )
+    entropy = metrics.get("val_teacher_entropy")
+    prototypes = getattr(task, "output_dim", None)
+    if entropy is None or not prototypes:
+        return None
+    entropy = float(entropy)
+    if entropy <= COLLAPSED_ENTROPY:
+        return (
+            f"collapsed — {task.name}'s teacher puts every image on one prototype (entropy {entropy:.3f} nats); "
+            "lower teacher_temperature less, or raise center_momentum"
+        )
+    if entropy >= UNIFORM_ENTROPY_SHARE * math.log(prototypes):
+        return (
+            f"collapsed — {task.name}'s teacher output is uniform (entropy {entropy:.3f} of at most "
+            f"{math.log(prototypes):.3f} nats); lower teacher_temperature or train longer"
+        )
+    return None
 
 
 def context_shortcut_check(

@@ -220,9 +220,17 @@ class BYOLTask(_MomentumTask):
         return 2 + criterion(first, target_second.detach()) + criterion(second, target_first.detach())
 
     def metrics(self, outputs: Tensor, targets: Tensor) -> dict[str, float]:
-        """``view_similarity``: mean cosine between a view's prediction and the other view's target."""
+        """``view_similarity``: mean cosine between a view's prediction and the other view's target;
+        ``embedding_spread`` of the predictions, about 1 when healthy and 0 when every image gets the
+        same one — BYOL's collapse, which a high ``view_similarity`` alone does not rule out
+        (:func:`headstart.pretext.diagnostics.embedding_spread`)."""
+        from headstart.pretext.diagnostics import embedding_spread
+
         with torch.no_grad():
-            return {"view_similarity": _cross_cosine(outputs).mean().item()}
+            return {
+                "view_similarity": _cross_cosine(outputs).mean().item(),
+                "embedding_spread": embedding_spread(outputs[0]),
+            }
 
     def decode(self, outputs: Tensor) -> list[str]:
         return [f"cos={value:.2f}" for value in _cross_cosine(outputs).tolist()]

@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from headstart.checkpoint import DataRecord, DeviceRecord, HeadRecord, ModelRecord, StageRecord
@@ -84,6 +84,8 @@ def train(
     )
     history = EpochHistory()
     callbacks, best = _callbacks(stage, folder, history, has_validation=data.data.val is not None)
+    if prepared.pretext is not None and prepared.pretext.kind == "embedding":
+        callbacks.append(CollapseWatch(stage.name, prepared.pretext, history))
     tracking = StageTracking.start(
         plan.options,
         folder if keep else None,
@@ -223,6 +225,31 @@ def _callbacks(
             )
             callbacks.append(best)
     return callbacks, best
+
+
+class CollapseWatch(Callback):
+    """Says at the end of an epoch, rather than after the stage, that a joint-embedding pretext
+    (SimCLR, BYOL, DINO) has collapsed (:func:`headstart.pretext.diagnostics.collapse`): once, when
+    two epochs in a row show it, so one noisy epoch or DINO's first near-uniform epoch is no alarm.
+    Runs after :class:`EpochHistory` has recorded the epoch; the warning goes to the log (the
+    terminal) and stays in :attr:`warnings`."""
+
+    def __init__(self, stage_name: str, task, history: EpochHistory) -> None:
+        self.stage_name = stage_name
+        self.task = task
+        self.history = history
+        self.warnings: list[str] = []
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        from headstart.pretext.diagnostics import collapse
+
+        if self.warnings or len(self.history.epochs) < 2:
+            return
+        now, before = (collapse(entry, self.task) for entry in self.history.epochs[-1:-3:-1])
+        if now is not None and before is not None and is_rank_zero():
+            line = f"stage '{self.stage_name}', epoch {trainer.current_epoch + 1} of {trainer.max_epochs}: {now}"
+            self.warnings.append(line)
+            LOG.warning(line)
 
 
 def _diagnostics(stage: StageSpec, history: EpochHistory, pretext) -> list[str]:
