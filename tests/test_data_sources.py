@@ -104,6 +104,41 @@ def test_folder_of_loose_images_is_unlabelled(tmp_path):
     assert data.labels.tolist() == [-1, -1, -1] and data.class_names == []
 
 
+def test_an_unlabelled_folder_joins_the_unlabelled_pool_and_never_test_or_validation(tmp_path):
+    from headstart.data import TaskData
+
+    root = write_image_folder(tmp_path / "labelled", {"a": 6, "b": 6}, size=8)
+    extra = tmp_path / "extra" / "any" / "layout"
+    extra.mkdir(parents=True)
+    for index in range(7):
+        Image.new("RGB", (9, 9), (index * 30, 0, 0)).save(extra / f"{index}.png")
+    spec = SourceSpec(kind="folder", path=str(root), image_size=8, unlabelled=str(tmp_path / "extra"))
+    images = load_source(spec)
+    assert images.labels.tolist().count(-1) == 7 and images.class_names == ["a", "b"]
+    data = TaskData.load(spec, {"test_fraction": 0.2, "val_fraction": 0.2, "labels_per_class": 2, "seed": 0})
+    assert (data.split("test").labels >= 0).all() and (data.split("val").labels >= 0).all()
+    assert len(data.split("unlabelled")) == 7 + 2 * (6 - 2 - 1 - 1)  # the folder + the labelled pool's rest
+    plain = SourceSpec(kind="folder", path=str(root), image_size=8)
+    assert "unlabelled" not in plain.model_dump(exclude_none=True)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda tmp_path, root: str(tmp_path / "nowhere"), "nowhere: no such folder"),
+        (lambda tmp_path, root: str((tmp_path / "empty").mkdir() or tmp_path / "empty"), "holds no image files"),
+        (lambda tmp_path, root: str(root / "a"), "also labelled images of the dataset"),
+    ],
+    ids=["missing", "empty", "overlapping"],
+)
+def test_a_bad_unlabelled_folder_is_named(tmp_path, make, message):
+    root = write_image_folder(tmp_path / "labelled", {"a": 3, "b": 3}, size=8)
+    with pytest.raises(HeadstartError, match=message):
+        load_source(SourceSpec(kind="folder", path=str(root), image_size=8, unlabelled=make(tmp_path, root)))
+    with pytest.raises(pydantic.ValidationError, match="read by folder and csv sources"):
+        SourceSpec(kind="digits", unlabelled=str(root))
+
+
 def test_loose_images_beside_class_folders_refused(pets):
     Image.new("RGB", (4, 4)).save(pets / "stray.png")
     with pytest.raises(HeadstartError, match=r"outside the class folders \(stray\.png\)"):
