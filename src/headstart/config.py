@@ -234,6 +234,13 @@ class StageSpec(_Strict):
     semi_supervised: SemiSupervisedSpec | None = Field(
         None, description="also learn from the unlabelled images: {method: fixmatch, ratio: 7, threshold: 0.95}"
     )
+    ema: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="end the stage with an exponential moving average of its weights, this decay per step "
+        "(FixMatch evaluates with 0.999; short stages want about 1 − 10/steps); default: the last step's weights",
+    )
     compile: bool | None = Field(
         None, description="torch.compile the backbone for this stage; default: the run's compile"
     )
@@ -249,6 +256,10 @@ class StageSpec(_Strict):
                 check_batch_size(self.pretext.name, self.batch_size, f"stage {self.name!r}")
             except HeadstartError as error:
                 raise ValueError(str(error)) from None
+        if self.ema is not None and self.early_stopping is not None and self.early_stopping.restore_best_weights:
+            raise ValueError(
+                "ema and early_stopping.restore_best_weights both choose the weights the stage ends with: keep one"
+            )
         if self.semi_supervised is not None:
             if self.pretext is not None:
                 raise ValueError(
@@ -404,6 +415,8 @@ class RunSpec(_Strict):
             elif not stage["semi_supervised"].get("distribution_alignment"):  # stages from before it keep their hash
                 stage["semi_supervised"].pop("distribution_alignment", None)
             stage.pop("compile", None)
+            if stage.get("ema") is None:  # stages from before it keep their hash
+                stage.pop("ema", None)
         return payload
 
     def config_hash(self) -> str:

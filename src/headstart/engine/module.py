@@ -23,6 +23,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch import Tensor
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics.classification import MulticlassAccuracy
 
 from headstart import seeds
@@ -94,6 +95,12 @@ class StageModule(pl.LightningModule):
             classes = max(2, len(network.labels or ()))
             self.train_accuracy = MulticlassAccuracy(classes, average="micro")
             self.val_accuracy = MulticlassAccuracy(classes, average="micro")
+        self.averaged: AveragedModel | None = None
+        if stage.ema is not None:
+            # Polyak averaging of the weights (and BatchNorm statistics) after every optimizer step; a
+            # submodule, so the average travels in the checkpoint and a resumed stage ends the same
+            self.averaged = AveragedModel(network, multi_avg_fn=get_ema_multi_avg_fn(stage.ema), use_buffers=True)
+            self.averaged.requires_grad_(False)
         semi = stage.semi_supervised
         self.alignment: DistributionAlignment | None = None
         if semi is not None and semi.distribution_alignment and pretext is None:
@@ -231,6 +238,12 @@ class StageModule(pl.LightningModule):
         loss = loss + semi.weight * unlabelled_loss(class_logits(strong_logits), pseudo)
         return loss, {**metrics, "unlabelled_used": pseudo.used}
 
+    def on_train_end(self) -> None:
+        """With ``ema``, the stage ends with the averaged weights (the per-epoch validation read the
+        weights as trained)."""
+        if self.averaged is not None:
+            self.network.load_state_dict(self.averaged.module.state_dict())
+
     def _mean_over_processes(self, value: Tensor) -> Tensor:
         """``value`` averaged over every process of a multi-GPU or multi-machine run (itself on one)."""
         trainer = self._trainer
@@ -261,6 +274,8 @@ class StageModule(pl.LightningModule):
         if self.pretext is not None:
             planned = max(1, self.planned_steps)
             self.pretext.after_step(self.network.head, self.encoder, min(1.0, self.global_step / planned))
+        if self.averaged is not None:
+            self.averaged.update_parameters(self.network)
 
     def validation_step(self, batch, batch_index):
         loss, metrics = self._step(batch, batch_index, training=False)
