@@ -22,10 +22,10 @@ Models and sizes (:func:`choose_sizes`)
     ``resnet10t`` from random weights for scratch and rotation, EfficientNet-Lite0 with its ImageNet
     weights (offline package) for transfer, at sizes read from the images: photographs at the
     ImageNet model's own resolution, small images kept small.
-Time budget (:func:`fit_budget`)
+Time budget (:mod:`headstart.demo_budget`)
     ``--budget 15m`` (also ``90s``, ``1h``, ``1h30m``; default :data:`DEFAULT_BUDGET`) is a ceiling
     for the whole comparison, all seeds. The cost of every stage is estimated from the image counts
-    and a short timed probe of each model on this machine (:func:`estimate_seconds`), and every
+    and a short timed probe of each model on this machine (:func:`~headstart.demo_budget.estimate_seconds`), and every
     stage's recipe epochs are scaled by one factor, the largest that fits — never above the recipe
     (``--quick``: a fifth of it), never below one epoch per stage. The plan and the timings are
     kept in ``OUTPUT/budget.json``: the same command again (same images, same options), after
@@ -38,7 +38,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -52,21 +51,31 @@ import numpy as np
 from headstart.compare import CompareResult, CompareSpec, parse_compare, plan
 from headstart.compare import run as run_comparison
 from headstart.compare.sharing import reuse_or_resume
-from headstart.config import StageSpec
 from headstart.data.dataset import FileStore, ImageSet, decode_file
 from headstart.data.images import probe_image
 from headstart.data.sources import MAX_LISTED, SourceSpec, load_source
 from headstart.data.splits import Splits, make_splits
 from headstart.demo import DEFAULT_SEEDS, IMAGENET_MODEL, QUICK_SCALE, SMALL_MODEL, arm_definitions, scaled_epochs
+from headstart.demo_budget import (
+    BUDGET_FILE,
+    PROBE_SMALL_SIDE,
+    Counts,
+    duration_text,
+    estimate_seconds,
+    fit_budget,
+    kept_plan,
+    parse_budget,
+    speeds_for,
+)
 from headstart.errors import HeadstartError
-from headstart.files import atomic_write_json, hardware, read_json
+from headstart.files import atomic_write_json, hardware
 
 TEST_FRACTION = 0.2
 VAL_FRACTION = 0.1
 MIN_IMAGES_PER_CLASS = 5
 """Five images give one test image, one validation image and three training images."""
 DEFAULT_BUDGET = "15m"
-PHOTO_SIDE = 96
+PHOTO_SIDE = PROBE_SMALL_SIDE
 """Median shorter side (pixels) from which images count as photographs. BiT's HyperRule
 (Kolesnikov et al., ECCV 2020; ``bit_hyperrule.get_resolution`` in google-research/big_transfer)
 draws the same line: images of less than 96 × 96 pixels are fine-tuned at 128 px, larger ones at
@@ -82,50 +91,6 @@ COLOUR_SHARE = 0.01
 apart (of 255): JPEG's chroma noise on a grey photograph stays below that."""
 CACHE_BYTES = 2 * 1024**3
 """Decoded images are held in memory (``cache: true``) when all of them fit in 2 GiB, else streamed."""
-STAGE_OVERHEAD_S = 2.0
-"""Seconds a stage costs beyond its images (trainer, checkpoint and record writes), measured on a
-2-core CPU."""
-EPOCH_OVERHEAD_S = 0.1
-"""Seconds an epoch costs beyond its images (the epoch loop, validation set-up, logging): a head on
-cached features trained 55 epochs in 6.8 s on a 2-core CPU, 1.0 s of it computing the features."""
-RUN_OVERHEAD_S = 2.0
-"""Seconds a run costs beyond its stages and images (folders, run record, test pass set-up)."""
-BUDGET_FILE = "budget.json"
-PROBE_BATCHES = (25, 8)
-"""Images per timed step of the speed probe: the task stages' batch (25) up to 96 px, 8 above. A small
-network's cost per image falls with the batch (resnet10t at 64 px on 2 cores: 20 ms per image at a
-batch of 8, 11 at 25), a large input's does not (EfficientNet-Lite0 at 224 px: 74 and 76 ms), and
-a batch of 8 keeps the probe of the large one to a few seconds."""
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)", re.IGNORECASE)
-_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0}
-
-
-# ------------------------------------------------------------------------------------ the budget
-
-
-def parse_budget(text: str) -> float:
-    """``"15m"`` → 900 seconds. Hours, minutes and seconds (``h``, ``m``, ``s``), alone or together
-    (``1h30m``); decimals allowed (``2.5m``). Raises HeadstartError naming the value otherwise."""
-    compact = str(text).strip().replace(" ", "")
-    parts = list(_DURATION.finditer(compact))
-    if not compact or not parts or "".join(part.group(0) for part in parts) != compact:
-        raise HeadstartError(
-            f"--budget {text!r}: expected a duration such as 90s, 15m, 1h or 1h30m (hours h, minutes m, seconds s)"
-        )
-    seconds = sum(float(part.group(1)) * _UNIT_SECONDS[part.group(2).lower()] for part in parts)
-    if seconds <= 0:
-        raise HeadstartError(f"--budget {text!r}: expected a duration above zero, such as 90s or 15m")
-    return seconds
-
-
-def duration_text(seconds: float) -> str:
-    """Seconds as a person reads them: ``48 s``, ``3.2 min``, ``1.4 h``."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 # -------------------------------------------------------------------------------------- images
@@ -279,32 +244,6 @@ def choose_sizes(median_side: int, resolution: int | None = None) -> tuple[int, 
 # ------------------------------------------------------------------------------------- splits
 
 
-@dataclass(frozen=True)
-class Counts:
-    """Images of each split; ``files`` is every image file a run decodes when it loads the data."""
-
-    train: int
-    unlabelled: int
-    val: int
-    test: int
-    files: int
-
-    @property
-    def pool(self) -> int:
-        """Training images without labels for pretext and FixMatch stages (``data: all``)."""
-        return self.train + self.unlabelled
-
-    @classmethod
-    def of(cls, splits: Splits) -> Counts:
-        return cls(
-            len(splits.train),
-            len(splits.unlabelled),
-            len(splits.val),
-            len(splits.test),
-            len(splits.train) + len(splits.unlabelled) + len(splits.val) + len(splits.test),
-        )
-
-
 def split_spec(labels_per_class: int | None) -> dict[str, Any]:
     """The ``data.splits`` block of the folder job (module docstring)."""
     spec: dict[str, Any] = {"test_fraction": TEST_FRACTION, "val_fraction": VAL_FRACTION, "seed": 0}
@@ -322,209 +261,6 @@ def _splits(data: Path, images: ImageSet, labels_per_class: int | None) -> Split
         lines = [line.strip() for line in str(error).removeprefix(f"{images.name}: ").splitlines()]
         message = lines[0] + " " + "; ".join(lines[1:])
         raise HeadstartError(f"{data}: {message} (--labels-per-class {labels_per_class})") from None
-
-
-# --------------------------------------------------------------------------------- time budget
-
-
-@dataclass(frozen=True)
-class Speed:
-    """Seconds per image of one model at one side on this machine, from a short timed probe."""
-
-    train: float
-    """A training step (forward, backward, Adam update) per image, training mode."""
-    infer: float
-    """A forward pass per image, evaluation mode, no gradients."""
-    build: float
-    """Building the model once (seconds, not per image)."""
-
-
-def _fastest(step: Callable[[], None], repeats: int, synchronise: Callable[[], None]) -> float:
-    step()  # warm-up: allocations, kernel selection
-    synchronise()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        step()
-        synchronise()
-        times.append(time.perf_counter() - started)
-    return min(times)
-
-
-def measure_speed(model: str, side: int, *, batch: int | None = None, repeats: int = 3) -> Speed:
-    """Time ``model`` at ``side`` px: the fastest of ``repeats`` steps after a warm-up one, on the
-    device a run would use (the GPU when there is one); ``batch`` by default from :data:`PROBE_BATCHES`."""
-    import torch
-
-    if batch is None:
-        batch = PROBE_BATCHES[0] if side <= PHOTO_SIDE else PROBE_BATCHES[1]
-
-    from headstart.zoo import load
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    synchronise = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    started = time.perf_counter()
-    network = load(model, weights=None, include_top=False, num_classes=2).to(device)
-    build = time.perf_counter() - started
-    images = torch.rand(batch, 3, side, side, device=device)  # stages train in the default memory format
-    optimizer = torch.optim.Adam(network.parameters(), lr=1e-4)
-    network.train()
-
-    def train_step() -> None:
-        optimizer.zero_grad()
-        network(images).logsumexp(dim=1).mean().backward()
-        optimizer.step()
-
-    def infer_step() -> None:  # whole-set passes feed channels-last batches (engine.passes.network_input)
-        with torch.no_grad():
-            network(images.contiguous(memory_format=torch.channels_last))
-
-    train = _fastest(train_step, repeats, synchronise) / batch
-    network.eval()
-    infer = _fastest(infer_step, repeats, synchronise) / batch
-    return Speed(train=train, infer=infer, build=build)
-
-
-def _speed_key(model: str, side: int) -> str:
-    return f"{model}@{side}"
-
-
-def kept_plan(output: Path) -> dict[str, Any]:
-    """What an earlier run left in ``output/budget.json`` (:attr:`FolderPlan.record`), else ``{}``."""
-    path = output / BUDGET_FILE
-    if not path.is_file():
-        return {}
-    try:
-        kept = read_json(path)
-    except (HeadstartError, OSError, ValueError):
-        return {}
-    return kept if isinstance(kept, dict) else {}
-
-
-def speeds_for(
-    models: dict[str, int], kept: dict[str, Any], decode_seconds: float, decode_key: str
-) -> tuple[dict[str, Speed], float, bool]:
-    """Speeds of each ``model → side`` and seconds per decoded image: those ``kept`` holds when it
-    was timed on this machine (:func:`headstart.files.hardware`), else measured now (decoding: the
-    survey's). Returns them and whether every one was kept."""
-    same_machine = kept.get("machine") == hardware()
-    stored = kept.get("speeds", {}) if same_machine else {}
-    speeds: dict[str, Speed] = {}
-    reused = True
-    for model, side in models.items():
-        key = _speed_key(model, side)
-        if key in stored:
-            speeds[key] = Speed(**stored[key])
-        else:
-            speeds[key] = measure_speed(model, side)
-            reused = False
-    decode = kept.get("decode", {}) if same_machine else {}
-    if decode_key in decode:
-        decode_seconds = float(decode[decode_key])
-    else:
-        reused = False
-    return speeds, decode_seconds, reused
-
-
-def _cached_head(stage: StageSpec) -> bool:
-    """The stage trains a head on features computed once (the rule of ``stage.prepare_data``: the
-    backbone frozen, BatchNorm frozen, no augmentation, pretext or semi-supervision)."""
-    return (
-        stage.pretext is None
-        and stage.semi_supervised is None
-        and stage.augment == "none"
-        and "backbone" in stage.freeze
-        and stage.bn_policy != "train"
-        and stage.cache_features is not False
-    )
-
-
-def stage_seconds(stage: StageSpec, speed: Speed, counts: Counts) -> float:
-    """Estimated seconds of one stage: its epochs of training and validation passes.
-
-    * pretext stage on ``data: all``: ``pool × train + val × infer`` per epoch;
-    * task stage: ``train × train + val × infer`` per epoch;
-    * FixMatch: per step ``(b + μb) × train`` (labelled and strong copies) ``+ μb × infer`` (the
-      weak copies' pseudo-labels), ``ceil(unlabelled / μb)`` steps per epoch with ``epoch:
-      unlabelled`` (``ceil(train / b)`` with ``epoch: labelled``), plus the validation pass;
-    * a head on cached features: one pass over train and validation (``infer``); its epochs
-      cost next to nothing;
-    * every epoch: :data:`EPOCH_OVERHEAD_S`.
-    """
-    if _cached_head(stage):
-        return (counts.train + counts.val) * speed.infer + stage.epochs * EPOCH_OVERHEAD_S
-    every_epoch = counts.val * speed.infer + EPOCH_OVERHEAD_S
-    if stage.pretext is not None:
-        images = (
-            counts.pool if stage.data == "all" else counts.unlabelled if stage.data == "unlabelled" else counts.train
-        )
-        return stage.epochs * (images * speed.train + every_epoch)
-    semi = stage.semi_supervised
-    if semi is None:
-        return stage.epochs * (counts.train * speed.train + every_epoch)
-    batch = stage.batch_size
-    unlabelled = counts.pool if semi.unlabelled == "all" else counts.unlabelled
-    if semi.epoch == "unlabelled":
-        steps = max(1, math.ceil(unlabelled / (semi.ratio * batch)))
-    else:
-        steps = max(1, math.ceil(counts.train / batch))
-    per_step = (batch + semi.ratio * batch) * speed.train + semi.ratio * batch * speed.infer
-    return stage.epochs * (steps * per_step + every_epoch)
-
-
-def estimate_seconds(spec: CompareSpec, counts: Counts, speeds: dict[str, Speed], decode: float) -> float:
-    """Estimated wall seconds of the whole comparison (every seed), from the rule of :func:`stage_seconds`
-    and per run: loading the data twice (training, then probes), building the model twice, the test
-    pass, probes of the starting backbone and of each stage trained (bank = train, probed = test),
-    :data:`STAGE_OVERHEAD_S` per stage and :data:`RUN_OVERHEAD_S`. Stages an arm shares with an
-    earlier arm (same model and settings) are trained once, as the comparison does."""
-    per_seed = 0.0
-    trained: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
-    for arm in spec.arms.values():
-        assert arm.model is not None and arm.stages is not None, "the folder job writes its arms inline"
-        speed = speeds[_speed_key(arm.model.name, arm.model.image_size or 0)]
-        model = arm.model.model_dump(mode="json")
-        stages = [stage.model_dump(mode="json") for stage in arm.stages]
-        shared = max(
-            (_common_prefix(stages, earlier) for earlier_model, earlier in trained if earlier_model == model),
-            default=0,
-        )
-        trained.append((model, stages))
-        per_seed += RUN_OVERHEAD_S + 2 * (counts.files * decode + speed.build) + counts.test * speed.infer
-        fresh = arm.stages[shared:]
-        per_seed += (1 + len(fresh)) * (counts.train + counts.test) * speed.infer
-        per_seed += sum(STAGE_OVERHEAD_S + stage_seconds(stage, speed, counts) for stage in fresh)
-    return per_seed * len(spec.seed_list)
-
-
-def _common_prefix(first: list[dict[str, Any]], second: list[dict[str, Any]]) -> int:
-    count = 0
-    for one, other in zip(first, second, strict=False):
-        if one != other:
-            break
-        count += 1
-    return count
-
-
-def fit_budget(
-    build: Callable[[float], CompareSpec], cost: Callable[[CompareSpec], float], budget: float, cap: float
-) -> tuple[float, CompareSpec, float]:
-    """The largest epoch scale in ``(0, cap]`` whose comparison ``cost`` fits ``budget`` seconds (by
-    bisection: the cost grows with the scale), its comparison and cost. When even the fewest epochs
-    (scale 0: one per stage) do not fit, that smallest plan with its cost."""
-    spec = build(cap)
-    seconds = cost(spec)
-    if seconds <= budget:
-        return cap, spec, seconds
-    low, high = 0.0, cap
-    for _ in range(40):
-        middle = (low + high) / 2
-        if cost(build(middle)) <= budget:
-            low = middle
-        else:
-            high = middle
-    spec = build(low)
-    return low, spec, cost(spec)
 
 
 # ---------------------------------------------------------------------------------- the plan
@@ -768,18 +504,11 @@ def show_config(plan_: FolderPlan) -> str:
 
 __all__ = [
     "DEFAULT_BUDGET",
-    "BUDGET_FILE",
-    "Counts",
     "FolderPlan",
-    "Speed",
     "Survey",
     "choose_sizes",
-    "estimate_seconds",
-    "fit_budget",
     "folder_comparison",
-    "parse_budget",
     "run_folder_demo",
     "show_config",
-    "stage_seconds",
     "survey",
 ]

@@ -1,0 +1,318 @@
+"""How long the folder demo's comparison takes on this machine, and the epochs that fit a time budget.
+
+``--budget 15m`` is parsed by :func:`parse_budget`; each model is timed briefly at its image size
+(:func:`measure_speed`, the timings kept in ``budget.json`` by :func:`speeds_for`); every stage is
+costed from the image counts (:func:`stage_seconds`, :func:`estimate_seconds`, stages shared
+between arms paid once) and :func:`fit_budget` finds the largest scale of the recipe's epochs that
+fits. Used by :mod:`headstart.demo_folder`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from headstart.compare import CompareSpec
+from headstart.config import StageSpec
+from headstart.data.splits import Splits
+from headstart.errors import HeadstartError
+from headstart.files import hardware, read_json
+
+STAGE_OVERHEAD_S = 2.0
+"""Seconds a stage costs beyond its images (trainer, checkpoint and record writes), measured on a
+2-core CPU."""
+EPOCH_OVERHEAD_S = 0.1
+"""Seconds an epoch costs beyond its images (the epoch loop, validation set-up, logging): a head on
+cached features trained 55 epochs in 6.8 s on a 2-core CPU, 1.0 s of it computing the features."""
+RUN_OVERHEAD_S = 2.0
+"""Seconds a run costs beyond its stages and images (folders, run record, test pass set-up)."""
+BUDGET_FILE = "budget.json"
+PROBE_BATCHES = (25, 8)
+"""Images per timed step of the speed probe: the task stages' batch (25) up to 96 px, 8 above. A small
+network's cost per image falls with the batch (resnet10t at 64 px on 2 cores: 20 ms per image at a
+batch of 8, 11 at 25), a large input's does not (EfficientNet-Lite0 at 224 px: 74 and 76 ms), and
+a batch of 8 keeps the probe of the large one to a few seconds."""
+PROBE_SMALL_SIDE = 96
+"""Largest side probed with the first batch of :data:`PROBE_BATCHES` (the line the folder demo draws
+between small images and photographs)."""
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)", re.IGNORECASE)
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0}
+
+# ------------------------------------------------------------------------------------ the budget
+
+
+def parse_budget(text: str) -> float:
+    """``"15m"`` → 900 seconds. Hours, minutes and seconds (``h``, ``m``, ``s``), alone or together
+    (``1h30m``); decimals allowed (``2.5m``). Raises HeadstartError naming the value otherwise."""
+    compact = str(text).strip().replace(" ", "")
+    parts = list(_DURATION.finditer(compact))
+    if not compact or not parts or "".join(part.group(0) for part in parts) != compact:
+        raise HeadstartError(
+            f"--budget {text!r}: expected a duration such as 90s, 15m, 1h or 1h30m (hours h, minutes m, seconds s)"
+        )
+    seconds = sum(float(part.group(1)) * _UNIT_SECONDS[part.group(2).lower()] for part in parts)
+    if seconds <= 0:
+        raise HeadstartError(f"--budget {text!r}: expected a duration above zero, such as 90s or 15m")
+    return seconds
+
+
+def duration_text(seconds: float) -> str:
+    """Seconds as a person reads them: ``48 s``, ``3.2 min``, ``1.4 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+# ------------------------------------------------------------------------------------- counts
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Images of each split; ``files`` is every image file a run decodes when it loads the data."""
+
+    train: int
+    unlabelled: int
+    val: int
+    test: int
+    files: int
+
+    @property
+    def pool(self) -> int:
+        """Training images without labels for pretext and FixMatch stages (``data: all``)."""
+        return self.train + self.unlabelled
+
+    @classmethod
+    def of(cls, splits: Splits) -> Counts:
+        return cls(
+            len(splits.train),
+            len(splits.unlabelled),
+            len(splits.val),
+            len(splits.test),
+            len(splits.train) + len(splits.unlabelled) + len(splits.val) + len(splits.test),
+        )
+
+
+# --------------------------------------------------------------------------------- time budget
+
+
+@dataclass(frozen=True)
+class Speed:
+    """Seconds per image of one model at one side on this machine, from a short timed probe."""
+
+    train: float
+    """A training step (forward, backward, Adam update) per image, training mode."""
+    infer: float
+    """A forward pass per image, evaluation mode, no gradients."""
+    build: float
+    """Building the model once (seconds, not per image)."""
+
+
+def _fastest(step: Callable[[], None], repeats: int, synchronise: Callable[[], None]) -> float:
+    step()  # warm-up: allocations, kernel selection
+    synchronise()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        step()
+        synchronise()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def measure_speed(model: str, side: int, *, batch: int | None = None, repeats: int = 3) -> Speed:
+    """Time ``model`` at ``side`` px: the fastest of ``repeats`` steps after a warm-up one, on the
+    device a run would use (the GPU when there is one); ``batch`` by default from :data:`PROBE_BATCHES`."""
+    import torch
+
+    if batch is None:
+        batch = PROBE_BATCHES[0] if side <= PROBE_SMALL_SIDE else PROBE_BATCHES[1]
+
+    from headstart.zoo import load
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    synchronise = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    started = time.perf_counter()
+    network = load(model, weights=None, include_top=False, num_classes=2).to(device)
+    build = time.perf_counter() - started
+    images = torch.rand(batch, 3, side, side, device=device)  # stages train in the default memory format
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-4)
+    network.train()
+
+    def train_step() -> None:
+        optimizer.zero_grad()
+        network(images).logsumexp(dim=1).mean().backward()
+        optimizer.step()
+
+    def infer_step() -> None:  # whole-set passes feed channels-last batches (engine.passes.network_input)
+        with torch.no_grad():
+            network(images.contiguous(memory_format=torch.channels_last))
+
+    train = _fastest(train_step, repeats, synchronise) / batch
+    network.eval()
+    infer = _fastest(infer_step, repeats, synchronise) / batch
+    return Speed(train=train, infer=infer, build=build)
+
+
+def _speed_key(model: str, side: int) -> str:
+    return f"{model}@{side}"
+
+
+def kept_plan(output: Path) -> dict[str, Any]:
+    """What an earlier run left in ``output/budget.json`` (:attr:`FolderPlan.record`), else ``{}``."""
+    path = output / BUDGET_FILE
+    if not path.is_file():
+        return {}
+    try:
+        kept = read_json(path)
+    except (HeadstartError, OSError, ValueError):
+        return {}
+    return kept if isinstance(kept, dict) else {}
+
+
+def speeds_for(
+    models: dict[str, int], kept: dict[str, Any], decode_seconds: float, decode_key: str
+) -> tuple[dict[str, Speed], float, bool]:
+    """Speeds of each ``model → side`` and seconds per decoded image: those ``kept`` holds when it
+    was timed on this machine (:func:`headstart.files.hardware`), else measured now (decoding: the
+    survey's). Returns them and whether every one was kept."""
+    same_machine = kept.get("machine") == hardware()
+    stored = kept.get("speeds", {}) if same_machine else {}
+    speeds: dict[str, Speed] = {}
+    reused = True
+    for model, side in models.items():
+        key = _speed_key(model, side)
+        if key in stored:
+            speeds[key] = Speed(**stored[key])
+        else:
+            speeds[key] = measure_speed(model, side)
+            reused = False
+    decode = kept.get("decode", {}) if same_machine else {}
+    if decode_key in decode:
+        decode_seconds = float(decode[decode_key])
+    else:
+        reused = False
+    return speeds, decode_seconds, reused
+
+
+def _cached_head(stage: StageSpec) -> bool:
+    """The stage trains a head on features computed once (the rule of ``stage.prepare_data``: the
+    backbone frozen, BatchNorm frozen, no augmentation, pretext or semi-supervision)."""
+    return (
+        stage.pretext is None
+        and stage.semi_supervised is None
+        and stage.augment == "none"
+        and "backbone" in stage.freeze
+        and stage.bn_policy != "train"
+        and stage.cache_features is not False
+    )
+
+
+def stage_seconds(stage: StageSpec, speed: Speed, counts: Counts) -> float:
+    """Estimated seconds of one stage: its epochs of training and validation passes.
+
+    * pretext stage on ``data: all``: ``pool × train + val × infer`` per epoch;
+    * task stage: ``train × train + val × infer`` per epoch;
+    * FixMatch: per step ``(b + μb) × train`` (labelled and strong copies) ``+ μb × infer`` (the
+      weak copies' pseudo-labels), ``ceil(unlabelled / μb)`` steps per epoch with ``epoch:
+      unlabelled`` (``ceil(train / b)`` with ``epoch: labelled``), plus the validation pass;
+    * a head on cached features: one pass over train and validation (``infer``); its epochs
+      cost next to nothing;
+    * every epoch: :data:`EPOCH_OVERHEAD_S`.
+    """
+    if _cached_head(stage):
+        return (counts.train + counts.val) * speed.infer + stage.epochs * EPOCH_OVERHEAD_S
+    every_epoch = counts.val * speed.infer + EPOCH_OVERHEAD_S
+    if stage.pretext is not None:
+        images = (
+            counts.pool if stage.data == "all" else counts.unlabelled if stage.data == "unlabelled" else counts.train
+        )
+        return stage.epochs * (images * speed.train + every_epoch)
+    semi = stage.semi_supervised
+    if semi is None:
+        return stage.epochs * (counts.train * speed.train + every_epoch)
+    batch = stage.batch_size
+    unlabelled = counts.pool if semi.unlabelled == "all" else counts.unlabelled
+    if semi.epoch == "unlabelled":
+        steps = max(1, math.ceil(unlabelled / (semi.ratio * batch)))
+    else:
+        steps = max(1, math.ceil(counts.train / batch))
+    per_step = (batch + semi.ratio * batch) * speed.train + semi.ratio * batch * speed.infer
+    return stage.epochs * (steps * per_step + every_epoch)
+
+
+def estimate_seconds(spec: CompareSpec, counts: Counts, speeds: dict[str, Speed], decode: float) -> float:
+    """Estimated wall seconds of the whole comparison (every seed), from the rule of :func:`stage_seconds`
+    and per run: loading the data twice (training, then probes), building the model twice, the test
+    pass, probes of the starting backbone and of each stage trained (bank = train, probed = test),
+    :data:`STAGE_OVERHEAD_S` per stage and :data:`RUN_OVERHEAD_S`. Stages an arm shares with an
+    earlier arm (same model and settings) are trained once, as the comparison does."""
+    per_seed = 0.0
+    trained: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+    for arm in spec.arms.values():
+        assert arm.model is not None and arm.stages is not None, "the folder job writes its arms inline"
+        speed = speeds[_speed_key(arm.model.name, arm.model.image_size or 0)]
+        model = arm.model.model_dump(mode="json")
+        stages = [stage.model_dump(mode="json") for stage in arm.stages]
+        shared = max(
+            (_common_prefix(stages, earlier) for earlier_model, earlier in trained if earlier_model == model),
+            default=0,
+        )
+        trained.append((model, stages))
+        per_seed += RUN_OVERHEAD_S + 2 * (counts.files * decode + speed.build) + counts.test * speed.infer
+        fresh = arm.stages[shared:]
+        per_seed += (1 + len(fresh)) * (counts.train + counts.test) * speed.infer
+        per_seed += sum(STAGE_OVERHEAD_S + stage_seconds(stage, speed, counts) for stage in fresh)
+    return per_seed * len(spec.seed_list)
+
+
+def _common_prefix(first: list[dict[str, Any]], second: list[dict[str, Any]]) -> int:
+    count = 0
+    for one, other in zip(first, second, strict=False):
+        if one != other:
+            break
+        count += 1
+    return count
+
+
+def fit_budget(
+    build: Callable[[float], CompareSpec], cost: Callable[[CompareSpec], float], budget: float, cap: float
+) -> tuple[float, CompareSpec, float]:
+    """The largest epoch scale in ``(0, cap]`` whose comparison ``cost`` fits ``budget`` seconds (by
+    bisection: the cost grows with the scale), its comparison and cost. When even the fewest epochs
+    (scale 0: one per stage) do not fit, that smallest plan with its cost."""
+    spec = build(cap)
+    seconds = cost(spec)
+    if seconds <= budget:
+        return cap, spec, seconds
+    low, high = 0.0, cap
+    for _ in range(40):
+        middle = (low + high) / 2
+        if cost(build(middle)) <= budget:
+            low = middle
+        else:
+            high = middle
+    spec = build(low)
+    return low, spec, cost(spec)
+
+
+__all__ = [
+    "BUDGET_FILE",
+    "Counts",
+    "Speed",
+    "duration_text",
+    "estimate_seconds",
+    "fit_budget",
+    "kept_plan",
+    "measure_speed",
+    "parse_budget",
+    "speeds_for",
+    "stage_seconds",
+]
