@@ -8,6 +8,7 @@ Importable because pytest's default ``prepend`` import mode puts ``tests/`` (a f
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -164,3 +165,26 @@ def interrupted_then_resumed(fit: Callable, folder: Path):
     with pytest.raises(Interrupted):
         fit(folder, resume=False, callbacks=[ctrl_c_at_epoch(1)])
     return fit(folder, resume=True, callbacks=[])
+
+
+BROWSER_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+    "--disable-background-networking",
+    "--no-first-run",
+    "--disable-extensions",
+]
+"""Headless Chromium's flags for the tests that open a page (no network, no extensions, no sandbox)."""
+
+
+def browser_path() -> str | None:
+    """Chromium's path, or None; with ``HEADSTART_REQUIRE_BROWSER=1`` (CI) a missing browser fails the test."""
+    found = next(
+        (shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)), None
+    )
+    if found is None and os.environ.get("HEADSTART_REQUIRE_BROWSER") == "1":
+        pytest.fail("HEADSTART_REQUIRE_BROWSER=1 but no chromium on PATH (apt-get install chromium)")
+    return found

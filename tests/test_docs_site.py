@@ -19,7 +19,6 @@ import inspect
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,29 +27,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import BROWSER_FLAGS, browser_path
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 SCREENSHOT = DOCS / "assets" / "report.png"
 SCREENSHOT_SIZE = (1280, 1600)
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--hide-scrollbars",
-    "--disable-background-networking",
-    "--no-first-run",
-    "--disable-extensions",
-]
-
-
-def _browser() -> str | None:
-    found = next(
-        (shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)), None
-    )
-    if found is None and os.environ.get("HEADSTART_REQUIRE_BROWSER") == "1":
-        pytest.fail("HEADSTART_REQUIRE_BROWSER=1 but no chromium on PATH (apt-get install chromium)")
-    return found
 
 
 def api_pages() -> dict[str, str]:
@@ -141,7 +123,7 @@ def test_no_private_helper_is_in_the_api_reference(site):
 def _render(browser: str, page: Path, tmp_path: Path) -> tuple[str, np.ndarray]:
     """The DOM after the page's scripts ran, and a screenshot of it as grey pixels."""
     dumped = subprocess.run(
-        [browser, *FLAGS, "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+        [browser, *BROWSER_FLAGS, "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
         capture_output=True,
         text=True,
         timeout=120,
@@ -151,7 +133,7 @@ def _render(browser: str, page: Path, tmp_path: Path) -> tuple[str, np.ndarray]:
     subprocess.run(
         [
             browser,
-            *FLAGS,
+            *BROWSER_FLAGS,
             "--window-size=1280,900",
             "--virtual-time-budget=5000",
             f"--screenshot={shot}",
@@ -167,7 +149,7 @@ def _render(browser: str, page: Path, tmp_path: Path) -> tuple[str, np.ndarray]:
 
 @pytest.mark.parametrize("page", ["index.html", "api/stage/index.html"])
 def test_built_pages_render_in_headless_chromium_with_navigation(site, page, tmp_path):
-    browser = _browser()
+    browser = browser_path()
     if browser is None:
         pytest.skip("no chromium on PATH (.ci/run installs Debian's chromium)")
     dom, pixels = _render(browser, site / page, tmp_path)
@@ -186,7 +168,7 @@ def test_built_pages_render_in_headless_chromium_with_navigation(site, page, tmp
 
 def test_the_report_screenshot_in_the_docs_is_a_real_report(tmp_path):
     if os.environ.get("HEADSTART_DOCS_SCREENSHOT") == "1":
-        browser = _browser()
+        browser = browser_path()
         if browser is None:
             pytest.fail("HEADSTART_DOCS_SCREENSHOT=1 needs chromium on PATH (apt-get install chromium)")
         from headstart.demo import run_demo
@@ -195,7 +177,13 @@ def test_the_report_screenshot_in_the_docs_is_a_real_report(tmp_path):
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         width, height = SCREENSHOT_SIZE
         subprocess.run(
-            [browser, *FLAGS, f"--window-size={width},{height}", f"--screenshot={SCREENSHOT}", result.report.as_uri()],
+            [
+                browser,
+                *BROWSER_FLAGS,
+                f"--window-size={width},{height}",
+                f"--screenshot={SCREENSHOT}",
+                result.report.as_uri(),
+            ],
             capture_output=True,
             timeout=120,
             check=True,

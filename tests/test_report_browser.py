@@ -9,9 +9,7 @@ instead of skipping when no browser is found.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import pytest
 from PIL import Image
 
 from headstart.compare import run as run_comparison
+from helpers import BROWSER_FLAGS, browser_path
 
 CHECK = """<script>window.addEventListener("load", function () {
   var rows = [].map.call(document.querySelectorAll("table[id^=comparison] tbody tr"),
@@ -33,26 +32,6 @@ CHECK = """<script>window.addEventListener("load", function () {
   out.textContent = JSON.stringify({rows: rows, images: images, external: external});
   document.body.appendChild(out);
 });</script>"""
-
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--hide-scrollbars",
-    "--disable-background-networking",
-    "--no-first-run",
-    "--disable-extensions",
-]
-
-
-def _browser() -> str | None:
-    found = next(
-        (shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)), None
-    )
-    if found is None and os.environ.get("HEADSTART_REQUIRE_BROWSER") == "1":
-        pytest.fail("HEADSTART_REQUIRE_BROWSER=1 but no chromium on PATH (apt-get install chromium)")
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +75,7 @@ def report(tmp_path_factory) -> Path:
 
 
 def test_report_renders_in_headless_chromium_with_a_row_per_arm_and_every_image_decoded(report, tmp_path):
-    browser = _browser()
+    browser = browser_path()
     if browser is None:
         pytest.skip("no chromium on PATH (.ci/run installs Debian's chromium)")
     page = report.read_text(encoding="utf-8")
@@ -104,7 +83,7 @@ def test_report_renders_in_headless_chromium_with_a_row_per_arm_and_every_image_
     checked = tmp_path / "checked.html"
     checked.write_text(page.replace("</body>", CHECK + "</body>"), encoding="utf-8")
     dumped = subprocess.run(
-        [browser, *FLAGS, "--virtual-time-budget=10000", "--dump-dom", checked.as_uri()],
+        [browser, *BROWSER_FLAGS, "--virtual-time-budget=10000", "--dump-dom", checked.as_uri()],
         capture_output=True,
         text=True,
         timeout=120,
@@ -122,7 +101,7 @@ def test_report_renders_in_headless_chromium_with_a_row_per_arm_and_every_image_
 
     shot = tmp_path / "report.png"
     subprocess.run(
-        [browser, *FLAGS, "--window-size=1280,2400", f"--screenshot={shot}", report.as_uri()],
+        [browser, *BROWSER_FLAGS, "--window-size=1280,2400", f"--screenshot={shot}", report.as_uri()],
         capture_output=True,
         timeout=120,
         check=True,
