@@ -91,13 +91,62 @@ def test_dino_loss_is_cross_entropy_of_centred_sharpened_teacher_across_views():
 
     expected = 0.5 * (cross(t1, s2) + cross(t2, s1))
     head.train()
-    assert task.loss(torch.stack([student, teacher]), None).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert task.loss(torch.cat([student, teacher]), None).item() == pytest.approx(expected.item(), rel=1e-5)
     moved = 0.5 * center + 0.5 * teacher.mean(0, keepdim=True)
     assert torch.allclose(head.criterion.center.reshape(1, -1), moved, atol=1e-6)
     head.eval()  # validation computes the loss without moving the centre
     before = head.criterion.center.clone()
-    task.loss(torch.stack([student, teacher]), None)
+    task.loss(torch.cat([student, teacher]), None)
     assert torch.equal(head.criterion.center, before)
+
+
+def test_dino_local_crops_are_seen_by_the_student_alone_at_their_own_size():
+    task = pretext.get("dino", output_dim=16, hidden_dim=8, bottleneck_dim=4, local_crops=3, local_size=0.5)
+    network = _network()
+    encoder = network.encoder(16)
+    head = task.build_head(encoder, (16, 16))
+    images = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    inputs, index = task.alter(images, torch.Generator().manual_seed(1))
+    assert inputs.shape == (20, 1, 16, 16) and index.tolist() == list(range(4)) * 5
+    sizes = []
+    first_conv = next(module for module in network.backbone.modules() if isinstance(module, torch.nn.Conv2d))
+    hook = first_conv.register_forward_pre_hook(lambda module, args: sizes.append(tuple(args[0].shape)))
+    outputs = task.forward(encoder, head, inputs)
+    hook.remove()
+    # the student's backbone: 8 global views at 16 px, 12 local views at 8 px (the teacher is a copy)
+    assert sorted((shape[0], shape[-1]) for shape in sizes) == [(8, 16), (12, 8)]
+    assert outputs.shape == (20 + 8, 16)
+    student, teacher = outputs[:20], outputs[20:]
+    head.criterion.center.zero_()
+    head.eval()
+    t = [F.softmax(view / 0.04, dim=1) for view in teacher.chunk(2)]
+    s = [F.log_softmax(view / 0.1, dim=1) for view in student.chunk(5)]
+    terms = [-(t[i] * s[j]).sum(1).mean() for i in range(2) for j in range(5) if i != j]
+    expected = sum(terms) / len(terms)  # each local view against both global ones, no view against itself
+    assert task.loss(outputs, index).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_dino_teacher_temperature_warms_up_and_is_kept_in_the_head():
+    task = pretext.get(
+        "dino", output_dim=16, warmup_teacher_temperature=0.04, teacher_temperature=0.07, teacher_warmup=0.5
+    )
+    assert [task.temperature_at(p) for p in (0.0, 0.25, 0.5, 1.0)] == pytest.approx([0.04, 0.055, 0.07, 0.07])
+    assert pretext.get("dino").temperature_at(0.0) == pretext.get("dino").teacher_temperature  # no warm-up
+    encoder = _network().encoder(16)
+    head = task.build_head(encoder, (16, 16))
+    assert float(head.teacher_temperature_now) == pytest.approx(0.04)
+    task.after_step(head, encoder, 0.25)
+    assert float(head.teacher_temperature_now) == pytest.approx(0.055)
+    assert "teacher_temperature_now" in head.state_dict()  # saved with the stage, restored on resume
+    for bad, match in (
+        ({"local_crops": -1}, "local_crops"),
+        ({"local_crop_scale": (0.5, 0.2)}, "local_crop_scale"),
+        ({"local_size": 0}, "local_size"),
+        ({"teacher_warmup": 2}, "teacher_warmup"),
+        ({"warmup_teacher_temperature": 0}, "warmup_teacher_temperature"),
+    ):
+        with pytest.raises(HeadstartError, match=match):
+            pretext.get("dino", **bad)
 
 
 # ------------------------------------------------------------------------------------------- views
@@ -118,6 +167,23 @@ def test_views_are_seeded_shaped_and_keep_grey_images_grey():
     task = pretext.get("simclr")
     inputs, partners = task.alter(images, torch.Generator().manual_seed(0))
     assert inputs.shape == (16, 1, 16, 16) and partners.tolist() == list(range(8, 16)) + list(range(8))
+
+
+def test_views_can_turn_each_crop_by_a_random_angle():
+    from headstart.pretext.views import random_resized_crop
+
+    bar = torch.zeros(64, 1, 17, 17)
+    bar[..., 8, 2:15] = 1.0  # a horizontal stroke through the centre
+    whole = random_resized_crop(bar, (1.0, 1.0), torch.Generator().manual_seed(0), ratio=(1.0, 1.0))
+    assert torch.allclose(whole, bar, atol=1e-5)  # no turn: the whole image back
+    turned = random_resized_crop(bar, (1.0, 1.0), torch.Generator().manual_seed(0), ratio=(1.0, 1.0), degrees=90)
+    column = turned[..., 2:15, 8].mean(dim=(1, 2))  # ink on the vertical line through the centre
+    assert (column > 0.5).any() and (column < 0.2).any()  # some strokes turned upright, some barely
+    assert (turned - bar).abs().amax(dim=(1, 2, 3)).gt(0.5).float().mean() > 0.5
+    with pytest.raises(HeadstartError, match="rotate"):
+        pretext.get("simclr", rotate=270)
+    draws = ViewOptions(rotate=0).view(bar, torch.Generator().manual_seed(3))
+    assert torch.equal(draws, ViewOptions().view(bar, torch.Generator().manual_seed(3)))  # no extra random draws
 
 
 def test_grey_images_are_not_flipped_unless_asked():

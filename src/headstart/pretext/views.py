@@ -53,10 +53,15 @@ def _uniform(count: int, low: float, high: float, generator: torch.Generator, de
 
 
 def random_resized_crop(
-    images: Tensor, scale: tuple[float, float], generator: torch.Generator, ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    images: Tensor,
+    scale: tuple[float, float],
+    generator: torch.Generator,
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    degrees: float = 0.0,
 ) -> Tensor:
-    """A crop of random area (``scale``, fraction of the image) and aspect ratio per image, resized
-    back to the image's size (bilinear), in one ``grid_sample``."""
+    """A crop of random area (``scale``, fraction of the image) and aspect ratio per image, turned
+    by a random angle in ``±degrees`` (none by default), resized back to the image's size
+    (bilinear), in one ``grid_sample``."""
     batch = images.shape[0]
     device = images.device
     area = _uniform(batch, scale[0], scale[1], generator, device)
@@ -69,6 +74,11 @@ def random_resized_crop(
     theta = torch.zeros(batch, 2, 3, device=device, dtype=images.dtype)
     theta[:, 0, 0], theta[:, 0, 2] = width, centre_x
     theta[:, 1, 1], theta[:, 1, 2] = height, centre_y
+    if degrees > 0:  # the crop's sampling grid turned about its centre
+        angle = _uniform(batch, -math.radians(degrees), math.radians(degrees), generator, device).to(images.dtype)
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        theta[:, 0, 0], theta[:, 0, 1] = width * cos, -height * sin
+        theta[:, 1, 0], theta[:, 1, 1] = width * sin, height * cos
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
@@ -133,6 +143,9 @@ class ViewOptions:
     jitter_probability: float = 0.8
     greyscale: float = 0.2
     blur: float = 0.0
+    rotate: float = 0.0
+    """Largest angle (degrees) of a random turn of each crop; 0: none (SimCLR's default). Digits and
+    handwriting tolerate small turns (a few degrees of slant) that a convolution does not undo."""
 
     def __post_init__(self) -> None:
         self.check("views")
@@ -146,11 +159,12 @@ class ViewOptions:
             value = getattr(self, name)
             require(0 <= value <= 1, f"{task}: {name} {value!r}: expected a probability in 0..1")
         require(0 <= self.colour_jitter <= 1, f"{task}: colour_jitter {self.colour_jitter!r}: expected 0..1")
+        require(0 <= self.rotate <= 180, f"{task}: rotate {self.rotate!r}: expected 0..180 degrees")
 
-    def view(self, images: Tensor, generator: torch.Generator) -> Tensor:
-        """One random view of every image."""
+    def view(self, images: Tensor, generator: torch.Generator, crop_scale: tuple[float, float] | None = None) -> Tensor:
+        """One random view of every image (crops of area ``crop_scale``, the options' own by default)."""
         grey = is_grey(images)
-        out = random_resized_crop(images, self.crop_scale, generator)
+        out = random_resized_crop(images, crop_scale or self.crop_scale, generator, degrees=self.rotate)
         if self.flip is True or (self.flip == "auto" and not grey):
             flip = torch.rand(out.shape[0], generator=generator, device=out.device) < 0.5
             out = torch.where(flip.view(-1, 1, 1, 1), out.flip(-1), out)
