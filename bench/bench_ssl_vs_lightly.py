@@ -45,19 +45,19 @@ LIGHTLY_MEAN, LIGHTLY_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ligh
 
 RECIPES: dict[str, dict] = {
     "simclr": {
-        "pretext": {"name": "simclr"},
-        "batch_size": 256,
+        "pretext": {"name": "simclr", "temperature": 0.2, "rotate": 25},
+        "batch_size": 64,
         "optimizer": {"name": "sgd", "lr": 0.06, "momentum": 0.9, "schedule": "cosine"},
     },
     "byol": {
-        "pretext": {"name": "byol"},
-        "batch_size": 256,
-        "optimizer": {"name": "sgd", "lr": 0.06, "momentum": 0.9, "schedule": "cosine"},
+        "pretext": {"name": "byol", "rotate": 25},
+        "batch_size": 64,
+        "optimizer": {"name": "sgd", "lr": 0.06, "momentum": 0.9, "weight_decay": 0.0005, "schedule": "cosine"},
     },
     "dino": {
-        "pretext": {"name": "dino"},
-        "batch_size": 256,
-        "optimizer": {"name": "sgd", "lr": 0.06, "momentum": 0.9, "schedule": "cosine"},
+        "pretext": {"name": "dino", "rotate": 25, "warmup_teacher_temperature": 0.04, "teacher_temperature": 0.07},
+        "batch_size": 64,
+        "optimizer": {"name": "adamw", "lr": 0.0005, "weight_decay": 0.04, "schedule": "cosine"},
     },
 }
 """headstart's side: the stage each method runs (pretext options, batch, optimizer)."""
@@ -210,15 +210,17 @@ def lightly_side(method: str, data: TaskData, budget: float, seed: int, probe_se
     )
     per_epoch = len(loader)
     started = time.perf_counter()
-    planned, steps, epoch = None, 0, 0
+    planned, steps, epoch, timed = None, 0, 0, 0.0
     backbone.train()
     while planned is None or steps < planned:
         for views in loader:
             loop.step(list(views), steps / (planned or 10**9), epoch)
             steps += 1
             elapsed = time.perf_counter() - started
-            if planned is None and steps == 3:  # plan the schedules over the steps that fit the budget
-                planned = max(steps, int(budget / (elapsed / steps)))
+            if steps == 3:  # plan the schedules over the steps that fit the budget
+                planned, timed = max(steps, int(budget / (elapsed / steps))), elapsed
+            elif steps == 20:  # and again at the steady pace, without the first steps' warm-up
+                planned = max(steps, steps + int((budget - elapsed) / ((elapsed - timed) / (steps - 3))))
             if (planned is not None and steps >= planned) or elapsed >= budget:
                 break
         epoch += 1
