@@ -108,8 +108,9 @@ def test_alter_forward_loss_shapes_and_gradients(name, structured_images):
     batch = 24 if getattr(task, "all_rotations", False) else 12 if task.kind == "embedding" else 6
     assert targets.shape[0] == batch and inputs.shape[0] == batch
     outputs = task.forward(encoder, head, inputs)
-    if task.kind == "embedding":  # two views per image; student and teacher outputs stacked when there is a teacher
-        assert outputs.shape[0] == batch or outputs.shape[:2] == (2, batch)
+    if task.kind == "embedding":  # two views per image; with a teacher, BYOL stacks student and teacher
+        # outputs, DINO concatenates every student view and then the teacher's two global views
+        assert outputs.shape[0] in (batch, 2 * batch) or outputs.shape[:2] == (2, batch)
     else:
         assert outputs.shape[0] == batch
     if task.kind == "embedding":

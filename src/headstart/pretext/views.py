@@ -16,7 +16,11 @@ here follow the images:
   brightness and contrast jitter alone, as there is no colour to distort; hue is left out (a hue
   rotation needs an HSV round trip per pixel for little gain at this size);
 * Gaussian blur — off by default (SimCLR leaves it out for 32-px CIFAR images), ``blur=p`` turns it
-  on with probability p.
+  on with probability p;
+* a random turn of each crop — off by default (SimCLR has none), ``rotate=d`` turns each crop by
+  up to ±d degrees: on the demo's 3,750 unlabelled digits it lifted SimCLR's k-NN probe from 0.776
+  to 0.824 at 15° and, with batches of 64, from 0.785 to 0.867 at 25° (10 epochs, seed 0; the
+  pretext guide's "Recipes for small grey images").
 
 Why not lightly's transforms: lightly's ``SimCLRTransform`` is a torchvision pipeline applied to
 one PIL image at a time in the ``DataLoader``; headstart alters whole batches on the training
