@@ -144,6 +144,10 @@ def test_dino_teacher_temperature_warms_up_and_is_kept_in_the_head():
         ({"local_size": 0}, "local_size"),
         ({"teacher_warmup": 2}, "teacher_warmup"),
         ({"warmup_teacher_temperature": 0}, "warmup_teacher_temperature"),
+        ({"local_crop_scale": 5}, r"local_crop_scale 5: expected two numbers"),
+        ({"local_crop_scale": [0.1]}, r"local_crop_scale \[0.1\]: expected two numbers"),
+        ({"crop_scale": "big"}, "crop_scale 'big': expected two numbers"),
+        ({"rotate": "a"}, "rotate 'a': expected 0..180 degrees"),
     ):
         with pytest.raises(HeadstartError, match=match):
             pretext.get("dino", **bad)

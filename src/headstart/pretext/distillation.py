@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from headstart.errors import HeadstartError
 from headstart.pretext.base import Encoder, PretextTask, TaskKind, check_generator, check_images, require
-from headstart.pretext.views import ViewOptions
+from headstart.pretext.views import ViewOptions, area_range
 
 if TYPE_CHECKING:
     from lightly.loss import DINOLoss
@@ -165,12 +165,16 @@ class _MomentumTask(ViewOptions, PretextTask):
         require(0 <= self.momentum < 1, f"{self.name}: momentum {self.momentum!r}: expected 0 <= momentum < 1")
 
     def alter(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """Both views stacked, ``[2B, C, H, W]``; targets: each view's image index."""
+        """Every view of :meth:`draw_views` stacked, ``[V·B, C, H, W]``; targets: each view's image index."""
         check_images(images, self.name)
         check_generator(generator, images, self.name)
-        first, second = self.two_views(images, generator)
+        views = self.draw_views(images, generator)
         index = torch.arange(images.shape[0], device=images.device)
-        return torch.cat([first, second]), torch.cat([index, index])
+        return torch.cat(views), index.repeat(len(views))
+
+    def draw_views(self, images: Tensor, generator: torch.Generator) -> list[Tensor]:
+        """The views of every image, all at the image's size: two here."""
+        return [*self.two_views(images, generator)]
 
     def momentum_at(self, progress: float) -> float:
         from lightly.utils.scheduler import cosine_schedule
@@ -319,12 +323,7 @@ class DINOTask(_MomentumTask):
             isinstance(self.local_crops, int) and self.local_crops >= 0,
             f"dino: local_crops {self.local_crops!r}: expected a whole number >= 0",
         )
-        low, high = (float(value) for value in self.local_crop_scale)
-        require(
-            0 < low <= high <= 1,
-            f"dino: local_crop_scale {tuple(self.local_crop_scale)}: expected 0 < low <= high <= 1",
-        )
-        self.local_crop_scale = (low, high)
+        self.local_crop_scale = area_range(self.local_crop_scale, "local_crop_scale", "dino")
         require(0 < self.local_size <= 1, f"dino: local_size {self.local_size!r}: expected 0 < share <= 1")
         self._head: DINOHead | None = None
 
@@ -340,16 +339,11 @@ class DINOTask(_MomentumTask):
             return self.teacher_temperature
         return start + (self.teacher_temperature - start) * progress / self.teacher_warmup
 
-    def alter(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """The two global views, then ``local_crops`` local ones, stacked at the image's size
-        (``[(2 + L)·B, C, H, W]``; :meth:`forward` shrinks the local ones to ``local_size``);
-        targets: each view's image index."""
-        check_images(images, self.name)
-        check_generator(generator, images, self.name)
+    def draw_views(self, images: Tensor, generator: torch.Generator) -> list[Tensor]:
+        """The two global views, then ``local_crops`` local ones, all at the image's size
+        (:meth:`forward` shrinks the local ones to ``local_size``)."""
         views = [*self.two_views(images, generator)]
-        views += [self.view(images, generator, self.local_crop_scale) for _ in range(self.local_crops)]
-        index = torch.arange(images.shape[0], device=images.device)
-        return torch.cat(views), index.repeat(len(views))
+        return views + [self.view(images, generator, self.local_crop_scale) for _ in range(self.local_crops)]
 
     def build_head(self, encoder: Encoder, image_size: tuple[int, int]) -> nn.Module:
         from lightly.loss import DINOLoss
