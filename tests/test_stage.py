@@ -222,6 +222,38 @@ def test_ctrl_c_from_python_raises_interrupted_and_resume_finishes(tmp_path):
     assert [row["epoch"] for row in record.history] == [0, 1, 2]
 
 
+def test_a_checkpoint_write_that_fails_behind_the_training_stops_the_stage_and_keeps_the_last_good_one(
+    tmp_path, monkeypatch
+):
+    """``last.ckpt`` is written by a thread while the next epoch trains: a disk-full error there
+    still ends the stage with that error (at the next save or at the end), leaves a whole
+    checkpoint of a finished epoch, never the failed one, and writes no stage record."""
+    import errno
+
+    from headstart.engine import trainer as trainer_module
+
+    written = []
+    real = trainer_module.atomic_write
+
+    def disk_full_at_the_second_save(path, write):
+        written.append(path)
+        if len(written) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, write)
+
+    monkeypatch.setattr(trainer_module, "atomic_write", disk_full_at_the_second_save)
+    data, spec = digit_data(20), StageSpec(name="task", epochs=3, batch_size=25)
+    with pytest.raises(OSError, match="No space left"):
+        fit_stage(digit_network(), spec, data, folder=tmp_path / "t", image_size=16)
+    assert not (tmp_path / "t" / "stage.json").exists()
+    assert [p.name for p in (tmp_path / "t").glob("*.tmp")] == []
+    saved = torch.load(tmp_path / "t" / "last.ckpt", weights_only=True)
+    assert saved["epoch"] in (0, 2)  # the epoch before the failed save, or the one after it
+    monkeypatch.setattr(trainer_module, "atomic_write", real)
+    record = fit_stage(digit_network(), spec, data, folder=tmp_path / "t", image_size=16, resume=True)
+    assert [row["epoch"] for row in record.history] == [0, 1, 2]
+
+
 def test_the_schedule_is_an_array_of_the_planned_length():
     from headstart.config import OptimizerSpec
 

@@ -164,9 +164,16 @@ class SemiSupervisedSpec(_Strict):
     batch_size))`` steps) and the labelled batches cycle, so 30 epochs are 30 passes whether the
     stage has 10 labels or 1,000. ``epoch: labelled`` counts passes over the labelled split instead
     (at 10 labels and a batch of 25, one step per epoch).
+
+    ``method: freematch`` (Wang et al., ICLR 2023) replaces the fixed threshold by self-adaptive
+    ones (:mod:`headstart.engine.freematch`): a global threshold that follows the network's mean
+    confidence on unlabelled images, scaled per class by its mean prediction, plus a fairness term
+    (weight ``fairness_weight``) that keeps the pseudo-labels spread over the classes; ``momentum``
+    is the memory of those running averages. ``threshold`` and ``distribution_alignment`` belong to
+    FixMatch only.
     """
 
-    method: Literal["fixmatch"] = "fixmatch"
+    method: Literal["fixmatch", "freematch"] = "fixmatch"
     unlabelled: Literal["all", "unlabelled"] = Field(
         "all",
         description="images used without labels: all of the training pool (FixMatch's choice, the labelled "
@@ -187,6 +194,31 @@ class SemiSupervisedSpec(_Strict):
         description="align the pseudo-labels' class marginal with the labelled split's (ReMixMatch): helps with "
         "very few labels per class, where the first confident pseudo-labels crowd into a few classes",
     )
+    momentum: float = Field(
+        0.999,
+        ge=0,
+        lt=1,
+        description="freematch: momentum of the running confidence, class prediction and class histogram "
+        "(the paper's 0.999 remembers ~1,000 steps; a stage of a few hundred steps wants ~0.99)",
+    )
+    fairness_weight: float = Field(
+        0.01, ge=0, description="freematch: weight of the self-adaptive fairness term (the paper's w_f)"
+    )
+
+    @model_validator(mode="after")
+    def _check_method(self) -> SemiSupervisedSpec:
+        if self.method == "freematch":
+            fixed = [name for name in ("threshold", "distribution_alignment") if name in self.model_fields_set]
+            if fixed:
+                raise ValueError(
+                    f"semi_supervised.{fixed[0]} is FixMatch's; freematch adapts its thresholds itself "
+                    "(its options: momentum, fairness_weight)"
+                )
+        else:
+            adaptive = [name for name in ("momentum", "fairness_weight") if name in self.model_fields_set]
+            if adaptive:
+                raise ValueError(f"semi_supervised.{adaptive[0]} belongs to method: freematch, not {self.method}")
+        return self
 
 
 DataChoice = Literal["train", "unlabelled", "all", "general"]
@@ -412,8 +444,13 @@ class RunSpec(_Strict):
         for stage in payload["stages"]:
             if stage.get("semi_supervised") is None:
                 stage.pop("semi_supervised", None)
-            elif not stage["semi_supervised"].get("distribution_alignment"):  # stages from before it keep their hash
-                stage["semi_supervised"].pop("distribution_alignment", None)
+            else:
+                semi = stage["semi_supervised"]
+                if not semi.get("distribution_alignment"):  # stages from before it keep their hash
+                    semi.pop("distribution_alignment", None)
+                if semi.get("method") == "fixmatch":  # FreeMatch's options do not change a FixMatch stage
+                    semi.pop("momentum", None)
+                    semi.pop("fairness_weight", None)
             stage.pop("compile", None)
             if stage.get("ema") is None:  # stages from before it keep their hash
                 stage.pop("ema", None)

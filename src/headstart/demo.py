@@ -14,7 +14,7 @@ training images (10 per class), the rest of the training pool unlabelled, a fixe
 * ``imagenet`` — EfficientNet-Lite0 with real ImageNet weights (offline package): a head stage on
   the frozen backbone (features cached), then fine-tuning everything at a lower rate.
 
-Each arm runs over three seeds (0, 1, 2) by default, in about nine minutes on a 2-core CPU; the
+Each arm runs over three seeds (0, 1, 2) by default, in about 17 minutes on a 2-core CPU; the
 result is a comparison folder with ``report.html`` (:mod:`headstart.compare`). The arms form a
 plain comparison file, printed with ``headstart demo --show-config`` and runnable with
 ``headstart compare``.

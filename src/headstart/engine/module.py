@@ -32,6 +32,7 @@ from headstart.engine.augment import augment, strong_augment
 from headstart.engine.batches import Batchable, ImagePlan, StreamBatches, count_of, make_loader
 from headstart.engine.callbacks import NonFiniteLoss
 from headstart.engine.fixmatch import DistributionAlignment, pseudo_labels, unlabelled_loss
+from headstart.engine.freematch import SelfAdaptiveThreshold, fairness_loss
 from headstart.engine.losses import ScheduleFromArray, build_optimizer, learning_rate_factors, resolved_lr, task_loss
 from headstart.heads import accuracy, class_logits, predicted_classes
 from headstart.imageops import resize, to_unit_range
@@ -108,6 +109,9 @@ class StageModule(pl.LightningModule):
             self.alignment = DistributionAlignment(
                 torch.bincount(labels[labels >= 0], minlength=classes).float(), reduce=self._mean_over_processes
             )
+        self.adaptive_threshold: SelfAdaptiveThreshold | None = None
+        if semi is not None and semi.method == "freematch" and pretext is None:
+            self.adaptive_threshold = SelfAdaptiveThreshold(classes, semi.momentum, reduce=self._mean_over_processes)
 
     # data -------------------------------------------------------------------------------------
     def _rank(self) -> tuple[int, int]:
@@ -222,7 +226,8 @@ class StageModule(pl.LightningModule):
     def _semi_supervised_step(
         self, images: Tensor, labels: Tensor, generator: torch.Generator
     ) -> tuple[Tensor, dict[str, Any]]:
-        """FixMatch (:mod:`headstart.engine.fixmatch`): labelled loss + weight × pseudo-label loss."""
+        """FixMatch (:mod:`headstart.engine.fixmatch`): labelled loss + weight × pseudo-label loss;
+        FreeMatch (:mod:`headstart.engine.freematch`) with self-adaptive thresholds and its fairness term."""
         semi = self.stage.semi_supervised
         assert semi is not None  # unlabelled batches are drawn only for a semi-supervised stage
         pixels, _ = next(self.unlabelled_batches)
@@ -231,12 +236,19 @@ class StageModule(pl.LightningModule):
         strong = strong_augment(unlabelled, generator, ops=semi.strong_ops, cutout_fraction=semi.cutout)
         with torch.no_grad():
             weak_logits = class_logits(self.network(self.encoder.prepare(weak)))
-            pseudo = pseudo_labels(weak_logits, semi.threshold, self.alignment)
+            if self.adaptive_threshold is not None:
+                pseudo = self.adaptive_threshold(weak_logits)
+            else:
+                pseudo = pseudo_labels(weak_logits, semi.threshold, self.alignment)
         logits = self.network(self.encoder.prepare(torch.cat([images, strong])))
-        labelled_logits, strong_logits = logits[: len(images)], logits[len(images) :]
+        labelled_logits, strong_logits = logits[: len(images)], class_logits(logits[len(images) :])
         loss, metrics = self._task_step(labelled_logits, labels, training=True)
-        loss = loss + semi.weight * unlabelled_loss(class_logits(strong_logits), pseudo)
-        return loss, {**metrics, "unlabelled_used": pseudo.used}
+        loss = loss + semi.weight * unlabelled_loss(strong_logits, pseudo)
+        metrics = {**metrics, "unlabelled_used": pseudo.used}
+        if self.adaptive_threshold is not None:
+            loss = loss + semi.fairness_weight * fairness_loss(strong_logits, pseudo, self.adaptive_threshold)
+            metrics["unlabelled_threshold"] = self.adaptive_threshold.confidence.detach().clone()
+        return loss, metrics
 
     def on_train_end(self) -> None:
         """With ``ema``, the stage ends with the averaged weights (the per-epoch validation read the

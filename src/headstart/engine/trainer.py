@@ -3,7 +3,11 @@
 :class:`TrainerOptions` says how stages run, not what they learn (device, processes, precision,
 data loading, loggers); :func:`build_trainer` turns options and a stage into a ``pl.Trainer``
 whose checkpoint writes are atomic and whose loads never run pickled code
-(:class:`AtomicCheckpointIO`).
+(:class:`AtomicCheckpointIO`). Each epoch's ``last.ckpt`` is written behind the training
+(Lightning's ``AsyncCheckpointIO``: the state is copied at the epoch's end, then written, synced
+and moved into place by one writer thread while the next epoch trains); the trainer's teardown,
+after the last epoch, a failure or Ctrl+C, waits for the writes, so a stage's files are whole
+before anything reads them.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins.io import AsyncCheckpointIO
 from pydantic import BaseModel, ConfigDict, Field
 
 from headstart.config import LoggerKind, MLflowSpec, StageSpec, default_loggers
@@ -266,14 +271,15 @@ def stage_loggers(options: TrainerOptions, folder: Path) -> list:
 
 def lightning_trainer(options: TrainerOptions, folder: str | Path, **settings: Any) -> pl.Trainer:
     """A ``pl.Trainer`` as headstart runs them: the options' device and precision, atomic
-    checkpoints (:class:`AtomicCheckpointIO`), no model summary, no sanity validation, batches
+    checkpoints (:class:`AtomicCheckpointIO`) written behind the training (module docstring), no
+    model summary, no sanity validation, batches
     split across processes by headstart's own samplers; ``settings`` add or override the rest."""
     defaults: dict[str, Any] = {
         "default_root_dir": folder,
         "accelerator": options.accelerator,
         "num_nodes": options.num_nodes,
         "precision": options.precision,
-        "plugins": [AtomicCheckpointIO()],
+        "plugins": [AsyncCheckpointIO(AtomicCheckpointIO())],
         "enable_model_summary": False,
         "num_sanity_val_steps": 0,
         "use_distributed_sampler": False,
