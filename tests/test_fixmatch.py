@@ -28,7 +28,8 @@ def _digits(labels_per_class: int = 5) -> TaskData:
     return TaskData.load({"kind": "digits"}, {"labels_per_class": labels_per_class, "seed": 0})
 
 
-def _semi_stage(threshold: float, epochs: int = 3, steps_per_epoch: int | None = 5, **extra) -> StageSpec:
+def _semi_stage(threshold: float | None = None, epochs: int = 3, steps_per_epoch: int | None = 5, **extra) -> StageSpec:
+    semi = {"ratio": 4, **({} if threshold is None else {"threshold": threshold}), **extra}
     return StageSpec(
         name="fixmatch",
         epochs=epochs,
@@ -36,7 +37,7 @@ def _semi_stage(threshold: float, epochs: int = 3, steps_per_epoch: int | None =
         batch_size=10,
         augment="crop",
         optimizer={"lr": 3e-3},
-        semi_supervised={"ratio": 4, "threshold": threshold, **extra},
+        semi_supervised=semi,
     )
 
 
@@ -247,13 +248,16 @@ def test_pseudo_labels_from_a_trained_network_lift_accuracy_above_labels_alone(t
     )
 
 
-@pytest.mark.parametrize("alignment", [False, True], ids=["plain", "distribution-alignment"])
-def test_an_interrupted_semi_supervised_stage_resumes_to_the_same_weights(
-    tmp_path, interrupted_then_resumed, alignment
-):
-    """With distribution alignment the running marginal travels in the checkpoint too."""
+@pytest.mark.parametrize(
+    "semi",
+    [{"threshold": 0.5}, {"threshold": 0.5, "distribution_alignment": True}, {"method": "freematch", "momentum": 0.9}],
+    ids=["plain", "distribution-alignment", "freematch"],
+)
+def test_an_interrupted_semi_supervised_stage_resumes_to_the_same_weights(tmp_path, interrupted_then_resumed, semi):
+    """Distribution alignment's running marginal and FreeMatch's running confidence, class
+    prediction and histogram travel in the checkpoint too."""
     data = _digits()
-    spec = _semi_stage(0.5, epochs=3, distribution_alignment=alignment)
+    spec = _semi_stage(epochs=3, **semi)
     fit_stage(_network(), spec, data, folder=tmp_path / "whole", image_size=16)
     resumed = interrupted_then_resumed(
         lambda folder, resume, callbacks: fit_stage(

@@ -207,17 +207,19 @@ class SemiSupervisedSpec(_Strict):
 
     @model_validator(mode="after")
     def _check_method(self) -> SemiSupervisedSpec:
-        if self.method == "freematch":
-            fixed = [name for name in ("threshold", "distribution_alignment") if name in self.model_fields_set]
-            if fixed:
-                raise ValueError(
-                    f"semi_supervised.{fixed[0]} is FixMatch's; freematch adapts its thresholds itself "
-                    "(its options: momentum, fairness_weight)"
-                )
-        else:
-            adaptive = [name for name in ("momentum", "fairness_weight") if name in self.model_fields_set]
-            if adaptive:
-                raise ValueError(f"semi_supervised.{adaptive[0]} belongs to method: freematch, not {self.method}")
+        # a setting of the other method is refused when it differs from its default (a spec dumped with
+        # every field, defaults included, validates again)
+        other = (
+            ("threshold", "distribution_alignment") if self.method == "freematch" else ("momentum", "fairness_weight")
+        )
+        changed = [name for name in other if getattr(self, name) != type(self).model_fields[name].default]
+        if changed and self.method == "freematch":
+            raise ValueError(
+                f"semi_supervised.{changed[0]} is FixMatch's; freematch adapts its thresholds itself "
+                "(its options: momentum, fairness_weight)"
+            )
+        if changed:
+            raise ValueError(f"semi_supervised.{changed[0]} belongs to method: freematch, not {self.method}")
         return self
 
 
