@@ -39,7 +39,7 @@ def test_demo_arms_are_the_four_of_the_main_job():
     assert arms["rotation+fixmatch"].stages[:2] == arms["rotation"].stages
     fixmatch = arms["rotation+fixmatch"].stages[2].semi_supervised
     assert fixmatch.method == "fixmatch" and fixmatch.threshold == 0.95 and fixmatch.ratio == 7
-    assert not fixmatch.distribution_alignment  # ten labels per class: alignment measured neutral there
+    assert not fixmatch.distribution_alignment  # ten labels per class: FixMatch, its fixed threshold
     assert arms["imagenet"].model.name == "efficientnet_lite0" and arms["imagenet"].model.weights == "imagenet"
     assert arms["imagenet"].stages[0].freeze == ["backbone"] and arms["imagenet"].stages[1].freeze == []
 

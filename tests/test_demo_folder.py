@@ -229,7 +229,7 @@ def test_show_config_on_photographs_is_a_comparison_file_at_the_imagenet_resolut
     assert (source.kind, source.path, source.image_size, source.channels) == ("folder", str(photos), 224, 3)
     assert spec.data.splits.test_fraction == 0.2 and spec.data.splits.labels_per_class is None
     assert spec.arms["rotation+fixmatch"].stages[-1].semi_supervised.ratio == 7
-    assert not spec.arms["rotation+fixmatch"].stages[-1].semi_supervised.distribution_alignment  # all labelled
+    assert spec.arms["rotation+fixmatch"].stages[-1].semi_supervised.method == "fixmatch"  # all labelled
     assert [run.arm for run in plan(spec)] == ARMS
     comments = [line for line in shown.stdout.splitlines() if line.startswith("# ")]
     assert any("test 5 (20% of each class, never seen by any stage)" in line for line in comments)
@@ -261,8 +261,9 @@ def test_labels_per_class_leaves_the_rest_of_the_training_images_unlabelled(phot
     # 6 per class: 1 test, 1 validation, 2 labelled, 2 unlabelled; plus the 10 images of the unlabelled folder
     assert len(splits.unlabelled) == 5 * 2 + 10 and len(splits.test) == 5 and len(splits.val) == 5
     assert "labelled training 10 (2 per class), unlabelled 20" in chosen.lines[2]
-    # two labels per class: FixMatch aligns its pseudo-labels' class marginal (demo.ALIGNMENT_UP_TO)
-    assert chosen.spec.arms["rotation+fixmatch"].stages[-1].semi_supervised.distribution_alignment
+    # two labels per class: the stage's thresholds are FreeMatch's (demo.ADAPTIVE_THRESHOLDS_UP_TO)
+    semi = chosen.spec.arms["rotation+fixmatch"].stages[-1].semi_supervised
+    assert (semi.method, semi.momentum, semi.distribution_alignment) == ("freematch", 0.99, False)
 
 
 # --------------------------------------------------------------------------------- bad input
