@@ -293,7 +293,8 @@ def render(folder: str | Path) -> str:
         parts.append(
             '<p class="muted">FixMatch (Sohn et al. 2020): a pseudo-label teaches only when the network\'s '
             "confidence on the weakly augmented image reaches the threshold; the share that does grows as "
-            "the network improves.</p>"
+            "the network improves. FreeMatch (Wang et al. 2023) lets the threshold follow the network's "
+            "running confidence, so its share starts near 1.</p>"
         )
     parts.append("<h2>Learning-rate schedules</h2>")
     for name, runs in budget["runs"].items():
