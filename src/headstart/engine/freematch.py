@@ -85,6 +85,11 @@ def _sum_normalised(values: Tensor) -> Tensor:
     return values / values.sum()
 
 
+def _inverse(histogram: Tensor) -> Tensor:
+    """``1 / h`` per class, 0 for a class the histogram never saw."""
+    return torch.where(histogram > 0, 1.0 / histogram.clamp_min(1e-12), torch.zeros_like(histogram))
+
+
 def fairness_loss(strong_logits: Tensor, pseudo: PseudoLabels, threshold: SelfAdaptiveThreshold) -> Tensor:
     """FreeMatch's self-adaptive fairness term ``−H(norm(p̃/h̃), norm(p̄/h̄))`` over the strong copies
     whose pseudo-labels passed (module docstring); zero when none did. Classes absent from the
@@ -94,12 +99,8 @@ def fairness_loss(strong_logits: Tensor, pseudo: PseudoLabels, threshold: SelfAd
     probabilities = strong_logits[pseudo.mask].float().softmax(dim=1)
     classes = probabilities.shape[1]
     histogram = _sum_normalised(torch.bincount(probabilities.argmax(dim=1), minlength=classes).float())
-    inverse = torch.where(histogram > 0, 1.0 / histogram.clamp_min(1e-12), torch.zeros_like(histogram))
-    batch = _sum_normalised(probabilities.mean(dim=0) * inverse)
-    running_inverse = torch.where(
-        threshold.histogram > 0, 1.0 / threshold.histogram.clamp_min(1e-12), torch.zeros_like(threshold.histogram)
-    )
-    target = _sum_normalised(threshold.class_probability * running_inverse).detach()
+    batch = _sum_normalised(probabilities.mean(dim=0) * _inverse(histogram))
+    target = _sum_normalised(threshold.class_probability * _inverse(threshold.histogram)).detach()
     return (target * torch.log(batch + 1e-12)).sum()
 
 
