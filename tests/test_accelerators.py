@@ -166,21 +166,34 @@ def test_compiled_and_channels_last_stages_train_as_the_eager_one(tmp_path, monk
     data = digit_data(10)
     losses = {}
     for name, options in (
-        ("eager", {}),
-        ("compiled", {"compile": True}),
-        ("channels_last", {"channels_last": True}),
+        ("eager", {"channels_last": False}),
+        ("compiled", {"compile": True, "channels_last": False}),
+        ("channels_last", {}),  # auto: on, on the CPU
     ):
         network = digit_network()
         counters.clear()
         record = fit_stage(network, STAGE, data, folder=tmp_path / name, image_size=16, options=options)
         losses[name] = record.step_losses
         assert record.device is not None and record.device.compiled == (name == "compiled")
+        assert record.device.channels_last == (name == "channels_last")
         assert (counters["stats"]["unique_graphs"] > 0) == (name == "compiled")  # compiled code really ran
         assert not is_compiled(network.backbone)
         assert all(p.is_contiguous() for p in network.parameters())
     assert len(losses["eager"]) > 1
     for name in ("compiled", "channels_last"):
         np.testing.assert_allclose(losses[name], losses["eager"], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_channels_last_auto_is_on_where_nhwc_convolutions_are_faster(monkeypatch):
+    options = TrainerOptions()
+    assert options.channels_last == "auto" and options.uses_channels_last("cpu")
+    assert not options.uses_channels_last("mps")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *device: (6, 1))  # Pascal: no tensor cores
+    assert not options.uses_channels_last("cuda")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *device: (9, 0))
+    assert options.uses_channels_last("cuda")
+    assert not TrainerOptions(channels_last=False).uses_channels_last("cpu")
+    assert TrainerOptions(channels_last=True).uses_channels_last("mps")
 
 
 def test_a_stage_says_whether_it_compiles_over_the_run():

@@ -21,7 +21,7 @@ from headstart.data.splits import make_splits
 from headstart.demo import LABELS_PER_CLASS, SPLITS, demo_arms
 from helpers import grey_image
 
-ARMS = ["scratch", "rotation", "rotation+fixmatch", "imagenet"]
+ARMS = ["scratch", "rotation", "rotation+freematch", "imagenet"]
 
 
 def test_demo_arms_are_the_four_of_the_main_job():
@@ -36,10 +36,10 @@ def test_demo_arms_are_the_four_of_the_main_job():
     assert arms["rotation"].stages[0].data == "all"
     # the semi-supervised arm extends the rotation arm by one FixMatch stage (so the comparison shares
     # the rotation arm's stages and reports what FixMatch added)
-    assert arms["rotation+fixmatch"].stages[:2] == arms["rotation"].stages
-    fixmatch = arms["rotation+fixmatch"].stages[2].semi_supervised
-    assert fixmatch.method == "fixmatch" and fixmatch.threshold == 0.95 and fixmatch.ratio == 7
-    assert not fixmatch.distribution_alignment  # ten labels per class: FixMatch, its fixed threshold
+    assert arms["rotation+freematch"].stages[:2] == arms["rotation"].stages
+    semi = arms["rotation+freematch"].stages[2].semi_supervised
+    assert (semi.method, semi.momentum, semi.ratio, semi.epoch) == ("freematch", 0.99, 7, "unlabelled")
+    assert arms["rotation+freematch"].stages[2].epochs == 9 and arms["rotation"].model.image_size == 32
     assert arms["imagenet"].model.name == "efficientnet_lite0" and arms["imagenet"].model.weights == "imagenet"
     assert arms["imagenet"].stages[0].freeze == ["backbone"] and arms["imagenet"].stages[1].freeze == []
 
@@ -87,15 +87,18 @@ def test_quick_demo_runs_the_four_arms_over_two_seeds_and_reports_them(tmp_path:
     assert rows["rotation"]["head_start_seconds"]["mean"] > 0 and rows["scratch"]["head_start_seconds"]["mean"] == 0
     assert rows["imagenet"]["cached_steps_to_target"]["n"] == rows["imagenet"]["reached"]
     assert "± " in result.stdout and "won with test accuracy" in result.stdout and "report:" in result.stdout
-    assert rows["rotation+fixmatch"]["test_accuracy"]["mean"] > rows["rotation"]["test_accuracy"]["mean"]
-    assert "fixmatch added +" in result.stdout and "to rotation (rotation+fixmatch" in result.stdout
+    assert rows["rotation+freematch"]["test_accuracy"]["mean"] > rows["rotation"]["test_accuracy"]["mean"]
+    assert "freematch added +" in result.stdout and "to rotation (rotation+freematch" in result.stdout
     assert result.stderr.count("0-rotation, 1-task shared with rotation") == 2
     assert "[8/8] imagenet, seed 1" in result.stderr
     assert (output / "report.html").stat().st_size > 100_000
     assert "Semi-supervised stages" in (output / "report.html").read_text()
-    fixmatch = json.loads((output / "rotation+fixmatch" / "seed-0" / "2-fixmatch" / "stage.json").read_text())
+    fixmatch = json.loads((output / "rotation+freematch" / "seed-0" / "2-freematch" / "stage.json").read_text())
+    # two passes over the pool; FreeMatch's global threshold starts at 1/C and rises with the confidence
+    threshold = [row["train_unlabelled_threshold"] for row in fixmatch["history"]]
     used = [row["train_unlabelled_used"] for row in fixmatch["history"]]
-    assert len(used) == 2 and used[-1] > used[0] + 0.05 and used[-1] > 0.1, used  # two passes over the pool
+    assert len(threshold) == 2 and 0.1 < threshold[0] < threshold[1], threshold
+    assert all(0.1 < share <= 1 for share in used), used
     assert fixmatch["data"]["unlabelled_images"] == 3750
     # a second demo reuses every finished run
     again = CliRunner().invoke(app, ["demo", "--quick", "--seeds", "2", "--output", str(output)])

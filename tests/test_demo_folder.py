@@ -35,7 +35,7 @@ from headstart.errors import HeadstartError
 from headstart.probe import run_data
 from helpers import truncated_jpeg
 
-ARMS = ["scratch", "rotation", "rotation+fixmatch", "imagenet"]
+ARMS = ["scratch", "rotation", "rotation+freematch", "imagenet"]
 PHOTOS = {"astronaut": "astronaut", "cat": "chelsea", "coffee": "coffee", "rocket": "rocket"}
 PER_CLASS = 6
 
@@ -153,7 +153,7 @@ def _comparison(scale: float, seeds: int = 2):
 
 
 def test_fixmatch_cost_counts_passes_over_the_unlabelled_images():
-    stage = _comparison(1.0).arms["rotation+fixmatch"].stages[-1]
+    stage = _comparison(1.0).arms["rotation+freematch"].stages[-1]
     semi = stage.semi_supervised
     speed = SPEEDS["resnet10t@64"]
     step = (25 + 7 * 25) * speed.train + 7 * 25 * speed.infer
@@ -174,8 +174,8 @@ def test_shared_stages_are_costed_once_and_seeds_multiply():
     rotation_stages = sum(
         stage_seconds(stage, SPEEDS["resnet10t@64"], COUNTS) for stage in _comparison(1.0).arms["rotation"].stages
     )
-    # rotation+fixmatch after rotation trains its FixMatch stage only: rotation's stages are not paid twice
-    saved = cost("rotation") + cost("rotation+fixmatch") - cost("rotation", "rotation+fixmatch")
+    # rotation+freematch after rotation trains its semi-supervised stage only: rotation's stages are not paid twice
+    saved = cost("rotation") + cost("rotation+freematch") - cost("rotation", "rotation+freematch")
     assert saved > rotation_stages
 
 
@@ -228,8 +228,8 @@ def test_show_config_on_photographs_is_a_comparison_file_at_the_imagenet_resolut
     source = spec.data.source
     assert (source.kind, source.path, source.image_size, source.channels) == ("folder", str(photos), 224, 3)
     assert spec.data.splits.test_fraction == 0.2 and spec.data.splits.labels_per_class is None
-    assert spec.arms["rotation+fixmatch"].stages[-1].semi_supervised.ratio == 7
-    assert spec.arms["rotation+fixmatch"].stages[-1].semi_supervised.method == "fixmatch"  # all labelled
+    assert spec.arms["rotation+freematch"].stages[-1].semi_supervised.ratio == 7
+    assert spec.arms["rotation+freematch"].stages[-1].semi_supervised.method == "freematch"
     assert [run.arm for run in plan(spec)] == ARMS
     comments = [line for line in shown.stdout.splitlines() if line.startswith("# ")]
     assert any("test 5 (20% of each class, never seen by any stage)" in line for line in comments)
@@ -261,8 +261,8 @@ def test_labels_per_class_leaves_the_rest_of_the_training_images_unlabelled(phot
     # 6 per class: 1 test, 1 validation, 2 labelled, 2 unlabelled; plus the 10 images of the unlabelled folder
     assert len(splits.unlabelled) == 5 * 2 + 10 and len(splits.test) == 5 and len(splits.val) == 5
     assert "labelled training 10 (2 per class), unlabelled 20" in chosen.lines[2]
-    # two labels per class: the stage's thresholds are FreeMatch's (demo.ADAPTIVE_THRESHOLDS_UP_TO)
-    semi = chosen.spec.arms["rotation+fixmatch"].stages[-1].semi_supervised
+    # at every budget the semi-supervised stage has FreeMatch's thresholds (demo.SEMI_SUPERVISED)
+    semi = chosen.spec.arms["rotation+freematch"].stages[-1].semi_supervised
     assert (semi.method, semi.momentum, semi.distribution_alignment) == ("freematch", 0.99, False)
 
 
@@ -410,7 +410,7 @@ def test_folder_demo_runs_the_four_arms_on_photographs_within_its_budget(photos,
     assert len(test) == 5 and not test & (files(splits.pool()) | files(splits.val))
     assert not any(path.startswith(str(extra)) for path in test)
     assert len(splits.pool()) == len(splits.train) + 10  # the unlabelled folder joins the pool
-    sides = {"scratch": 64, "rotation": 64, "rotation+fixmatch": 64, "imagenet": 224}
+    sides = {"scratch": 64, "rotation": 64, "rotation+freematch": 64, "imagenet": 224}
     for arm in ARMS:
         run = RunRecord.read(output / arm / "seed-0")
         for name in run.finished_stages:

@@ -269,6 +269,31 @@ def test_the_schedule_is_an_array_of_the_planned_length():
         schedule.step()
 
 
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_adam_runs_its_fused_kernel_and_steps_as_the_per_tensor_loop_does(name):
+    from headstart.config import OptimizerSpec
+    from headstart.engine.losses import build_optimizer, parameter_groups
+
+    networks = [digit_network(), digit_network()]
+    for network in networks:
+        network.replace_head(HeadSpec(outputs=10))
+    networks[1].load_state_dict(networks[0].state_dict())
+    spec = OptimizerSpec(name=name, lr=1e-2, weight_decay=1e-2, group_lr={"head": 1e-3})
+    fused = build_optimizer(networks[0], spec, "task")
+    assert all(group["fused"] for group in fused.param_groups)
+    kind = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+    loop = kind(parameter_groups(networks[1], spec), lr=1e-2, weight_decay=1e-2, foreach=False)
+    images, labels = torch.rand(8, 1, 16, 16), torch.arange(8)
+    for optimizer, network in zip((fused, loop), networks, strict=True):
+        for _ in range(3):
+            optimizer.zero_grad()
+            F.cross_entropy(network(images), labels).backward()
+            optimizer.step()
+    for (key, value), expected in zip(networks[0].state_dict().items(), networks[1].state_dict().values(), strict=True):
+        torch.testing.assert_close(value, expected, rtol=1e-4, atol=1e-5, msg=key)
+    assert set(fused.state_dict()["state"][0]) == set(loop.state_dict()["state"][0])  # checkpoints resume either way
+
+
 def test_a_damaged_stage_record_is_refused_naming_the_file(tmp_path):
     record = fit_stage(
         digit_network(),

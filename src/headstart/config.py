@@ -115,6 +115,9 @@ class OptimizerSpec(_Strict):
     ``lr: find`` sweeps the rate first with this stage's freezing, BatchNorm policy, data and head
     (the LR range test of :mod:`headstart.lrfind`), records the sweep in the stage folder and trains
     with its suggestion.
+
+    Adam and AdamW run PyTorch's fused kernel (one pass over every tensor of a step) wherever every
+    trainable parameter is on the CPU or a CUDA device (:func:`headstart.engine.losses.fusable`).
     """
 
     name: Literal["adam", "adamw", "sgd"] = "adam"
@@ -364,8 +367,10 @@ class RunSpec(_Strict):
     compile: bool = Field(
         False, description="torch.compile the backbone of every stage (a stage's own compile: overrides)"
     )
-    channels_last: bool = Field(
-        False, description="train in channels-last memory format (faster convolutions on tensor-core GPUs)"
+    channels_last: bool | Literal["auto"] = Field(
+        "auto",
+        description="train in channels-last (NHWC) memory format; auto: on the CPU (oneDNN's convolutions) and "
+        "on tensor-core GPUs (compute capability 7.0 or later), off on older GPUs and Apple's MPS",
     )
     decode: Literal["cpu", "device"] = Field(
         "cpu",

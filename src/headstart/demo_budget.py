@@ -20,6 +20,7 @@ from typing import Any
 from headstart.compare import CompareSpec
 from headstart.config import StageSpec
 from headstart.data.splits import Splits
+from headstart.engine.trainer import TrainerOptions
 from headstart.errors import HeadstartError
 from headstart.files import hardware, read_json
 
@@ -142,7 +143,9 @@ def measure_speed(model: str, side: int, *, batch: int | None = None, repeats: i
     started = time.perf_counter()
     network = load(model, weights=None, include_top=False, num_classes=2).to(device)
     build = time.perf_counter() - started
-    images = torch.rand(batch, 3, side, side, device=device)  # stages train in the default memory format
+    images = torch.rand(batch, 3, side, side, device=device)
+    if TrainerOptions().uses_channels_last(device):  # as the stages will train (channels_last: auto)
+        network.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-4)
     network.train()
 

@@ -343,7 +343,6 @@ def folder_comparison(
                 _model_block(SMALL_MODEL, None, small),
                 _model_block(IMAGENET_MODEL, "imagenet", imagenet),
                 scaled_epochs(scale),
-                labels_per_class,
             ),
         }
 

@@ -1,6 +1,8 @@
 """Driving an accelerator: batches that arrive on the device ahead of time, compiled and channels-last networks.
 
-Options of a run (and of :class:`~headstart.engine.trainer.TrainerOptions`), all off by default:
+Options of a run (and of :class:`~headstart.engine.trainer.TrainerOptions`), off by default but
+``channels_last``, whose ``auto`` turns it on where NHWC convolutions are faster
+(:meth:`~headstart.engine.trainer.TrainerOptions.uses_channels_last`):
 
 ``prefetch``
     :class:`DeviceFeed` copies batch ``n + 1`` to the GPU on a side CUDA stream while step ``n``
@@ -15,7 +17,8 @@ Options of a run (and of :class:`~headstart.engine.trainer.TrainerOptions`), all
 ``channels_last``
     The network's 4-D weights in channels-last (NHWC) order for the stage: tensor-core
     convolutions read NHWC directly (NVIDIA's Deep Learning Performance guide: "channels-last
-    memory format … avoids the transpositions"), and convolution outputs follow their weights.
+    memory format … avoids the transpositions"), as do oneDNN's CPU convolutions, and convolution
+    outputs follow their weights.
 ``compile``
     ``torch.compile`` on the backbone's ``forward_features`` for the stage — the one function every
     path calls (task head, pretext tasks, feature maps) — set on the instance, so weight names and
