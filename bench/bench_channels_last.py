@@ -8,7 +8,7 @@ of 175-200 images), for ``--epochs`` epochs each. "NCHW" forces ``channels_last:
 must end with validation accuracies within round-off of each other. The ratio printed is NCHW
 seconds over NHWC seconds (above 1: channels-last is faster).
 
-    python bench/bench_channels_last.py [--epochs 1] [--repeats 2] [--size 28]
+    python bench/bench_channels_last.py [--epochs 1] [--repeats 2] [--size 32]
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--size", type=int, default=28)
+    parser.add_argument("--size", type=int, default=32)
     arguments = parser.parse_args()
     data = TaskData.load({"kind": "mnist5k", "image_size": arguments.size}, SPLITS)
     for name, settings in STAGES.items():

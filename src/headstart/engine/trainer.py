@@ -130,8 +130,8 @@ class TrainerOptions(BaseModel):
         """Whether a stage on ``device_type`` (``cpu``, ``cuda``, ``mps``) trains in channels-last order.
 
         ``auto`` turns it on where convolutions run faster in NHWC: on the CPU, whose oneDNN
-        convolutions are NHWC-native (resnet10t on two cores, batch 128-200 at 28-32 px: 1.13-1.27x
-        images/s, ``bench/bench_channels_last.py``; about even at batch 25), and on GPUs with tensor
+        convolutions are NHWC-native (resnet10t on two cores, the demo's stages at 32 px: rotation
+        1.13x, FreeMatch 1.33x, ``bench/bench_channels_last.py``), and on GPUs with tensor
         cores (compute capability 7.0 or later; NVIDIA's Deep Learning Performance guide); off on
         older GPUs and on Apple's MPS, where NHWC kernels are not the fast path."""
         if self.channels_last != "auto":
