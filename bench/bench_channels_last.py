@@ -14,44 +14,22 @@ seconds over NHWC seconds (above 1: channels-last is faster).
 from __future__ import annotations
 
 import argparse
-import tempfile
-import time
-
-import torch
 
 from _alternate import alternate
+from _stage_sides import demo_data, print_ratio, stage_side
 from headstart.config import StageSpec
-from headstart.data import TaskData
-from headstart.stage import fit_stage
-from headstart.zoo import load
 
-SPLITS = {"test_fraction": 0.2, "val_fraction": 0.05, "labels_per_class": 10, "seed": 0}
 STAGES = {
     "rotation": {"data": "all", "pretext": {"name": "rotation"}, "batch_size": 128},
     "freematch": {"batch_size": 25, "semi_supervised": {"method": "freematch", "ratio": 7, "momentum": 0.99}},
 }
 
 
-def _side(data: TaskData, stage: StageSpec, size: int, channels_last: bool):
-    def run() -> dict:
-        torch.manual_seed(0)
-        network = load("resnet10t", weights=None, include_top=False, num_classes=10, in_chans=1)
-        with tempfile.TemporaryDirectory() as folder:
-            start = time.perf_counter()
-            record = fit_stage(
-                network,
-                stage,
-                data,
-                folder=folder,
-                image_size=size,
-                options={"progress": False, "channels_last": channels_last},
-            )
-            seconds = time.perf_counter() - start
+def _side(data, stage: StageSpec, size: int, channels_last: bool):
+    def check(record) -> None:
         assert record.device is not None and record.device.channels_last == channels_last
-        accuracy = record.history[-1]["val_accuracy"]
-        return {"seconds": seconds, "epochs_per_second": stage.epochs / seconds, "val_accuracy": accuracy}
 
-    return run
+    return stage_side(data, stage, size=size, options={"channels_last": channels_last}, check=check)
 
 
 def main() -> None:
@@ -60,7 +38,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--size", type=int, default=32)
     arguments = parser.parse_args()
-    data = TaskData.load({"kind": "mnist5k", "image_size": arguments.size}, SPLITS)
+    data = demo_data(arguments.size)
     for name, settings in STAGES.items():
         stage = StageSpec(
             name=name,
@@ -78,13 +56,7 @@ def main() -> None:
             arguments.repeats,
             key="epochs_per_second",
         )
-        nchw, nhwc = best["NCHW"], best["NHWC"]
-        assert abs(nchw["val_accuracy"] - nhwc["val_accuracy"]) < 0.05, (nchw, nhwc)
-        print(
-            f"  {name}: NCHW {nchw['seconds']:.1f} s, NHWC {nhwc['seconds']:.1f} s; ratio "
-            f"{nchw['seconds'] / nhwc['seconds']:.3f}x; validation accuracy {nchw['val_accuracy']:.3f} / "
-            f"{nhwc['val_accuracy']:.3f}"
-        )
+        print_ratio(f"  {name}", best, "NCHW", "NHWC", tolerance=0.05)
 
 
 if __name__ == "__main__":
