@@ -130,10 +130,11 @@ class TrainerOptions(BaseModel):
         """Whether a stage on ``device_type`` (``cpu``, ``cuda``, ``mps``) trains in channels-last order.
 
         ``auto`` turns it on where convolutions run faster in NHWC: on the CPU, whose oneDNN
-        convolutions are NHWC-native (resnet10t on two cores, the demo's stages at 32 px: rotation
-        1.13x, FreeMatch 1.33x, ``bench/bench_channels_last.py``), and on GPUs with tensor
-        cores (compute capability 7.0 or later; NVIDIA's Deep Learning Performance guide); off on
-        older GPUs and on Apple's MPS, where NHWC kernels are not the fast path."""
+        convolutions are NHWC-native (resnet10t on two cores, the demo's stages at 32 px, three
+        runs of ``bench/bench_channels_last.py``: rotation 1.02-1.13x, FreeMatch 1.17-1.33x), and
+        on GPUs with tensor cores (compute capability 7.0 or later; NVIDIA's Deep Learning
+        Performance guide); off on older GPUs and on Apple's MPS, where NHWC kernels are not the
+        fast path."""
         if self.channels_last != "auto":
             return self.channels_last
         if device_type == "cpu":
