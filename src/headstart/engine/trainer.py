@@ -247,9 +247,7 @@ def check_launch(devices: int, num_nodes: int) -> None:
         )
 
 
-def device_description(
-    trainer: pl.Trainer, options: TrainerOptions, *, compiled: bool, channels_last: bool
-) -> dict[str, Any]:
+def device_description(trainer: pl.Trainer, options: TrainerOptions, *, compiled: bool) -> dict[str, Any]:
     """What a stage actually trains on, from the built trainer: device type and name, processes
     and machines, precision, and how the accelerator is driven."""
     root = trainer.strategy.root_device
@@ -266,7 +264,7 @@ def device_description(
         "num_nodes": int(trainer.num_nodes),
         "precision": str(trainer.precision),
         "compiled": compiled,
-        "channels_last": channels_last,
+        "channels_last": options.uses_channels_last(root.type),
         "decode": options.decode,
         "prefetch": options.prefetch and root.type == "cuda",
     }

@@ -101,8 +101,7 @@ def train(
     )
     trainer = build_trainer(plan.options, stage, folder, callbacks + plan.callbacks, tracking.loggers)
     compiled = (stage.compile if stage.compile is not None else plan.options.compile) and not data.cached
-    channels_last = plan.options.uses_channels_last(trainer.strategy.root_device.type)
-    device = DeviceRecord(**device_description(trainer, plan.options, compiled=compiled, channels_last=channels_last))
+    device = DeviceRecord(**device_description(trainer, plan.options, compiled=compiled))
     if is_rank_zero():
         print(f"stage '{stage.name}' trains on {device.describe()}", file=sys.stderr, flush=True)
     # Lightning keeps the mode a module arrives in, and a loaded network arrives in eval mode: without
@@ -111,7 +110,7 @@ def train(
     network.train()
     resume_from = folder / RESUME_FILE
     try:
-        with accelerated(network, compile=compiled, channels_last=channels_last):
+        with accelerated(network, compile=compiled, channels_last=device.channels_last):
             trainer.fit(module, ckpt_path=str(resume_from) if resume and resume_from.is_file() else None)
     except (RunInterrupted, SIGTERMException, KeyboardInterrupt) as interruption:
         raise Interrupted(folder, stage.name) from interruption
