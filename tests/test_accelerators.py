@@ -1,5 +1,6 @@
 """The accelerator by default, its options checked, and the accelerator path run on the CPU:
-device decoding (libjpeg-turbo standing in for nvJPEG), compile, channels-last, the device record."""
+device decoding (libjpeg-turbo standing in for nvJPEG), compile, channels-last, one-pixel
+convolutions as matrix products, the device record."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from headstart.config import RunSpec, StageSpec, parse_run
 from headstart.data import SourceSpec, TaskData
 from headstart.data.dataset import FileStore
 from headstart.data.encoded import EncodedImages, decode_encoded, read_encoded
-from headstart.engine.accelerate import DeviceFeed, FedLoader, accelerated, is_compiled
+from headstart.engine.accelerate import DeviceFeed, FedLoader, OnePixelConv2d, accelerated, is_compiled
 from headstart.engine.batches import make_loader
 from headstart.engine.trainer import TrainerOptions, check_launch, is_rank_zero, launcher
 from headstart.errors import HeadstartError
@@ -176,6 +177,8 @@ def test_compiled_and_channels_last_stages_train_as_the_eager_one(tmp_path, monk
         losses[name] = record.step_losses
         assert record.device is not None and record.device.compiled == (name == "compiled")
         assert record.device.channels_last == (name == "channels_last")
+        assert record.device.one_pixel_matmul  # the CPU
+        assert not any(isinstance(module, OnePixelConv2d) for module in network.modules())
         assert (counters["stats"]["unique_graphs"] > 0) == (name == "compiled")  # compiled code really ran
         assert not is_compiled(network.backbone)
         assert all(p.is_contiguous() for p in network.parameters())
@@ -203,6 +206,88 @@ def test_a_stage_says_whether_it_compiles_over_the_run():
     with accelerated(network, channels_last=True):
         assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
     assert weight.is_contiguous()
+
+
+# ----------------------------------------------------------------- one-pixel convolutions
+
+
+@pytest.mark.parametrize(
+    ("image", "kernel", "stride", "padding", "bias"),
+    [
+        (1, 3, 1, 1, False),  # resnet's 3x3 convolution on a 1x1 map
+        (2, 3, 2, 1, False),  # the stride-2 convolution that makes the 1x1 map
+        (1, 1, 1, 0, True),
+        (3, 3, 1, 0, True),  # no padding: the whole kernel on the image
+        (2, 3, 1, 1, True),  # a 2x2 output: the plain convolution
+        (5, 3, 2, 1, False),
+    ],
+)
+def test_one_pixel_convolutions_give_the_convolutions_outputs_and_gradients(image, kernel, stride, padding, bias):
+    torch.manual_seed(0)
+    plain = torch.nn.Conv2d(16, 24, kernel, stride=stride, padding=padding, bias=bias)
+    fast = OnePixelConv2d(16, 24, kernel, stride=stride, padding=padding, bias=bias)
+    fast.load_state_dict(plain.state_dict())
+    inputs = torch.randn(6, 16, image, image)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        expected_input = inputs.clone().to(memory_format=layout).requires_grad_()
+        fast_input = inputs.clone().to(memory_format=layout).requires_grad_()
+        expected, got = plain(expected_input), fast(fast_input)
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        weights = torch.randn_like(expected)
+        (expected * weights).sum().backward()
+        (got * weights).sum().backward()
+        torch.testing.assert_close(fast_input.grad, expected_input.grad, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fast.weight.grad, plain.weight.grad, rtol=1e-5, atol=1e-5)
+        plain.zero_grad()
+        fast.zero_grad()
+    one_pixel = expected.shape[-2:] == (1, 1)
+    assert (fast._taps_on_image(inputs) is not None) == one_pixel
+
+
+def test_convolutions_the_matrix_product_does_not_cover_run_as_convolutions():
+    inputs = torch.randn(2, 8, 1, 1)
+    for layer in (
+        OnePixelConv2d(8, 8, 3, padding=1, groups=2),
+        OnePixelConv2d(8, 8, 3, padding=2, dilation=2),
+        OnePixelConv2d(8, 8, 3, padding="same"),
+        OnePixelConv2d(8, 8, 3, padding=1, padding_mode="reflect"),
+    ):
+        assert layer._taps_on_image(inputs) is None
+    with pytest.raises(RuntimeError):  # the convolution's own error: the image is smaller than the kernel
+        OnePixelConv2d(8, 8, 3)(inputs)
+
+
+def test_a_resnet_on_small_images_steps_as_with_plain_convolutions():
+    """resnet's last stage sees 1x1 maps at 32 px; with the swap it trains to the same losses, the
+    swapped layers really take the matrix product, and plain ``Conv2d`` modules come back."""
+    import timm
+
+    losses = {}
+    for swap in (False, True):
+        torch.manual_seed(0)
+        network = timm.create_model("resnet10t", num_classes=10, pretrained=False)
+        optimizer = torch.optim.SGD(network.parameters(), lr=0.05)
+        seen: list[bool] = []
+
+        def took_the_product(module, args, seen=seen) -> None:
+            seen.append(isinstance(module, OnePixelConv2d) and module._taps_on_image(args[0]) is not None)
+
+        hook = network.layer4[0].conv2.register_forward_pre_hook(took_the_product)
+        losses[swap] = []
+        with accelerated(network, one_pixel_matmul=swap):
+            for step in range(3):
+                generator = torch.Generator().manual_seed(step)
+                images, labels = torch.rand(8, 3, 32, 32, generator=generator), torch.arange(8) % 10
+                loss = torch.nn.functional.cross_entropy(network(images), labels)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                losses[swap].append(loss.item())
+        hook.remove()
+        assert seen == [swap] * 3
+        assert all(type(module) is not OnePixelConv2d for module in network.modules())
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-4)
 
 
 # ------------------------------------------------------------------------- device decoding

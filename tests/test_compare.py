@@ -115,6 +115,37 @@ def test_every_arm_runs_at_every_seed_on_the_same_splits(comparison):
     assert result.verdicts and ("won with test accuracy" in result.verdicts[0])
 
 
+def test_a_backbone_met_again_is_probed_once(tmp_path):
+    """A head stage on a frozen backbone hands on the backbone it started from: its probe is the
+    start's, computed once (the demo's ImageNet arm); a changed backbone is probed anew."""
+    spec = {
+        "output": str(tmp_path / "frozen"),
+        "seeds": 1,
+        "data": DATA,
+        "arms": {
+            "frozen": {
+                "model": TINY,
+                "stages": [
+                    {"name": "head", "freeze": ["backbone"], "epochs": 1, "batch_size": 25},
+                    {"name": "task", "epochs": 1, "batch_size": 25},
+                ],
+            }
+        },
+        "attention": {"enabled": False},
+    }
+    lines: list[str] = []
+    run_comparison(spec, echo=lines.append, progress=False)
+    assert any("probes of 3 backbones (1 met before)" in line for line in lines), lines
+    run = tmp_path / "frozen" / "frozen" / "seed-0"
+    start, head, task = (
+        json.loads(path.read_text())
+        for path in (run / "init-probe.json", run / "0-head" / "probe.json", run / "1-task" / "probe.json")
+    )
+    assert head["source"].endswith("0-head") and start["source"] == "init"
+    assert {**head, "source": "init"} == start
+    assert task["source"].endswith("1-task") and task["seconds"] != start["seconds"]  # computed anew
+
+
 def test_time_to_target_counts_head_start_seconds_and_steps_from_the_stage_records(comparison):
     _, result, _ = comparison
     folder = result.folder / "rotation" / "seed-0"

@@ -152,6 +152,19 @@ def test_extractor_drops_pre_logits_layers_features_never_use():
     assert isinstance(full.backbone.conv_head, nn.Conv2d)
 
 
+def test_which_layers_features_never_use_is_traced_once_per_model(monkeypatch):
+    traced = []
+    trace = zoo._trace_unused_parameter_modules
+    monkeypatch.setattr(zoo, "_UNUSED_MODULES", {})
+    monkeypatch.setattr(
+        zoo, "_trace_unused_parameter_modules", lambda entry, chans: traced.append(chans) or trace(entry, chans)
+    )
+    for in_chans in (3, 3, 1):
+        network = zoo.load("MobileNetV3Small", weights=None, include_top=False, in_chans=in_chans)
+        assert isinstance(network.backbone.conv_head, nn.Identity)
+    assert traced == [3, 1]
+
+
 def test_new_head_on_features_and_num_classes_shortcut():
     network = zoo.load(TINY, weights=None, include_top=False, head=HeadSpec(hidden=[16], outputs=3))
     assert isinstance(network.head, DenseHead) and network.head.dense0.in_features == network.num_features

@@ -122,6 +122,9 @@ class DeviceRecord(BaseModel):
     precision: str = "32-true"
     compiled: bool = False
     channels_last: bool = False
+    one_pixel_matmul: bool = False
+    """Convolutions with a one-pixel output computed as matrix products (on the CPU,
+    :class:`~headstart.engine.accelerate.OnePixelConv2d`)."""
     decode: Literal["cpu", "device"] = "cpu"
     prefetch: bool = False
 
@@ -132,7 +135,12 @@ class DeviceRecord(BaseModel):
             machines = f" on {self.num_nodes} machines" if self.num_nodes > 1 else ""
             parts.append(f"{self.processes} processes{machines}")
         parts.append(self.precision)
-        parts += [label for on, label in ((self.compiled, "compiled"), (self.channels_last, "channels-last")) if on]
+        flags = (
+            (self.compiled, "compiled"),
+            (self.channels_last, "channels-last"),
+            (self.one_pixel_matmul, "one-pixel convolutions as matmuls"),
+        )
+        parts += [label for on, label in flags if on]
         if self.decode == "device":
             parts.append("JPEGs decoded on the device")
         if self.prefetch:

@@ -234,7 +234,20 @@ def resolve(name: str) -> ZooEntry:
     )
 
 
+_UNUSED_MODULES: dict[tuple[str, str, int], tuple[str, ...]] = {}
+""":func:`_trace_unused_parameter_modules` by model and input channels: an architecture's answer does not
+change, and tracing it took about a third of a second a load (the demo loads some forty networks)."""
+
+
 def _unused_parameter_modules(entry: ZooEntry, in_chans: int) -> list[str]:
+    """:func:`_trace_unused_parameter_modules`, traced once per model and number of input channels."""
+    key = (entry.provider, entry.timm_name, in_chans)
+    if key not in _UNUSED_MODULES:
+        _UNUSED_MODULES[key] = tuple(_trace_unused_parameter_modules(entry, in_chans))
+    return list(_UNUSED_MODULES[key])
+
+
+def _trace_unused_parameter_modules(entry: ZooEntry, in_chans: int) -> list[str]:
     """Modules of a classifier-less model whose parameters ``forward_features`` never touches.
 
     timm keeps some pre-logits layers when the classifier is removed (MobileNetV3's 1280-channel

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from headstart.compare.evidence import attention_maps_of_arms, attention_picks, probe_run
+from headstart.compare.evidence import ProbeMemo, attention_maps_of_arms, attention_picks, probe_run
 from headstart.compare.sharing import common_stages, extends, link_stages, reuse_or_resume, shared_stages
 from headstart.compare.spec import (
     ATTENTION_FILE,
@@ -162,6 +162,7 @@ def run(
         progress if progress is not None else (spec.progress if spec.progress is not None else sys.stderr.isatty())
     )
     finished: list[PlannedRun] = []
+    probed = ProbeMemo()
     for number, (planned, decision) in enumerate(zip(runs, decisions, strict=True), start=1):
         budget = f", {labels_per_class_text(planned.budget)}" if planned.budget is not None else ""
         stages = " → ".join(stage.name for stage in planned.spec.stages)
@@ -202,7 +203,7 @@ def run(
             )
         finished.append(planned)
         if spec.probes.enabled:
-            probe_run(planned, spec.probes, echo)
+            probe_run(planned, spec.probes, echo, probed)
     if spec.attention.enabled:
         attention_maps_of_arms(spec, runs, echo)
     table = summarise(root)

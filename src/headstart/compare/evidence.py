@@ -3,8 +3,10 @@ maps of every arm's final network on the same test images, one per class."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,10 +18,36 @@ from headstart.seeds import derive
 from headstart.structure import prepare_run
 
 
-def probe_run(planned: PlannedRun, options: ProbeOptions, echo: Callable[[str], None]) -> None:
-    """Probe the backbone the run starts from and each finished stage's; skip those already probed."""
-    from headstart.probe import PROBE_FILE, probe_network, probe_stage, run_data
+class ProbeMemo:
+    """Probes already computed in one comparison, by what decides their scores: the backbone's
+    weights and buffers (a digest of every tensor), the run's data block, the image size and the
+    probe options. A backbone met again is not probed again: the ImageNet arm starts from the same
+    weights at every seed, and a head stage on a frozen backbone hands on the backbone it started
+    from (the demo's ImageNet arm: nine probes of three backbones each, four of them distinct)."""
 
+    def __init__(self) -> None:
+        self.records: dict[str, Any] = {}
+
+    @staticmethod
+    def key(network: Any, data_block: str, image_size: int | None, options: ProbeOptions) -> str:
+        digest = hashlib.blake2b(digest_size=16)
+        for name, tensor in network.state_dict().items():
+            if name.startswith("backbone."):
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        digest.update(f"{data_block}|{image_size}|{options.model_dump_json()}".encode())
+        return digest.hexdigest()
+
+
+def probe_run(
+    planned: PlannedRun, options: ProbeOptions, echo: Callable[[str], None], memo: ProbeMemo | None = None
+) -> None:
+    """Probe the backbone the run starts from and each finished stage's; skip those already probed
+    (on disk, or in ``memo`` for the same weights, data and options)."""
+    from headstart.checkpoint import load_backbone
+    from headstart.probe import PROBE_FILE, probe_network, run_data
+
+    memo = memo if memo is not None else ProbeMemo()
     folder = planned.folder
     stages = RunRecord.read(folder).finished_stages
     pending = [name for name in stages if not (folder / name / PROBE_FILE).is_file()]
@@ -27,31 +55,41 @@ def probe_run(planned: PlannedRun, options: ProbeOptions, echo: Callable[[str], 
         return
     started = time.perf_counter()
     data, spec = run_data(folder)
+    data_block = spec.data.model_dump_json()
+    targets: list[tuple[str, Any, int | None, Path]] = []
     if not (folder / INIT_PROBE_FILE).is_file():
         start = prepare_run(spec, data=data)
-        record = probe_network(
-            start.network,
-            data,
-            image_size=start.image_size,
-            source="init",
-            k=options.k,
-            temperature=options.temperature,
-            c=options.c,
-            bank_split=options.bank_split,
-            probe_split=options.probe_split,
-        )
-        atomic_write_json(folder / INIT_PROBE_FILE, record.model_dump(mode="json"))
+        targets.append(("init", start.network, start.image_size, folder / INIT_PROBE_FILE))
     for name in pending:
-        probe_stage(
-            folder / name,
-            data=data,
-            k=options.k,
-            temperature=options.temperature,
-            c=options.c,
-            bank_split=options.bank_split,
-            probe_split=options.probe_split,
+        targets.append(
+            (
+                str(folder / name),
+                load_backbone(folder / name),
+                StageRecord.read(folder / name).model.image_size,
+                folder / name / PROBE_FILE,
+            )
         )
-    echo(f"    probes of {1 + len(pending)} backbones in {time.perf_counter() - started:.1f} s")
+    computed = 0
+    for source, network, image_size, path in targets:
+        key = ProbeMemo.key(network, data_block, image_size, options)
+        if key not in memo.records:
+            memo.records[key] = probe_network(
+                network,
+                data,
+                image_size=image_size,
+                source=source,
+                k=options.k,
+                temperature=options.temperature,
+                c=options.c,
+                bank_split=options.bank_split,
+                probe_split=options.probe_split,
+            )
+            computed += 1
+        record = memo.records[key].model_copy(update={"source": source})
+        atomic_write_json(path, record.model_dump(mode="json"))
+    again = f" ({len(targets) - computed} met before)" if computed < len(targets) else ""
+    backbones = "1 backbone" if len(targets) == 1 else f"{len(targets)} backbones"
+    echo(f"    probes of {backbones}{again} in {time.perf_counter() - started:.1f} s")
 
 
 def attention_picks(labels: np.ndarray, count: int, seed: int) -> list[int]:

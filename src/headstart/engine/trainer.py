@@ -265,6 +265,7 @@ def device_description(trainer: pl.Trainer, options: TrainerOptions, *, compiled
         "precision": str(trainer.precision),
         "compiled": compiled,
         "channels_last": options.uses_channels_last(root.type),
+        "one_pixel_matmul": root.type == "cpu",
         "decode": options.decode,
         "prefetch": options.prefetch and root.type == "cuda",
     }

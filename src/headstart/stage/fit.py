@@ -110,7 +110,9 @@ def train(
     network.train()
     resume_from = folder / RESUME_FILE
     try:
-        with accelerated(network, compile=compiled, channels_last=device.channels_last):
+        with accelerated(
+            network, compile=compiled, channels_last=device.channels_last, one_pixel_matmul=device.one_pixel_matmul
+        ):
             trainer.fit(module, ckpt_path=str(resume_from) if resume and resume_from.is_file() else None)
     except (RunInterrupted, SIGTERMException, KeyboardInterrupt) as interruption:
         raise Interrupted(folder, stage.name) from interruption
