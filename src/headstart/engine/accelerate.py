@@ -38,7 +38,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -147,7 +147,7 @@ class OnePixelConv2d(nn.Conv2d):
         if taps is None:
             return super().forward(input)
         rows, columns = taps
-        top, left = self.padding  # type: ignore[misc]  # a tuple once _taps_on_image accepted it
+        top, left = cast(tuple[int, int], self.padding)  # a tuple once _taps_on_image accepted it
         weight = self.weight[:, :, top : top + rows, left : left + columns].reshape(self.out_channels, -1)
         return F.linear(input.reshape(input.shape[0], -1), weight, self.bias)[:, :, None, None]
 
@@ -169,7 +169,7 @@ class OnePixelConv2d(nn.Conv2d):
 
 def use_one_pixel_matmul(network: nn.Module) -> list[nn.Module]:
     """Swap every plain ``nn.Conv2d`` of ``network`` to :class:`OnePixelConv2d`; the swapped modules."""
-    swapped = [module for module in network.modules() if type(module) is nn.Conv2d]
+    swapped: list[nn.Module] = [module for module in network.modules() if type(module) is nn.Conv2d]
     for module in swapped:
         module.__class__ = OnePixelConv2d
     return swapped
