@@ -9,6 +9,7 @@ ended where they should (the same accuracy, or within round-off of it).
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +25,31 @@ from headstart.stage import fit_stage
 from headstart.zoo import load
 
 SPLITS = {"test_fraction": 0.2, "val_fraction": 0.05, "labels_per_class": 10, "seed": 0}
+
+
+DEMO_STAGES = {
+    "rotation": {"data": "all", "pretext": {"name": "rotation"}, "batch_size": 128},
+    "task": {"batch_size": 25},
+    "freematch": {"batch_size": 25, "semi_supervised": {"method": "freematch", "ratio": 7, "momentum": 0.99}},
+}
+"""The demo's stages as the speed benches train them: the rotation pretext stage (batch 128, every
+training image), the task stage (batch 25, the 100 labelled images) and the semi-supervised stage
+(FreeMatch, batch 25 labelled + 175 unlabelled), each with Adam 2e-3 on a cosine schedule."""
+
+
+def demo_stage(name: str, epochs: int) -> StageSpec:
+    """One of :data:`DEMO_STAGES` for ``epochs`` epochs."""
+    optimizer = {"name": "adam", "lr": 2e-3, "schedule": "cosine"}
+    return StageSpec(name=name, epochs=epochs, augment="crop", optimizer=optimizer, **DEMO_STAGES[name])
+
+
+def stage_bench_arguments(description: str, *, epochs: int) -> argparse.Namespace:
+    """``--epochs`` (default ``epochs``), ``--repeats`` (2) and ``--size`` (32 px) of a stage bench."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--size", type=int, default=32)
+    return parser.parse_args()
 
 
 def demo_data(size: int = 32) -> TaskData:

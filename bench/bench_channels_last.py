@@ -13,16 +13,9 @@ seconds over NHWC seconds (above 1: channels-last is faster).
 
 from __future__ import annotations
 
-import argparse
-
 from _alternate import alternate
-from _stage_sides import demo_data, print_ratio, stage_side
+from _stage_sides import demo_data, demo_stage, print_ratio, stage_bench_arguments, stage_side
 from headstart.config import StageSpec
-
-STAGES = {
-    "rotation": {"data": "all", "pretext": {"name": "rotation"}, "batch_size": 128},
-    "freematch": {"batch_size": 25, "semi_supervised": {"method": "freematch", "ratio": 7, "momentum": 0.99}},
-}
 
 
 def _side(data, stage: StageSpec, size: int, channels_last: bool):
@@ -33,20 +26,10 @@ def _side(data, stage: StageSpec, size: int, channels_last: bool):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--size", type=int, default=32)
-    arguments = parser.parse_args()
+    arguments = stage_bench_arguments(__doc__.splitlines()[0], epochs=1)
     data = demo_data(arguments.size)
-    for name, settings in STAGES.items():
-        stage = StageSpec(
-            name=name,
-            epochs=arguments.epochs,
-            augment="crop",
-            optimizer={"name": "adam", "lr": 2e-3, "schedule": "cosine"},
-            **settings,
-        )
+    for name in ("rotation", "freematch"):
+        stage = demo_stage(name, arguments.epochs)
         print(f"{name} stage, {arguments.epochs} epoch(s) at {arguments.size} px:")
         best = alternate(
             {

@@ -15,36 +15,24 @@ printed is convolution seconds over matmul seconds (above 1: the matrix product 
 
 from __future__ import annotations
 
-import argparse
 from functools import partial
 
 from torch import nn
 
 from _alternate import alternate
-from _stage_sides import demo_data, print_ratio, stage_side, swapped
-from headstart.config import StageSpec
+from _stage_sides import demo_data, demo_stage, print_ratio, stage_bench_arguments, stage_side, swapped
 from headstart.engine.accelerate import OnePixelConv2d
 
-STAGES = {
-    "rotation": ({"data": "all", "pretext": {"name": "rotation"}, "batch_size": 128}, 1),
-    "task": ({"batch_size": 25}, 10),
-    "freematch": ({"batch_size": 25, "semi_supervised": {"method": "freematch", "ratio": 7, "momentum": 0.99}}, 1),
-}
-"""Each stage's settings and its epochs per ``--epochs`` (a task epoch is four steps)."""
+EPOCHS_PER_UNIT = {"rotation": 1, "task": 10, "freematch": 1}
+"""Each stage's epochs per ``--epochs`` (a task epoch is four steps)."""
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--size", type=int, default=32)
-    arguments = parser.parse_args()
+    arguments = stage_bench_arguments(__doc__.splitlines()[0], epochs=1)
     data = demo_data(arguments.size)
-    for name, (settings, scale) in STAGES.items():
-        epochs = arguments.epochs * scale
-        optimizer = {"name": "adam", "lr": 2e-3, "schedule": "cosine"}
-        stage = StageSpec(name=name, epochs=epochs, augment="crop", optimizer=optimizer, **settings)
-        print(f"{name} stage, {epochs} epoch(s) at {arguments.size} px:")
+    for name, scale in EPOCHS_PER_UNIT.items():
+        stage = demo_stage(name, arguments.epochs * scale)
+        print(f"{name} stage, {stage.epochs} epoch(s) at {arguments.size} px:")
         convolution = partial(swapped, OnePixelConv2d, "forward", nn.Conv2d.forward)
         best = alternate(
             {

@@ -30,11 +30,14 @@ class ProbeMemo:
 
     @staticmethod
     def key(network: Any, data_block: str, image_size: int | None, options: ProbeOptions) -> str:
+        """What decides a probe's scores, as a digest: the backbone's tensors (every tensor of a
+        network without a ``backbone``), the data block, the image size and the probe options."""
         digest = hashlib.blake2b(digest_size=16)
-        for name, tensor in network.state_dict().items():
-            if name.startswith("backbone."):
-                digest.update(name.encode())
-                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        state = network.state_dict()
+        backbone = {name: tensor for name, tensor in state.items() if name.startswith("backbone.")}
+        for name, tensor in (backbone or state).items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         digest.update(f"{data_block}|{image_size}|{options.model_dump_json()}".encode())
         return digest.hexdigest()
 

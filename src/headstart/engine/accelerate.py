@@ -138,8 +138,9 @@ class OnePixelConv2d(nn.Conv2d):
     convolution). Small images reach this in a ResNet's last stage: resnet10t at 32 px has 1×1 maps
     in ``layer4``, where oneDNN's backward pass of the 512→512 3×3 convolution took 130 ms of a
     435 ms training step (batch 200, 2-core CPU); as matrix products the step took 293 ms (1.49×,
-    the loss equal to 1e-5). Any other shape, and grouped, dilated, strided-beyond-the-image or
-    ``padding="same"`` convolutions, run the plain convolution. :func:`accelerated` swaps the class
+    the loss equal to 1e-5). Any other shape (an output of more than one pixel, or an image reaching
+    past the kernel), and grouped, dilated, non-zero-padded or ``padding="same"`` convolutions, run
+    the plain convolution. :func:`accelerated` swaps the class
     of every plain ``nn.Conv2d`` for the stage's fit on the CPU (weights and their names unchanged)."""
 
     def forward(self, input: Tensor) -> Tensor:  # noqa: A002 (nn.Conv2d's own argument name)
