@@ -161,3 +161,25 @@ def test_the_command_line_sweeps_and_refuses_bad_input_in_one_line(tmp_path, mon
     assert done.exit_code == 0, done.output
     assert "suggested learning rate" in done.output and (tmp_path / "lr-find-sweep-head.png").is_file()
     assert not (tmp_path / "cli").exists()
+
+
+def test_a_sweep_on_the_cpu_trains_as_the_stage_would_and_gives_the_network_back_plain():
+    """Channels-last order and one-pixel convolutions as matrix products during the sweep, as in the
+    stage's fit; afterwards plain ``Conv2d`` modules with contiguous weights."""
+    from headstart.engine.accelerate import OnePixelConv2d
+
+    network = digit_network()
+    convolutions = [module for module in network.modules() if isinstance(module, torch.nn.Conv2d)]
+    seen: list[tuple[bool, bool]] = []
+
+    def record(module, args) -> None:
+        seen.append(
+            (isinstance(module, OnePixelConv2d), module.weight.is_contiguous(memory_format=torch.channels_last))
+        )
+
+    hook = convolutions[0].register_forward_pre_hook(record)
+    lr_find(network, {"name": "task", "batch_size": 16}, digit_data(20), image_size=16, steps=20)
+    hook.remove()
+    assert seen and all(swapped and channels_last for swapped, channels_last in seen), seen
+    assert not any(isinstance(module, OnePixelConv2d) for module in network.modules())
+    assert all(parameter.is_contiguous() for parameter in network.parameters())

@@ -15,9 +15,10 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from headstart import seeds
 from headstart.config import StageSpec
+from headstart.engine.accelerate import accelerated
 from headstart.engine.callbacks import InterruptOnSignal, RunInterrupted
 from headstart.engine.module import StageData, StageModule
-from headstart.engine.trainer import TrainerOptions, lightning_trainer
+from headstart.engine.trainer import TrainerOptions, lightning_trainer, memory_and_kernels
 from headstart.errors import HeadstartError
 from headstart.lrfind import DIVERGENCE, MAX_LR, MIN_LR, STEPS, LRSweep, SweepInterrupted, smooth, suggest
 
@@ -108,15 +109,16 @@ def sweep(
         network.train()  # as fit_stage: the frozen BatchNorm policy keeps its layers in eval mode
         module.interrupt.on_fit_start(trainer, module)
         try:
-            finder = Tuner(trainer).lr_find(
-                module,
-                min_lr=min_lr,
-                max_lr=max_lr,
-                num_training=steps,
-                mode="exponential",
-                early_stop_threshold=divergence,
-                update_attr=False,
-            )
+            with accelerated(network, **memory_and_kernels(options, trainer.strategy.root_device.type)):
+                finder = Tuner(trainer).lr_find(
+                    module,
+                    min_lr=min_lr,
+                    max_lr=max_lr,
+                    num_training=steps,
+                    mode="exponential",
+                    early_stop_threshold=divergence,
+                    update_attr=False,
+                )
         except (RunInterrupted, SIGTERMException, KeyboardInterrupt) as interruption:
             raise SweepInterrupted(
                 f"interrupted during the learning-rate sweep of stage '{stage.name}'; nothing was written"

@@ -247,6 +247,14 @@ def check_launch(devices: int, num_nodes: int) -> None:
         )
 
 
+def memory_and_kernels(options: TrainerOptions, device_type: str) -> dict[str, bool]:
+    """How a network trains on a device of ``device_type``: channels-last order where the options
+    and the device want it (:meth:`TrainerOptions.uses_channels_last`), one-pixel convolutions as
+    matrix products on the CPU (:class:`~headstart.engine.accelerate.OnePixelConv2d`). The keyword
+    arguments of :func:`~headstart.engine.accelerate.accelerated`, for a stage and its sweep alike."""
+    return {"channels_last": options.uses_channels_last(device_type), "one_pixel_matmul": device_type == "cpu"}
+
+
 def device_description(trainer: pl.Trainer, options: TrainerOptions, *, compiled: bool) -> dict[str, Any]:
     """What a stage actually trains on, from the built trainer: device type and name, processes
     and machines, precision, and how the accelerator is driven."""
@@ -264,8 +272,7 @@ def device_description(trainer: pl.Trainer, options: TrainerOptions, *, compiled
         "num_nodes": int(trainer.num_nodes),
         "precision": str(trainer.precision),
         "compiled": compiled,
-        "channels_last": options.uses_channels_last(root.type),
-        "one_pixel_matmul": root.type == "cpu",
+        **memory_and_kernels(options, root.type),
         "decode": options.decode,
         "prefetch": options.prefetch and root.type == "cuda",
     }
