@@ -9,39 +9,31 @@ as headstart wrote checkpoints before. The sides alternate (best of each) and mu
 validation accuracy: the checkpoint is a copy, the training is the same. The ratio printed is
 in-line seconds over behind-the-training seconds (above 1: writing behind the training is faster).
 
-    python bench/bench_checkpoint_writes.py [--epochs 40] [--repeats 2]
+    python bench/bench_checkpoint_writes.py [--epochs 40] [--repeats 2] [--size 32]
 """
 
 from __future__ import annotations
 
-import argparse
 from contextlib import nullcontext
 
 from _alternate import alternate
-from _stage_sides import demo_data, print_ratio, stage_side, swapped
-from headstart.config import StageSpec
+from _stage_sides import demo_data, demo_stage, print_ratio, stage_bench_arguments, stage_side, swapped
 from headstart.engine import trainer as trainer_module
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--repeats", type=int, default=2)
-    arguments = parser.parse_args()
-    data = demo_data()
-    stage = StageSpec(
-        name="task",
-        epochs=arguments.epochs,
-        batch_size=25,
-        augment="crop",
-        optimizer={"name": "adam", "lr": 2e-3, "schedule": "cosine"},
-    )
+    arguments = stage_bench_arguments(__doc__.splitlines()[0], epochs=40)
+    data = demo_data(arguments.size)
+    stage = demo_stage("task", arguments.epochs)
     best = alternate(
         {
             "in line": stage_side(
-                data, stage, around=lambda: swapped(trainer_module, "AsyncCheckpointIO", lambda inner: inner)
+                data,
+                stage,
+                size=arguments.size,
+                around=lambda: swapped(trainer_module, "AsyncCheckpointIO", lambda inner: inner),
             ),
-            "behind": stage_side(data, stage, around=nullcontext),
+            "behind": stage_side(data, stage, size=arguments.size, around=nullcontext),
         },
         arguments.repeats,
         key="epochs_per_second",

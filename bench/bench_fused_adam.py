@@ -10,39 +10,28 @@ build_optimizer` builds now. The sides alternate (best of each); they must end w
 accuracies within round-off of each other (the kernels order their floating-point operations
 differently). The ratio printed is loop seconds over fused seconds (above 1: fused is faster).
 
-    python bench/bench_fused_adam.py [--epochs 2] [--repeats 2]
+    python bench/bench_fused_adam.py [--epochs 2] [--repeats 2] [--size 32]
 """
 
 from __future__ import annotations
 
-import argparse
 from contextlib import nullcontext
 
 from _alternate import alternate
-from _stage_sides import demo_data, print_ratio, stage_side, swapped
-from headstart.config import StageSpec
+from _stage_sides import demo_data, demo_stage, print_ratio, stage_bench_arguments, stage_side, swapped
 from headstart.engine import losses
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=2)
-    arguments = parser.parse_args()
-    stage = StageSpec(
-        name="rotation",
-        data="all",
-        pretext={"name": "rotation"},
-        epochs=arguments.epochs,
-        batch_size=128,
-        augment="crop",
-        optimizer={"name": "adam", "lr": 2e-3, "schedule": "cosine"},
-    )
-    data = demo_data()
+    arguments = stage_bench_arguments(__doc__.splitlines()[0], epochs=2)
+    data = demo_data(arguments.size)
+    stage = demo_stage("rotation", arguments.epochs)
     best = alternate(
         {
-            "loop": stage_side(data, stage, around=lambda: swapped(losses, "fusable", lambda groups: False)),
-            "fused": stage_side(data, stage, around=nullcontext),
+            "loop": stage_side(
+                data, stage, size=arguments.size, around=lambda: swapped(losses, "fusable", lambda groups: False)
+            ),
+            "fused": stage_side(data, stage, size=arguments.size, around=nullcontext),
         },
         arguments.repeats,
         key="epochs_per_second",

@@ -439,3 +439,30 @@ def test_a_comparison_file_reads_its_unlabelled_folder_relative_to_itself(tmp_pa
     spec, _ = load_compare_file(path)
     assert spec.data.source.path == str(tmp_path / "photos")
     assert spec.data.source.unlabelled == str(tmp_path / "more" / "extra")
+
+
+def test_the_speed_probe_times_the_network_as_the_stages_train_it(monkeypatch):
+    """On the CPU: channels-last with one-pixel convolutions as matrix products (resnet10t's last
+    stage at 32 px), as a stage's fit would run it; the probed network leaves plain."""
+    import torch
+
+    from headstart.engine import accelerate
+
+    seen: list[tuple[bool, bool]] = []
+    plain_forward = torch.nn.Conv2d.forward
+
+    def record(self, input):  # noqa: A002
+        if input.shape[-2:] == (1, 1):
+            seen.append(
+                (
+                    isinstance(self, accelerate.OnePixelConv2d),
+                    self.weight.is_contiguous(memory_format=torch.channels_last),
+                )
+            )
+        return plain_forward(self, input)
+
+    monkeypatch.setattr(torch.nn.Conv2d, "forward", record)
+    monkeypatch.setattr(accelerate.OnePixelConv2d, "forward", record)
+    speed = demo_budget.measure_speed("resnet10t", 32, batch=4, repeats=1)
+    assert speed.train > 0 and speed.infer > 0
+    assert seen and all(swapped and channels_last for swapped, channels_last in seen), seen

@@ -20,7 +20,8 @@ from typing import Any
 from headstart.compare import CompareSpec
 from headstart.config import StageSpec
 from headstart.data.splits import Splits
-from headstart.engine.trainer import TrainerOptions
+from headstart.engine.accelerate import accelerated
+from headstart.engine.trainer import TrainerOptions, memory_and_kernels
 from headstart.errors import HeadstartError
 from headstart.files import hardware, read_json
 
@@ -144,8 +145,6 @@ def measure_speed(model: str, side: int, *, batch: int | None = None, repeats: i
     network = load(model, weights=None, include_top=False, num_classes=2).to(device)
     build = time.perf_counter() - started
     images = torch.rand(batch, 3, side, side, device=device)
-    if TrainerOptions().uses_channels_last(device):  # as the stages will train (channels_last: auto)
-        network.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-4)
     network.train()
 
@@ -158,9 +157,11 @@ def measure_speed(model: str, side: int, *, batch: int | None = None, repeats: i
         with torch.no_grad():
             network(images.contiguous(memory_format=torch.channels_last))
 
-    train = _fastest(train_step, repeats, synchronise) / batch
-    network.eval()
-    infer = _fastest(infer_step, repeats, synchronise) / batch
+    # the memory order and convolutions the stages will train with (channels_last: auto)
+    with accelerated(network, **memory_and_kernels(TrainerOptions(), device)):
+        train = _fastest(train_step, repeats, synchronise) / batch
+        network.eval()
+        infer = _fastest(infer_step, repeats, synchronise) / batch
     return Speed(train=train, infer=infer, build=build)
 
 
