@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from scipy import stats
 from typer.testing import CliRunner
 
 from headstart.cli import _print_comparison, app
@@ -27,6 +28,7 @@ from headstart.report.summary import (
     summarise,
     summary_line,
 )
+from headstart.verdict import over_seeds
 from helpers import digit_run
 
 TINY = {"name": "test_resnet", "weights": None, "image_size": 16}
@@ -94,13 +96,20 @@ def test_every_arm_runs_at_every_seed_on_the_same_splits(comparison):
     gains = [r - s for r, s in zip(rotation["test_accuracy"]["values"], scratch_tests, strict=True)]
     assert rotation["gain"]["values"] == pytest.approx(gains)
     (judged,) = budget["contrasts"]  # scratch against rotation: the baseline's gain, reversed
-    assert (judged["arm"], judged["against"], judged["seeds"]) == ("scratch", "rotation", 2)
-    assert judged["gain"] == pytest.approx(-sum(gains) / 2)
-    spread = max(arm["test_accuracy"]["std"] for arm in budget["arms"])
-    assert judged["spread"] == pytest.approx(spread)
-    assert judged["exceeds_spread"] == (judged["gain"] > spread)
+    verdict = judged["verdict"]
+    assert (judged["arm"], judged["against"], verdict["n"], verdict["method"]) == ("scratch", "rotation", 2, "paired t")
+    assert verdict["mean"] == pytest.approx(-sum(gains) / 2)
+    # the interval is Student's t over the two paired differences (one degree of freedom)
+    low, high = stats.ttest_1samp([-g for g in gains], 0.0).confidence_interval(0.95)
+    if np.ptp(gains) > 0:
+        assert (verdict["low"], verdict["high"]) == (pytest.approx(low), pytest.approx(high))
+    assert verdict["word"] in ("better", "worse", "not resolved")
+    assert rotation["verdict"]["n"] == 2 and rotation["verdict"]["mean"] == pytest.approx(sum(gains) / 2)
     line = contrast_lines(summarise(folder, write=False)["budgets"][0])[0]
-    assert line.startswith(f"scratch against rotation: {judged['gain']:+.4f}") and "paired by seed" in line
+    assert line.startswith(f"scratch against rotation: {verdict['word']}") and "95% CI" in line
+    assert "paired t, 2 seeds" in line
+    page = (folder / "report.html").read_text()
+    assert 'id="effects-0"' in page and "forest plot" in page
     assert line in (folder / "report.html").read_text()
     assert any("[4/4] rotation, seed 1" in line for line in lines)
     assert (folder / "report.html").stat().st_size > 50_000
@@ -112,7 +121,7 @@ def test_every_arm_runs_at_every_seed_on_the_same_splits(comparison):
     for arm in ("scratch", "rotation"):
         assert (folder / arm / "seed-0" / "init-probe.json").is_file()
         assert (folder / arm / "seed-0" / f"{1 if arm == 'rotation' else 0}-task" / "probe.json").is_file()
-    assert result.verdicts and ("won with test accuracy" in result.verdicts[0])
+    assert result.verdicts and ("against scratch:" in result.verdicts[0] and "95% CI" in result.verdicts[0])
 
 
 def test_a_backbone_met_again_is_probed_once(tmp_path):
@@ -238,7 +247,7 @@ def test_label_budgets_get_a_folder_and_a_table_each(tmp_path, capsys):
     assert "label budgets" in report
     # one verdict per budget, in order (one arm: it is the baseline and wins); one label is singular
     assert [line.split(": ")[0] for line in result.verdicts] == ["1 label per class", "20 labels per class"]
-    assert all("scratch won with test accuracy" in line for line in result.verdicts)
+    assert all("the baseline scratch had the best test accuracy" in line for line in result.verdicts)
     assert "Comparison — 1 label per class</h2>" in report and "Comparison — 20 labels per class</h2>" in report
     assert any(line.startswith("[1/2] scratch, seed 3, 1 label per class:") for line in lines), lines
     _print_comparison(result)
@@ -353,7 +362,7 @@ def test_report_command_rebuilds_the_report_from_files_alone(comparison, tmp_pat
     mask = os.umask(0)
     os.umask(mask)
     assert (copy / "report.html").stat().st_mode & 0o777 == 0o666 & ~mask  # readable like any file the user writes
-    assert page.count("<tr>") > 8 and "seed-1" in page and "won with test accuracy" in rebuilt.stdout
+    assert page.count("<tr>") > 8 and "seed-1" in page and "against scratch:" in rebuilt.stdout
     assert summarise(copy, write=False)["budgets"][0]["arms"][0]["test_accuracy"]["n"] == 2
     # a single run folder is a report of its own
     single = CliRunner().invoke(app, ["report", str(copy / "rotation" / "seed-0")])
@@ -371,25 +380,20 @@ def test_plan_and_summary_arithmetic():
     assert runs[0].spec.data.splits.labels_per_class == 5
     assert mean_std([1.0, 3.0]) == (2.0, pytest.approx(2**0.5))
     assert mean_std([4.0]) == (4.0, 0.0) and mean_std([]) == (None, None)
+    verdict = over_seeds([0.001, 0.008, 0.015]).as_dict()
     summary = {
         "budgets": [
             {
                 "labels_per_class": None,
                 "baseline": "a",
-                "winner": {
-                    "arm": "b",
-                    "gain": 0.01,
-                    "gain_std": 0.02,
-                    "spread": 0.03,
-                    "exceeds_spread": False,
-                    "positive_seeds": 2,
-                    "seeds": 3,
-                },
+                "winner": {"arm": "b", "verdict": verdict},
                 "arms": [{"name": "b", "test_accuracy": {"mean": 0.9, "std": 0.03, "n": 3}}],
             }
         ]
     }
-    assert "within the spread between seeds (±0.0300)" in summary_line(summary)[0]
+    line = summary_line(summary)[0]
+    assert line.startswith("b had the best mean, test accuracy 0.9000 ± 0.0300 (n=3); against a: not resolved")
+    assert "95% CI -0.009 to +0.025" in line and "about 9 seeds" in line
     assert os.sep not in spec.baseline_arm
 
 
@@ -456,7 +460,9 @@ def test_an_arm_that_extends_another_shares_its_stages_and_reports_what_the_extr
     assert arm["seconds"]["mean"] > stage_seconds and arm["extends"] == "rotation"
     gain = arm["test_accuracy"]["mean"] - rotation["test_accuracy"]["mean"]
     assert arm["step_gain"]["values"] == pytest.approx([gain])
-    assert step_lines(budget)[0].startswith("more added ") and "to rotation (rotation+more" in step_lines(budget)[0]
+    assert step_lines(budget)[0].startswith("more after rotation (rotation+more): ")
+    assert "one seed: McNemar exact" in step_lines(budget)[0]  # one seed: the test images' predictions
+    assert arm["step_verdict"]["method"] == "McNemar exact"
     # the same three stages trained alone end with the same weights
     alone = plan(parse_compare({**spec, "output": str(tmp_path / "alone")}))[2].spec
     run_structure(alone, progress=False)

@@ -152,3 +152,85 @@ def test_pool_is_every_training_image_without_labels():
     assert positions(pool) == positions(splits.train) | positions(splits.unlabelled)
     assert (pool.labels == -1).all()
     assert not positions(pool) & (positions(splits.test) | positions(splits.val))
+
+
+# ------------------------------------------------------------------------ the labelled draw
+
+
+def todays_positions(data, *, seed: int, labels_per_class: int, test_fraction=0.2, val_fraction=0.1):
+    """The fixed draw as the module docstring writes it: per class (in label order) one permutation of
+    ``default_rng(seed)``; test first, validation next, the first k of the rest labelled."""
+    rng = np.random.default_rng(seed)
+    found: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+    for label in np.unique(data.labels[data.labels >= 0]):
+        members = rng.permutation(np.flatnonzero(data.labels == label))
+        n_test = max(1, int(np.floor(test_fraction * members.size + 0.5)))
+        n_val = max(1, int(np.floor(val_fraction * members.size + 0.5)))
+        found["test"] += members[:n_test].tolist()
+        found["val"] += members[n_test : n_test + n_val].tolist()
+        found["train"] += members[n_test + n_val :][:labels_per_class].tolist()
+    return {name: sorted(values) for name, values in found.items()}
+
+
+def test_the_fixed_draw_is_the_documented_split():
+    data = labelled({"a": 23, "b": 17, "c": 30}, unlabelled=4)
+    splits = make_splits(data, labels_per_class=3, seed=7)
+    expected = todays_positions(data, seed=7, labels_per_class=3)
+    for name in ("train", "val", "test"):
+        assert getattr(splits, name).positions.tolist() == expected[name]
+    assert splits.draw_seed is None and splits.draw_record()["labelled_draw"] == "fixed"
+
+
+def test_a_draw_per_seed_changes_the_labelled_images_and_nothing_else():
+    data = labelled({"a": 40, "b": 40, "c": 40}, unlabelled=5)
+    fixed = make_splits(data, labels_per_class=2, seed=3)
+    draws = [make_splits(data, labels_per_class=2, seed=3, draw_seed=seed) for seed in (0, 1, 2)]
+    labelled_sets = [positions(draw.train) for draw in draws]
+    assert len({frozenset(found) for found in labelled_sets}) == 3  # each seed labels its own images
+    for draw in draws:
+        for name in ("val", "test"):
+            assert getattr(draw, name).positions.tolist() == getattr(fixed, name).positions.tolist()
+        assert positions(draw.pool()) == positions(fixed.pool())  # the pool whatever the draw
+        assert per_class(draw.train) == [2, 2, 2]
+        assert positions(draw.train) <= positions(fixed.pool())
+    # the same draw seed draws the same images; a larger budget keeps the smaller one's
+    again = make_splits(data, labels_per_class=2, seed=3, draw_seed=1)
+    larger = make_splits(data, labels_per_class=6, seed=3, draw_seed=1)
+    assert again.train.positions.tolist() == draws[1].train.positions.tolist()
+    assert positions(draws[1].train) <= positions(larger.train)
+    # a labelled fraction draws from the same pools
+    half = [make_splits(data, labelled_fraction=0.3, seed=3, draw_seed=seed) for seed in (0, 1)]
+    assert len(half[0].train) == len(half[1].train) and positions(half[0].train) != positions(half[1].train)
+    assert half[0].test.positions.tolist() == fixed.test.positions.tolist()
+
+
+def test_the_draw_record_names_the_labelled_images_and_digests_the_held_out_ones():
+    from headstart.data.splits import ids_digest
+
+    data = labelled({"a": 20, "b": 20})
+    first, second = (make_splits(data, labels_per_class=3, seed=0, draw_seed=seed) for seed in (4, 5))
+    record = first.draw_record()
+    assert record["labelled_draw"] == "per_seed" and record["draw_seed"] == 4 and record["split_seed"] == 0
+    assert record["labelled_ids"] == sorted(first.train.positions.tolist()) and record["labelled"] == 6
+    assert record["labelled_digest"] == ids_digest(record["labelled_ids"]) and len(record["labelled_digest"]) == 16
+    assert record["test"] == len(first.test) and record["test_digest"] == ids_digest(first.test.positions)
+    other = second.draw_record()
+    assert other["labelled_digest"] != record["labelled_digest"]
+    assert (other["test_digest"], other["val_digest"]) == (record["test_digest"], record["val_digest"])
+    assert ids_digest([3, 1, 2]) == ids_digest([1, 2, 3])
+
+
+def test_task_data_draws_with_the_run_seed_and_refuses_a_per_seed_split_without_one():
+    from headstart.data import TaskData
+
+    spec = {"labels_per_class": 2, "labelled_draw": "per_seed"}
+    with pytest.raises(HeadstartError, match="labelled_draw is per_seed.*run_seed"):
+        TaskData.load({"kind": "digits"}, spec)
+    first, second = (TaskData.load({"kind": "digits"}, spec, run_seed=seed) for seed in (0, 1))
+    assert positions(first.split("train")) != positions(second.split("train"))
+    assert first.split("test").positions.tolist() == second.split("test").positions.tolist()
+    assert positions(first.split("all")) == positions(second.split("all"))
+    # the fixed draw ignores the run's seed
+    fixed = TaskData.load({"kind": "digits"}, {"labels_per_class": 2}, run_seed=1)
+    today = make_splits(load_digits(), labels_per_class=2)
+    assert fixed.split("train").positions.tolist() == today.train.positions.tolist()

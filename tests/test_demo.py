@@ -21,15 +21,16 @@ from headstart.data.splits import make_splits
 from headstart.demo import LABELS_PER_CLASS, SPLITS, demo_arms
 from helpers import grey_image
 
-ARMS = ["scratch", "rotation", "rotation+freematch", "imagenet"]
+ARMS = ["scratch", "rotation", "scratch+freematch", "rotation+freematch", "imagenet"]
 
 
-def test_demo_arms_are_the_four_of_the_main_job():
+def test_demo_arms_are_the_five_of_the_main_job():
     arms = demo_arms("out")
     assert list(arms) == ARMS
     for spec in arms.values():
         assert spec.data.source.kind == "mnist5k"
         assert spec.data.splits.labels_per_class == LABELS_PER_CLASS == 10
+        assert spec.data.splits.labelled_draw == "per_seed"  # each seed labels its own 100 digits
         assert spec.stages[-1].data == "train" and spec.stages[-1].pretext is None
     assert arms["scratch"].model.weights is None and len(arms["scratch"].stages) == 1
     assert arms["rotation"].stages[0].pretext.name == "rotation"
@@ -41,6 +42,9 @@ def test_demo_arms_are_the_four_of_the_main_job():
     assert (semi.method, semi.momentum, semi.ratio, semi.epoch) == ("freematch", 0.99, 7, "unlabelled")
     assert arms["rotation+freematch"].stages[2].epochs == 9 and arms["rotation"].model.image_size == 32
     assert arms["imagenet"].model.name == "efficientnet_lite0" and arms["imagenet"].model.weights == "imagenet"
+    # the control: the same semi-supervised stage after the scratch arm's stage, without the rotation stage
+    assert arms["scratch+freematch"].stages[0] == arms["scratch"].stages[0]
+    assert arms["scratch+freematch"].stages[1] == arms["rotation+freematch"].stages[2]
     assert arms["imagenet"].stages[0].freeze == ["backbone"] and arms["imagenet"].stages[1].freeze == []
 
 
@@ -86,11 +90,19 @@ def test_quick_demo_runs_the_four_arms_over_two_seeds_and_reports_them(tmp_path:
     assert rows["imagenet"]["test_accuracy"]["mean"] > 0.35
     assert rows["rotation"]["head_start_seconds"]["mean"] > 0 and rows["scratch"]["head_start_seconds"]["mean"] == 0
     assert rows["imagenet"]["cached_steps_to_target"]["n"] == rows["imagenet"]["reached"]
-    assert "± " in result.stdout and "won with test accuracy" in result.stdout and "report:" in result.stdout
+    assert (
+        "± " in result.stdout
+        and "test accuracy" in result.stdout
+        and "95% CI" in result.stdout
+        and "report:" in result.stdout
+    )
     assert rows["rotation+freematch"]["test_accuracy"]["mean"] > rows["rotation"]["test_accuracy"]["mean"]
-    assert "freematch added +" in result.stdout and "to rotation (rotation+freematch" in result.stdout
+    assert "freematch after rotation (rotation+freematch): " in result.stdout
+    assert "freematch after scratch (scratch+freematch): " in result.stdout
+    assert "rotation+freematch against scratch+freematch: " in result.stdout  # the pretraining's own contrast
     assert result.stderr.count("0-rotation, 1-task shared with rotation") == 2
-    assert "[8/8] imagenet, seed 1" in result.stderr
+    assert result.stderr.count("0-task shared with scratch") == 2
+    assert "[10/10] imagenet, seed 1" in result.stderr
     assert (output / "report.html").stat().st_size > 100_000
     assert "Semi-supervised stages" in (output / "report.html").read_text()
     fixmatch = json.loads((output / "rotation+freematch" / "seed-0" / "2-freematch" / "stage.json").read_text())
@@ -104,7 +116,8 @@ def test_quick_demo_runs_the_four_arms_over_two_seeds_and_reports_them(tmp_path:
     again = CliRunner().invoke(app, ["demo", "--quick", "--seeds", "2", "--output", str(output)])
     assert again.exit_code == 0 and again.stderr.count("finished before, reused") == 8
     # the trained ImageNet arm predicts real test digits, saved as grey PNGs, through the command
-    splits = make_splits(load_mnist5k(), **SPLITS)
+    # the test split is the same whatever the labelled draw
+    splits = make_splits(load_mnist5k(), **{key: value for key, value in SPLITS.items() if key != "labelled_draw"})
     digits = tmp_path / "digits"
     digits.mkdir()
     paths, truth = [], []

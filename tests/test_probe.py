@@ -196,3 +196,43 @@ def test_attention_maps_follow_their_formula_and_refuse_unknown_layers(trained_r
         attention_maps(network, images, layers=["backbone.nowhere"], image_size=16)
     with pytest.raises(HeadstartError, match="power=0"):
         attention_maps(network, images, power=0, image_size=16)
+
+
+def test_probes_of_a_per_seed_comparison_use_each_runs_own_labelled_draw(tmp_path):
+    """The start's backbone is the same file at both seeds; with a draw per seed its probes are not
+    reused across seeds: each seed's k-NN bank is that run's own labelled digits."""
+    from safetensors.torch import save_file
+
+    from headstart.checkpoint import RunRecord
+    from headstart.compare import run as run_comparison
+    from headstart.zoo import load
+
+    torch.manual_seed(0)
+    start = load("test_resnet", weights=None, include_top=False).backbone.state_dict()
+    save_file({key: value.contiguous() for key, value in start.items()}, tmp_path / "start.safetensors")
+    model = {"name": "test_resnet", "weights": str(tmp_path / "start.safetensors"), "image_size": 16}
+    lines: list[str] = []
+    run_comparison(
+        {
+            "output": str(tmp_path / "out"),
+            "seeds": [0, 1],
+            "data": {"source": {"kind": "digits"}, "splits": {"labels_per_class": 3, "labelled_draw": "per_seed"}},
+            "arms": {"head": {"model": model, "stages": [{"name": "head", "freeze": ["backbone"], "epochs": 1}]}},
+            "attention": {"enabled": False},
+        },
+        echo=lines.append,
+        progress=False,
+    )
+    # the head stage keeps the start's backbone: met again within a seed, never across seeds
+    assert sum("probes of 2 backbones (1 met before)" in line for line in lines) == 2, lines
+    network = load("test_resnet", weights=tmp_path / "start.safetensors", include_top=False)
+    scores = []
+    for seed in (0, 1):
+        folder = tmp_path / "out" / "head" / f"seed-{seed}"
+        data, _ = run_data(folder)
+        assert data.split("train").positions.tolist() == RunRecord.read(folder).splits["labelled_ids"]
+        stored = json.loads((folder / "init-probe.json").read_text())
+        direct = probe_network(network, data, image_size=16, source="init")
+        assert stored["knn_accuracy"] == pytest.approx(direct.knn_accuracy) and stored["bank_size"] == 30
+        scores.append((stored["knn_accuracy"], stored["linear_accuracy"]))
+    assert scores[0] != scores[1]  # two banks of 30 digits, not one

@@ -64,3 +64,20 @@ def test_every_spec_error_has_one_format():
         parse_run({**BASE, "stages": [{"name": "t", "freeze": "x" * 200}]}, "run.yaml")
     message = str(error.value)
     assert message.startswith("run.yaml: stages[0].freeze: ") and len(message) < 200 and message.endswith("…)")
+
+
+def _draw(draw: str, **splits) -> dict:
+    return {**BASE["data"], "splits": {**BASE["data"]["splits"], "labelled_draw": draw, **splits}}
+
+
+def test_a_fixed_draw_keeps_the_hash_and_stages_without_labels_are_shared_across_draws():
+    # runs written before labelled_draw existed keep their hash: a fixed draw adds nothing to the payload
+    assert "labelled_draw" not in _spec(data=_draw("fixed")).results_payload()["data"]["splits"]
+    assert _spec(data=_draw("fixed")).config_hash() == _spec().config_hash()
+    assert _spec(data=_draw("per_seed")).config_hash() != _spec().config_hash()
+    # the rotation stage reads the whole pool without labels: the same whatever the draw and the budget
+    assert common_stages(_spec(), _spec(data=_draw("per_seed"))) == 1
+    assert common_stages(_spec(data=_draw("per_seed")), _spec(data=_draw("per_seed", labels_per_class=2))) == 1
+    # within a seed, arms of one draw share their task stages too; another seed shares nothing
+    assert common_stages(_spec(data=_draw("per_seed")), _spec(data=_draw("per_seed"), name="b")) == 2
+    assert common_stages(_spec(data=_draw("per_seed")), _spec(data=_draw("per_seed"), seed=1)) == 0

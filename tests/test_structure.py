@@ -322,3 +322,41 @@ def test_two_process_cpu_ddp_matches_one_process_with_the_same_global_batch(tmp_
     for key in weights[1]:
         torch.testing.assert_close(weights[2][key], weights[1][key], atol=2e-5, rtol=1e-4, msg=key)
     assert any(not torch.equal(weights[1][k], torch.zeros_like(weights[1][k])) for k in weights[1])
+
+
+def test_run_json_records_the_labelled_draw_and_every_test_prediction(tmp_path):
+    from headstart.checkpoint import RunRecord
+    from headstart.data.splits import ids_digest
+    from headstart.probe import probe_stage, run_data
+
+    records = {}
+    for seed in (0, 1):
+        document = digit_run(tmp_path / f"seed-{seed}", [{"name": "task", "epochs": 1, "batch_size": 32}], seed=seed)
+        document["data"]["splits"].update(labels_per_class=5, labelled_draw="per_seed")
+        result = run(parse_run(document))
+        records[seed] = record = RunRecord.read(result.folder)
+        draw = record.splits
+        assert draw is not None and draw["labelled_draw"] == "per_seed" and draw["draw_seed"] == seed
+        assert draw["labelled"] == 50 and draw["labelled_digest"] == ids_digest(draw["labelled_ids"])
+        # the run's data, read back for its probes, is this seed's draw: the k-NN bank is its labelled images
+        data, _ = run_data(result.folder)
+        assert data.split("train").positions.tolist() == draw["labelled_ids"]
+        assert probe_stage(result.folder / "0-task", write=False).bank_size == 50
+        # one prediction and one target per test image, in the test split's order
+        test = data.split("test")
+        predictions, targets = record.test_predictions, record.test_targets
+        assert predictions is not None and targets is not None
+        assert targets == test.labels.tolist() and len(predictions) == draw["test"] == record.test["count"]
+        correct = sum(p == t for p, t in zip(predictions, targets, strict=True))
+        assert correct / len(targets) == pytest.approx(record.test["accuracy"])
+        confusion = [[0] * 10 for _ in range(10)]
+        for predicted, target in zip(predictions, targets, strict=True):
+            confusion[target][predicted] += 1
+        assert confusion == record.test_confusion
+    first, second = records[0].splits, records[1].splits
+    assert first is not None and second is not None
+    assert first["labelled_digest"] != second["labelled_digest"]  # each seed labels its own digits
+    assert (first["test_digest"], first["val_digest"]) == (second["test_digest"], second["val_digest"])
+    # a run.json written before these fields still reads
+    old = RunRecord.model_validate({"name": "old", "config_hash": "0" * 16, "config": {}})
+    assert old.splits is None and old.test_predictions is None and old.test_targets is None

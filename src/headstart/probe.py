@@ -248,14 +248,15 @@ def probe_network(
 
 
 def run_data(run_folder: Path):
-    """The task data of the run that wrote ``run_folder`` (its ``run.json`` configuration)."""
+    """The task data of the run that wrote ``run_folder`` (its ``run.json`` configuration, and its seed:
+    with a per-seed labelled draw, ``train`` is that run's own labelled images)."""
     from headstart.config import parse_run
     from headstart.data.task import TaskData
     from headstart.structure import RunRecord
 
     record = RunRecord.read(run_folder)
     spec = parse_run(record.config, str(Path(run_folder) / RUN_FILE))
-    return TaskData.from_spec(spec.data, model_name=spec.model.name), spec
+    return TaskData.from_spec(spec.data, model_name=spec.model.name, run_seed=spec.seed), spec
 
 
 def probe_stage(

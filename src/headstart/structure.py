@@ -98,12 +98,12 @@ def initial_network(spec: RunSpec) -> Network:
 
 def prepare_run(spec: RunSpec, *, progress: bool | None = None, data: TaskData | None = None) -> PreparedRun:
     """The starting network (:func:`initial_network`), the input size every stage trains at (the
-    model's ``image_size``, else the pretrained one), the task data (loaded and checked, unless
-    given) and the trainer options of ``spec``."""
+    model's ``image_size``, else the pretrained one), the task data (loaded and checked with the
+    run's seed for a per-seed labelled draw, unless given) and the trainer options of ``spec``."""
     network = initial_network(spec)
     image_size = spec.model.image_size or int(network.preprocessing.input_size[-1])
     if data is None:
-        data = TaskData.from_spec(spec.data, model_name=spec.model.name)
+        data = TaskData.from_spec(spec.data, model_name=spec.model.name, run_seed=spec.seed)
     return PreparedRun(spec, network, image_size, data, TrainerOptions.from_run(spec, progress))
 
 
@@ -134,6 +134,7 @@ def run(
         config=spec.model_dump(mode="json"),
         versions=versions(),
         hardware=hardware(),
+        splits=data.splits.draw_record(),
     )
     _write(status, root)
     records: list[StageRecord] = []
@@ -182,8 +183,10 @@ def run(
             loss=last.loss,
             options=prepared.options,
             confusion=True,
+            predictions=True,
         )
         status.test_confusion, status.labels = test.pop("confusion"), list(data.class_names)
+        status.test_predictions, status.test_targets = test.pop("predictions"), test.pop("targets")
     status.status, status.test, status.seconds = "finished", test, time.perf_counter() - started
     _write(status, root)
     return RunResult(spec, root, records, test, status.seconds, network, tuple(resumed))

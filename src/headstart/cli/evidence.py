@@ -19,13 +19,41 @@ from headstart.cli.app import app, user_errors
 @app.command("report")
 @user_errors
 def report_command(
-    folder: Path = typer.Argument(..., help="A comparison folder, a run folder or an audit folder."),
+    folder: Path = typer.Argument(
+        ..., help="A comparison folder, a run folder or an audit folder; with --refresh, a Markdown file."
+    ),
+    markdown: bool = typer.Option(
+        False, "--markdown", help="Also print the comparison's tables as Markdown (levels, arms, effects)."
+    ),
+    refresh: bool = typer.Option(
+        False,
+        "--refresh",
+        help="FOLDER is a Markdown file: re-render its tables marked <!-- table: KIND JSON --> from the "
+        "comparison.json files they name.",
+    ),
 ) -> None:
     """Rebuild report.html from what a finished comparison, run or audit wrote on disk."""
     from headstart.report.html import write_report
     from headstart.report.summary import summarise, summary_line
 
+    if refresh:
+        from headstart.report.tables import refresh as refresh_tables
+
+        if not folder.is_file():
+            raise HeadstartError(f"{folder}: --refresh expects a Markdown file")
+        before = folder.read_text(encoding="utf-8")
+        after = refresh_tables(folder)
+        typer.echo(f"{folder}: {'tables re-rendered' if after != before else 'tables already up to date'}")
+        return
     path = write_report(folder)
+    if markdown and (is_comparison(folder) or is_run(folder)):
+        from headstart.report.tables import arms, effects_table, levels
+
+        table = summarise(folder, write=False)
+        typer.echo(levels(table))
+        for budget in table["budgets"]:
+            typer.echo(arms(table, budget["labels_per_class"]))
+        typer.echo(effects_table(table))
     if is_comparison(folder) or is_run(folder):
         for line in summary_line(summarise(folder, write=False)):
             typer.echo(line)

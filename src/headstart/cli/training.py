@@ -148,6 +148,7 @@ def _print_comparison(result) -> None:
             "n",
             "test accuracy",
             f"vs {budget['baseline']}",
+            "verdict [95% CI] seeds better",
             f"to val {target:.3f} (seeds)" if target is not None else "time to target",
             "steps to target",
             "wall time",
@@ -156,7 +157,7 @@ def _print_comparison(result) -> None:
 
         for arm in budget["arms"]:
             cells = arm_cells(arm, budget)
-            row = (cells["test"], cells["gain"], cells["reach"], cells["steps"], cells["wall"])
+            row = (cells["test"], cells["gain"], cells["verdict"], cells["reach"], cells["steps"], cells["wall"])
             shown.add_row(arm["name"], " → ".join(arm["stages"]), str(arm["test_accuracy"]["n"]), *row)
         _console().print(shown)
     for line in summary_line(result.table):

@@ -103,7 +103,7 @@ class CompareResult:
 
     @property
     def verdicts(self) -> list[str]:
-        """One line per label budget: which arm won, by how much, and whether it beats the spread."""
+        """One line per label budget: the arm with the best test accuracy and its verdict against the baseline."""
         from headstart.report.summary import summary_line
 
         return summary_line(self.table)

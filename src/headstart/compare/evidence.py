@@ -20,8 +20,8 @@ from headstart.structure import prepare_run
 
 class ProbeMemo:
     """Probes already computed in one comparison, by what decides their scores: the backbone's
-    weights and buffers (a digest of every tensor), the run's data block, the image size and the
-    probe options. A backbone met again is not probed again: the ImageNet arm starts from the same
+    weights and buffers (a digest of every tensor), the run's data block and labelled draw, the
+    image size and the probe options. A backbone met again is not probed again: the ImageNet arm starts from the same
     weights at every seed, and a head stage on a frozen backbone hands on the backbone it started
     from (the demo's ImageNet arm: nine probes of three backbones each, four of them distinct)."""
 
@@ -57,8 +57,8 @@ def probe_run(
     if (folder / INIT_PROBE_FILE).is_file() and not pending:
         return
     started = time.perf_counter()
-    data, spec = run_data(folder)
-    data_block = spec.data.model_dump_json()
+    data, spec = run_data(folder)  # with the run's seed: a per-seed draw's bank is this run's labelled images
+    data_block = f"{spec.data.model_dump_json()}|draw {data.splits.draw_seed}"
     targets: list[tuple[str, Any, int | None, Path]] = []
     if not (folder / INIT_PROBE_FILE).is_file():
         start = prepare_run(spec, data=data)

@@ -13,6 +13,16 @@ How :func:`make_splits` divides a dataset
    ``unlabelled`` with labels hidden, for self-supervised stages.
 4. Each split lists its images in dataset order.
 
+Which images of the pool carry the labels (the *labelled draw*)
+    ``draw_seed=None`` (``labelled_draw: fixed``): the first k of the pool in the order of step 2,
+    one draw for every run whatever its seed. ``draw_seed=d`` (``labelled_draw: per_seed``, ``d``
+    the run's seed): each class's pool is shuffled again with its own generator,
+    ``numpy.random.default_rng(headstart.seeds.derive(d, "labelled", seed, label))``, and the
+    first k (or ``max(1, round(p × pool))``) of that order are labelled. Test, validation and the
+    pool itself are those of step 2 whatever ``d``, so runs of different seeds are scored on the
+    same test images; only which pool images are labelled changes. At one ``d`` a larger budget
+    keeps the images of a smaller one, as with a fixed draw.
+
 The test split never shares an image with any other split, so no pretraining stage sees it.
 Classes with no images and labels beyond ``class_names`` (split like any class) are left for
 :func:`~headstart.data.checks.check_dataset` to report; a class with some images but too few for
@@ -21,13 +31,20 @@ the request raises HeadstartError naming it and its counts.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from headstart.data.dataset import ImageSet
 from headstart.errors import HeadstartError
+from headstart.seeds import derive
+
+LabelledDraw = Literal["fixed", "per_seed"]
+DIGEST_CHARS = 16
+"""Hex characters kept of a SHA-256 digest of image ids (:func:`ids_digest`)."""
 
 
 @dataclass
@@ -40,6 +57,31 @@ class Splits:
     """The rest of the training pool with labels hidden (-1), for self-supervised stages."""
     val: ImageSet
     test: ImageSet
+    seed: int = 0
+    """The seed of the test/validation split and of the pool (``make_splits``' ``seed``)."""
+    draw_seed: int | None = None
+    """The seed of the labelled draw (``make_splits``' ``draw_seed``); ``None``: the fixed draw."""
+
+    def draw_record(self) -> dict:
+        """What ``run.json`` keeps of these splits (its ``splits`` field), so a reader can check that
+        draws differ by seed and test images do not: the draw (``labelled_draw``, ``draw_seed``,
+        ``split_seed``), the labelled images (``labelled_ids``: their positions in the source as loaded,
+        :attr:`~headstart.data.dataset.ImageSet.positions`, sorted; ``labelled_digest``) and the count
+        and digest of the validation and test images. Digests are :func:`ids_digest`."""
+        labelled = sorted(int(position) for position in self.train.positions)
+        return {
+            "labelled_draw": "fixed" if self.draw_seed is None else "per_seed",
+            "draw_seed": self.draw_seed,
+            "split_seed": self.seed,
+            "ids": "positions",
+            "labelled": len(labelled),
+            "labelled_ids": labelled,
+            "labelled_digest": ids_digest(labelled),
+            "val": len(self.val),
+            "val_digest": ids_digest(self.val.positions),
+            "test": len(self.test),
+            "test_digest": ids_digest(self.test.positions),
+        }
 
     def pool(self) -> ImageSet:
         """Every training image (train and unlabelled) with labels hidden: all a self-supervised
@@ -76,6 +118,13 @@ class Splits:
         return out
 
 
+def ids_digest(ids) -> str:
+    """The first :data:`DIGEST_CHARS` hex characters of the SHA-256 of image ids (sorted, written in
+    decimal and joined by commas: ``"3,17,42"``); the same set of ids gives the same digest."""
+    text = ",".join(str(int(value)) for value in sorted(int(value) for value in ids))
+    return hashlib.sha256(text.encode()).hexdigest()[:DIGEST_CHARS]
+
+
 def _count(fraction: float, total: int) -> int:
     """Images a fraction of ``total`` asks for: rounded half up, at least 1 when fraction > 0."""
     if fraction <= 0.0 or total == 0:
@@ -101,10 +150,13 @@ def make_splits(
     labelled_fraction: float | None = None,
     test: ImageSet | None = None,
     val: ImageSet | None = None,
+    draw_seed: int | None = None,
 ) -> Splits:
     """Divide ``data`` into train, unlabelled, val and test (method in the module docstring).
 
-    Deterministic: the same data, arguments and seed give the same splits on every machine.
+    ``draw_seed``: ``None`` labels the first images of each class's pool (the same for every run);
+    an int draws them anew from the same pool (the module docstring's "labelled draw").
+    Deterministic: the same data, arguments and seeds give the same splits on every machine.
     """
     _check_fraction("test_fraction", test_fraction, held_out=True)
     _check_fraction("val_fraction", val_fraction, held_out=True)
@@ -140,6 +192,8 @@ def make_splits(
         n_test = _count(test_fraction, members.size)
         n_val = _count(val_fraction, members.size)
         pool = members[n_test + n_val :]
+        if draw_seed is not None:  # its own generator: the split's stream above is left as it was
+            pool = np.random.default_rng(derive(draw_seed, "labelled", seed, label)).permutation(pool)
         if labels_per_class is not None:
             n_labelled = labels_per_class
         elif labelled_fraction is not None:
@@ -168,7 +222,7 @@ def make_splits(
     unlabelled = data.subset(chosen("unlabelled"), name=f"{data.name}/unlabelled").without_labels()
     val_set = val if val is not None else data.subset(chosen("val"), name=f"{data.name}/val")
     test_set = test if test is not None else data.subset(chosen("test"), name=f"{data.name}/test")
-    return Splits(train=train, unlabelled=unlabelled, val=val_set, test=test_set)
+    return Splits(train=train, unlabelled=unlabelled, val=val_set, test=test_set, seed=seed, draw_seed=draw_seed)
 
 
 class SplitSpec(BaseModel):
@@ -182,3 +236,22 @@ class SplitSpec(BaseModel):
     labels_per_class: int | None = Field(None, gt=0, description="keep this many labelled images per class")
     labelled_fraction: float | None = Field(None, gt=0, le=1, description="keep this fraction labelled")
     seed: int = 0
+    labelled_draw: LabelledDraw = Field(
+        "fixed",
+        description="which training-pool images carry the labels: fixed = one draw for every run whatever "
+        "its seed (right when the folder already has its labels); per_seed = each run's seed draws its own "
+        "labelled images from the same training pool (a general claim at a few labels per class); test, "
+        "validation and the pool are the same either way",
+    )
+
+    def draw_seed(self, run_seed: int | None) -> int | None:
+        """The ``draw_seed`` of :func:`make_splits` for a run of seed ``run_seed``: ``None`` for the fixed
+        draw, the run's seed for ``per_seed`` (which needs one)."""
+        if self.labelled_draw == "fixed":
+            return None
+        if run_seed is None:
+            raise HeadstartError(
+                "splits.labelled_draw is per_seed: each run's seed draws its labelled images, but no run seed "
+                "was given; pass the run's seed (TaskData.load(..., run_seed=SEED)) or use labelled_draw: fixed"
+            )
+        return int(run_seed)

@@ -11,6 +11,9 @@ From Python::
     data = TaskData.load(SourceSpec(kind="folder", path="photos", image_size=224),
                          splits={"labels_per_class": 10})
     data.split("train")          # an ImageSet
+
+With ``splits.labelled_draw: per_seed`` the labelled images depend on the run: pass its seed,
+``TaskData.load(source, splits, run_seed=1)`` (a run, its probes and its lr-find do).
 """
 
 from __future__ import annotations
@@ -46,11 +49,15 @@ class TaskData:
         *,
         model_name: str = "",
         min_image_size: int | None = None,
+        run_seed: int | None = None,
     ) -> TaskData:
         """Load ``source``, split it as ``splits`` (a :class:`~headstart.data.splits.SplitSpec` or mapping) and
-        check it; ``general`` is split 80/10/10 with the same seed."""
+        check it; ``general`` is split 80/10/10 with the same seed. ``run_seed``: the seed of the run
+        the data is for, which draws the labelled images when ``splits.labelled_draw`` is ``per_seed``
+        (needed then; unused by the fixed draw)."""
         source = validate(SourceSpec, source, "source")
         split = validate(SplitSpec, splits or {}, "splits")
+        draw_seed = split.draw_seed(run_seed)  # a per_seed spec without a run seed fails before loading
         images = load_source(source)
         task_splits = make_splits(
             images,
@@ -59,6 +66,7 @@ class TaskData:
             seed=split.seed,
             labels_per_class=split.labels_per_class,
             labelled_fraction=split.labelled_fraction,
+            draw_seed=draw_seed,
         )
         # verify="header" promises no full decode before training (a truncated file fails when first read)
         warnings = check_dataset(
@@ -73,9 +81,10 @@ class TaskData:
         return cls(task_splits, general_splits, list(warnings))
 
     @classmethod
-    def from_spec(cls, data_spec, *, model_name: str = "") -> TaskData:
-        """From a run file's ``data`` block (:class:`~headstart.config.DataSpec`)."""
-        return cls.load(data_spec.source, data_spec.splits, data_spec.general, model_name=model_name)
+    def from_spec(cls, data_spec, *, model_name: str = "", run_seed: int | None = None) -> TaskData:
+        """From a run file's ``data`` block (:class:`~headstart.config.DataSpec`); ``run_seed`` as in :meth:`load`
+        (a run's ``seed``)."""
+        return cls.load(data_spec.source, data_spec.splits, data_spec.general, model_name=model_name, run_seed=run_seed)
 
     @property
     def class_names(self) -> list[str]:

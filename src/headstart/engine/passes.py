@@ -88,12 +88,17 @@ def evaluate(
     batch_size: int = INFERENCE_BATCH,
     device: torch.device | str = "cpu",
     num_classes: int | None = None,
+    predictions: bool = False,
 ) -> dict:
     """Loss and accuracy (:func:`headstart.heads.accuracy`) of the network's task head on a labelled
     set (streamed); with ``num_classes``, also its confusion matrix (``confusion[true][predicted]``
-    counts). The network is left on the device and in the mode it was found in."""
+    counts); with ``predictions``, also the predicted class (:func:`headstart.heads.predicted_classes`)
+    and the true class of every image, in the set's order (``predictions`` and ``targets``, lists of
+    ints). The network is left on the device and in the mode it was found in."""
     total_loss, correct, count = 0.0, 0, 0
     confusion = torch.zeros(num_classes or 1, num_classes or 1, dtype=torch.long)
+    predicted: list[Tensor] = []
+    targets: list[Tensor] = []
     with _borrowed(network, device):
         for pixels, labels in _loader(images, batch_size, torch.device(device).type == "cuda"):
             target = labels.to(device)
@@ -101,10 +106,18 @@ def evaluate(
             total_loss += float(task_loss(loss, logits, target)) * len(target)
             correct += int(accuracy(logits, target, reduction="sum"))
             count += len(target)
+            if num_classes or predictions:
+                classes = predicted_classes(logits).cpu()
             if num_classes:
-                pairs = target.long().cpu() * num_classes + predicted_classes(logits).cpu()
+                pairs = target.long().cpu() * num_classes + classes
                 confusion += torch.bincount(pairs, minlength=num_classes**2).view(num_classes, num_classes)
+            if predictions:
+                predicted.append(classes)
+                targets.append(target.long().cpu())
     metrics: dict = {"loss": total_loss / max(1, count), "accuracy": correct / max(1, count), "count": count}
     if num_classes:
         metrics["confusion"] = confusion.tolist()
+    if predictions:
+        metrics["predictions"] = torch.cat(predicted).tolist() if predicted else []
+        metrics["targets"] = torch.cat(targets).tolist() if targets else []
     return metrics

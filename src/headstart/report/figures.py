@@ -325,3 +325,58 @@ def budgets_figure(summary: dict[str, Any]) -> Any:
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="lower right")
     return figure
+
+
+WORD_COLOURS = {"better": "#2e7d32", "worse": "#c0392b", "not resolved": "#b07d00"}
+"""Marker colour of each verdict word in the forest plot (the report's verdict boxes use the same)."""
+
+
+def forest(rows: list[dict[str, Any]], labels_per_class: int | None = None) -> bytes:
+    """:func:`forest_figure` as PNG bytes."""
+    return png_bytes(forest_figure(rows, labels_per_class), dpi=DPI)
+
+
+def forest_figure(rows: list[dict[str, Any]], labels_per_class: int | None = None) -> Any:
+    """A forest plot of a budget's paired comparisons (:func:`headstart.report.summary.effects`): each
+    as its mean difference in test accuracy with its 95% interval, against a zero line; the marker's
+    colour is the verdict (better, worse, not resolved). An effect whose interval crosses the line is
+    not resolved; one wholly right of it is better."""
+    plt = _pyplot()
+    height = 1.2 + 0.42 * len(rows)
+    figure, axes = plt.subplots(figsize=(8.5, height))
+    positions = np.arange(len(rows))[::-1]
+    for position, row in zip(positions, rows, strict=True):
+        verdict = row["verdict"]
+        colour = WORD_COLOURS.get(verdict["word"], "#555555")
+        if verdict["low"] is not None and verdict["high"] is not None:
+            axes.plot([verdict["low"], verdict["high"]], [position, position], color=colour, linewidth=2.2)
+            for end in (verdict["low"], verdict["high"]):
+                axes.plot([end, end], [position - 0.15, position + 0.15], color=colour, linewidth=1.4)
+        marker = "s" if row["kind"] == "baseline" else "D" if row["kind"] == "step" else "o"
+        axes.plot(verdict["mean"], position, marker=marker, color=colour, markersize=7, zorder=3)
+        detail = (
+            f"{verdict['word']}, {verdict['better_in']}/{verdict['n']}"
+            if verdict["method"] == "paired t"
+            else (f"{verdict['word']}, McNemar" if verdict["method"] == "McNemar exact" else verdict["word"])
+        )
+        axes.annotate(
+            detail,
+            (1.0, position),
+            xycoords=("axes fraction", "data"),
+            xytext=(6, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=8,
+            color=colour,
+        )
+    axes.axvline(0.0, color="#333333", linewidth=1.0)
+    axes.set_yticks(positions)
+    axes.set_yticklabels([row["label"] for row in rows], fontsize=8.5)
+    axes.set_ylim(-0.7, len(rows) - 0.3)
+    axes.set_xlabel("difference in test accuracy (paired by seed), 95% interval")
+    where = f" — {labels_per_class} label{'s' if labels_per_class != 1 else ''} per class" if labels_per_class else ""
+    axes.set_title(f"effects{where}", fontsize=10)
+    axes.grid(axis="x", alpha=0.3)
+    figure.subplots_adjust(right=0.8)
+    figure.tight_layout(rect=(0, 0, 0.86, 1))
+    return figure

@@ -27,11 +27,13 @@ from headstart.report.summary import (
     arm_cells,
     budget_verdict,
     contrast_lines,
+    effects,
     labels_per_class_text,
     spread_text,
     step_lines,
     summarise,
 )
+from headstart.verdict import from_dict, seeds_text
 
 REPORT_FILE = "report.html"
 
@@ -44,7 +46,10 @@ table { border-collapse: collapse; margin: .6rem 0; font-size: .9rem; }
 th, td { border: 1px solid #d5dbe1; padding: .3rem .55rem; text-align: right; vertical-align: top; }
 th { background: #f1f4f7; } td.name, th.name { text-align: left; }
 .verdict { background: #eef6ee; border-left: 4px solid #3c8d40; padding: .6rem .9rem; margin: 1rem 0; }
-.verdict.within { background: #fff7e6; border-color: #d39200; }
+.verdict.unresolved { background: #fff7e6; border-color: #d39200; }
+.verdict.worse { background: #fcecec; border-color: #c0392b; }
+span.better { color: #2e7d32; font-weight: 600; } span.worse { color: #c0392b; font-weight: 600; }
+span.unresolved { color: #9a6a00; }
 .muted { color: #5b6670; font-size: .88rem; } img { max-width: 100%; display: block; margin: .5rem 0; }
 code { background: #f1f4f7; padding: 0 .25rem; border-radius: 3px; }
 """
@@ -76,6 +81,7 @@ def _comparison_table(budget: dict[str, Any], ident: str) -> str:
                 str(arm["test_accuracy"]["n"]),
                 cells["test"],
                 cells["gain"],
+                html.escape(cells["verdict"]),
                 cells["reach"],
                 cells["steps"],
                 cells["head_start"],
@@ -89,14 +95,63 @@ def _comparison_table(budget: dict[str, Any], ident: str) -> str:
             "n",
             "test accuracy",
             f"gain over {budget['baseline']}",
+            "verdict, 95% interval, seeds better",
             "time to target",
             "labelled steps to target",
             "head start",
             "wall time",
         ],
         rows,
-        ["name", "name"] + [""] * 7,
+        ["name", "name"] + [""] * 8,
         ident,
+    )
+
+
+def _word_class(verdict: dict[str, Any] | None) -> str:
+    """The CSS class of a verdict box: ``better`` (green), ``worse`` (red), ``unresolved`` (amber)."""
+    if verdict is None:
+        return "unresolved"
+    return {"better": "better", "worse": "worse"}.get(verdict["word"], "unresolved")
+
+
+def _effects_section(budget: dict[str, Any], suffix: str, index: int) -> str:
+    """The forest plot and the table of every paired comparison of one budget (:func:`effects`)."""
+    rows = effects(budget)
+    if not rows:
+        return ""
+    cells = []
+    for row in rows:
+        verdict = from_dict(row["verdict"])
+        interval = "—" if verdict.low is None or verdict.high is None else f"{verdict.low:+.4f} to {verdict.high:+.4f}"
+        share = f"{verdict.better_in} of {verdict.n}" if verdict.method == "paired t" else verdict.method
+        p_value = "—" if verdict.p_adjusted is None else f"{verdict.p_adjusted:.3g}"
+        cells.append(
+            [
+                html.escape(row["label"]),
+                f"{verdict.mean:+.4f}",
+                interval,
+                html.escape(share),
+                p_value + (f" (Holm, {verdict.family})" if verdict.family > 1 else ""),
+                f'<span class="{_word_class(row["verdict"])}">{html.escape(verdict.word)}</span>',
+                html.escape(seeds_text(verdict.seeds_needed) or "—"),
+            ]
+        )
+    table = _table(
+        ["comparison", "difference", "95% interval", "seeds better", "p", "verdict", "seeds to resolve"],
+        cells,
+        ["name", "", "", "", "", "name", "name"],
+        f"effects-{index}",
+    )
+    return (
+        f"<h3>Effects{suffix}</h3>"
+        + _image(figures.forest(rows, budget.get("labels_per_class")), f"forest plot of the differences{suffix}")
+        + table
+        + '<p class="muted">Each row is one arm minus another in test accuracy, paired by seed (same seed, '
+        "splits and test images). Several seeds: Student's t over the per-seed differences, its 95% interval "
+        "and p-value; one seed: McNemar's exact test on the test images. The arms against the baseline form one "
+        "family, their p-values Holm-corrected; steps and contrasts are judged each on its own. Not resolved: "
+        "the seeds a paired t-test needs to find a difference of the observed size at the observed spread "
+        "with 80% power.</p>"
     )
 
 
@@ -244,13 +299,13 @@ def render(folder: str | Path) -> str:
         verdict = budget_verdict(budget)
         if verdict is None:
             continue
-        clear = budget["winner"]["exceeds_spread"]
-        parts.append(f'<div class="verdict{"" if clear else " within"}">{html.escape(verdict)}</div>')
-        for line in step_lines(budget, several):
-            parts.append(f'<div class="verdict step">{html.escape(line)}</div>')
-        for judged, line in zip(budget.get("contrasts") or [], contrast_lines(budget, several), strict=True):
-            clear = judged["exceeds_spread"]
-            parts.append(f'<div class="verdict step{"" if clear else " within"}">{html.escape(line)}</div>')
+        best = budget["winner"]["verdict"]
+        parts.append(f'<div class="verdict {_word_class(best)}">{html.escape(verdict)}</div>')
+        steps = [arm["step_verdict"] for arm in budget["arms"] if arm.get("extends") and arm.get("step_verdict")]
+        for judged, line in zip(steps, step_lines(budget, several), strict=True):
+            parts.append(f'<div class="verdict step {_word_class(judged)}">{html.escape(line)}</div>')
+        for contrasted, line in zip(budget.get("contrasts") or [], contrast_lines(budget, several), strict=True):
+            parts.append(f'<div class="verdict step {_word_class(contrasted["verdict"])}">{html.escape(line)}</div>')
     if several:
         parts.append(_image(figures.budgets(summary), "accuracy against labels per class"))
     for index, budget in enumerate(summary["budgets"]):
@@ -260,7 +315,9 @@ def render(folder: str | Path) -> str:
         parts.append(f"<h2>Comparison{suffix}</h2>")
         parts.append(_comparison_table(budget, f"comparison-{index}"))
         parts.append(
-            '<p class="muted">Mean ± sample std over seeds (n). Gain: paired by seed. Time to target: '
+            '<p class="muted">Mean ± sample std over seeds (n). Gain: paired by seed; verdict: better, worse or '
+            "not resolved at the 95% level (Holm-corrected over the arms; the effects below give the test). "
+            "Time to target: "
             "wall seconds from the start of the run (head start and feature caching included) until "
             + (f"validation accuracy first reached {target:.4f}" if target is not None else "a target")
             + " (default: the lowest of the baseline's best over seeds), and the seeds that reached it. "
@@ -268,6 +325,7 @@ def render(folder: str | Path) -> str:
             "backbone features computed once, a small fraction of a full step's cost.</p>"
         )
         parts.append(_image(figures.accuracy_and_time(budget), "test accuracy and time to target"))
+        parts.append(_effects_section(budget, suffix, index))
         parts.append(f"<h3>Learning curves{suffix}</h3>")
         parts.append(_image(figures.learning_curves(budget), "learning curves"))
         parts.append(f"<h3>Probes of the backbones{suffix}</h3>")

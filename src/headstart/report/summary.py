@@ -7,8 +7,10 @@ A single run folder is read as a comparison of one arm at one seed.
 How time is counted (both promised gains are per arm, mean ± std over seeds):
 
 * **final metric** — test accuracy after the last stage; the test split is seen by no stage.
-  The gain over the baseline is paired by seed (same splits and seed, different arm) and given as
-  mean ± std of the per-seed differences.
+  The gain over the baseline is paired by seed (same test images and seed, different arm) and given
+  as mean ± std of the per-seed differences, and judged by :mod:`headstart.verdict`: better, worse
+  or not resolved, with its 95% interval (Holm-corrected over the arms tested against the baseline;
+  McNemar's exact test on the test images when there is one seed).
 * **time to target** — the first labelled epoch whose validation accuracy reaches the target (by
   default the lowest of the baseline's best validation accuracies over seeds, so the baseline
   reaches it at every seed). Counted two ways:
@@ -31,6 +33,7 @@ from typing import Any, TypedDict
 
 from headstart.errors import HeadstartError
 from headstart.files import COMPARISON_FILE, RUN_FILE, atomic_write_json, is_comparison, is_run, read_json
+from headstart.verdict import Verdict, corrected, from_dict, on_test_images, over_seeds, verdict_text
 
 MANIFEST_FILE = COMPARISON_FILE
 """The comparison's manifest (:data:`headstart.files.COMPARISON_FILE`), under the name compare.py imports."""
@@ -159,6 +162,9 @@ def run_outcome(folder: Path) -> dict[str, Any] | None:
         "test_accuracy": float(run.test["accuracy"]) if run.test and "accuracy" in run.test else None,
         "test_count": int(run.test["count"]) if run.test and "count" in run.test else 0,
         "confusion": run.test_confusion,
+        "test_predictions": getattr(run, "test_predictions", None),
+        "test_targets": getattr(run, "test_targets", None),
+        "splits": getattr(run, "splits", None),
         "labels": run.labels,
         "seconds": float(run.seconds or 0.0) + run.earlier_seconds,
         "head_start_seconds": head_start_seconds,
@@ -251,6 +257,7 @@ def _budget_table(
                 "gain": _spread(gains) if name != baseline else _spread([0.0] * len(gains)),
                 "extends": parent,
                 "step_gain": _spread(_paired_gains(runs, outcomes[parent])) if parent else None,
+                "step_verdict": judge_runs(runs, outcomes[parent]).as_dict() if parent else None,
                 "seconds": _spread([o["seconds"] for o in runs]),
                 "head_start_seconds": _spread([o["head_start_seconds"] for o in runs]),
                 "head_start_steps": _spread([float(o["head_start_steps"]) for o in runs]),
@@ -264,45 +271,64 @@ def _budget_table(
                 "config_hashes": sorted({o["config_hash"] for o in runs}),
             }
         )
+    # every arm against the baseline is one family of tests: Holm's correction over them
+    tested = [name for name in outcomes if name != baseline and base and _pairs(outcomes[name], base)]
+    judged = corrected([judge_runs(outcomes[name], base) for name in tested])
+    for arm in arms:
+        arm["verdict"] = None
+    verdicts = dict(zip(tested, judged, strict=True))
+    for arm in arms:
+        if arm["name"] in verdicts:
+            arm["verdict"] = verdicts[str(arm["name"])].as_dict()
     return {"target_val_accuracy": target, "baseline": baseline, "arms": arms}
 
 
-def _judge(gain: dict[str, Any], arm: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
-    """A paired gain of ``arm`` over ``other`` judged against the spread between seeds (the larger
-    std of the two arms' test accuracies): it counts only when its mean exceeds that spread."""
-    spread = max(arm["test_accuracy"]["std"] or 0.0, other["test_accuracy"]["std"] or 0.0)
-    mean = gain["mean"] or 0.0
-    return {
-        "gain": mean,
-        "gain_std": gain["std"],
-        "spread": spread,
-        "exceeds_spread": arm["name"] != other["name"] and mean > spread and arm["test_accuracy"]["n"] > 1,
-        "positive_seeds": sum(1 for value in gain["values"] if value > 0),
-        "seeds": len(gain["values"]),
-    }
+def _pairs(runs: list[dict[str, Any]], other: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Runs of two arms at the same seed, both with a test accuracy, in ``runs``' order."""
+    by_seed = {o["seed"]: o for o in other if o["test_accuracy"] is not None}
+    return [(o, by_seed[o["seed"]]) for o in runs if o["test_accuracy"] is not None and o["seed"] in by_seed]
+
+
+def judge_runs(runs: list[dict[str, Any]], other: list[dict[str, Any]]) -> Verdict:
+    """``runs`` against ``other`` paired by seed (:mod:`headstart.verdict`): Student's t over the
+    seeds' differences in test accuracy; with one seed, McNemar's exact test on the two networks'
+    predictions of the same test images when both runs recorded them."""
+    pairs = _pairs(runs, other)
+    if len(pairs) == 1:
+        arm, against = pairs[0]
+        if (
+            arm.get("test_predictions") is not None
+            and against.get("test_predictions") is not None
+            and arm.get("test_targets") is not None
+            and arm.get("test_targets") == against.get("test_targets")
+        ):
+            return on_test_images(arm["test_predictions"], against["test_predictions"], arm["test_targets"])
+    return over_seeds([arm["test_accuracy"] - against["test_accuracy"] for arm, against in pairs])
 
 
 def winner(budget: dict[str, Any]) -> dict[str, Any] | None:
-    """The arm with the best mean test accuracy, its gain over the baseline, and whether the gain
-    exceeds the spread between seeds (the larger std of the two arms' test accuracies)."""
+    """The arm with the best mean test accuracy and its verdict against the baseline (Holm-corrected
+    over every arm tested against the baseline in this budget); ``None`` when no arm has a test accuracy."""
     scored = [arm for arm in budget["arms"] if arm["test_accuracy"]["mean"] is not None]
     if not scored:
         return None
     best = max(scored, key=lambda arm: arm["test_accuracy"]["mean"])
-    base = next(arm for arm in budget["arms"] if arm["name"] == budget["baseline"])
-    return {"arm": best["name"], **_judge(best["gain"], best, base)}
+    return {"arm": best["name"], "verdict": best["verdict"]}
 
 
 def contrast(budget: dict[str, Any], arm: str, against: str) -> dict[str, Any] | None:
-    """``arm`` against ``against`` at one budget (a comparison's ``contrasts``): the paired gain in
-    test accuracy and whether it exceeds the spread; ``None`` when either arm has no finished run."""
+    """``arm`` against ``against`` at one budget (a comparison's ``contrasts``), paired by seed and
+    judged on its own (:func:`judge_runs`); ``None`` when either arm has no finished run."""
     rows = {row["name"]: row for row in budget["arms"]}
     if arm not in rows or against not in rows or rows[arm]["test_accuracy"]["mean"] is None:
         return None
-    gain = _spread(_paired_gains(budget["runs"][arm], budget["runs"][against]))
-    if gain["mean"] is None:
+    if not _pairs(budget["runs"][arm], budget["runs"][against]):
         return None
-    return {"arm": arm, "against": against, **_judge(gain, rows[arm], rows[against])}
+    return {
+        "arm": arm,
+        "against": against,
+        "verdict": judge_runs(budget["runs"][arm], budget["runs"][against]).as_dict(),
+    }
 
 
 def summarise(folder: str | Path, *, write: bool = True) -> dict[str, Any]:
@@ -367,12 +393,15 @@ def spread_text(values: dict[str, Any], digits: int = 4) -> str:
 
 def arm_cells(arm: dict[str, Any], budget: dict[str, Any]) -> dict[str, str]:
     """The cells of an arm's row in the comparison table, as the terminal and the HTML report show
-    them: test accuracy, gain over the baseline, time and steps to the target, head start, wall time."""
+    them: test accuracy, gain over the baseline, its verdict, time and steps to the target, head
+    start, wall time."""
     seeds = len(arm["seeds"])
     reached = bool(arm["reached"])
+    verdict = from_dict(arm["verdict"]) if arm.get("verdict") else None
     return {
         "test": spread_text(arm["test_accuracy"]),
         "gain": "baseline" if arm["name"] == budget["baseline"] else spread_text(arm["gain"]),
+        "verdict": "—" if verdict is None else short_verdict(verdict),
         "reach": f"{spread_text(arm['seconds_to_target'], 1)} s ({arm['reached']}/{seeds})"
         if reached
         else f"not reached (0/{seeds})",
@@ -386,72 +415,118 @@ def arm_cells(arm: dict[str, Any], budget: dict[str, Any]) -> dict[str, str]:
     }
 
 
+def short_verdict(verdict: Verdict) -> str:
+    """A table cell: ``better [+0.056, +0.140] 3/3``; ``not resolved [−0.009, +0.025] 2/3, ~7 seeds``."""
+    if verdict.low is None or verdict.high is None:
+        return f"{verdict.word} (one seed)"
+    cell = f"{verdict.word} [{verdict.low:+.3f}, {verdict.high:+.3f}]"
+    cell += f" {verdict.better_in}/{verdict.n}" if verdict.method == "paired t" else " McNemar"
+    if verdict.word == "not resolved" and verdict.seeds_needed is not None:
+        cell += f", ~{verdict.seeds_needed} seeds" if verdict.seeds_needed <= 1000 else ", >1000 seeds"
+    return cell
+
+
 def summary_line(summary: dict[str, Any]) -> list[str]:
-    """One line per label budget with a winner: which arm won, by how much, and whether that beats
-    the spread (:func:`budget_verdict`)."""
+    """One line per label budget with a winner: which arm had the best test accuracy and its verdict
+    against the baseline (:func:`budget_verdict`)."""
     return [line for line in map(budget_verdict, summary["budgets"]) if line is not None]
 
 
+def _where(budget: dict[str, Any], several: bool = True) -> str:
+    return f"{labels_per_class_text(budget['labels_per_class'])}: " if several and budget["labels_per_class"] else ""
+
+
 def budget_verdict(budget: dict[str, Any]) -> str | None:
-    """The verdict line of one label budget, or ``None`` when no arm has a test accuracy."""
+    """The verdict line of one label budget, or ``None`` when no arm has a test accuracy: the arm with
+    the best mean test accuracy, and whether it is better than the baseline (:mod:`headstart.verdict`)."""
     best = budget["winner"]
     if best is None:
         return None
-    where = f"{labels_per_class_text(budget['labels_per_class'])}: " if budget["labels_per_class"] is not None else ""
+    where = _where(budget, budget["labels_per_class"] is not None)
     arm = next(arm for arm in budget["arms"] if arm["name"] == best["arm"])
     accuracy = arm["test_accuracy"]
-    text = (
-        f"{where}{best['arm']} won with test accuracy {accuracy['mean']:.4f} ± {accuracy['std']:.4f} "
-        f"(n={accuracy['n']})"
-    )
+    level = f"test accuracy {spread_text(accuracy)} (n={accuracy['n']})"
     if best["arm"] == budget["baseline"]:
-        text += f"; no arm beat the baseline {budget['baseline']} — re-think pretraining that does not help"
-    else:
-        text += (
-            f", {best['gain']:+.4f} ± {best['gain_std']:.4f} over {budget['baseline']} "
-            f"(paired by seed, better in {best['positive_seeds']} of {best['seeds']}); "
+        return (
+            f"{where}the baseline {best['arm']} had the best {level}; no arm beat it — re-think pretraining "
+            "that does not help"
         )
-        text += _spread_text(best, accuracy["n"])
-    return text
-
-
-def _spread_text(judged: dict[str, Any], seeds: int) -> str:
-    if seeds < 2:
-        return "one seed: no spread to judge the gain against"
-    if judged["exceeds_spread"]:
-        return f"the gain exceeds the spread between seeds (±{judged['spread']:.4f})"
-    return f"the gain is within the spread between seeds (±{judged['spread']:.4f})"
+    if best["verdict"] is None:
+        return (
+            f"{where}{best['arm']} had the best {level}; no run of the baseline {budget['baseline']} "
+            "to judge it against"
+        )
+    verdict = from_dict(best["verdict"])
+    lead = f"{best['arm']} won" if verdict.word == "better" else f"{best['arm']} had the best mean"
+    return f"{where}{lead}, {level}; against {budget['baseline']}: {verdict_text(verdict)}"
 
 
 def contrast_lines(budget: dict[str, Any], several: bool = False) -> list[str]:
     """The verdict of each of the comparison's ``contrasts`` at one budget (prefixed with the label
-    budget when ``several``): e.g. whether the pretraining before FixMatch gains more than the spread."""
-    where = f"{labels_per_class_text(budget['labels_per_class'])}: " if several else ""
-    lines = []
-    for judged in budget.get("contrasts") or []:
-        spread = f" ± {judged['gain_std']:.4f}" if judged["gain_std"] is not None else ""
-        lines.append(
-            f"{where}{judged['arm']} against {judged['against']}: {judged['gain']:+.4f}{spread} "
-            f"(paired by seed, better in {judged['positive_seeds']} of {judged['seeds']}); "
-            + _spread_text(judged, judged["seeds"])
-        )
-    return lines
+    budget when ``several``): e.g. whether the pretraining before FixMatch adds anything once FixMatch runs."""
+    where = _where(budget, several)
+    return [
+        f"{where}{judged['arm']} against {judged['against']}: {verdict_text(from_dict(judged['verdict']))}"
+        for judged in budget.get("contrasts") or []
+    ]
 
 
 def step_lines(budget: dict[str, Any], several: bool = False) -> list[str]:
     """What each step added: for an arm that extends another (its stages begin with all of the other's),
-    the paired gain of its extra stages (prefixed with the label budget when ``several``)."""
-    where = f"{labels_per_class_text(budget['labels_per_class'])}: " if several else ""
+    the verdict on its extra stages, paired by seed (prefixed with the label budget when ``several``)."""
+    where = _where(budget, several)
     lines = []
     for arm in budget["arms"]:
-        gain = arm.get("step_gain")
-        if not arm.get("extends") or not gain or gain["mean"] is None:
+        if not arm.get("extends") or not arm.get("step_verdict"):
             continue
-        extra = arm["stages"][len(next(a for a in budget["arms"] if a["name"] == arm["extends"])["stages"]) :]
-        better = sum(1 for value in gain["values"] if value > 0)
-        spread = f" ± {gain['std']:.4f}" if gain["std"] is not None else ""
+        extra = step_names(arm, budget)
         lines.append(
-            f"{where}{' → '.join(extra)} added {gain['mean']:+.4f}{spread} to {arm['extends']} "
-            f"({arm['name']}; paired by seed, better in {better} of {len(gain['values'])})"
+            f"{where}{' → '.join(extra)} after {arm['extends']} ({arm['name']}): "
+            + verdict_text(from_dict(arm["step_verdict"]))
         )
     return lines
+
+
+def step_names(arm: dict[str, Any], budget: dict[str, Any]) -> list[str]:
+    """The stages ``arm`` runs after those of the arm it extends."""
+    parent = next(a for a in budget["arms"] if a["name"] == arm["extends"])
+    return arm["stages"][len(parent["stages"]) :]
+
+
+def effects(budget: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every paired comparison of one budget, as the forest plot and the effects table show them:
+    ``{"label", "kind" ("baseline", "step" or "contrast"), "arm", "against", "verdict"}``."""
+    rows: list[dict[str, Any]] = []
+    for arm in budget["arms"]:
+        if arm.get("verdict"):
+            rows.append(
+                {
+                    "label": f"{arm['name']} − {budget['baseline']}",
+                    "kind": "baseline",
+                    "arm": arm["name"],
+                    "against": budget["baseline"],
+                    "verdict": arm["verdict"],
+                }
+            )
+    for arm in budget["arms"]:
+        if arm.get("extends") and arm.get("step_verdict"):
+            rows.append(
+                {
+                    "label": f"+{' → '.join(step_names(arm, budget))} ({arm['name']} − {arm['extends']})",
+                    "kind": "step",
+                    "arm": arm["name"],
+                    "against": arm["extends"],
+                    "verdict": arm["step_verdict"],
+                }
+            )
+    for judged in budget.get("contrasts") or []:
+        rows.append(
+            {
+                "label": f"{judged['arm']} − {judged['against']}",
+                "kind": "contrast",
+                "arm": judged["arm"],
+                "against": judged["against"],
+                "verdict": judged["verdict"],
+            }
+        )
+    return rows

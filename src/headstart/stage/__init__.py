@@ -187,9 +187,12 @@ def evaluate_split(
     loss: str = "cross_entropy",
     options: TrainerOptions | None = None,
     confusion: bool = False,
+    predictions: bool = False,
 ) -> dict:
     """Loss and accuracy of the network's task head on one split, streamed in evaluation mode
-    (with ``confusion``, also the confusion matrix over the task's classes)."""
+    (with ``confusion``, also the confusion matrix over the task's classes; with ``predictions``,
+    the predicted and true class of every image of the split, in its order: ``predictions`` and
+    ``targets``)."""
     options = options or TrainerOptions()
     return evaluate(
         network,
@@ -198,4 +201,5 @@ def evaluate_split(
         loss=loss,
         device=options.device,
         num_classes=len(data.class_names) if confusion else None,
+        predictions=predictions,
     )
