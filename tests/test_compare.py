@@ -363,6 +363,13 @@ def test_report_command_rebuilds_the_report_from_files_alone(comparison, tmp_pat
     os.umask(mask)
     assert (copy / "report.html").stat().st_mode & 0o777 == 0o666 & ~mask  # readable like any file the user writes
     assert page.count("<tr>") > 8 and "seed-1" in page and "against scratch:" in rebuilt.stdout
+    # the same tables as Markdown, for a document: levels, arms with verdicts, effects
+    markdown = CliRunner().invoke(app, ["report", str(copy), "--markdown"])
+    assert markdown.exit_code == 0, markdown.output
+    assert "| arm | test accuracy |" in markdown.stdout and "| `rotation` | 0." in markdown.stdout
+    assert "| rotation − scratch | " in markdown.stdout and "95% interval" in markdown.stdout
+    not_markdown = CliRunner().invoke(app, ["report", str(copy), "--refresh"])
+    assert not_markdown.exit_code == 2 and "expects a Markdown file" in not_markdown.output
     assert summarise(copy, write=False)["budgets"][0]["arms"][0]["test_accuracy"]["n"] == 2
     # a single run folder is a report of its own
     single = CliRunner().invoke(app, ["report", str(copy / "rotation" / "seed-0")])

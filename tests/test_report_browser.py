@@ -28,8 +28,10 @@ CHECK = """<script>window.addEventListener("load", function () {
   var external = [].filter.call(document.querySelectorAll("[src],[href]"), function (node) {
     var target = node.getAttribute("src") || node.getAttribute("href");
     return !/^data:/.test(target) && !/^#/.test(target); }).length;
+  var effects = [].map.call(document.querySelectorAll("table[id^=effects] tbody tr"), function (row) {
+    return [row.cells[0].textContent, row.cells[5].textContent]; });
   var out = document.createElement("pre"); out.id = "dom-check";
-  out.textContent = JSON.stringify({rows: rows, images: images, external: external});
+  out.textContent = JSON.stringify({rows: rows, images: images, external: external, effects: effects});
   document.body.appendChild(out);
 });</script>"""
 
@@ -96,6 +98,12 @@ def test_report_renders_in_headless_chromium_with_a_row_per_arm_and_every_image_
     budgets = [image for image in dom["images"] if image["alt"] == "accuracy against labels per class"]
     assert len(budgets) == 1 and budgets[0]["width"] > 500, dom["images"]
     assert "rotation against frozen-head:" in page
+    # each budget's forest plot decodes, and its effects table has the baseline's family and the contrast
+    forests = [image for image in dom["images"] if image["alt"].startswith("forest plot")]
+    assert len(forests) == 2 and all(image["width"] > 500 for image in forests), dom["images"]
+    expected = ["rotation − scratch", "frozen-head − scratch", "rotation − frozen-head"]
+    assert [label for label, _ in dom["effects"]] == expected * 2
+    assert {word for _, word in dom["effects"]} <= {"better", "worse", "not resolved"}
     assert all(image["width"] > 0 and image["height"] > 0 for image in dom["images"]), dom["images"]
     assert dom["external"] == 0
 

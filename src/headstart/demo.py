@@ -71,16 +71,21 @@ SEMI_SUPERVISED = {"method": "freematch", "ratio": 7, "momentum": 0.99}
 """The semi-supervised stage: FreeMatch's self-adaptive thresholds (Wang et al. 2023; momentum 0.99
 for a stage of a couple of hundred steps) instead of FixMatch's fixed 0.95. Measured on MNIST-5k
 (``examples/compare/label-budgets.yaml``, seeds 0–2, rotation → task → 6 passes of the
-semi-supervised stage), against FixMatch with distribution alignment: +0.060 ± 0.029 at 1 label per
-class (0.624 against 0.564), +0.047 ± 0.016 at 2 (0.900 against 0.853), +0.024 ± 0.014 at 4 (0.953
-against 0.928), better at 3 of 3 seeds each; at 10, +0.003 ± 0.007 against plain FixMatch with 6
-passes, and with 9 passes (:data:`SEMI_SUPERVISED_PASSES`) 0.976 ± 0.003 against FixMatch's
-0.969 ± 0.005 (+0.007 ± 0.006, 3 of 3), all after 12 rotation epochs."""
+semi-supervised stage, one labelled draw for every seed), against FixMatch with distribution
+alignment, ahead at 3 of 3 seeds each: +0.060 ± 0.029 at 1 label per class (0.624 against 0.564),
+not resolved (95% CI −0.012 to +0.132; about 5 seeds would resolve it); +0.047 ± 0.016 at 2 (0.900
+against 0.853), better (95% CI +0.007 to +0.087); +0.024 ± 0.014 at 4 (0.953 against 0.928), not
+resolved (95% CI −0.011 to +0.059; about 5 seeds). At 10, +0.003 ± 0.007 against plain FixMatch
+with 6 passes (2 of 3), not resolved (95% CI −0.014 to +0.020), and with 9 passes
+(:data:`SEMI_SUPERVISED_PASSES`) 0.976 ± 0.003 against FixMatch's 0.969 ± 0.005 (+0.007 ± 0.006,
+3 of 3), not resolved (95% CI −0.008 to +0.022; about 8 seeds), all after 12 rotation epochs."""
 SEMI_SUPERVISED_PASSES = 9
 """Passes over the unlabelled pool of the semi-supervised stage: on MNIST-5k 9 × 22 = 198 steps.
-Against 6 passes of the same stage (seeds 0–2): +0.045 ± 0.013 at 2 labels per class (0.945), +0.012
-± 0.009 at 4 (0.965), +0.004 at 10 (0.976), −0.022 ± 0.019 at 1 (0.602, within the ±0.10 spread
-between seeds); FixMatch given 12 passes instead of 6 stays at 0.972 ± 0.005 at 10."""
+Against 6 passes of the same stage (seeds 0–2): +0.045 ± 0.013 at 2 labels per class (0.945; 3 of
+3), better (95% CI +0.013 to +0.077); +0.012 ± 0.009 at 4 (0.965; 3 of 3), not resolved (95% CI
+−0.010 to +0.034; about 7 seeds would resolve it); −0.022 ± 0.019 at 1 (0.602; 0 of 3), not
+resolved (95% CI −0.069 to +0.025; about 8 seeds); +0.004 at 10 (0.976; paired spread not
+recorded, not judged). FixMatch given 12 passes instead of 6 stays at 0.972 ± 0.005 at 10."""
 
 
 def scaled_epochs(scale: float) -> Callable[[int], int]:

@@ -286,12 +286,15 @@ def _given(value: float | None) -> float:
     return value
 
 
-def _number(value: float) -> str:
-    return f"{value:+.3f}"
+def signed(value: float) -> str:
+    """``+0.017``; four decimals where three would print a non-zero value as ±0.000."""
+    text = f"{value:+.3f}"
+    return f"{value:+.4f}" if value != 0.0 and text in ("+0.000", "-0.000") else text
 
 
 def _p(value: float) -> str:
-    return "p < 0.001" if value < 0.001 else f"p = {value:.3f}" if value < 0.01 else f"p = {value:.2f}"
+    """``p = 0.049`` (three decimals, so a value just under 0.05 does not print as 0.05); ``p < 0.001``."""
+    return "p < 0.001" if value < 0.001 else f"p = {value:.3f}"
 
 
 def seeds_text(needed: int | None) -> str:
@@ -307,8 +310,8 @@ def evidence_text(verdict: Verdict) -> str:
     """The numbers behind a verdict in one parenthesis-free clause:
     ``+0.017, 95% CI −0.018 to +0.052 (paired t, 3 seeds, better in 3 of 3, p = 0.13)``."""
     if verdict.method == "none":
-        return f"{_number(verdict.mean)} ({verdict.note})"
-    interval = f"95% CI {_number(_given(verdict.low))} to {_number(_given(verdict.high))}"
+        return f"{signed(verdict.mean)} ({verdict.note})"
+    interval = f"95% CI {signed(_given(verdict.low))} to {signed(_given(verdict.high))}"
     if verdict.method == "McNemar exact":
         assert verdict.discordant is not None and verdict.accuracy_intervals is not None
         b, c = verdict.discordant
@@ -319,7 +322,7 @@ def evidence_text(verdict: Verdict) -> str:
         )
     if verdict.family > 1 and verdict.p_adjusted is not None:
         detail += f"; Holm-adjusted over {verdict.family} arms: {_p(verdict.p_adjusted)}"
-    return f"{_number(verdict.mean)}, {interval} ({detail})"
+    return f"{signed(verdict.mean)}, {interval} ({detail})"
 
 
 def word_text(verdict: Verdict) -> str:
@@ -362,6 +365,7 @@ __all__ = [
     "paired_t_interval",
     "seeds_needed",
     "seeds_text",
+    "signed",
     "verdict_text",
     "wilson_interval",
     "word_text",

@@ -36,9 +36,14 @@ comparison survives Ctrl+C; a folder written by a different configuration is ref
 ``overwrite``. An arm whose first stages equal another arm's (same model, data, seed and stage
 settings) starts from that arm's finished stages instead of training them again — they would
 come out the same — and counts their wall time as its own; the report says what the extra stages
-added (the paired gain over the shorter arm). The splits are the same for every seed
-(``data.splits.seed``): seeds vary the initialisation, the order of batches and the augmentations,
-which is the spread a user will see.
+added (the paired gain over the shorter arm). The test and validation images are the same for
+every seed (``data.splits.seed``); which training images carry labels is the same too unless
+``data.splits.labelled_draw: per_seed`` draws them anew at each seed (the demo's and the example
+comparisons' choice, since their tables are general claims). Seeds vary the initialisation, the
+order of batches, the augmentations and, with ``per_seed``, the labelled draw.
+
+Every gain is judged by :mod:`headstart.verdict` (through :mod:`headstart.report.summary`): better,
+worse or not resolved at the 95% level, paired by seed, with the seeds that would resolve it.
 """
 
 from __future__ import annotations

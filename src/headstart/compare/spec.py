@@ -68,8 +68,8 @@ class AttentionOptions(_Strict):
 
 
 class Contrast(_Strict):
-    """Two arms judged against each other at every label budget, paired by seed: does ``arm`` beat
-    ``against`` by more than the spread between seeds? E.g. ``{arm: rotation+fixmatch, against:
+    """Two arms judged against each other at every label budget, paired by seed: is ``arm`` better
+    than ``against``, worse, or not resolved (:mod:`headstart.verdict`)? E.g. ``{arm: rotation+fixmatch, against:
     scratch+fixmatch}`` asks whether the pretraining *before* FixMatch adds anything once FixMatch runs."""
 
     arm: str

@@ -30,6 +30,7 @@ from headstart.report.summary import (
     effects,
     labels_per_class_text,
     spread_text,
+    step_arms,
     step_lines,
     summarise,
 )
@@ -301,7 +302,7 @@ def render(folder: str | Path) -> str:
             continue
         best = budget["winner"]["verdict"]
         parts.append(f'<div class="verdict {_word_class(best)}">{html.escape(verdict)}</div>')
-        steps = [arm["step_verdict"] for arm in budget["arms"] if arm.get("extends") and arm.get("step_verdict")]
+        steps = [arm["step_verdict"] for arm in step_arms(budget)]
         for judged, line in zip(steps, step_lines(budget, several), strict=True):
             parts.append(f'<div class="verdict step {_word_class(judged)}">{html.escape(line)}</div>')
         for contrasted, line in zip(budget.get("contrasts") or [], contrast_lines(budget, several), strict=True):

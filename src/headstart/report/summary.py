@@ -33,7 +33,7 @@ from typing import Any, TypedDict
 
 from headstart.errors import HeadstartError
 from headstart.files import COMPARISON_FILE, RUN_FILE, atomic_write_json, is_comparison, is_run, read_json
-from headstart.verdict import Verdict, corrected, from_dict, on_test_images, over_seeds, verdict_text
+from headstart.verdict import Verdict, corrected, from_dict, on_test_images, over_seeds, signed, verdict_text
 
 MANIFEST_FILE = COMPARISON_FILE
 """The comparison's manifest (:data:`headstart.files.COMPARISON_FILE`), under the name compare.py imports."""
@@ -419,7 +419,7 @@ def short_verdict(verdict: Verdict) -> str:
     """A table cell: ``better [+0.056, +0.140] 3/3``; ``not resolved [−0.009, +0.025] 2/3, ~7 seeds``."""
     if verdict.low is None or verdict.high is None:
         return f"{verdict.word} (one seed)"
-    cell = f"{verdict.word} [{verdict.low:+.3f}, {verdict.high:+.3f}]"
+    cell = f"{verdict.word} [{signed(verdict.low)}, {signed(verdict.high)}]"
     cell += f" {verdict.better_in}/{verdict.n}" if verdict.method == "paired t" else " McNemar"
     if verdict.word == "not resolved" and verdict.seeds_needed is not None:
         cell += f", ~{verdict.seeds_needed} seeds" if verdict.seeds_needed <= 1000 else ", >1000 seeds"
@@ -476,15 +476,23 @@ def step_lines(budget: dict[str, Any], several: bool = False) -> list[str]:
     the verdict on its extra stages, paired by seed (prefixed with the label budget when ``several``)."""
     where = _where(budget, several)
     lines = []
-    for arm in budget["arms"]:
-        if not arm.get("extends") or not arm.get("step_verdict"):
-            continue
+    for arm in step_arms(budget):
         extra = step_names(arm, budget)
         lines.append(
             f"{where}{' → '.join(extra)} after {arm['extends']} ({arm['name']}): "
             + verdict_text(from_dict(arm["step_verdict"]))
         )
     return lines
+
+
+def step_arms(budget: dict[str, Any]) -> list[dict[str, Any]]:
+    """Arms that extend another arm other than the baseline (an arm extending the baseline is judged
+    against it in the baseline's family already)."""
+    return [
+        arm
+        for arm in budget["arms"]
+        if arm.get("extends") and arm.get("step_verdict") and arm["extends"] != budget["baseline"]
+    ]
 
 
 def step_names(arm: dict[str, Any], budget: dict[str, Any]) -> list[str]:
@@ -508,17 +516,16 @@ def effects(budget: dict[str, Any]) -> list[dict[str, Any]]:
                     "verdict": arm["verdict"],
                 }
             )
-    for arm in budget["arms"]:
-        if arm.get("extends") and arm.get("step_verdict"):
-            rows.append(
-                {
-                    "label": f"+{' → '.join(step_names(arm, budget))} ({arm['name']} − {arm['extends']})",
-                    "kind": "step",
-                    "arm": arm["name"],
-                    "against": arm["extends"],
-                    "verdict": arm["step_verdict"],
-                }
-            )
+    for arm in step_arms(budget):
+        rows.append(
+            {
+                "label": f"+{' → '.join(step_names(arm, budget))} ({arm['name']} − {arm['extends']})",
+                "kind": "step",
+                "arm": arm["name"],
+                "against": arm["extends"],
+                "verdict": arm["step_verdict"],
+            }
+        )
     for judged in budget.get("contrasts") or []:
         rows.append(
             {

@@ -16,7 +16,11 @@ JSON it names (a path relative to the Markdown file's folder, or to the current 
   and wall time per run;
 * ``effects`` — every paired comparison of every budget (against the baseline, each added stage,
   each contrast): difference, 95% interval, seeds better, verdict and, when not resolved, the seeds
-  a paired t-test needs (:mod:`headstart.verdict`).
+  a paired t-test needs (:mod:`headstart.verdict`); ``effects FILE contrast`` (or ``baseline``,
+  ``step``) keeps one kind;
+* ``probes`` — one budget's linear and k-NN probes of each arm's backbones, mean ± std over seeds;
+* ``time`` — one budget's time to the target validation accuracy: seeds that reached it, wall
+  seconds (the head start included) and labelled steps.
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ from typing import Any
 from headstart.errors import HeadstartError
 from headstart.files import atomic_write_bytes, read_json
 from headstart.report.summary import effects, spread_text
-from headstart.verdict import from_dict, seeds_text
+from headstart.verdict import from_dict, seeds_text, signed
 
-KINDS = ("levels", "arms", "effects")
+KINDS = ("levels", "arms", "effects", "probes", "time")
+EFFECT_KINDS = ("baseline", "step", "contrast")
 _BLOCK = re.compile(r"(<!-- table: (\w+) (\S+?)(?: (\S+))? -->\n)(.*?)(<!-- /table -->)", re.DOTALL)
 
 
@@ -95,33 +100,80 @@ def arms(summary: dict[str, Any], labels_per_class: int | None = None) -> str:
 
 def _effect_cell(verdict: Any) -> str:
     if verdict.low is None or verdict.high is None:
-        return f"{verdict.mean:+.3f}, {verdict.word}"
+        return f"{signed(verdict.mean)}, {verdict.word}"
     share = f", {verdict.better_in} of {verdict.n} seeds" if verdict.method == "paired t" else ", McNemar"
-    return f"{verdict.mean:+.3f} [{verdict.low:+.3f}, {verdict.high:+.3f}]{share}: **{verdict.word}**"
+    return f"{signed(verdict.mean)} [{signed(verdict.low)}, {signed(verdict.high)}]{share}: **{verdict.word}**"
 
 
-def effects_table(summary: dict[str, Any]) -> str:
-    """Every paired comparison of every budget (:func:`headstart.report.summary.effects`)."""
+def effects_table(summary: dict[str, Any], kind: str | None = None) -> str:
+    """Every paired comparison of every budget (:func:`headstart.report.summary.effects`), or only
+    those of one ``kind`` (``baseline``, ``step`` or ``contrast``); the label-budget column only when
+    the comparison has label budgets."""
+    budgets = summary["budgets"]
+    several = any(budget["labels_per_class"] is not None for budget in budgets)
     rows = []
-    for budget in summary["budgets"]:
+    for budget in budgets:
         for row in effects(budget):
+            if kind is not None and row["kind"] != kind:
+                continue
             verdict = from_dict(row["verdict"])
-            interval = "—" if verdict.low is None else f"{verdict.low:+.3f} to {verdict.high:+.3f}"
+            low, high = verdict.low, verdict.high
+            interval = "—" if low is None or high is None else f"{signed(low)} to {signed(high)}"
             share = f"{verdict.better_in} of {verdict.n}" if verdict.method == "paired t" else verdict.method
             holm = f" (Holm, {verdict.family} arms)" if verdict.family > 1 else ""
-            rows.append(
-                [
-                    _budget_name(budget),
-                    row["label"],
-                    f"{verdict.mean:+.3f}",
-                    interval,
-                    share,
-                    f"**{verdict.word}**{holm}",
-                    seeds_text(verdict.seeds_needed) or "—",
-                ]
-            )
+            cells = [
+                row["label"],
+                signed(verdict.mean),
+                interval,
+                share,
+                f"**{verdict.word}**{holm}",
+                seeds_text(verdict.seeds_needed) or "—",
+            ]
+            rows.append(([_budget_name(budget)] if several else []) + cells)
+    header = ["comparison", "difference", "95% interval", "seeds better", "verdict", "to resolve"]
+    return _rows((["labels per class"] if several else []) + header, rows)
+
+
+def probes(summary: dict[str, Any], labels_per_class: int | None = None) -> str:
+    """One budget's probes: each arm's backbone at its start and after each stage, linear and k-NN."""
+    budget = _budget(summary, labels_per_class)
+    rows = [
+        [
+            f"`{arm['name']}`",
+            probe["backbone"],
+            spread_text(probe["linear"], 3),
+            spread_text(probe["knn"], 3),
+            str(probe["linear"]["n"]),
+        ]
+        for arm in budget["arms"]
+        for probe in arm["probes"]
+    ]
+    return _rows(["arm", "backbone", "linear probe", "k-NN probe", "seeds"], rows)
+
+
+def time_table(summary: dict[str, Any], labels_per_class: int | None = None) -> str:
+    """One budget's time to converge: the seeds that reached the target, wall seconds from the run's
+    start (head start included) and labelled steps (full, and head steps on cached features)."""
+    budget = _budget(summary, labels_per_class)
+    target = budget["target_val_accuracy"]
+    rows = []
+    for arm in budget["arms"]:
+        seeds = len(arm["seeds"])
+        reached = arm["reached"]
+        rows.append(
+            [
+                f"`{arm['name']}`",
+                f"{reached} of {seeds}",
+                f"{spread_text(arm['seconds_to_target'], 1)} s" if reached else "—",
+                f"{spread_text(arm['full_steps_to_target'], 0)} + {spread_text(arm['cached_steps_to_target'], 0)}"
+                if reached
+                else "—",
+                f"{spread_text(arm['head_start_seconds'], 1)} s",
+            ]
+        )
+    reach = "target" if target is None else f"val. accuracy {target:.3f}"
     return _rows(
-        ["labels per class", "comparison", "difference", "95% interval", "seeds better", "verdict", "to resolve"],
+        ["arm", f"seeds reaching {reach}", "wall time to it", "labelled steps to it (full + cached)", "head start"],
         rows,
     )
 
@@ -140,7 +192,13 @@ def render(kind: str, summary: dict[str, Any], argument: str | None = None) -> s
     if kind == "arms":
         return arms(summary, int(argument) if argument else None)
     if kind == "effects":
-        return effects_table(summary)
+        if argument is not None and argument not in EFFECT_KINDS:
+            raise HeadstartError(f"effects table of {argument!r}: expected one of {', '.join(EFFECT_KINDS)}")
+        return effects_table(summary, argument)
+    if kind == "probes":
+        return probes(summary, int(argument) if argument else None)
+    if kind == "time":
+        return time_table(summary, int(argument) if argument else None)
     raise HeadstartError(f"table kind {kind!r}: expected one of {', '.join(KINDS)}")
 
 
@@ -163,4 +221,4 @@ def refresh(path: str | Path, *, write: bool = True) -> str:
     return new
 
 
-__all__ = ["KINDS", "arms", "effects_table", "levels", "refresh", "render"]
+__all__ = ["EFFECT_KINDS", "KINDS", "arms", "effects_table", "levels", "probes", "refresh", "render", "time_table"]
