@@ -303,6 +303,19 @@ def test_an_arm_can_be_a_run_file_next_to_the_comparison_file(tmp_path):
     record = json.loads((tmp_path / "out" / "scratch" / "seed-0" / "run.json").read_text())
     assert record["config"]["seed"] == 0 and record["config"]["data"]["splits"]["labels_per_class"] == 10
     assert "report:" in result.stdout and "scratch" in result.stdout
+    # more seeds and other label budgets from the command line: seed 0 is reused, seed 1 trains
+    more = CliRunner().invoke(
+        app, ["compare", str(tmp_path / "compare.yaml"), "--no-progress", "--seeds", "2", "--label-budgets", "5"]
+    )
+    assert more.exit_code == 0, more.output
+    assert (tmp_path / "out" / "labels-5" / "scratch" / "seed-1" / "run.json").is_file()
+    assert json.loads((tmp_path / "out" / "compare.json").read_text())["seeds"] == [0, 1]
+    listed = CliRunner().invoke(app, ["compare", str(tmp_path / "compare.yaml"), "--seeds", "0,1", "--no-progress"])
+    assert listed.exit_code == 0 and "[2/2] scratch, seed 1: scratch" not in listed.output
+    for option, value in (("--seeds", "two"), ("--label-budgets", "1,x"), ("--label-budgets", "0")):
+        bad = CliRunner().invoke(app, ["compare", str(tmp_path / "compare.yaml"), option, value])
+        assert bad.exit_code == 2 and "Traceback" not in bad.output, bad.output
+        assert option in bad.output or "positive numbers of labels" in bad.output
 
 
 @pytest.mark.parametrize(
@@ -366,7 +379,7 @@ def test_report_command_rebuilds_the_report_from_files_alone(comparison, tmp_pat
     # the same tables as Markdown, for a document: levels, arms with verdicts, effects
     markdown = CliRunner().invoke(app, ["report", str(copy), "--markdown"])
     assert markdown.exit_code == 0, markdown.output
-    assert "| arm | test accuracy |" in markdown.stdout and "| `rotation` | 0." in markdown.stdout
+    assert "| arm | test accuracy |" in markdown.stdout and "| `rotation` | " in markdown.stdout
     assert "| rotation − scratch | " in markdown.stdout and "95% interval" in markdown.stdout
     not_markdown = CliRunner().invoke(app, ["report", str(copy), "--refresh"])
     assert not_markdown.exit_code == 2 and "expects a Markdown file" in not_markdown.output

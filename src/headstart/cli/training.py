@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -304,11 +304,31 @@ def _demo_on_folder(
     _print_comparison(result)
 
 
+def _number_list(text: str, option: str) -> list[int]:
+    """``"1,2,4"`` → ``[1, 2, 4]``; a HeadstartError naming ``option`` otherwise."""
+    try:
+        values = [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise HeadstartError(f"{option} {text!r}: expected whole numbers separated by commas, such as 1,2,4") from None
+    if not values:
+        raise HeadstartError(f"{option} {text!r}: expected at least one number")
+    return values
+
+
 @app.command("compare")
 @user_errors
 def compare_command(
     file: Path = typer.Argument(..., help="YAML comparison file (see headstart.compare)."),
     output: Path | None = typer.Option(None, help="Output folder (overrides the file's `output`)."),
+    seeds: str | None = typer.Option(
+        None,
+        "--seeds",
+        help="Seeds (overrides the file's `seeds`): a count (6 → 0..5) or a list (0,1,2,7). More seeds settle a "
+        "'not resolved' verdict; finished runs are reused.",
+    ),
+    label_budgets: str | None = typer.Option(
+        None, "--label-budgets", help="Labels per class (overrides the file's `label_budgets`), e.g. 1,2."
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Retrain runs left by a different configuration."),
     progress: bool | None = typer.Option(
         None, "--progress/--no-progress", help="Progress bars per stage (default: when stderr is a terminal)."
@@ -319,14 +339,28 @@ def compare_command(
     from headstart.compare import run as run_comparison
 
     spec, base = load_compare_file(file)
+    overrides: dict[str, Any] = {}
     if output is not None:
-        spec = parse_compare({**spec.model_dump(mode="json"), "output": str(output)}, str(file))
+        overrides["output"] = str(output)
+    if seeds is not None:
+        listed = _number_list(seeds, "--seeds")
+        overrides["seeds"] = listed[0] if len(listed) == 1 and "," not in seeds else listed
+    if label_budgets is not None:
+        overrides["label_budgets"] = _number_list(label_budgets, "--label-budgets")
+    if overrides:
+        spec = parse_compare({**spec.model_dump(mode="json"), **overrides}, str(file))
+    again = " ".join(
+        [f"headstart compare {file}"]
+        + ([f"--output {output}"] if output is not None else [])
+        + ([f"--seeds {seeds}"] if seeds is not None else [])
+        + ([f"--label-budgets {label_budgets}"] if label_budgets is not None else [])
+    )
     result = run_comparison(
         spec,
         base=base,
         overwrite=overwrite,
         progress=_progress_default(progress),
         echo=lambda line: typer.echo(line, err=True),
-        how_to_continue=f"headstart compare {file}",
+        how_to_continue=again,
     )
     _print_comparison(result)
