@@ -188,3 +188,49 @@ def browser_path() -> str | None:
     if found is None and os.environ.get("HEADSTART_REQUIRE_BROWSER") == "1":
         pytest.fail("HEADSTART_REQUIRE_BROWSER=1 but no chromium on PATH (apt-get install chromium)")
     return found
+
+
+# ------------------------------------------------------------------------- folders of real photos
+
+SAMPLE_PHOTOS = (
+    "astronaut brick camera chelsea clock coffee coins grass gravel horse hubble_deep_field "
+    "immunohistochemistry moon page retina rocket text microaneurysms"
+).split()
+"""scikit-image sample photos that are distinct pictures (``data.cat()`` is ``chelsea`` again)."""
+
+
+def sample_photo(name: str, side: int = 160) -> Image.Image:
+    """scikit-image's sample ``name`` as an RGB image whose longer side is ``side`` pixels."""
+    from skimage import data
+
+    pixels = getattr(data, name)()
+    if pixels.dtype != np.uint8:  # boolean (horse) and float samples: stretched to 0..255
+        values = pixels.astype(np.float64)
+        pixels = (255 * (values - values.min()) / max(float(np.ptp(values)), 1e-9)).astype(np.uint8)
+    image = Image.fromarray(pixels[..., :3] if pixels.ndim == 3 else pixels).convert("RGB")
+    scale = side / max(image.size)
+    return image.resize((max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale))))
+
+
+def photo_folder(root: str | os.PathLike, classes: Mapping[str, Sequence[str]], side: int = 160) -> Path:
+    """A folder source of distinct real photos: ``root/<class>/<sample name>.png`` for each sample
+    name of :data:`SAMPLE_PHOTOS` listed under each class."""
+    root = Path(root)
+    for class_name, names in classes.items():
+        (root / class_name).mkdir(parents=True, exist_ok=True)
+        for name in names:
+            sample_photo(name, side).save(root / class_name / f"{name}.png")
+    return root
+
+
+def plant_copy(source: Path, target: Path, *, scale: float = 1.0, quality: int | None = None) -> Path:
+    """A copy of the image file ``source`` at ``target``: the same bytes (no ``scale`` nor ``quality``),
+    or resized by ``scale`` and saved in ``target``'s format (JPEG at ``quality``)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if scale == 1.0 and quality is None:
+        shutil.copyfile(source, target)
+        return target
+    with Image.open(source) as image:
+        copy = image.convert("RGB").resize((round(image.size[0] * scale), round(image.size[1] * scale)))
+    copy.save(target, **({"quality": quality} if quality is not None else {}))
+    return target

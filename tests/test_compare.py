@@ -312,7 +312,14 @@ def test_an_arm_can_be_a_run_file_next_to_the_comparison_file(tmp_path):
     assert json.loads((tmp_path / "out" / "compare.json").read_text())["seeds"] == [0, 1]
     listed = CliRunner().invoke(app, ["compare", str(tmp_path / "compare.yaml"), "--seeds", "0,1", "--no-progress"])
     assert listed.exit_code == 0 and "[2/2] scratch, seed 1: scratch" not in listed.output
-    for option, value in (("--seeds", "two"), ("--label-budgets", "1,x"), ("--label-budgets", "0")):
+    only = CliRunner().invoke(app, ["compare", str(tmp_path / "compare.yaml"), "--arms", "scratch", "--no-progress"])
+    assert only.exit_code == 0 and "finished before, reused" in only.output, only.output
+    for option, value in (
+        ("--seeds", "two"),
+        ("--label-budgets", "1,x"),
+        ("--label-budgets", "0"),
+        ("--arms", "scratch,ghost"),
+    ):
         bad = CliRunner().invoke(app, ["compare", str(tmp_path / "compare.yaml"), option, value])
         assert bad.exit_code == 2 and "Traceback" not in bad.output, bad.output
         assert option in bad.output or "positive numbers of labels" in bad.output

@@ -107,7 +107,8 @@ def test_folder_of_loose_images_is_unlabelled(tmp_path):
 def test_an_unlabelled_folder_joins_the_unlabelled_pool_and_never_test_or_validation(tmp_path):
     from headstart.data import TaskData
 
-    root = write_image_folder(tmp_path / "labelled", {"a": 6, "b": 6}, size=8)
+    # distinct colours: identical files would be copies, kept in one split by the data check
+    root = write_image_folder(tmp_path / "labelled", {"a": 6, "b": 6}, size=8, colour=lambda name, k: (k, ord(name), 0))
     extra = tmp_path / "extra" / "any" / "layout"
     extra.mkdir(parents=True)
     for index in range(7):

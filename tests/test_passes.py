@@ -112,3 +112,28 @@ def test_evaluate_reads_a_one_sigmoid_head_as_two_classes():
     assert metrics["accuracy"] == pytest.approx(float(((z > 0).long() == labels).float().mean()))
     assert sum(map(sum, metrics["confusion"])) == 37
     assert [row[1] for row in metrics["confusion"]] == [int(((z > 0) & (labels == c)).sum()) for c in (0, 1)]
+
+
+@pytest.mark.parametrize(("outputs", "loss"), [(3, "cross_entropy"), (1, "binary_cross_entropy")])
+def test_evaluate_gives_balanced_accuracy_macro_f1_and_recall_of_its_predictions(outputs, loss):
+    """With the classes known, evaluate adds torchmetrics' balanced accuracy, macro F1 and per-class
+    recall of the predicted classes — a one-sigmoid binary head counts as two classes."""
+    from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
+
+    classes = max(2, outputs)
+    network = _network(outputs)
+    metrics = evaluate(
+        network,
+        _data(classes=classes),
+        image_size=16,
+        batch_size=8,
+        loss=loss,
+        num_classes=classes,
+        predictions=True,
+    )
+    truth, guess = metrics["targets"], metrics["predictions"]
+    labels = list(range(classes))
+    assert metrics["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(truth, guess))
+    assert metrics["macro_f1"] == pytest.approx(f1_score(truth, guess, average="macro", labels=labels, zero_division=0))
+    assert metrics["recall"] == pytest.approx(recall_score(truth, guess, average=None, labels=labels).tolist())
+    assert len(metrics["recall"]) == classes and metrics["count"] == 37

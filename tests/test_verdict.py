@@ -124,6 +124,9 @@ def test_holm_matches_statsmodels_and_turns_borderline_gains_unresolved():
     assert alone.word == "better"
     crowded = corrected([alone] + [over_seeds([0.001, -0.002, 0.0015])] * 4)[0]
     assert crowded.word == "not resolved" and crowded.seeds_needed is not None  # corrected over 5 arms
+    # planned at α / 5 and never fewer seeds than the three that did not resolve it
+    assert crowded.seeds_needed == max(4, seeds_needed(alone.mean, alone.std, confidence=1 - 0.05 / 5))
+    assert crowded.seeds_needed > seeds_needed(alone.mean, alone.std)
 
 
 def test_one_seed_without_predictions_is_not_resolved_and_says_why():
@@ -173,3 +176,138 @@ def test_a_planted_effect_of_two_standard_deviations_at_five_seeds_comes_out_bet
         arm = 0.9 + 2 * sigma + rng.normal(0.0, sigma, 5)
         words[over_seeds(list(arm - base)).word] += 1
     assert words["better"] / 400 > 0.55 and words["worse"] == 0, words
+
+
+# ------------------------------------------------------------------ metrics that see the small classes
+
+METRIC_CASES = [
+    # (targets, predictions, classes): every class present; a class never predicted; a tie-free mess
+    ([0, 0, 0, 0, 1, 1, 2, 2, 2, 2], [0, 0, 1, 0, 1, 2, 2, 2, 0, 2], 3),
+    ([0] * 18 + [1] * 2, [0] * 20, 2),
+    ([3, 1, 2, 0, 1, 3, 3, 2, 0, 1, 2, 3], [3, 1, 1, 0, 2, 3, 0, 2, 0, 1, 2, 2], 4),
+]
+
+
+@pytest.mark.parametrize(("targets", "predicted", "classes"), METRIC_CASES)
+def test_class_metrics_are_torchmetrics_and_scikit_learns(targets, predicted, classes):
+    import torch
+    from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
+    from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassRecall
+
+    from headstart.verdict import class_metrics, confusion_matrix
+
+    got = class_metrics(confusion_matrix(predicted, targets, classes))
+    guess, truth = torch.tensor(predicted), torch.tensor(targets)
+    assert got["balanced_accuracy"] == pytest.approx(float(MulticlassAccuracy(classes, average="macro")(guess, truth)))
+    assert got["macro_f1"] == pytest.approx(float(MulticlassF1Score(classes, average="macro")(guess, truth)))
+    assert got["recall"] == pytest.approx(MulticlassRecall(classes, average=None)(guess, truth).tolist())
+    assert got["accuracy"] == pytest.approx(float(np.mean(np.equal(targets, predicted))))
+    assert got["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(targets, predicted))
+    labels = list(range(classes))
+    assert got["macro_f1"] == pytest.approx(
+        f1_score(targets, predicted, average="macro", labels=labels, zero_division=0)
+    )
+    assert got["recall"] == pytest.approx(recall_score(targets, predicted, average=None, labels=labels).tolist())
+
+
+def test_a_class_without_test_images_has_no_recall_and_counts_as_torchmetrics_counts_it():
+    """Class 2 has no test image but is predicted once: its recall is None here (torchmetrics says 0),
+    and balanced accuracy and macro F1 keep it in the mean as torchmetrics does (a false positive)."""
+    import torch
+    from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+    from headstart.verdict import class_metrics, confusion_matrix
+
+    targets, predicted = [0, 0, 1, 1, 1], [0, 2, 1, 1, 0]
+    got = class_metrics(confusion_matrix(predicted, targets, 4))
+    assert got["recall"] == [0.5, pytest.approx(2 / 3), None, None]
+    guess, truth = torch.tensor(predicted), torch.tensor(targets)
+    assert got["balanced_accuracy"] == pytest.approx(float(MulticlassAccuracy(4, average="macro")(guess, truth)))
+    assert got["macro_f1"] == pytest.approx(float(MulticlassF1Score(4, average="macro")(guess, truth)))
+
+
+def test_auto_judges_imbalanced_labelled_classes_on_balanced_accuracy_and_says_so():
+    from headstart.verdict import IMBALANCE_RATIO, choose_metric
+
+    metric, reason = choose_metric("auto", {"cat": 900, "fox": 40})
+    assert metric == "balanced_accuracy"
+    assert reason == "judged on balanced accuracy: the labelled classes are imbalanced, 900 (cat) against 40 (fox)"
+    metric, reason = choose_metric("auto", {"0": 178, "1": 182, "2": 177})  # digits
+    assert metric == "accuracy" and reason.startswith("judged on accuracy: the labelled classes are balanced")
+    assert choose_metric("auto", {"a": 150, "b": 100})[0] == "accuracy" and IMBALANCE_RATIO == 1.5
+    assert choose_metric("auto", {"a": 151, "b": 100})[0] == "balanced_accuracy"
+    assert choose_metric("auto", {"a": 3, "b": 0})[0] == "balanced_accuracy"
+    assert choose_metric("auto", None)[0] == "accuracy"  # runs of an earlier version: as they were judged
+    assert choose_metric("macro_f1", {"cat": 900, "fox": 40}) == (
+        "macro_f1",
+        "judged on macro F1: the comparison file asks for it (metric: macro_f1)",
+    )
+    assert choose_metric("accuracy", {"cat": 900, "fox": 40})[0] == "accuracy"
+
+
+@pytest.mark.parametrize("metric", ["balanced_accuracy", "macro_f1", "accuracy"])
+def test_the_paired_bootstrap_is_the_direct_computation(metric):
+    """The bootstrap against a plain loop: default_rng(0), one integers(0, N, N) per resample, the
+    metric from scikit-learn on the drawn images, the 2.5/97.5 percentiles, and p = 2 × the share of
+    resamples at or beyond zero on the other side, capped at 1."""
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+
+    from headstart.verdict import paired_bootstrap
+
+    rng = np.random.default_rng(3)
+    targets = np.r_[np.zeros(60, int), np.ones(25, int), np.full(15, 2)]
+    against = np.where(rng.random(100) < 0.85, targets, 0)  # misses the small classes more often
+    arm = np.where(rng.random(100) < 0.8, targets, (targets + 1) % 3)
+
+    def score(truth, guess):
+        if metric == "balanced_accuracy":
+            present = np.union1d(truth, guess)  # torchmetrics' macro mean: classes seen in either
+            recalls = [np.mean(guess[truth == c] == c) if np.any(truth == c) else 0.0 for c in present]
+            return float(np.mean(recalls))
+        if metric == "macro_f1":
+            return f1_score(truth, guess, average="macro", labels=np.union1d(truth, guess), zero_division=0)
+        return accuracy_score(truth, guess)
+
+    draws = np.random.default_rng(0)
+    differences = []
+    for _ in range(2000):
+        drawn = draws.integers(0, 100, 100)
+        differences.append(score(targets[drawn], arm[drawn]) - score(targets[drawn], against[drawn]))
+    differences = np.array(differences)
+    observed = score(targets, arm) - score(targets, against)
+    if metric == "balanced_accuracy":
+        assert observed == pytest.approx(
+            balanced_accuracy_score(targets, arm) - balanced_accuracy_score(targets, against)
+        )
+    share = np.mean(differences <= 0) if observed > 0 else np.mean(differences >= 0)
+    verdict = paired_bootstrap(arm, against, targets, metric=metric, num_classes=3)
+    assert verdict.method == "paired bootstrap" and verdict.metric == metric and verdict.resamples == 2000
+    assert verdict.mean == pytest.approx(observed)
+    assert verdict.low == pytest.approx(np.percentile(differences, 2.5))
+    assert verdict.high == pytest.approx(np.percentile(differences, 97.5))
+    assert verdict.p_value == pytest.approx(min(1.0, 2 * share))
+    assert verdict.word == ("not resolved" if verdict.p_value >= 0.05 else "better" if observed > 0 else "worse")
+    assert from_dict(verdict.as_dict()) == verdict
+    text = verdict_text(verdict)
+    assert "paired bootstrap of the 100 test images, 2,000 resamples" in text and "95% CI" in text
+
+
+def test_the_paired_bootstrap_finds_a_planted_small_class_gain_and_keeps_nulls_near_five_percent():
+    from headstart.verdict import paired_bootstrap
+
+    rng = np.random.default_rng(5)
+    targets = np.r_[np.zeros(180, int), np.ones(20, int)]
+    sees = np.where(rng.random(200) < 0.95, targets, 1 - targets)
+    blind = np.zeros(200, int)  # never says the small class: accuracy 0.90, balanced accuracy 0.50
+    found = paired_bootstrap(sees, blind, targets, metric="balanced_accuracy", num_classes=2)
+    assert found.word == "better" and found.low > 0.3
+    assert on_test_images(sees, blind, targets).mean < 0.1  # in accuracy the two are near each other
+    judged = 0
+    targets = rng.integers(0, 3, 300)
+    for _ in range(150):
+        first = np.where(rng.random(300) < 0.8, targets, (targets + 1) % 3)
+        second = np.where(rng.random(300) < 0.8, targets, (targets + 1) % 3)
+        judged += paired_bootstrap(first, second, targets, metric="balanced_accuracy").word != "not resolved"
+    assert judged / 150 <= 0.10  # the percentile bootstrap runs a little over 5% on 300 images
+    with pytest.raises(ValueError, match="same test images"):
+        paired_bootstrap([0, 1], [0], [0, 1], metric="macro_f1")

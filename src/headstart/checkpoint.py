@@ -182,6 +182,9 @@ class StageRecord(BaseModel):
     """The learning-rate sweep run first when the stage says ``optimizer: {lr: find}``."""
     device: DeviceRecord | None = None
     """Where the stage trained (``None`` in records written before this was recorded)."""
+    class_weights: list[float] | None = None
+    """The task loss's weight of each class, in ``head.labels`` order, as the stage trained with them
+    (``stage.class_weights`` resolved: ``balanced`` over the labelled training split); ``None``: unweighted."""
     _folder: Path | None = PrivateAttr(default=None)
 
     @property
@@ -230,6 +233,15 @@ class RunRecord(BaseModel):
     images reads (McNemar's)."""
     test_targets: list[int] | None = None
     """The true class of every test image, in the order of ``test_predictions``."""
+    test_recall: list[float | None] | None = None
+    """Recall of each class on the test split (the share of its test images predicted as it), classes in
+    ``labels`` order; ``None`` for a class without test images. ``test`` holds their mean
+    (``balanced_accuracy``) and ``macro_f1`` beside ``accuracy``. ``None`` in runs written before it was
+    recorded: :func:`headstart.verdict.class_metrics` computes all three from ``test_confusion``."""
+    train_class_counts: dict[str, int] | None = None
+    """Labelled training images per class (the task's ``train`` split, in class order): what
+    ``metric: auto`` of a comparison reads (:func:`headstart.verdict.choose_metric`). ``None`` in runs
+    written before it was recorded."""
     splits: dict[str, Any] | None = None
     """The run's labelled draw and held-out images (:meth:`headstart.data.splits.Splits.draw_record`):
     ``labelled_draw``, ``draw_seed``, ``split_seed``, ``labelled_ids`` (positions of the labelled

@@ -253,6 +253,12 @@ class StageSpec(_Strict):
         None, description='"keep" the previous head, "new" default head, or a head spec; default: keep when compatible'
     )
     loss: Literal["cross_entropy", "binary_cross_entropy", "mse", "huber"] = "cross_entropy"
+    class_weights: Literal["none", "balanced"] | list[Annotated[float, Field(gt=0)]] | None = Field(
+        None,
+        description="weigh each class in the task loss: balanced = labelled images / (classes × images of the "
+        "class) over the stage's labelled training split (scikit-learn's compute_class_weight), so a class of 40 "
+        "images beside one of 900 counts as much; or one positive weight per class, in class order; default none",
+    )
     freeze: list[str] = Field(default_factory=list, description="selectors frozen for this stage (others trainable)")
     bn_policy: Literal["frozen", "train"] | None = Field(
         None, description="default: frozen when anything is frozen, else train"
@@ -282,8 +288,17 @@ class StageSpec(_Strict):
         None, description="torch.compile the backbone for this stage; default: the run's compile"
     )
 
+    @field_validator("class_weights")
+    @classmethod
+    def _no_weights(cls, value: str | list[float] | None) -> str | list[float] | None:
+        if isinstance(value, list) and not value:
+            raise ValueError("give one weight per class, or balanced, or none")
+        return None if value == "none" else value
+
     @model_validator(mode="after")
     def _check(self) -> StageSpec:
+        if self.pretext is not None and self.class_weights is not None:
+            raise ValueError("class_weights weigh the task's classes; a pretext stage has none: remove one of them")
         if self.pretext is not None and isinstance(self.head, HeadSpec):
             raise ValueError("a pretext stage brings its own head; remove `head` or `pretext`")
         if self.pretext is not None:
@@ -461,8 +476,9 @@ class RunSpec(_Strict):
                     semi.pop("momentum", None)
                     semi.pop("fairness_weight", None)
             stage.pop("compile", None)
-            if stage.get("ema") is None:  # stages from before it keep their hash
-                stage.pop("ema", None)
+            for key in ("ema", "class_weights"):  # stages from before these options keep their hash
+                if stage.get(key) is None:
+                    stage.pop(key, None)
         return payload
 
     def config_hash(self) -> str:

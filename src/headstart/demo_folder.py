@@ -18,7 +18,9 @@ Splits (:class:`~headstart.data.splits.SplitSpec`, split seed 0 whatever the arm
     class's training images unlabelled. With ``--labels-per-class`` each seed draws its own N
     labelled images per class from the same training images (``labelled_draw: per_seed``), so the
     result holds beyond one lucky or unlucky choice; without it every image keeps its label.
-    Test and validation images are the same at every seed. Pretext and FixMatch stages read every
+    Test and validation images are the same at every seed. Copies of one picture (exact or near,
+    found by the data check, :mod:`headstart.data.datacheck`) stay in one split, and the check is
+    written to ``data-check.json`` in the output folder. Pretext and FixMatch stages read every
     training image without its label (``data: all``), plus the unlabelled folder. A class needs at
     least :data:`MIN_IMAGES_PER_CLASS` images, and two classes at least.
 Models and sizes (:func:`choose_sizes`)
@@ -34,6 +36,12 @@ Time budget (:mod:`headstart.demo_budget`)
     kept in ``OUTPUT/budget.json``: the same command again (same images, same options), after
     Ctrl+C for instance, runs the same epochs and so reuses the finished runs instead of timing the
     machine anew; other options on the same machine reuse the timings.
+Judging metric (``metric: auto``, :func:`headstart.verdict.choose_metric`)
+    A folder of 900 cats and 40 foxes is judged on balanced accuracy (the mean of the per-class
+    recalls), since a network that never says "fox" has accuracy 0.96 there; folders whose labelled
+    classes are within 1.5 : 1 are judged on accuracy. With ``--labels-per-class`` the labelled
+    split is balanced by construction, so ``auto`` judges on accuracy; the report shows balanced
+    accuracy and each class's recall either way.
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ import numpy as np
 from headstart.compare import CompareResult, CompareSpec, parse_compare, plan
 from headstart.compare import run as run_comparison
 from headstart.compare.sharing import reuse_or_resume
+from headstart.data.datacheck import check_loaded
 from headstart.data.dataset import FileStore, ImageSet, decode_file
 from headstart.data.images import probe_image
 from headstart.data.sources import MAX_LISTED, SourceSpec, load_source
@@ -264,9 +273,10 @@ def split_spec(labels_per_class: int | None) -> dict[str, Any]:
     return spec
 
 
-def _splits(data: Path, images: ImageSet, labels_per_class: int | None) -> Splits:
+def _splits(data: Path, images: ImageSet, labels_per_class: int | None, groups: np.ndarray | None = None) -> Splits:
     """The splits the plan counts images in: a per-seed draw changes which images are labelled, not
-    how many, so the fixed draw counts for every seed."""
+    how many, so the fixed draw counts for every seed. ``groups``: the data check's groups of copies,
+    each kept in one split as the runs will keep them."""
     if labels_per_class is not None and labels_per_class < 1:
         raise HeadstartError(f"--labels-per-class {labels_per_class}: expected 1 or more")
     try:
@@ -276,6 +286,7 @@ def _splits(data: Path, images: ImageSet, labels_per_class: int | None) -> Split
             val_fraction=VAL_FRACTION,
             seed=0,
             labels_per_class=labels_per_class,
+            groups=groups,
         )
     except HeadstartError as error:
         lines = [line.strip() for line in str(error).removeprefix(f"{images.name}: ").splitlines()]
@@ -331,7 +342,17 @@ def folder_comparison(
     if unlabelled is not None and extra is None:
         raise HeadstartError(f"{unlabelled}: no such folder (expected a folder of unlabelled images, --unlabelled)")
     found = survey(root, extra)
-    splits = _splits(root, found.images, labels_per_class)
+    listed = SourceSpec(
+        kind="folder", path=str(root), unlabelled=None if extra is None else str(extra), image_size=8, on_corrupt="skip"
+    )
+    _, checked = check_loaded(found.images, listed)  # copies stay in one split (headstart.data.datacheck)
+    locked = [f"{path}: {reason}" for path, reason in checked.not_followed if reason.startswith("cannot be read")]
+    if locked:
+        raise HeadstartError(
+            f"{root}: {len(locked)} sub-folder(s) cannot be read (fix their permissions or move them out): "
+            + "; ".join(locked[:MAX_LISTED])
+        )
+    splits = _splits(root, found.images, labels_per_class, checked.split_groups())
     counts = Counts.of(splits)
     small, imagenet = choose_sizes(found.median_side)
     stored = max(small, imagenet)
@@ -360,6 +381,8 @@ def folder_comparison(
             "data": {"source": source, "splits": split_spec(labels_per_class)},
             "baseline": "scratch",
             "contrasts": CONTRASTS,
+            # a user's folder is often imbalanced (900 cats, 40 foxes): balanced accuracy judges then
+            "metric": "auto",
             "arms": arm_definitions(
                 _model_block(SMALL_MODEL, None, small),
                 _model_block(IMAGENET_MODEL, "imagenet", imagenet),

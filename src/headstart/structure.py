@@ -41,7 +41,7 @@ from headstart.errors import HeadstartError
 from headstart.files import RUN_FILE, hardware, is_finished_stage, is_run, versions
 from headstart.lrfind import DIVERGENCE, MAX_LR, MIN_LR, STEPS, LRSweep
 from headstart.network import Network
-from headstart.stage import Interrupted, evaluate_split, fit_stage, lr_find
+from headstart.stage import Interrupted, check_class_weights, evaluate_split, fit_stage, lr_find
 from headstart.zoo import load
 
 __all__ = [
@@ -128,6 +128,7 @@ def run(
     _prepare_folder(spec, root, resume, overwrite)
     prepared = prepare_run(spec, progress=progress)
     network, data = prepared.network, prepared.data
+    check_class_weights(spec.stages, data)  # a wrong count of weights fails before any stage trains
     status = RunRecord(
         name=spec.name,
         config_hash=spec.config_hash(),
@@ -135,6 +136,7 @@ def run(
         versions=versions(),
         hardware=hardware(),
         splits=data.splits.draw_record(),
+        train_class_counts=data.split("train").class_counts(),
     )
     _write(status, root)
     records: list[StageRecord] = []
@@ -187,6 +189,7 @@ def run(
         )
         status.test_confusion, status.labels = test.pop("confusion"), list(data.class_names)
         status.test_predictions, status.test_targets = test.pop("predictions"), test.pop("targets")
+        status.test_recall = test.pop("recall", None)
     status.status, status.test, status.seconds = "finished", test, time.perf_counter() - started
     _write(status, root)
     return RunResult(spec, root, records, test, status.seconds, network, tuple(resumed))

@@ -55,7 +55,8 @@ def report_command(
             typer.echo(arms(table, budget["labels_per_class"]))
         typer.echo(effects_table(table))
     if is_comparison(folder) or is_run(folder):
-        for line in summary_line(summarise(folder, write=False)):
+        summary = summarise(folder, write=False)
+        for line in ([summary["metric_reason"]] if summary.get("metric_reason") else []) + summary_line(summary):
             typer.echo(line)
     typer.echo(f"report: {path} ({path.stat().st_size / 1024:.0f} KiB)")
 

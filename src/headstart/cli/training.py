@@ -119,8 +119,15 @@ def run_command(
     }
     if overrides:
         spec = parse_run({**spec.model_dump(mode="json"), **overrides}, str(file))
+    from headstart.data.datacheck import check_before_training  # folder and CSV sources: copies, labels
+
+    checked = check_before_training(spec.data.source, [(spec.data.splits, spec.seed)], progress=progress)
+    if checked is not None and is_rank_zero():
+        typer.echo(checked.summary_line(), err=True)
     result = run(spec, resume=resume, overwrite=overwrite, progress=progress)
     if is_rank_zero():
+        if checked is not None:
+            checked.write(result.folder)
         _print_stage_table(result)
 
 
@@ -132,6 +139,8 @@ def _print_comparison(result) -> None:
         arm_cells,
         contrast_lines,
         labels_per_class_text,
+        metric_line,
+        metric_name,
         step_lines,
         summary_line,
     )
@@ -147,7 +156,8 @@ def _print_comparison(result) -> None:
             "stages",
             "n",
             "test accuracy",
-            f"vs {budget['baseline']}",
+            "balanced acc.",
+            f"{metric_name(budget)} vs {budget['baseline']}",
             "verdict [95% CI] seeds better",
             f"to val {target:.3f} (seeds)" if target is not None else "time to target",
             "steps to target",
@@ -157,9 +167,20 @@ def _print_comparison(result) -> None:
 
         for arm in budget["arms"]:
             cells = arm_cells(arm, budget)
-            row = (cells["test"], cells["gain"], cells["verdict"], cells["reach"], cells["steps"], cells["wall"])
+            row = (
+                cells["test"],
+                cells["balanced"],
+                cells["gain"],
+                cells["verdict"],
+                cells["reach"],
+                cells["steps"],
+                cells["wall"],
+            )
             shown.add_row(arm["name"], " → ".join(arm["stages"]), str(arm["test_accuracy"]["n"]), *row)
         _console().print(shown)
+    judged_on = metric_line(result.table)
+    if judged_on:
+        typer.echo(judged_on)
     for line in summary_line(result.table):
         typer.echo(line)
     several = len(result.table["budgets"]) > 1
@@ -315,6 +336,31 @@ def _number_list(text: str, option: str) -> list[int]:
     return values
 
 
+def _only_arms(spec, text: str) -> dict[str, Any]:
+    """The comparison-file fields that keep only the arms named in ``--arms`` (and the contrasts
+    between them); a HeadstartError naming an unknown arm or a missing baseline."""
+    names = [name for name in text.replace(" ", "").split(",") if name]
+    unknown = [name for name in names if name not in spec.arms]
+    if not names or unknown:
+        raise HeadstartError(
+            f"--arms {text!r}: {'unknown arm(s) ' + ', '.join(unknown) if unknown else 'no arm named'}; "
+            f"the file's arms are {', '.join(spec.arms)}"
+        )
+    if spec.baseline_arm not in names:
+        raise HeadstartError(
+            f"--arms {text!r}: keep the baseline {spec.baseline_arm!r}, which every gain is judged against"
+        )
+    kept = {name: arm.model_dump(mode="json", exclude_none=True) for name, arm in spec.arms.items() if name in names}
+    contrasts = [
+        contrast.model_dump(mode="json")
+        for contrast in spec.contrasts
+        if contrast.arm in names and contrast.against in names
+    ]
+    layers = {name: value for name, value in spec.attention.layers.items() if name in names}
+    attention = {**spec.attention.model_dump(mode="json"), "layers": layers}
+    return {"arms": kept, "contrasts": contrasts, "baseline": spec.baseline_arm, "attention": attention}
+
+
 @app.command("compare")
 @user_errors
 def compare_command(
@@ -328,6 +374,12 @@ def compare_command(
     ),
     label_budgets: str | None = typer.Option(
         None, "--label-budgets", help="Labels per class (overrides the file's `label_budgets`), e.g. 1,2."
+    ),
+    arms: str | None = typer.Option(
+        None,
+        "--arms",
+        help="Only these arms of the file (comma-separated; the baseline included), e.g. to add seeds to one "
+        "contrast; contrasts between arms left out are dropped.",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Retrain runs left by a different configuration."),
     progress: bool | None = typer.Option(
@@ -347,6 +399,8 @@ def compare_command(
         overrides["seeds"] = listed[0] if len(listed) == 1 and "," not in seeds else listed
     if label_budgets is not None:
         overrides["label_budgets"] = _number_list(label_budgets, "--label-budgets")
+    if arms is not None:
+        overrides.update(_only_arms(spec, arms))
     if overrides:
         spec = parse_compare({**spec.model_dump(mode="json"), **overrides}, str(file))
     again = " ".join(
@@ -354,6 +408,7 @@ def compare_command(
         + ([f"--output {output}"] if output is not None else [])
         + ([f"--seeds {seeds}"] if seeds is not None else [])
         + ([f"--label-budgets {label_budgets}"] if label_budgets is not None else [])
+        + ([f"--arms {arms}"] if arms is not None else [])
     )
     result = run_comparison(
         spec,

@@ -17,6 +17,8 @@ A comparison file (``headstart compare FILE``)::
     baseline: scratch             # default: the first arm
     contrasts:                    # other pairs judged at every budget, paired by seed
       - {arm: rotation+fixmatch, against: scratch+fixmatch}
+    metric: auto                  # or accuracy, balanced_accuracy, macro_f1 (auto: balanced accuracy
+                                  # when the labelled classes are imbalanced beyond 1.5 : 1)
     data:                         # every arm trains on this task (an arm's own data is replaced)
       source: {kind: mnist5k}
       splits: {test_fraction: 0.2, val_fraction: 0.05, labels_per_class: 10}
@@ -71,6 +73,7 @@ from headstart.compare.spec import (
     parse_compare,
     plan,
 )
+from headstart.data.datacheck import check_before_training
 from headstart.errors import HeadstartError
 from headstart.files import atomic_write_json, hardware, versions
 from headstart.report.summary import MANIFEST_FILE, labels_per_class_text
@@ -146,8 +149,13 @@ def run(
     started = time.perf_counter()
     runs = plan(spec, base)
     decisions = [reuse_or_resume(planned, overwrite) for planned in runs]  # refuse before training anything
+    # folder and CSV data: copies, two labels, sizes (data-check.json); splits it cannot make fail here
+    checked = check_before_training(spec.data.source, [(p.spec.data.splits, p.seed) for p in runs], progress=progress)
     root = spec.output_dir()
     root.mkdir(parents=True, exist_ok=True)
+    if checked is not None:
+        checked.write(root)
+        echo(checked.summary_line())
     manifest = {
         "name": spec.name,
         "spec": spec.model_dump(mode="json"),
@@ -202,7 +210,13 @@ def run(
                     f"the same command again ({how_to_continue}); finished runs are reused",
                 ) from None
             echo(
-                f"    test accuracy {result.test['accuracy']:.4f} in {result.seconds:.1f} s"
+                f"    test accuracy {result.test['accuracy']:.4f}"
+                + (
+                    f", balanced accuracy {result.test['balanced_accuracy']:.4f}"
+                    if "balanced_accuracy" in result.test
+                    else ""
+                )
+                + f" in {result.seconds:.1f} s"
                 if result.test
                 else f"    finished in {result.seconds:.1f} s"
             )

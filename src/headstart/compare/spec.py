@@ -21,6 +21,7 @@ from headstart.config import (
 )
 from headstart.errors import HeadstartError
 from headstart.validation import validate
+from headstart.verdict import IMBALANCE_RATIO
 
 INIT_PROBE_FILE = "init-probe.json"
 ATTENTION_FILE = "attention.npz"
@@ -97,6 +98,15 @@ class CompareSpec(_Strict):
         description=(
             "validation accuracy that counts as converged; default: the lowest of the baseline's best "
             "validation accuracies over seeds (what every seed of the baseline reached)"
+        ),
+    )
+    metric: Literal["auto", "accuracy", "balanced_accuracy", "macro_f1"] = Field(
+        "auto",
+        description=(
+            "what the final metric and every verdict judge on the test split: accuracy, balanced_accuracy (the "
+            "mean of the per-class recalls), macro_f1; auto: balanced_accuracy when the largest labelled training "
+            f"class has more than {IMBALANCE_RATIO:g} times the images of the smallest (headstart.verdict), "
+            "else accuracy"
         ),
     )
     probes: ProbeOptions = ProbeOptions()

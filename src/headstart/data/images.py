@@ -27,6 +27,7 @@ Policy
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import warnings
@@ -92,8 +93,9 @@ def _check_file(path: Path) -> None:
         raise HeadstartError(f"{path}: file is empty (0 bytes), expected an image")
 
 
-def _open(path: Path) -> Image.Image:
-    """Open ``path`` lazily (header only) and refuse it when it declares more than MAX_PIXELS.
+def _open(path: Path, source: io.BytesIO | None = None) -> Image.Image:
+    """Open ``path`` (or ``source``, its bytes already read, named ``path`` in messages) lazily
+    (header only) and refuse it when it declares more than MAX_PIXELS.
 
     Pillow runs its own decompression-bomb check inside ``Image.open`` (a warning above
     ``Image.MAX_IMAGE_PIXELS``, an error above twice that); the warning is silenced because the
@@ -102,7 +104,7 @@ def _open(path: Path) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = Image.open(path if source is None else source)
     except Image.DecompressionBombError as exc:
         raise HeadstartError(
             f"{path}: declares more pixels than the limit of {MAX_PIXELS:,} "
@@ -166,9 +168,31 @@ def read_image(path: str | os.PathLike, mode: str = "RGB", *, min_side: int | No
         raise HeadstartError(f"read_image mode {mode!r} is not supported; expected 'RGB' or 'L'")
     path = Path(path)
     _check_file(path)
+    return _decode(path, None, mode, min_side)[0]
+
+
+def read_image_bytes(
+    data: bytes, path: str | os.PathLike, mode: str = "RGB", *, min_side: int | None = None
+) -> tuple[Image.Image, tuple[int, int]]:
+    """:func:`read_image` on the bytes of ``path`` already read (so a caller that also hashes them
+    reads the file once); also returns the image's full ``(width, height)`` after EXIF orientation,
+    before any reduced-scale decoding. Same policy, same errors, naming ``path``."""
+    if mode not in ("RGB", "L"):
+        raise HeadstartError(f"read_image_bytes mode {mode!r} is not supported; expected 'RGB' or 'L'")
+    path = Path(path)
+    if not data:
+        raise HeadstartError(f"{path}: file is empty (0 bytes), expected an image")
+    return _decode(path, io.BytesIO(data), mode, min_side)
+
+
+def _decode(
+    path: Path, source: io.BytesIO | None, mode: str, min_side: int | None
+) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode (module policy) and return the image in ``mode`` with its full oriented size."""
     try:
-        img = _open(path)
+        img = _open(path, source)
         with img:
+            width, height = img.size
             if min_side is not None and img.format == "JPEG" and min(img.size) >= 2 * min_side:
                 scale = min_side / min(img.size)
                 img.draft(img.mode, (math.ceil(img.size[0] * scale), math.ceil(img.size[1] * scale)))
@@ -176,9 +200,11 @@ def read_image(path: str | os.PathLike, mode: str = "RGB", *, min_side: int | No
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 img.load()
             oriented = ImageOps.exif_transpose(img)
+            if oriented.size != img.size:  # EXIF turned it by a quarter
+                width, height = height, width
             rgb = to_rgb(oriented)
     except HeadstartError:
         raise
     except _READ_ERRORS as exc:
         raise _translate(path, exc) from None
-    return rgb.convert("L") if mode == "L" else rgb
+    return (rgb.convert("L") if mode == "L" else rgb), (width, height)

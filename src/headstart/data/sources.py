@@ -43,6 +43,7 @@ import difflib
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -174,7 +175,44 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(found)
 
 
+@dataclass(frozen=True)
+class FileList:
+    """The files a folder or CSV source names, listed and labelled but not opened
+    (:func:`list_files`)."""
+
+    paths: list[Path]
+    labels: np.ndarray
+    """One per path: the class index, or -1 for an unlabelled image."""
+    class_names: list[str]
+    name: str
+    where: list[str | None]
+    """Per path: where it is named (a CSV line), or None; for messages."""
+
+
+def list_files(spec: SourceSpec) -> FileList:
+    """The image files of a folder or CSV source (and its ``unlabelled`` folder) with their labels,
+    listed as :func:`load_source` lists them, without opening any (the data check reads them)."""
+    if spec.kind == "folder":
+        entries, class_names, name = _folder_entries(spec)
+    elif spec.kind == "csv":
+        entries, class_names, name = _csv_entries(spec)
+    else:
+        raise HeadstartError(f"kind {spec.kind!r}: only folder and csv sources list files")
+    return FileList(
+        [path for path, _, _ in entries],
+        np.array([label for _, label, _ in entries], dtype=np.int64),
+        class_names,
+        name,
+        [where for _, _, where in entries],
+    )
+
+
 def _load_folder(spec: SourceSpec) -> ImageSet:
+    entries, class_names, name = _folder_entries(spec)
+    return _file_set(spec, entries, class_names, name=name)
+
+
+def _folder_entries(spec: SourceSpec) -> tuple[list[tuple[Path, int, str | None]], list[str], str]:
     root = _path_of(spec)
     if not root.is_dir():
         raise HeadstartError(f"{root}: no such folder (expected a folder with one sub-folder per class)")
@@ -198,7 +236,7 @@ def _load_folder(spec: SourceSpec) -> ImageSet:
             raise HeadstartError(f"{root}: holds no class folders and no image files ({', '.join(IMAGE_SUFFIXES)})")
         class_names = []
         entries = [(path, -1, None) for path in loose]
-    return _file_set(spec, entries + _unlabelled_entries(spec, entries), class_names, name=root.name or str(root))
+    return entries + _unlabelled_entries(spec, entries), class_names, root.name or str(root)
 
 
 def _unlabelled_entries(
@@ -235,6 +273,11 @@ def _sorted_class_names(names: set[str]) -> list[str]:
 
 
 def _load_csv(spec: SourceSpec) -> ImageSet:
+    entries, class_names, name = _csv_entries(spec)
+    return _file_set(spec, entries, class_names, name=name)
+
+
+def _csv_entries(spec: SourceSpec) -> tuple[list[tuple[Path, int, str | None]], list[str], str]:
     table = _path_of(spec)
     if not table.is_file():
         raise HeadstartError(
@@ -287,8 +330,10 @@ def _load_csv(spec: SourceSpec) -> ImageSet:
         raise HeadstartError(_listing(f"{table}: {len(problems)} malformed row(s)", problems))
     class_names = _sorted_class_names({label for _, label, _ in entries if label is not None})
     lookup = {n: k for k, n in enumerate(class_names)}
-    indexed = [(path, -1 if label is None else lookup[label], where) for path, label, where in entries]
-    return _file_set(spec, indexed + _unlabelled_entries(spec, indexed), class_names, name=table.stem)
+    indexed: list[tuple[Path, int, str | None]] = [
+        (path, -1 if label is None else lookup[label], where) for path, label, where in entries
+    ]
+    return indexed + _unlabelled_entries(spec, indexed), class_names, table.stem
 
 
 def _listing(title: str, lines: list[str]) -> str:

@@ -23,6 +23,22 @@ Which images of the pool carry the labels (the *labelled draw*)
     same test images; only which pool images are labelled changes. At one ``d`` a larger budget
     keeps the images of a smaller one, as with a fixed draw.
 
+Groups of copies (``groups``)
+    ``groups`` gives each image a group id (equal ids: copies of one picture, found by the data
+    check, :mod:`headstart.data.datacheck`); a whole group then lands in one split, so no copy of a
+    test image is trained on. Step 2 shuffles and counts *groups* instead of images: each group is
+    represented by its first image and belongs to that image's class; the first
+    ``round(test_fraction × groups)`` of a class go to test with every copy, and so on. The label
+    budget of step 3 still counts images: the class's own images of its training groups, in the
+    order of the pool (a labelled copy and an unlabelled copy of one picture both stay on the
+    training side). Copies carrying another class's label follow their group (into the training
+    images with their own label when every image keeps its label, else into ``unlabelled``). A
+    group holding an unlabelled image (label -1: it may be pretrained on) never goes to test or
+    validation: its labelled images join their class's training pool. A class none of whose
+    images leads a group (all are copies of another class's images) raises HeadstartError, as
+    does a class with too few groups. With ``groups=None``, or no group of two images or more,
+    the splits are exactly those of the steps above.
+
 The test split never shares an image with any other split, so no pretraining stage sees it.
 Classes with no images and labels beyond ``class_names`` (split like any class) are left for
 :func:`~headstart.data.checks.check_dataset` to report; a class with some images but too few for
@@ -151,11 +167,14 @@ def make_splits(
     test: ImageSet | None = None,
     val: ImageSet | None = None,
     draw_seed: int | None = None,
+    groups: np.ndarray | None = None,
 ) -> Splits:
     """Divide ``data`` into train, unlabelled, val and test (method in the module docstring).
 
     ``draw_seed``: ``None`` labels the first images of each class's pool (the same for every run);
     an int draws them anew from the same pool (the module docstring's "labelled draw").
+    ``groups``: one group id per image of ``data``; each group of copies lands in one split (the
+    module docstring's "groups of copies"); ``None``: every image on its own.
     Deterministic: the same data, arguments and seeds give the same splits on every machine.
     """
     _check_fraction("test_fraction", test_fraction, held_out=True)
@@ -184,8 +203,13 @@ def make_splits(
         "val": [],
         "test": [],
     }
-    shortages = []
-    for label in np.unique(labels[labels >= 0]).tolist():
+    shortages: list[str] = []
+    grouped = _group_layout(groups, labels)
+    if grouped is not None:  # whole groups of copies; without any, the loop below, as it always was
+        fractions, budget = (test_fraction, val_fraction), (labels_per_class, labelled_fraction)
+        _split_groups(data, grouped, parts, shortages, rng, fractions, budget, draw_seed, seed)
+    ungrouped = np.unique(labels[labels >= 0]).tolist() if grouped is None else []
+    for label in ungrouped:
         class_name = data.class_names[label] if label < len(data.class_names) else f"label {label}"
         members = np.flatnonzero(labels == label)
         members = rng.permutation(members)
@@ -223,6 +247,105 @@ def make_splits(
     val_set = val if val is not None else data.subset(chosen("val"), name=f"{data.name}/val")
     test_set = test if test is not None else data.subset(chosen("test"), name=f"{data.name}/test")
     return Splits(train=train, unlabelled=unlabelled, val=val_set, test=test_set, seed=seed, draw_seed=draw_seed)
+
+
+@dataclass
+class _Groups:
+    """Where each image's group of copies starts and who belongs to it (``make_splits``' ``groups``)."""
+
+    leader: np.ndarray
+    """Per image, the position of its group's first image."""
+    order: np.ndarray
+    """Positions sorted by leader (then position): a group's images are contiguous."""
+    starts: np.ndarray
+    """Per position p, where the images of the group that p leads begin in ``order`` (``ends`` too)."""
+    ends: np.ndarray
+    forced: np.ndarray
+    """Per image, whether its group holds an unlabelled image (it stays on the training side)."""
+
+    def members(self, leaders: np.ndarray) -> np.ndarray:
+        """Every image of the groups ``leaders`` leads, group after group, each in position order."""
+        if not leaders.size:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([self.order[self.starts[p] : self.ends[p]] for p in leaders.tolist()])
+
+
+def _group_layout(groups: np.ndarray | None, labels: np.ndarray) -> _Groups | None:
+    """The layout of ``groups``; ``None`` when there is none or every group holds one image."""
+    if groups is None:
+        return None
+    groups = np.asarray(groups).reshape(-1)
+    if groups.shape[0] != labels.shape[0]:
+        raise HeadstartError(f"groups has {groups.shape[0]} ids for {labels.shape[0]} images; expected one per image")
+    _, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
+    if first.size == groups.size:
+        return None
+    leader = first[inverse].astype(np.int64)
+    order = np.lexsort((np.arange(leader.size), leader))
+    starts = np.zeros(leader.size, dtype=np.int64)
+    ends = np.zeros(leader.size, dtype=np.int64)
+    sorted_leaders = leader[order]
+    heads = np.flatnonzero(np.r_[True, sorted_leaders[1:] != sorted_leaders[:-1]])
+    starts[sorted_leaders[heads]] = heads
+    ends[sorted_leaders[heads]] = np.r_[heads[1:], leader.size]
+    forced = np.isin(leader, leader[labels == -1])
+    return _Groups(leader, order, starts, ends, forced)
+
+
+def _split_groups(
+    data: ImageSet,
+    grouped: _Groups,
+    parts: dict[str, list[np.ndarray]],
+    shortages: list[str],
+    rng: np.random.Generator,
+    fractions: tuple[float, float],
+    budget: tuple[int | None, float | None],
+    draw_seed: int | None,
+    seed: int,
+) -> None:
+    """Steps 2 and 3 of ``make_splits`` with whole groups of copies (the module docstring):
+    ``fractions`` = (test, val), ``budget`` = (labels_per_class, labelled_fraction)."""
+    (test_fraction, val_fraction), (labels_per_class, labelled_fraction) = fractions, budget
+    labels = data.labels
+    positions = np.arange(labels.size)
+    hides_labels = labels_per_class is not None or labelled_fraction is not None
+    for label in np.unique(labels[labels >= 0]).tolist():
+        class_name = data.class_names[label] if label < len(data.class_names) else f"label {label}"
+        mine = labels == label
+        leaders = np.flatnonzero(mine & (grouped.leader == positions) & ~grouped.forced)
+        members = rng.permutation(leaders)
+        n_test = _count(test_fraction, members.size)
+        n_val = _count(val_fraction, members.size)
+        pool = np.concatenate([grouped.members(members[n_test + n_val :]), np.flatnonzero(mine & grouped.forced)])
+        if draw_seed is not None:  # its own generator: the split's stream above is left as it was
+            pool = np.random.default_rng(derive(draw_seed, "labelled", seed, label)).permutation(pool)
+        own, others = pool[labels[pool] == label], pool[labels[pool] != label]
+        if labels_per_class is not None:
+            n_labelled = labels_per_class
+        elif labelled_fraction is not None:
+            n_labelled = _count(labelled_fraction, own.size)
+        else:
+            n_labelled = own.size
+        if not members.size and not own.size:
+            shortages.append(
+                f"class {class_name!r} has {int(mine.sum())} image(s), every one a copy of an image of another "
+                "class (the same picture under two labels; `headstart check-data` lists them): fix the labels "
+                "or remove the copies"
+            )
+            continue
+        if own.size < max(1, n_labelled):
+            wanted = f"{labels_per_class} labelled training image(s)" if labels_per_class else "1 training image"
+            shortages.append(
+                f"class {class_name!r} has {int(mine.sum())} image(s) in {members.size} group(s) of copies: "
+                f"{n_test} group(s) for test and {n_val} for validation leave {own.size} image(s) for training, "
+                f"fewer than the {wanted} requested (copies stay in one split: `headstart check-data` lists them)"
+            )
+            continue
+        parts["test"].append(grouped.members(members[:n_test]))
+        parts["val"].append(grouped.members(members[n_test : n_test + n_val]))
+        parts["train"].append(own[:n_labelled])
+        parts["unlabelled"].append(own[n_labelled:])
+        parts["unlabelled" if hides_labels else "train"].append(others)
 
 
 class SplitSpec(BaseModel):

@@ -14,6 +14,10 @@ From Python::
 
 With ``splits.labelled_draw: per_seed`` the labelled images depend on the run: pass its seed,
 ``TaskData.load(source, splits, run_seed=1)`` (a run, its probes and its lr-find do).
+
+A folder or CSV source is checked first (:mod:`headstart.data.datacheck`; fingerprints cached next
+to the data, so a second load reads no image): every group of copies lands in one split, and the
+check is kept as ``TaskData.data_check``. Built-in sets and arrays are split as they always were.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from headstart.data.checks import check_dataset
+from headstart.data.datacheck import check_loaded
 from headstart.data.dataset import ImageSet
-from headstart.data.sources import SourceSpec, load_source
+from headstart.data.findings import DataCheck
+from headstart.data.sources import FILE_KINDS, SourceSpec, load_source
 from headstart.data.splits import Splits, SplitSpec, make_splits
 from headstart.errors import HeadstartError
 from headstart.validation import validate
@@ -39,6 +45,8 @@ class TaskData:
     splits: Splits
     general: Splits | None = None
     warnings: list[str] = field(default_factory=list)
+    data_check: DataCheck | None = None
+    """The data check of a folder or CSV source (copies, two labels, sizes); None for the others."""
 
     @classmethod
     def load(
@@ -59,6 +67,10 @@ class TaskData:
         split = validate(SplitSpec, splits or {}, "splits")
         draw_seed = split.draw_seed(run_seed)  # a per_seed spec without a run seed fails before loading
         images = load_source(source)
+        data_check = groups = None
+        if source.kind in FILE_KINDS:  # copies stay in one split (module docstring)
+            images, data_check = check_loaded(images, source)
+            groups = data_check.groups[images.positions] if data_check.copies else None
         task_splits = make_splits(
             images,
             test_fraction=split.test_fraction,
@@ -67,6 +79,7 @@ class TaskData:
             labels_per_class=split.labels_per_class,
             labelled_fraction=split.labelled_fraction,
             draw_seed=draw_seed,
+            groups=groups,
         )
         # verify="header" promises no full decode before training (a truncated file fails when first read)
         warnings = check_dataset(
@@ -78,7 +91,7 @@ class TaskData:
         if general is not None:
             general = validate(SourceSpec, general, "general")
             general_splits = make_splits(load_source(general), test_fraction=0.1, val_fraction=0.1, seed=split.seed)
-        return cls(task_splits, general_splits, list(warnings))
+        return cls(task_splits, general_splits, list(warnings), data_check)
 
     @classmethod
     def from_spec(cls, data_spec, *, model_name: str = "", run_seed: int | None = None) -> TaskData:

@@ -10,6 +10,7 @@ trainer will take, and stored in the stage record so the report can plot it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from headstart.network import Network
 
 
-def task_loss(kind: str, logits: Tensor, labels: Tensor) -> Tensor:
+def task_loss(kind: str, logits: Tensor, labels: Tensor, weight: Tensor | None = None) -> Tensor:
     """Loss of a task head's logits against integer class labels.
 
     ``cross_entropy``: softmax over classes. ``binary_cross_entropy``: one logit per class
@@ -33,18 +34,59 @@ def task_loss(kind: str, logits: Tensor, labels: Tensor) -> Tensor:
     ``mse`` / ``huber``: on probabilities against one-hot targets. The layout of targets and
     probabilities for a one-output head is :mod:`headstart.heads`' (``class_targets``,
     ``class_probabilities``).
+
+    ``weight``: one weight per class (:func:`class_weights`). Each image's loss is multiplied by its
+    class's weight and the batch's loss is the weighted mean, divided by the sum of the weights of the
+    batch's images — what ``F.cross_entropy(weight=...)`` computes, applied alike to the other losses
+    (an image's loss there is the mean over its outputs).
     """
     if kind == "cross_entropy":
-        return F.cross_entropy(logits, labels)
+        return F.cross_entropy(logits, labels, weight=weight)
+    if kind not in ("binary_cross_entropy", "mse", "huber"):
+        raise HeadstartError(f"unknown loss '{kind}'; expected cross_entropy, binary_cross_entropy, mse or huber")
     targets = class_targets(labels, logits)
+    reduction = "mean" if weight is None else "none"
     if kind == "binary_cross_entropy":
-        return F.binary_cross_entropy_with_logits(logits, targets)
-    probabilities = class_probabilities(logits)
-    if kind == "mse":
-        return F.mse_loss(probabilities, targets)
-    if kind == "huber":
-        return F.huber_loss(probabilities, targets)
-    raise HeadstartError(f"unknown loss '{kind}'; expected cross_entropy, binary_cross_entropy, mse or huber")
+        losses = F.binary_cross_entropy_with_logits(logits, targets, reduction=reduction)
+    else:
+        loss = F.mse_loss if kind == "mse" else F.huber_loss
+        losses = loss(class_probabilities(logits), targets, reduction=reduction)
+    if weight is None:
+        return losses
+    per_image = losses.reshape(len(labels), -1).mean(dim=1)
+    weights = weight.to(per_image.dtype)[labels.long()]
+    return (per_image * weights).sum() / weights.sum()
+
+
+def class_weights(
+    option: str | Sequence[float] | None, counts: Sequence[int], class_names: Sequence[str], where: str
+) -> list[float] | None:
+    """The task loss's weight of each class (in ``class_names`` order) for a stage's ``class_weights``
+    option (:class:`~headstart.config.StageSpec`), given the labelled training images per class
+    (``counts``): ``None`` for none; ``balanced``: n / (K × nₖ), n images in K classes, nₖ of class k
+    (scikit-learn's ``compute_class_weight("balanced")``: every class then carries the same total
+    weight, n / K); a list: itself, one weight per class. ``where`` names the option in errors
+    (``stages[1].class_weights``)."""
+    if option is None or option == "none":
+        return None
+    names = ", ".join(class_names)
+    if option == "balanced":
+        empty = [name for name, count in zip(class_names, counts, strict=True) if count == 0]
+        if empty:
+            raise HeadstartError(
+                f"{where}: balanced weighs a class by 1 / its labelled training images, and {', '.join(empty)} "
+                "has none in this stage's labelled split; give the weights as a list or drop the option"
+            )
+        total, classes = sum(counts), len(counts)
+        return [total / (classes * count) for count in counts]
+    if isinstance(option, str):
+        raise HeadstartError(f"{where}: {option!r} is not known; expected none, balanced or one weight per class")
+    if len(option) != len(class_names):
+        raise HeadstartError(
+            f"{where}: {len(option)} weight{'s' if len(option) != 1 else ''} for {len(class_names)} classes "
+            f"({names}); give one per class, in this order"
+        )
+    return [float(value) for value in option]
 
 
 def learning_rate_factors(spec: OptimizerSpec, epochs: int, steps_per_epoch: int) -> np.ndarray:

@@ -33,7 +33,14 @@ from headstart.engine.batches import Batchable, ImagePlan, StreamBatches, count_
 from headstart.engine.callbacks import NonFiniteLoss
 from headstart.engine.fixmatch import DistributionAlignment, pseudo_labels, unlabelled_loss
 from headstart.engine.freematch import SelfAdaptiveThreshold, fairness_loss
-from headstart.engine.losses import ScheduleFromArray, build_optimizer, learning_rate_factors, resolved_lr, task_loss
+from headstart.engine.losses import (
+    ScheduleFromArray,
+    build_optimizer,
+    class_weights,
+    learning_rate_factors,
+    resolved_lr,
+    task_loss,
+)
 from headstart.heads import accuracy, class_logits, predicted_classes
 from headstart.imageops import resize, to_unit_range
 
@@ -96,6 +103,23 @@ class StageModule(pl.LightningModule):
             classes = max(2, len(network.labels or ()))
             self.train_accuracy = MulticlassAccuracy(classes, average="micro")
             self.val_accuracy = MulticlassAccuracy(classes, average="micro")
+        self.class_weights: list[float] | None = None
+        """The task loss's weight of each class (``stage.class_weights`` resolved over the labelled
+        training split; ``None``: unweighted), as stage.json records it."""
+        if stage.class_weights is not None and pretext is None:
+            names = list(network.labels or ())
+            labels = _labels_of(data.train).long()
+            counts = torch.bincount(labels[labels >= 0], minlength=len(names))[: len(names)].tolist()
+            self.class_weights = class_weights(
+                stage.class_weights, counts, names, f"stages[{stage_index}].class_weights (stage '{stage.name}')"
+            )
+        # not persistent: the weights follow from the stage and its data, so checkpoints stay as they were
+        self.loss_weights: Tensor | None
+        self.register_buffer(
+            "loss_weights",
+            torch.tensor(self.class_weights, dtype=torch.float32) if self.class_weights is not None else None,
+            persistent=False,
+        )
         self.averaged: AveragedModel | None = None
         if stage.ema is not None:
             # Polyak averaging of the weights (and BatchNorm statistics) after every optimizer step; a
@@ -264,7 +288,7 @@ class StageModule(pl.LightningModule):
         return trainer.strategy.reduce(value, reduce_op="mean")
 
     def _task_step(self, logits: Tensor, labels: Tensor, training: bool) -> tuple[Tensor, dict[str, Any]]:
-        loss = task_loss(self.stage.loss, logits, labels)
+        loss = task_loss(self.stage.loss, logits, labels, self.loss_weights)
         metric = self.train_accuracy if training else self.val_accuracy
         metric(predicted_classes(logits.detach()), labels)
         return loss, {"accuracy": metric}

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassRecall
 
 from headstart.engine.batches import Batchable, ImagePlan, make_loader
 from headstart.engine.losses import task_loss
@@ -79,6 +81,22 @@ def compute_features(
     return torch.cat(features), torch.cat(labels)
 
 
+def _class_metrics(num_classes: int) -> MetricCollection:
+    """Balanced accuracy (``MulticlassAccuracy(average="macro")``: the mean of the per-class recalls),
+    macro F1 and each class's recall, over predicted classes of ``max(2, num_classes)`` classes."""
+    classes = max(2, num_classes)
+    # a pass runs in one process (the test split is evaluated by the first process of a DDP run alone):
+    # no gathering from the others, which would wait for processes that never call it
+    return MetricCollection(
+        {
+            "balanced_accuracy": MulticlassAccuracy(classes, average="macro", sync_on_compute=False),
+            "macro_f1": MulticlassF1Score(classes, average="macro", sync_on_compute=False),
+            "recall": MulticlassRecall(classes, average=None, sync_on_compute=False),
+        },
+        compute_groups=False,
+    )
+
+
 def evaluate(
     network: Network,
     images: Batchable | ImagePlan,
@@ -92,11 +110,15 @@ def evaluate(
 ) -> dict:
     """Loss and accuracy (:func:`headstart.heads.accuracy`) of the network's task head on a labelled
     set (streamed); with ``num_classes``, also its confusion matrix (``confusion[true][predicted]``
-    counts); with ``predictions``, also the predicted class (:func:`headstart.heads.predicted_classes`)
+    counts), balanced accuracy (the mean of the per-class recalls), macro F1 and each class's recall
+    (``recall``, a list in class order; ``None`` for a class with no image), computed by torchmetrics
+    on the predicted classes (:func:`headstart.heads.predicted_classes`, so a one-sigmoid binary head
+    counts as two classes); with ``predictions``, also the predicted class (:func:`headstart.heads.predicted_classes`)
     and the true class of every image, in the set's order (``predictions`` and ``targets``, lists of
     ints). The network is left on the device and in the mode it was found in."""
     total_loss, correct, count = 0.0, 0, 0
     confusion = torch.zeros(num_classes or 1, num_classes or 1, dtype=torch.long)
+    per_class = _class_metrics(num_classes) if num_classes else None
     predicted: list[Tensor] = []
     targets: list[Tensor] = []
     with _borrowed(network, device):
@@ -111,12 +133,23 @@ def evaluate(
             if num_classes:
                 pairs = target.long().cpu() * num_classes + classes
                 confusion += torch.bincount(pairs, minlength=num_classes**2).view(num_classes, num_classes)
+                assert per_class is not None
+                per_class.update(classes, target.long().cpu())
             if predictions:
                 predicted.append(classes)
                 targets.append(target.long().cpu())
     metrics: dict = {"loss": total_loss / max(1, count), "accuracy": correct / max(1, count), "count": count}
     if num_classes:
+        assert per_class is not None
         metrics["confusion"] = confusion.tolist()
+        if count:
+            scores = per_class.compute()
+            metrics["balanced_accuracy"] = float(scores["balanced_accuracy"])
+            metrics["macro_f1"] = float(scores["macro_f1"])
+            support = confusion.sum(dim=1)
+            metrics["recall"] = [
+                float(value) if support[c] else None for c, value in enumerate(scores["recall"].tolist()[:num_classes])
+            ]
     if predictions:
         metrics["predictions"] = torch.cat(predicted).tolist() if predicted else []
         metrics["targets"] = torch.cat(targets).tolist() if targets else []

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 
 from headstart.files import png_bytes
+from headstart.report.summary import judged_spread, metric_name
+from headstart.verdict import METRICS
 
 DPI = 100
 
@@ -104,9 +106,10 @@ def _room_on_the_right(axes: Any, labels: list[Any], anchors: list[float], left:
 
 def accuracy_and_time_figure(budget: dict[str, Any]) -> Any:
     """:func:`accuracy_and_time`'s figure: one row per arm (the first on top, as in the table), its
-    name once on the left; test accuracy and seconds to the target as horizontal bars, each labelled
-    at its end (the mean accuracy; the seeds that reached the target and the steps it took), so the
-    labels of neighbouring arms never share a line. The figure grows a row's height per arm."""
+    name once on the left; the judging metric (test accuracy unless the comparison chose another) and
+    seconds to the target as horizontal bars, each labelled at its end (the mean; the seeds that
+    reached the target and the steps it took), so the labels of neighbouring arms never share a line.
+    The figure grows a row's height per arm."""
     plt = _pyplot()
     arms = budget["arms"]
     names = [arm["name"] for arm in arms]
@@ -116,17 +119,18 @@ def accuracy_and_time_figure(budget: dict[str, Any]) -> Any:
     palette = colours(names)
     bar_colours = [palette[name] for name in names]
     rows = np.arange(len(arms))
-    means = [arm["test_accuracy"]["mean"] or 0.0 for arm in arms]
-    stds = [arm["test_accuracy"]["std"] or 0.0 for arm in arms]
+    judged = [judged_spread(arm, budget) for arm in arms]
+    means = [spread["mean"] or 0.0 for spread in judged]
+    stds = [spread["std"] or 0.0 for spread in judged]
     accuracy.barh(rows, means, xerr=stds, capsize=3, height=0.6, color=bar_colours, alpha=0.85)
     tops = []
-    for row, arm, mean, std in zip(rows, arms, means, stds, strict=True):
-        values = arm["test_accuracy"]["values"]
+    for row, spread, mean, std in zip(rows, judged, means, stds, strict=True):
+        values = spread["values"]
         accuracy.scatter(values, [row] * len(values), color="black", s=12, zorder=3)
         tops.append(max([*values, mean + std]))
     values_shown = [
         accuracy.annotate(
-            f"{arm['test_accuracy']['mean']:.3f}",
+            f"{mean:.3f}",
             (top, row),
             ha="left",
             va="center",
@@ -134,11 +138,11 @@ def accuracy_and_time_figure(budget: dict[str, Any]) -> Any:
             xytext=(5, 0),
             textcoords="offset points",
         )
-        for row, arm, top in zip(rows, arms, tops, strict=True)
+        for row, mean, top in zip(rows, means, tops, strict=True)
     ]
     accuracy.set_yticks(rows, names)
     accuracy.set_ylim(len(arms) - 0.5, -0.5)  # the first arm on top, as in the table
-    accuracy.set_xlabel("test accuracy")
+    accuracy.set_xlabel(f"test {metric_name(budget)}")
     accuracy.set_title("final metric (bars: mean ± std; dots: seeds)")
     accuracy.grid(axis="x", alpha=0.3)
     times = [arm["seconds_to_target"]["mean"] or 0.0 for arm in arms]
@@ -156,7 +160,7 @@ def accuracy_and_time_figure(budget: dict[str, Any]) -> Any:
     target = budget["target_val_accuracy"]
     timing.set_title("time to converge" + (f" (validation accuracy {target:.3f})" if target is not None else ""))
     timing.grid(axis="x", alpha=0.3)
-    low = min(min(arm["test_accuracy"]["values"]) for arm in arms)
+    low = min(min(spread["values"], default=1.0) for spread in judged)
     _room_on_the_right(accuracy, values_shown, tops, left=max(0.0, low - 0.1))
     _room_on_the_right(timing, steps_shown, ends)
     return figure
@@ -293,18 +297,19 @@ def budgets(summary: dict[str, Any]) -> bytes:
 
 
 def budgets_figure(summary: dict[str, Any]) -> Any:
-    """Test accuracy against labels per class: one line per arm through the means over seeds, a band
-    of ± one std, on a log axis ticked at the budgets (where a head start matters most: the left)."""
+    """The judging metric (test accuracy unless the comparison chose another) against labels per class:
+    one line per arm through the means over seeds, a band of ± one std, on a log axis ticked at the
+    budgets (where a head start matters most: the left)."""
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(7.5, 4.2))
     palette = colours(summary["arms"])
     ticks: set[int] = set()
     for name in summary["arms"]:
         points = sorted(
-            (budget["labels_per_class"], arm["test_accuracy"])
+            (budget["labels_per_class"], judged_spread(arm, budget))
             for budget in summary["budgets"]
             for arm in budget["arms"]
-            if arm["name"] == name and arm["test_accuracy"]["mean"] is not None
+            if arm["name"] == name and judged_spread(arm, budget)["mean"] is not None
         )
         if not points:
             continue
@@ -320,8 +325,9 @@ def budgets_figure(summary: dict[str, Any]) -> Any:
     axes.set_xticklabels([str(tick) for tick in sorted(ticks)])
     axes.minorticks_off()
     axes.set_xlabel("labels per class")
-    axes.set_ylabel("test accuracy")
-    axes.set_title("accuracy against labels per class (mean ± std over seeds)")
+    metric = METRICS[summary.get("metric") or "accuracy"]
+    axes.set_ylabel(f"test {metric}")
+    axes.set_title(f"{metric} against labels per class (mean ± std over seeds)")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, loc="lower right")
     return figure
@@ -338,9 +344,9 @@ def forest(rows: list[dict[str, Any]], labels_per_class: int | None = None) -> b
 
 def forest_figure(rows: list[dict[str, Any]], labels_per_class: int | None = None) -> Any:
     """A forest plot of a budget's paired comparisons (:func:`headstart.report.summary.effects`): each
-    as its mean difference in test accuracy with its 95% interval, against a zero line; the marker's
-    colour is the verdict (better, worse, not resolved). An effect whose interval crosses the line is
-    not resolved; one wholly right of it is better."""
+    as its mean difference in test accuracy (or the verdicts' metric) with its 95% interval, against a
+    zero line; the marker's colour is the verdict (better, worse, not resolved). An effect whose
+    interval crosses the line is not resolved; one wholly right of it is better."""
     plt = _pyplot()
     height = 1.2 + 0.42 * len(rows)
     figure, axes = plt.subplots(figsize=(8.5, height))
@@ -357,7 +363,13 @@ def forest_figure(rows: list[dict[str, Any]], labels_per_class: int | None = Non
         detail = (
             f"{verdict['word']}, {verdict['better_in']}/{verdict['n']}"
             if verdict["method"] == "paired t"
-            else (f"{verdict['word']}, McNemar" if verdict["method"] == "McNemar exact" else verdict["word"])
+            else (
+                f"{verdict['word']}, McNemar"
+                if verdict["method"] == "McNemar exact"
+                else f"{verdict['word']}, bootstrap"
+                if verdict["method"] == "paired bootstrap"
+                else verdict["word"]
+            )
         )
         axes.annotate(
             detail,
@@ -373,7 +385,8 @@ def forest_figure(rows: list[dict[str, Any]], labels_per_class: int | None = Non
     axes.set_yticks(positions)
     axes.set_yticklabels([row["label"] for row in rows], fontsize=8.5)
     axes.set_ylim(-0.7, len(rows) - 0.3)
-    axes.set_xlabel("difference in test accuracy (paired by seed), 95% interval")
+    metric = METRICS[(rows[0]["verdict"].get("metric") if rows else None) or "accuracy"]
+    axes.set_xlabel(f"difference in test {metric} (paired by seed), 95% interval")
     where = f" — {labels_per_class} label{'s' if labels_per_class != 1 else ''} per class" if labels_per_class else ""
     axes.set_title(f"effects{where}", fontsize=10)
     axes.grid(axis="x", alpha=0.3)

@@ -3,8 +3,9 @@
 Built only from files (:mod:`headstart.report.summary` reads them), so ``headstart report FOLDER``
 rebuilds it from a finished folder at any time. Every image is a PNG embedded as a ``data:`` URI
 and the page has no script, no stylesheet and no font from elsewhere: it opens from disk with no
-server and no network. Sections: the summary line and the comparison table (mean ± std, n), test
-accuracy and time-to-target bars, learning curves with bands over seeds, probe scores, the
+server and no network. Sections: the judging metric and why, the summary line and the comparison
+table (mean ± std, n; accuracy and balanced accuracy), test accuracy and time-to-target bars, each
+arm's recall per class, learning curves with bands over seeds, probe scores, the
 confusion matrix of the best arm, attention maps, each stage's learning-rate schedule, and the
 evidence (seeds, hardware, versions, configuration hashes, wall time).
 """
@@ -23,12 +24,15 @@ from headstart.files import atomic_write_bytes, is_comparison, is_run, read_json
 from headstart.report import figures
 from headstart.report.audit import AUDIT_DATA_FILE, AUDIT_FILE, audit_summary, audit_table, write_audit_files
 from headstart.report.audit import NOTE as AUDIT_NOTE
+from headstart.report.datacheck import section as data_check_section
 from headstart.report.summary import (
     arm_cells,
     budget_verdict,
     contrast_lines,
     effects,
     labels_per_class_text,
+    metric_line,
+    metric_name,
     spread_text,
     step_arms,
     step_lines,
@@ -81,6 +85,7 @@ def _comparison_table(budget: dict[str, Any], ident: str) -> str:
                 html.escape(" → ".join(arm["stages"])),
                 str(arm["test_accuracy"]["n"]),
                 cells["test"],
+                cells["balanced"],
                 cells["gain"],
                 html.escape(cells["verdict"]),
                 cells["reach"],
@@ -95,7 +100,8 @@ def _comparison_table(budget: dict[str, Any], ident: str) -> str:
             "stages",
             "n",
             "test accuracy",
-            f"gain over {budget['baseline']}",
+            "balanced accuracy",
+            f"{metric_name(budget)} gain over {budget['baseline']}",
             "verdict, 95% interval, seeds better",
             "time to target",
             "labelled steps to target",
@@ -103,7 +109,7 @@ def _comparison_table(budget: dict[str, Any], ident: str) -> str:
             "wall time",
         ],
         rows,
-        ["name", "name"] + [""] * 8,
+        ["name", "name"] + [""] * 9,
         ident,
     )
 
@@ -147,9 +153,10 @@ def _effects_section(budget: dict[str, Any], suffix: str, index: int) -> str:
         f"<h3>Effects{suffix}</h3>"
         + _image(figures.forest(rows, budget.get("labels_per_class")), f"forest plot of the differences{suffix}")
         + table
-        + '<p class="muted">Each row is one arm minus another in test accuracy, paired by seed (same seed, '
-        "splits and test images). Several seeds: Student's t over the per-seed differences, its 95% interval "
-        "and p-value; one seed: McNemar's exact test on the test images. The arms against the baseline form one "
+        + f'<p class="muted">Each row is one arm minus another in test {html.escape(metric_name(budget))}, paired '
+        "by seed (same seed, splits and test images). Several seeds: Student's t over the per-seed differences, "
+        "its 95% interval and p-value; one seed: McNemar's exact test on the test images for accuracy, a paired "
+        "bootstrap over them for the other metrics. The arms against the baseline form one "
         "family, their p-values Holm-corrected; steps and contrasts are judged each on its own. Not resolved: "
         "the seeds a paired t-test needs to find a difference of the observed size at the observed spread "
         "with 80% power.</p>"
@@ -183,6 +190,26 @@ def _probe_table(budget: dict[str, Any]) -> str:
     return (
         _table(["arm", "backbone", "linear probe", "k-NN probe", "n"], rows, ["name", "name", "", "", ""])
         + f'<p class="muted">Frozen, pooled features computed once in eval mode. {described}.</p>'
+    )
+
+
+def _recall_table(budget: dict[str, Any], index: int) -> str:
+    """Each arm's test recall of each class, mean ± std over seeds (the small classes accuracy hides)."""
+    recorded = [arm for arm in budget["arms"] if arm.get("recall")]
+    if not recorded:
+        return ""
+    labels = recorded[0]["recall"]["labels"]
+    rows = [
+        [html.escape(arm["name"])]
+        + [spread_text(spread, 3) for spread in (arm.get("recall") or {}).get("classes") or []]
+        + ["—"] * (len(labels) - len((arm.get("recall") or {}).get("classes") or []))
+        for arm in budget["arms"]
+    ]
+    return _table(
+        ["arm"] + [f"recall of {label}" for label in labels], rows, ["name"] + [""] * len(labels), f"recall-{index}"
+    ) + (
+        '<p class="muted">The share of each class\'s test images the network called by its name, mean ± std '
+        "over seeds; balanced accuracy is their mean.</p>"
     )
 
 
@@ -296,6 +323,9 @@ def render(folder: str | Path) -> str:
         + f"; baseline <b>{html.escape(summary['baseline'])}</b>; generated "
         f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} from <code>{html.escape(str(folder))}</code>.</p>",
     ]
+    judged_on = metric_line(summary)
+    if judged_on:
+        parts.append(f'<p class="metric">{html.escape(judged_on[0].upper() + judged_on[1:])}.</p>')
     for budget in summary["budgets"]:
         verdict = budget_verdict(budget)
         if verdict is None:
@@ -326,6 +356,9 @@ def render(folder: str | Path) -> str:
             "backbone features computed once, a small fraction of a full step's cost.</p>"
         )
         parts.append(_image(figures.accuracy_and_time(budget), "test accuracy and time to target"))
+        recall = _recall_table(budget, index)
+        if recall:
+            parts.append(f"<h3>Recall per class{suffix}</h3>" + recall)
         parts.append(_effects_section(budget, suffix, index))
         parts.append(f"<h3>Learning curves{suffix}</h3>")
         parts.append(_image(figures.learning_curves(budget), "learning curves"))
@@ -385,6 +418,9 @@ def render(folder: str | Path) -> str:
     audit = _audit(folder)
     if audit:
         parts.append(audit)
+    checked = data_check_section(folder)  # the folder's data-check.json: copies, two labels, sizes
+    if checked:
+        parts.append(checked)
     parts.append("<h2>Evidence</h2>")
     parts.append(_evidence(summary, folder))
     return _page(summary["name"], "\n".join(parts))

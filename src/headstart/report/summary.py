@@ -6,11 +6,17 @@ A single run folder is read as a comparison of one arm at one seed.
 
 How time is counted (both promised gains are per arm, mean ± std over seeds):
 
-* **final metric** — test accuracy after the last stage; the test split is seen by no stage.
-  The gain over the baseline is paired by seed (same test images and seed, different arm) and given
-  as mean ± std of the per-seed differences, and judged by :mod:`headstart.verdict`: better, worse
-  or not resolved, with its 95% interval (Holm-corrected over the arms tested against the baseline;
-  McNemar's exact test on the test images when there is one seed).
+* **final metric** — the judging metric on the test split after the last stage; the test split is
+  seen by no stage. The comparison file's ``metric`` picks it: ``accuracy``, ``balanced_accuracy``
+  (the mean of the per-class recalls), ``macro_f1``, or ``auto`` (the default): balanced accuracy
+  when the labelled training classes of the runs are imbalanced beyond
+  :data:`headstart.verdict.IMBALANCE_RATIO`, else accuracy (:func:`headstart.verdict.choose_metric`;
+  the summary's ``metric_reason`` says which and why). Accuracy, balanced accuracy, macro F1 and each
+  class's recall are reported whatever judges. The gain over the baseline is paired by seed (same
+  test images and seed, different arm) and given as mean ± std of the per-seed differences, and
+  judged by :mod:`headstart.verdict`: better, worse or not resolved, with its 95% interval
+  (Holm-corrected over the arms tested against the baseline; with one seed, McNemar's exact test on
+  the test images for accuracy, a paired bootstrap over them for the other metrics).
 * **time to target** — the first labelled epoch whose validation accuracy reaches the target (by
   default the lowest of the baseline's best validation accuracies over seeds, so the baseline
   reaches it at every seed). Counted two ways:
@@ -33,8 +39,29 @@ from typing import Any, TypedDict
 
 from headstart.errors import HeadstartError
 from headstart.files import COMPARISON_FILE, RUN_FILE, atomic_write_json, is_comparison, is_run, read_json
-from headstart.verdict import Verdict, corrected, from_dict, on_test_images, over_seeds, signed, verdict_text
+from headstart.verdict import (
+    METRICS,
+    Metric,
+    Verdict,
+    choose_metric,
+    class_metrics,
+    corrected,
+    from_dict,
+    imbalance,
+    on_test_images,
+    over_seeds,
+    paired_bootstrap,
+    signed,
+    verdict_text,
+)
 
+METRIC_KEYS: dict[str, str] = {
+    "accuracy": "test_accuracy",
+    "balanced_accuracy": "balanced_accuracy",
+    "macro_f1": "macro_f1",
+}
+"""Where each judging metric (:data:`headstart.verdict.METRICS`) sits in a run's outcome and in an arm's
+row of a budget's table (its spread over seeds)."""
 MANIFEST_FILE = COMPARISON_FILE
 """The comparison's manifest (:data:`headstart.files.COMPARISON_FILE`), under the name compare.py imports."""
 SUMMARY_FILE = "comparison.json"
@@ -154,6 +181,7 @@ def run_outcome(folder: Path) -> dict[str, Any] | None:
         else:
             full_steps += record.steps
     init_probe = folder / "init-probe.json"
+    balanced_accuracy, macro_f1, recall = _class_scores(run)
     return {
         "folder": str(folder),
         "name": run.name,
@@ -161,6 +189,10 @@ def run_outcome(folder: Path) -> dict[str, Any] | None:
         "config_hash": run.config_hash,
         "test_accuracy": float(run.test["accuracy"]) if run.test and "accuracy" in run.test else None,
         "test_count": int(run.test["count"]) if run.test and "count" in run.test else 0,
+        "balanced_accuracy": balanced_accuracy,
+        "macro_f1": macro_f1,
+        "recall": recall,
+        "train_class_counts": getattr(run, "train_class_counts", None),
         "confusion": run.test_confusion,
         "test_predictions": getattr(run, "test_predictions", None),
         "test_targets": getattr(run, "test_targets", None),
@@ -175,6 +207,20 @@ def run_outcome(folder: Path) -> dict[str, Any] | None:
         "versions": run.versions,
         "init_probe": read_json(init_probe) if init_probe.is_file() else None,
     }
+
+
+def _class_scores(run: Any) -> tuple[float | None, float | None, list[float | None] | None]:
+    """Balanced accuracy, macro F1 and per-class recall of a run on its test split: as run.json records
+    them, or — for runs written before they were — from its test confusion matrix
+    (:func:`headstart.verdict.class_metrics`); ``None`` when neither is there."""
+    test = run.test or {}
+    recall = getattr(run, "test_recall", None)
+    if "balanced_accuracy" in test and "macro_f1" in test and recall is not None:
+        return float(test["balanced_accuracy"]), float(test["macro_f1"]), recall
+    if not run.test_confusion:
+        return None, None, None
+    computed = class_metrics(run.test_confusion)
+    return computed["balanced_accuracy"], computed["macro_f1"], computed["recall"]
 
 
 def reach(timeline: list[TimelinePoint], target: float) -> dict[str, Any] | None:
@@ -222,12 +268,25 @@ def _probe_rows(outcomes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def _paired_gains(runs: list[dict[str, Any]], other: list[dict[str, Any]]) -> list[float]:
-    """Test accuracy minus ``other``'s at the same seed, for the seeds both have."""
-    by_seed = {o["seed"]: o["test_accuracy"] for o in other if o["test_accuracy"] is not None}
-    return [
-        o["test_accuracy"] - by_seed[o["seed"]] for o in runs if o["test_accuracy"] is not None and o["seed"] in by_seed
-    ]
+def _paired_gains(runs: list[dict[str, Any]], other: list[dict[str, Any]], metric: str = "accuracy") -> list[float]:
+    """``metric`` on the test split minus ``other``'s at the same seed, for the seeds both have."""
+    key = METRIC_KEYS[metric]
+    return [arm[key] - against[key] for arm, against in _pairs(runs, other, metric)]
+
+
+def _recall_row(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Each class's test recall over an arm's seeds (``{"labels", "classes": [spread per class]}``);
+    ``None`` when no run has one."""
+    recalls = [o["recall"] for o in runs if o.get("recall")]
+    if not recalls:
+        return None
+    labels = next((o["labels"] for o in runs if o.get("labels")), None) or [str(c) for c in range(len(recalls[0]))]
+    return {
+        "labels": labels,
+        "classes": [
+            _spread([float(r[c]) for r in recalls if c < len(r) and r[c] is not None]) for c in range(len(labels))
+        ],
+    }
 
 
 def _budget_table(
@@ -235,6 +294,7 @@ def _budget_table(
     baseline: str,
     target: float | None,
     parents: dict[str, str] | None = None,
+    metric: Metric = "accuracy",
 ) -> dict[str, Any]:
     parents = parents or {}
     base = outcomes.get(baseline, [])
@@ -244,7 +304,7 @@ def _budget_table(
     arms = []
     for name, runs in outcomes.items():
         tests = [o["test_accuracy"] for o in runs if o["test_accuracy"] is not None]
-        gains = _paired_gains(runs, base)
+        gains = _paired_gains(runs, base, metric)
         parent = parents.get(name) if parents.get(name) in outcomes else None
         reached = [reach(o["timeline"], target) for o in runs] if target is not None else [None] * len(runs)
         hits = [point for point in reached if point is not None]
@@ -254,10 +314,15 @@ def _budget_table(
                 "stages": [stage["name"] for stage in runs[0]["stages"]] if runs else [],
                 "seeds": [o["seed"] for o in runs],
                 "test_accuracy": _spread(tests),
+                "balanced_accuracy": _spread(
+                    [o["balanced_accuracy"] for o in runs if o.get("balanced_accuracy") is not None]
+                ),
+                "macro_f1": _spread([o["macro_f1"] for o in runs if o.get("macro_f1") is not None]),
+                "recall": _recall_row(runs),
                 "gain": _spread(gains) if name != baseline else _spread([0.0] * len(gains)),
                 "extends": parent,
-                "step_gain": _spread(_paired_gains(runs, outcomes[parent])) if parent else None,
-                "step_verdict": judge_runs(runs, outcomes[parent]).as_dict() if parent else None,
+                "step_gain": _spread(_paired_gains(runs, outcomes[parent], metric)) if parent else None,
+                "step_verdict": judge_runs(runs, outcomes[parent], metric).as_dict() if parent else None,
                 "seconds": _spread([o["seconds"] for o in runs]),
                 "head_start_seconds": _spread([o["head_start_seconds"] for o in runs]),
                 "head_start_steps": _spread([float(o["head_start_steps"]) for o in runs]),
@@ -272,28 +337,32 @@ def _budget_table(
             }
         )
     # every arm against the baseline is one family of tests: Holm's correction over them
-    tested = [name for name in outcomes if name != baseline and base and _pairs(outcomes[name], base)]
-    judged = corrected([judge_runs(outcomes[name], base) for name in tested])
+    tested = [name for name in outcomes if name != baseline and base and _pairs(outcomes[name], base, metric)]
+    judged = corrected([judge_runs(outcomes[name], base, metric) for name in tested])
     for arm in arms:
         arm["verdict"] = None
     verdicts = dict(zip(tested, judged, strict=True))
     for arm in arms:
         if arm["name"] in verdicts:
             arm["verdict"] = verdicts[str(arm["name"])].as_dict()
-    return {"target_val_accuracy": target, "baseline": baseline, "arms": arms}
+    return {"target_val_accuracy": target, "baseline": baseline, "arms": arms, "metric": metric}
 
 
-def _pairs(runs: list[dict[str, Any]], other: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """Runs of two arms at the same seed, both with a test accuracy, in ``runs``' order."""
-    by_seed = {o["seed"]: o for o in other if o["test_accuracy"] is not None}
-    return [(o, by_seed[o["seed"]]) for o in runs if o["test_accuracy"] is not None and o["seed"] in by_seed]
+def _pairs(
+    runs: list[dict[str, Any]], other: list[dict[str, Any]], metric: str = "accuracy"
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Runs of two arms at the same seed, both with a value of ``metric`` on the test split, in ``runs``' order."""
+    key = METRIC_KEYS[metric]
+    by_seed = {o["seed"]: o for o in other if o.get(key) is not None}
+    return [(o, by_seed[o["seed"]]) for o in runs if o.get(key) is not None and o["seed"] in by_seed]
 
 
-def judge_runs(runs: list[dict[str, Any]], other: list[dict[str, Any]]) -> Verdict:
-    """``runs`` against ``other`` paired by seed (:mod:`headstart.verdict`): Student's t over the
-    seeds' differences in test accuracy; with one seed, McNemar's exact test on the two networks'
-    predictions of the same test images when both runs recorded them."""
-    pairs = _pairs(runs, other)
+def judge_runs(runs: list[dict[str, Any]], other: list[dict[str, Any]], metric: Metric = "accuracy") -> Verdict:
+    """``runs`` against ``other`` paired by seed in ``metric`` (:mod:`headstart.verdict`): Student's t
+    over the seeds' differences; with one seed, when both runs recorded their predictions of the same
+    test images, McNemar's exact test on them for accuracy, a paired bootstrap over them for balanced
+    accuracy and macro F1 (McNemar's test counts images, so it fits accuracy only)."""
+    pairs = _pairs(runs, other, metric)
     if len(pairs) == 1:
         arm, against = pairs[0]
         if (
@@ -302,33 +371,63 @@ def judge_runs(runs: list[dict[str, Any]], other: list[dict[str, Any]]) -> Verdi
             and arm.get("test_targets") is not None
             and arm.get("test_targets") == against.get("test_targets")
         ):
-            return on_test_images(arm["test_predictions"], against["test_predictions"], arm["test_targets"])
-    return over_seeds([arm["test_accuracy"] - against["test_accuracy"] for arm, against in pairs])
+            if metric == "accuracy":
+                return on_test_images(arm["test_predictions"], against["test_predictions"], arm["test_targets"])
+            labels = arm.get("labels") or against.get("labels")
+            return paired_bootstrap(
+                arm["test_predictions"],
+                against["test_predictions"],
+                arm["test_targets"],
+                metric=metric,
+                num_classes=len(labels) if labels else None,
+            )
+    key = METRIC_KEYS[metric]
+    return over_seeds([arm[key] - against[key] for arm, against in pairs], metric=metric)
+
+
+def judged_metric(budget: dict[str, Any]) -> Metric:
+    """The metric a budget's table was judged on (accuracy in tables written before the choice)."""
+    return budget.get("metric") or "accuracy"
+
+
+def judged_spread(arm: dict[str, Any], budget: dict[str, Any]) -> dict[str, Any]:
+    """An arm's spread over seeds in the budget's judging metric (:func:`judged_metric`)."""
+    return arm.get(METRIC_KEYS[judged_metric(budget)]) or {"mean": None, "std": None, "n": 0, "values": []}
 
 
 def winner(budget: dict[str, Any]) -> dict[str, Any] | None:
-    """The arm with the best mean test accuracy and its verdict against the baseline (Holm-corrected
-    over every arm tested against the baseline in this budget); ``None`` when no arm has a test accuracy."""
-    scored = [arm for arm in budget["arms"] if arm["test_accuracy"]["mean"] is not None]
+    """The arm with the best mean in the judging metric and its verdict against the baseline
+    (Holm-corrected over every arm tested against the baseline in this budget); ``None`` when no arm
+    has a value of it."""
+    scored = [arm for arm in budget["arms"] if judged_spread(arm, budget)["mean"] is not None]
     if not scored:
         return None
-    best = max(scored, key=lambda arm: arm["test_accuracy"]["mean"])
+    best = max(scored, key=lambda arm: judged_spread(arm, budget)["mean"])
     return {"arm": best["name"], "verdict": best["verdict"]}
 
 
 def contrast(budget: dict[str, Any], arm: str, against: str) -> dict[str, Any] | None:
     """``arm`` against ``against`` at one budget (a comparison's ``contrasts``), paired by seed and
-    judged on its own (:func:`judge_runs`); ``None`` when either arm has no finished run."""
+    judged on its own in the budget's metric (:func:`judge_runs`); ``None`` when either arm has no
+    finished run."""
     rows = {row["name"]: row for row in budget["arms"]}
-    if arm not in rows or against not in rows or rows[arm]["test_accuracy"]["mean"] is None:
+    if arm not in rows or against not in rows or judged_spread(rows[arm], budget)["mean"] is None:
         return None
-    if not _pairs(budget["runs"][arm], budget["runs"][against]):
+    metric = judged_metric(budget)
+    if not _pairs(budget["runs"][arm], budget["runs"][against], metric):
         return None
     return {
         "arm": arm,
         "against": against,
-        "verdict": judge_runs(budget["runs"][arm], budget["runs"][against]).as_dict(),
+        "verdict": judge_runs(budget["runs"][arm], budget["runs"][against], metric).as_dict(),
     }
+
+
+def _most_imbalanced(outcomes: list[dict[str, Any]]) -> dict[str, int] | None:
+    """The labelled training class counts of the run whose classes are most imbalanced (``None``
+    when no run recorded them)."""
+    counts = [o["train_class_counts"] for o in outcomes if o.get("train_class_counts")]
+    return max(counts, key=imbalance) if counts else None
 
 
 def summarise(folder: str | Path, *, write: bool = True) -> dict[str, Any]:
@@ -336,7 +435,8 @@ def summarise(folder: str | Path, *, write: bool = True) -> dict[str, Any]:
     folder = Path(folder)
     manifest = load_manifest(folder)
     target = (manifest.get("spec") or {}).get("target")
-    budgets = []
+    choice = (manifest.get("spec") or {}).get("metric") or "auto"  # comparisons from before the choice: auto
+    collected: list[tuple[int | None, dict[str, list[dict[str, Any]]]]] = []
     missing = []
     for budget in manifest.get("label_budgets") or [None]:
         outcomes: dict[str, list[dict[str, Any]]] = {arm: [] for arm in manifest["arms"]}
@@ -350,9 +450,13 @@ def summarise(folder: str | Path, *, write: bool = True) -> dict[str, Any]:
             outcome["seed"] = entry["seed"]
             outcomes[entry["arm"]].append(outcome)
         outcomes = {arm: runs for arm, runs in outcomes.items() if runs}
-        if not outcomes:
-            continue
-        table = _budget_table(outcomes, manifest["baseline"], target, manifest.get("extends"))
+        if outcomes:
+            collected.append((budget, outcomes))
+    everything = [o for _, outcomes in collected for runs in outcomes.values() for o in runs]
+    metric, reason = choose_metric(choice, _most_imbalanced(everything))
+    budgets = []
+    for budget, outcomes in collected:
+        table = _budget_table(outcomes, manifest["baseline"], target, manifest.get("extends"), metric)
         table["labels_per_class"] = budget
         table["winner"] = winner(table)
         table["runs"] = outcomes
@@ -368,6 +472,9 @@ def summarise(folder: str | Path, *, write: bool = True) -> dict[str, Any]:
         "baseline": manifest["baseline"],
         "seeds": manifest["seeds"],
         "arms": manifest["arms"],
+        "metric": metric,
+        "metric_choice": choice,
+        "metric_reason": reason,
         "budgets": budgets,
         "unfinished": missing,
         "hardware": manifest.get("hardware", {}),
@@ -391,15 +498,28 @@ def spread_text(values: dict[str, Any], digits: int = 4) -> str:
     return f"{values['mean']:.{digits}f} ± {values['std']:.{digits}f}"
 
 
+def metric_name(budget: dict[str, Any]) -> str:
+    """How a sentence names the budget's judging metric: ``accuracy``, ``balanced accuracy``, ``macro F1``."""
+    return METRICS[judged_metric(budget)]
+
+
+def metric_line(summary: dict[str, Any]) -> str | None:
+    """Which metric judged the comparison and why (``judged on balanced accuracy: the labelled classes
+    are imbalanced, 900 (cat) against 40 (fox)``); ``None`` for a summary written before the choice."""
+    return summary.get("metric_reason")
+
+
 def arm_cells(arm: dict[str, Any], budget: dict[str, Any]) -> dict[str, str]:
     """The cells of an arm's row in the comparison table, as the terminal and the HTML report show
-    them: test accuracy, gain over the baseline, its verdict, time and steps to the target, head
-    start, wall time."""
+    them: test accuracy, balanced accuracy, gain over the baseline in the judging metric, its verdict,
+    time and steps to the target, head start, wall time."""
     seeds = len(arm["seeds"])
     reached = bool(arm["reached"])
     verdict = from_dict(arm["verdict"]) if arm.get("verdict") else None
+    balanced = arm.get("balanced_accuracy")
     return {
         "test": spread_text(arm["test_accuracy"]),
+        "balanced": spread_text(balanced) if balanced else "—",
         "gain": "baseline" if arm["name"] == budget["baseline"] else spread_text(arm["gain"]),
         "verdict": "—" if verdict is None else short_verdict(verdict),
         "reach": f"{spread_text(arm['seconds_to_target'], 1)} s ({arm['reached']}/{seeds})"
@@ -420,7 +540,10 @@ def short_verdict(verdict: Verdict) -> str:
     if verdict.low is None or verdict.high is None:
         return f"{verdict.word} (one seed)"
     cell = f"{verdict.word} [{signed(verdict.low)}, {signed(verdict.high)}]"
-    cell += f" {verdict.better_in}/{verdict.n}" if verdict.method == "paired t" else " McNemar"
+    if verdict.method == "paired t":
+        cell += f" {verdict.better_in}/{verdict.n}"
+    else:
+        cell += " bootstrap" if verdict.method == "paired bootstrap" else " McNemar"
     if verdict.word == "not resolved" and verdict.seeds_needed is not None:
         cell += f", ~{verdict.seeds_needed} seeds" if verdict.seeds_needed <= 1000 else ", >1000 seeds"
     return cell
@@ -437,28 +560,32 @@ def _where(budget: dict[str, Any], several: bool = True) -> str:
 
 
 def budget_verdict(budget: dict[str, Any]) -> str | None:
-    """The verdict line of one label budget, or ``None`` when no arm has a test accuracy: the arm with
-    the best mean test accuracy, and whether it is better than the baseline (:mod:`headstart.verdict`)."""
+    """The verdict line of one label budget, or ``None`` when no arm has a value of the judging metric:
+    the arm with its best mean, and whether it is better than the baseline (:mod:`headstart.verdict`)."""
     best = budget["winner"]
     if best is None:
         return None
     where = _where(budget, budget["labels_per_class"] is not None)
     arm = next(arm for arm in budget["arms"] if arm["name"] == best["arm"])
     accuracy = arm["test_accuracy"]
-    level = f"test accuracy {spread_text(accuracy)} (n={accuracy['n']})"
+    if judged_metric(budget) == "accuracy":
+        shown = f"test accuracy {spread_text(accuracy)} (n={accuracy['n']})"
+    else:
+        judged = judged_spread(arm, budget)
+        shown = f"test {metric_name(budget)} {spread_text(judged)} (n={judged['n']}; accuracy {spread_text(accuracy)})"
     if best["arm"] == budget["baseline"]:
         return (
-            f"{where}the baseline {best['arm']} had the best {level}; no arm beat it — re-think pretraining "
+            f"{where}the baseline {best['arm']} had the best {shown}; no arm beat it — re-think pretraining "
             "that does not help"
         )
     if best["verdict"] is None:
         return (
-            f"{where}{best['arm']} had the best {level}; no run of the baseline {budget['baseline']} "
+            f"{where}{best['arm']} had the best {shown}; no run of the baseline {budget['baseline']} "
             "to judge it against"
         )
     verdict = from_dict(best["verdict"])
     lead = f"{best['arm']} won" if verdict.word == "better" else f"{best['arm']} had the best mean"
-    return f"{where}{lead}, {level}; against {budget['baseline']}: {verdict_text(verdict)}"
+    return f"{where}{lead}, {shown}; against {budget['baseline']}: {verdict_text(verdict)}"
 
 
 def contrast_lines(budget: dict[str, Any], several: bool = False) -> list[str]:

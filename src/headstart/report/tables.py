@@ -10,14 +10,16 @@ not numbers typed by hand.
 and :func:`refresh` (``headstart report --refresh FILE.md``) re-renders every marked table from the
 JSON it names (a path relative to the Markdown file's folder, or to the current folder). Kinds:
 
-* ``levels`` — test accuracy per arm (rows) and label budget (columns): mean ± std (n), the best
-  mean of each budget in bold;
-* ``arms`` — one budget's arms: stages, test accuracy, the gain over the baseline with its verdict,
-  and wall time per run;
+* ``levels`` — the judging metric (test accuracy, or the comparison's ``metric``) per arm (rows) and
+  label budget (columns): mean ± std (n), the best mean of each budget in bold;
+* ``arms`` — one budget's arms: stages, test accuracy, balanced accuracy (when the runs recorded it),
+  the gain over the baseline in the judging metric with its verdict, and wall time per run;
 * ``effects`` — every paired comparison of every budget (against the baseline, each added stage,
   each contrast): difference, 95% interval, seeds better, verdict and, when not resolved, the seeds
   a paired t-test needs (:mod:`headstart.verdict`); ``effects FILE contrast`` (or ``baseline``,
   ``step``) keeps one kind;
+* ``recall`` — one budget's test recall of each class per arm, mean ± std over seeds: the small
+  classes that accuracy hides;
 * ``probes`` — one budget's linear and k-NN probes of each arm's backbones, mean ± std over seeds;
 * ``time`` — one budget's time to the target validation accuracy: seeds that reached it, wall
   seconds (the head start included) and labelled steps.
@@ -31,10 +33,17 @@ from typing import Any
 
 from headstart.errors import HeadstartError
 from headstart.files import atomic_write_bytes, read_json
-from headstart.report.summary import effects, spread_text
+from headstart.report.summary import (
+    effects,
+    judged_metric,
+    judged_spread,
+    labels_per_class_text,
+    metric_name,
+    spread_text,
+)
 from headstart.verdict import from_dict, seeds_text, signed
 
-KINDS = ("levels", "arms", "effects", "probes", "time")
+KINDS = ("levels", "arms", "effects", "probes", "time", "recall")
 EFFECT_KINDS = ("baseline", "step", "contrast")
 _BLOCK = re.compile(r"(<!-- table: (\w+) (\S+?)(?: (\S+))? -->\n)(.*?)(<!-- /table -->)", re.DOTALL)
 
@@ -50,11 +59,16 @@ def _rows(header: list[str], rows: list[list[str]]) -> str:
 
 
 def levels(summary: dict[str, Any]) -> str:
-    """Test accuracy, arms × label budgets, mean ± std (n); each budget's best mean in bold."""
+    """The judging metric (test accuracy unless the comparison chose another), arms × label budgets,
+    mean ± std (n); each budget's best mean in bold."""
     budgets = summary["budgets"]
     best = {
         id(budget): max(
-            (arm["test_accuracy"]["mean"] for arm in budget["arms"] if arm["test_accuracy"]["mean"] is not None),
+            (
+                judged_spread(arm, budget)["mean"]
+                for arm in budget["arms"]
+                if judged_spread(arm, budget)["mean"] is not None
+            ),
             default=None,
         )
         for budget in budgets
@@ -64,36 +78,51 @@ def levels(summary: dict[str, Any]) -> str:
         row = [f"`{name}`"]
         for budget in budgets:
             arm = next((a for a in budget["arms"] if a["name"] == name), None)
-            if arm is None or arm["test_accuracy"]["mean"] is None:
+            shown = judged_spread(arm, budget) if arm is not None else None
+            if shown is None or shown["mean"] is None:
                 row.append("—")
                 continue
-            text = f"{spread_text(arm['test_accuracy'], 3)} ({arm['test_accuracy']['n']})"
-            row.append(f"**{text}**" if arm["test_accuracy"]["mean"] == best[id(budget)] else text)
+            text = f"{spread_text(shown, 3)} ({shown['n']})"
+            row.append(f"**{text}**" if shown["mean"] == best[id(budget)] else text)
         rows.append(row)
-    header = ["arm"] + [
-        f"{_budget_name(budget)} labels per class" if budget["labels_per_class"] else "test accuracy"
-        for budget in budgets
-    ]
+    header = ["arm"] + [_level_header(budget) for budget in budgets]
     return _rows(header, rows)
+
+
+def _level_header(budget: dict[str, Any]) -> str:
+    """``test accuracy``; ``10 labels per class``; with another judging metric, its name too."""
+    judged = judged_metric(budget) != "accuracy"
+    if budget["labels_per_class"]:
+        where = labels_per_class_text(budget["labels_per_class"])
+        return f"{where}, {metric_name(budget)}" if judged else where
+    return f"test {metric_name(budget)}"
 
 
 def arms(summary: dict[str, Any], labels_per_class: int | None = None) -> str:
     """One budget's arms: stages, test accuracy, gain over the baseline and its verdict, wall time."""
     budget = _budget(summary, labels_per_class)
+    balanced = any((arm.get("balanced_accuracy") or {}).get("mean") is not None for arm in budget["arms"])
     rows = []
     for arm in budget["arms"]:
         verdict = from_dict(arm["verdict"]) if arm.get("verdict") else None
+        shown = arm.get("balanced_accuracy") or {"mean": None}
         rows.append(
             [
                 f"`{arm['name']}`",
                 " → ".join(arm["stages"]),
                 f"{spread_text(arm['test_accuracy'], 3)} ({arm['test_accuracy']['n']})",
+            ]
+            + ([spread_text(shown, 3)] if balanced else [])
+            + [
                 "baseline" if verdict is None else _effect_cell(verdict),
                 f"{spread_text(arm['seconds'], 1)} s",
             ]
         )
+    judged = "" if judged_metric(budget) == "accuracy" else f"{metric_name(budget)} "
     return _rows(
-        ["arm", "stages", "test accuracy (seeds)", f"against `{budget['baseline']}`, paired", "wall time per run"],
+        ["arm", "stages", "test accuracy (seeds)"]
+        + (["balanced accuracy"] if balanced else [])
+        + [f"{judged}against `{budget['baseline']}`, paired", "wall time per run"],
         rows,
     )
 
@@ -101,7 +130,10 @@ def arms(summary: dict[str, Any], labels_per_class: int | None = None) -> str:
 def _effect_cell(verdict: Any) -> str:
     if verdict.low is None or verdict.high is None:
         return f"{signed(verdict.mean)}, {verdict.word}"
-    share = f", {verdict.better_in} of {verdict.n} seeds" if verdict.method == "paired t" else ", McNemar"
+    if verdict.method == "paired t":
+        share = f", {verdict.better_in} of {verdict.n} seeds"
+    else:
+        share = ", bootstrap" if verdict.method == "paired bootstrap" else ", McNemar"
     return f"{signed(verdict.mean)} [{signed(verdict.low)}, {signed(verdict.high)}]{share}: **{verdict.word}**"
 
 
@@ -130,8 +162,25 @@ def effects_table(summary: dict[str, Any], kind: str | None = None) -> str:
                 seeds_text(verdict.seeds_needed) or "—",
             ]
             rows.append(([_budget_name(budget)] if several else []) + cells)
-    header = ["comparison", "difference", "95% interval", "seeds better", "verdict", "to resolve"]
+    metric = summary.get("metric") or "accuracy"
+    difference = "difference" if metric == "accuracy" else f"difference in {metric_name({'metric': metric})}"
+    header = ["comparison", difference, "95% interval", "seeds better", "verdict", "to resolve"]
     return _rows((["labels per class"] if several else []) + header, rows)
+
+
+def recall_table(summary: dict[str, Any], labels_per_class: int | None = None) -> str:
+    """One budget's test recall of each class (columns) per arm (rows), mean ± std over seeds: the
+    share of a class's test images the arm's network called by its name."""
+    budget = _budget(summary, labels_per_class)
+    recorded = [arm for arm in budget["arms"] if arm.get("recall")]
+    if not recorded:
+        return _rows(["arm", "recall per class"], [[f"`{arm['name']}`", "—"] for arm in budget["arms"]])
+    labels = recorded[0]["recall"]["labels"]
+    rows = []
+    for arm in budget["arms"]:
+        classes = (arm.get("recall") or {}).get("classes") or [{"mean": None}] * len(labels)
+        rows.append([f"`{arm['name']}`"] + [spread_text(spread, 3) for spread in classes])
+    return _rows(["arm"] + [f"recall of {label}" for label in labels], rows)
 
 
 def probes(summary: dict[str, Any], labels_per_class: int | None = None) -> str:
@@ -199,6 +248,8 @@ def render(kind: str, summary: dict[str, Any], argument: str | None = None) -> s
         return probes(summary, int(argument) if argument else None)
     if kind == "time":
         return time_table(summary, int(argument) if argument else None)
+    if kind == "recall":
+        return recall_table(summary, int(argument) if argument else None)
     raise HeadstartError(f"table kind {kind!r}: expected one of {', '.join(KINDS)}")
 
 
@@ -221,4 +272,15 @@ def refresh(path: str | Path, *, write: bool = True) -> str:
     return new
 
 
-__all__ = ["EFFECT_KINDS", "KINDS", "arms", "effects_table", "levels", "probes", "refresh", "render", "time_table"]
+__all__ = [
+    "EFFECT_KINDS",
+    "KINDS",
+    "arms",
+    "effects_table",
+    "levels",
+    "probes",
+    "recall_table",
+    "refresh",
+    "render",
+    "time_table",
+]

@@ -146,6 +146,7 @@ def train(
         versions=versions(),
         lr_find=sweep_record,
         device=device,
+        class_weights=module.class_weights,
     )
     if keep and trainer.is_global_zero:
         record.write(folder, network.state_dict())

@@ -17,6 +17,7 @@ from headstart.data.dataset import ImageSet
 from headstart.data.splits import Splits
 from headstart.data.task import TaskData
 from headstart.engine.batches import ImagePlan
+from headstart.engine.losses import class_weights
 from headstart.engine.module import StageData
 from headstart.engine.passes import compute_features
 from headstart.engine.trainer import TrainerOptions
@@ -126,6 +127,24 @@ def _stage_splits(stage: StageSpec, data: TaskData, index: int, pretext) -> tupl
             "use it with a pretext task, or data: train"
         )
     return data.class_names, data.split(stage.data), data.split("val")
+
+
+def check_class_weights(stages: list[StageSpec], data: TaskData) -> None:
+    """Every task stage's ``class_weights`` against the classes of its labelled training split (one
+    weight per class; ``balanced`` needs an image of each), before any stage trains: the error names
+    the key (``stages[1].class_weights``)."""
+    for index, stage in enumerate(stages):
+        if stage.class_weights is None or stage.pretext is not None or stage.data in ("unlabelled", "all"):
+            continue  # a task stage on images without labels is refused by _stage_splits, with its own error
+        labels, train_set, _ = _stage_splits(stage, data, index, None)
+        assert labels is not None
+        counts = train_set.class_counts()
+        class_weights(
+            stage.class_weights,
+            [counts.get(name, 0) for name in labels],
+            labels,
+            f"stages[{index}].class_weights (stage '{stage.name}')",
+        )
 
 
 def _unlabelled_split(stage: StageSpec, data: TaskData) -> ImageSet | None:

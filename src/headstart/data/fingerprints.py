@@ -1,0 +1,291 @@
+"""Fingerprints of image files for the data check: a digest of the bytes, a perceptual hash, a
+thumbnail and the image's size, each file read and decoded once, then kept for unchanged files.
+
+What one fingerprint holds
+    * ``digest``: BLAKE2b of the file's bytes (16 bytes): equal digests are exact copies.
+    * ``phash``: the 64-bit perceptual hash of ``imagehash.phash`` (the DCT hash of pHash, Zauner
+      2010): the grey image resized to 32 × 32 (Lanczos), its 2-D DCT, and the 8 × 8 lowest
+      frequencies compared with their median, one bit each. Resizing, re-encoding and small
+      changes of brightness move few bits; :mod:`headstart.data.duplicates` searches for close hashes.
+    * ``thumb``: the same 32 × 32 grey image averaged to 8 × 8 (uint8, 64 bytes), which confirms that
+      two close hashes are the same picture (:mod:`headstart.data.duplicates`).
+    * ``width``, ``height``: the full size after EXIF orientation (the tiny and extreme-aspect checks).
+    * ``error``: why the file could not be read ("" when it was), worded as
+      :mod:`headstart.data.images` words it; an unreadable file has no other field.
+
+Reading
+    Each file is read once: its bytes are hashed, then decoded from those bytes with the policy of
+    :mod:`headstart.data.images` (modes, EXIF orientation, the pixel cap refused before decoding).
+    A JPEG is decoded at reduced scale (Pillow's ``draft``) down to :data:`DRAFT_SIDE` pixels on its
+    shorter side, since the hash needs 32 × 32: a 4000 × 3000 photo decodes at 500 × 375. Threads
+    decode files on every core (Pillow releases the GIL); only the fingerprints are kept, so memory
+    holds 100 bytes per image whatever the images' size. A progress bar appears on a terminal when
+    the work lasts more than :data:`PROGRESS_AFTER` seconds.
+
+Cache (:class:`FingerprintCache`)
+    Fingerprints of readable files are kept in one hidden file next to the data,
+    ``.headstart-fingerprints.npz`` in a folder source's root (``.<name>.headstart-fingerprints.npz``
+    beside a CSV file), keyed by the file's absolute path, size and modification time in
+    nanoseconds: a file that changes in any of them is read again, a removed file is dropped from
+    the cache, and a repeated check (every run of a comparison, ``headstart run`` after
+    ``headstart check-data``) reads no image. The cache is plain arrays (``numpy.load`` with
+    ``allow_pickle=False``); a damaged, foreign or older cache is ignored and rewritten, and a
+    folder that cannot be written is simply checked anew each time. Unreadable files are not
+    cached: a permission fixed without touching the file is seen at the next check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from headstart.data.images import read_image_bytes
+from headstart.errors import HeadstartError
+from headstart.files import atomic_write
+
+DRAFT_SIDE = 64
+"""Shorter side (pixels) a JPEG is decoded down to at least: twice the hash's 32 × 32."""
+HASH_SIDE = 32
+"""Side of the grey image the perceptual hash and the thumbnail are computed from (imagehash's)."""
+THUMB_SIDE = 8
+"""Side of the thumbnail that confirms a near copy (64 grey values)."""
+DIGEST_BYTES = 16
+PROGRESS_AFTER = 2.0
+"""Seconds of work after which a progress bar appears (standard error on a terminal)."""
+CHUNK = 256
+"""Files handed to the threads at a time: results are kept as they come, memory stays flat."""
+CACHE_VERSION = 1
+"""Bumped when the fingerprint changes (hash, thumbnail, decoding): older caches are ignored."""
+LOG = logging.getLogger("headstart")
+
+
+@dataclass
+class Fingerprints:
+    """Fingerprints of ``len(paths)`` files, row ``i`` for ``paths[i]`` (module docstring)."""
+
+    paths: list[Path]
+    digests: np.ndarray
+    """``[n, 16]`` uint8; zeros for an unreadable file."""
+    hashes: np.ndarray
+    """``[n]`` uint64 perceptual hashes."""
+    thumbs: np.ndarray
+    """``[n, 64]`` uint8 thumbnails (8 × 8 grey, row-major)."""
+    widths: np.ndarray
+    heights: np.ndarray
+    errors: list[str]
+    """Why each file could not be read, "" when it could."""
+    decoded: int = 0
+    """Files read and decoded by this call (the others came from the cache)."""
+    seconds: float = 0.0
+
+    @property
+    def readable(self) -> np.ndarray:
+        """Boolean ``[n]``: the file was read and decoded."""
+        return np.array([not error for error in self.errors], dtype=bool)
+
+
+def fingerprint_file(path: Path) -> tuple[bytes, int, np.ndarray, int, int]:
+    """The digest, perceptual hash, thumbnail, width and height of one file (module docstring).
+
+    Raises HeadstartError naming the file when it cannot be read or decoded."""
+    import imagehash
+
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise HeadstartError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise HeadstartError(f"{path}: is a folder, expected an image file") from None
+    except PermissionError:
+        raise HeadstartError(f"{path}: cannot be read (permission denied)") from None
+    except OSError as exc:
+        raise HeadstartError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    digest = hashlib.blake2b(data, digest_size=DIGEST_BYTES).digest()
+    grey, (width, height) = read_image_bytes(data, path, "L", min_side=DRAFT_SIDE)
+    small = grey.resize((HASH_SIDE, HASH_SIDE), Image.Resampling.LANCZOS)
+    bits = int(str(imagehash.phash(small)), 16)  # phash resizes to 32 × 32: already that size
+    thumb = np.asarray(small.resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX), dtype=np.uint8).reshape(-1)
+    return digest, bits, thumb, width, height
+
+
+def _attempt(path: Path) -> tuple[bytes, int, np.ndarray, int, int] | str:
+    try:
+        return fingerprint_file(path)
+    except HeadstartError as exc:
+        prefix = f"{path}: "
+        message = str(exc)
+        return message[len(prefix) :] if message.startswith(prefix) else message
+
+
+class _Bar:
+    """A rich progress bar on standard error that appears only once the work has lasted
+    :data:`PROGRESS_AFTER` seconds, and only when ``show`` (``None``: standard error is a terminal)."""
+
+    def __init__(self, total: int, show: bool | None):
+        self.total = total
+        self.show = sys.stderr.isatty() if show is None else show
+        self.started = time.perf_counter()
+        self.done = 0
+        self.progress: Any = None  # a rich Progress once shown
+        self.task: Any = None
+
+    def advance(self, count: int) -> None:
+        self.done += count
+        if self.progress is None and self.show and time.perf_counter() - self.started > PROGRESS_AFTER:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(
+                TextColumn("data check"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=Console(file=sys.stderr),
+                transient=True,
+            )
+            self.progress.start()
+            self.task = self.progress.add_task("images", total=self.total, completed=self.done)
+        elif self.progress is not None and self.task is not None:
+            self.progress.update(self.task, completed=self.done)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+class FingerprintCache:
+    """Fingerprints of unchanged files kept in ``path`` (module docstring); ``path=None`` keeps none."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.entries: dict[str, tuple[int, int, bytes, int, np.ndarray, int, int]] = {}
+        self.changed = False
+        if path is not None and path.is_file():
+            self._read(path)
+
+    def _read(self, path: Path) -> None:
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                if int(archive["version"]) != CACHE_VERSION:
+                    return
+                keys = archive["keys"].tolist()
+                columns = [archive[name] for name in ("sizes", "mtimes", "digests", "hashes", "thumbs", "widths")]
+                heights = archive["heights"]
+        except (OSError, ValueError, KeyError, EOFError) as exc:
+            LOG.debug("data check: ignoring the fingerprint cache %s (%s)", path, exc)
+            self.changed = True
+            return
+        sizes, mtimes, digests, hashes, thumbs, widths = columns
+        if not all(len(column) == len(keys) for column in (*columns, heights)) or thumbs.shape[1:] != (
+            THUMB_SIDE * THUMB_SIDE,
+        ):
+            self.changed = True
+            return
+        for row, key in enumerate(keys):
+            self.entries[key] = (
+                int(sizes[row]),
+                int(mtimes[row]),
+                digests[row].tobytes(),
+                int(hashes[row]),
+                thumbs[row],
+                int(widths[row]),
+                int(heights[row]),
+            )
+
+    def write(self, keep: Sequence[str]) -> None:
+        """Write the entries of ``keep`` (the files just checked) when anything changed; a folder that
+        cannot be written keeps no cache."""
+        kept = [key for key in keep if key in self.entries]
+        if self.path is None or (not self.changed and len(kept) == len(self.entries)):
+            return
+        rows = [self.entries[key] for key in kept]
+        arrays = {
+            "version": np.array(CACHE_VERSION),
+            "keys": np.array(kept, dtype=str),
+            "sizes": np.array([row[0] for row in rows], dtype=np.int64),
+            "mtimes": np.array([row[1] for row in rows], dtype=np.int64),
+            "digests": np.array([np.frombuffer(row[2], dtype=np.uint8) for row in rows], dtype=np.uint8).reshape(
+                -1, DIGEST_BYTES
+            ),
+            "hashes": np.array([row[3] for row in rows], dtype=np.uint64),
+            "thumbs": np.array([row[4] for row in rows], dtype=np.uint8).reshape(-1, THUMB_SIDE * THUMB_SIDE),
+            "widths": np.array([row[5] for row in rows], dtype=np.int64),
+            "heights": np.array([row[6] for row in rows], dtype=np.int64),
+        }
+        try:
+            atomic_write(self.path, lambda file: np.savez(file, **arrays))  # type: ignore[arg-type]
+        except OSError as exc:
+            LOG.debug("data check: no fingerprint cache at %s (%s)", self.path, exc)
+
+
+def fingerprint_files(
+    paths: Sequence[str | os.PathLike], *, cache_file: str | os.PathLike | None = None, progress: bool | None = None
+) -> Fingerprints:
+    """Fingerprint every file of ``paths`` (module docstring), reusing and refreshing ``cache_file``.
+
+    Never raises for a bad file: its row carries the reason in ``errors``."""
+    started = time.perf_counter()
+    files = [Path(path) for path in paths]
+    count = len(files)
+    digests = np.zeros((count, DIGEST_BYTES), dtype=np.uint8)
+    hashes = np.zeros(count, dtype=np.uint64)
+    thumbs = np.zeros((count, THUMB_SIDE * THUMB_SIDE), dtype=np.uint8)
+    widths = np.zeros(count, dtype=np.int64)
+    heights = np.zeros(count, dtype=np.int64)
+    errors = [""] * count
+    cache = FingerprintCache(None if cache_file is None else Path(cache_file))
+    keys = [os.fspath(path.absolute()) for path in files]
+    stamps: list[tuple[int, int] | None] = []
+    todo = []
+    for row, (path, key) in enumerate(zip(files, keys, strict=True)):
+        try:
+            status = path.stat()
+            stamp: tuple[int, int] | None = (int(status.st_size), int(status.st_mtime_ns))
+        except OSError:
+            stamp = None  # read below, which names the problem
+        stamps.append(stamp)
+        known = cache.entries.get(key)
+        if stamp is not None and known is not None and known[:2] == stamp:
+            _, _, digest, bits, thumb, width, height = known
+            digests[row] = np.frombuffer(digest, dtype=np.uint8)
+            hashes[row], thumbs[row], widths[row], heights[row] = bits, thumb, width, height
+        else:
+            todo.append(row)
+    bar = _Bar(len(todo), progress)
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+            for start in range(0, len(todo), CHUNK):
+                rows = todo[start : start + CHUNK]
+                for row, outcome in zip(rows, pool.map(_attempt, [files[row] for row in rows]), strict=True):
+                    if isinstance(outcome, str):
+                        errors[row] = outcome
+                        cache.entries.pop(keys[row], None)
+                        continue
+                    digest, bits, thumb, width, height = outcome
+                    digests[row] = np.frombuffer(digest, dtype=np.uint8)
+                    hashes[row], thumbs[row], widths[row], heights[row] = bits, thumb, width, height
+                    stamp = stamps[row]
+                    if stamp is not None:
+                        cache.entries[keys[row]] = (*stamp, digest, bits, thumb, width, height)
+                        cache.changed = True
+                bar.advance(len(rows))
+    finally:
+        bar.close()
+    cache.write([key for key, error in zip(keys, errors, strict=True) if not error])
+    return Fingerprints(
+        files, digests, hashes, thumbs, widths, heights, errors, len(todo), time.perf_counter() - started
+    )
+
+
+__all__ = ["DRAFT_SIDE", "FingerprintCache", "Fingerprints", "fingerprint_file", "fingerprint_files"]
