@@ -1,6 +1,6 @@
-"""The main job: four arms over seeds, judged by both gains, with its report.
+"""The main job: five arms over seeds, judged by both gains, with its report.
 
-``headstart demo --quick`` runs the same four arms as the full demo with a fifth of the epochs,
+``headstart demo --quick`` runs the same five arms as the full demo with a fifth of the epochs,
 on the real MNIST-5k digits and the real EfficientNet-Lite0 ImageNet weights.
 """
 
@@ -69,7 +69,7 @@ def test_demo_refuses_to_replace_a_folder_that_is_not_a_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_quick_demo_runs_the_four_arms_over_two_seeds_and_reports_them(tmp_path: Path):
+def test_quick_demo_runs_the_five_arms_over_two_seeds_and_reports_them(tmp_path: Path):
     output = tmp_path / "demo"
     result = CliRunner().invoke(app, ["demo", "--quick", "--seeds", "2", "--output", str(output)])
     assert result.exit_code == 0, result.output
@@ -114,7 +114,7 @@ def test_quick_demo_runs_the_four_arms_over_two_seeds_and_reports_them(tmp_path:
     assert fixmatch["data"]["unlabelled_images"] == 3750
     # a second demo reuses every finished run
     again = CliRunner().invoke(app, ["demo", "--quick", "--seeds", "2", "--output", str(output)])
-    assert again.exit_code == 0 and again.stderr.count("finished before, reused") == 8
+    assert again.exit_code == 0 and again.stderr.count("finished before, reused") == 10
     # the trained ImageNet arm predicts real test digits, saved as grey PNGs, through the command
     # the test split is the same whatever the labelled draw
     splits = make_splits(load_mnist5k(), **{key: value for key, value in SPLITS.items() if key != "labelled_draw"})

@@ -378,7 +378,7 @@ def test_bad_input_is_one_line_naming_it_and_nothing_is_written(case, tmp_path, 
 
 
 @pytest.mark.slow
-def test_folder_demo_runs_the_four_arms_on_photographs_within_its_budget(photos, extra, tmp_path):
+def test_folder_demo_runs_the_five_arms_on_photographs_within_its_budget(photos, extra, tmp_path):
     output = tmp_path / "demo"
     command = [
         "demo",
