@@ -345,9 +345,28 @@ def on_test_images(
         low, high = scale * (2 * float(share.low) - 1), scale * (2 * float(share.high) - 1)
     else:
         low = high = 0.0
+    return _one_seed(
+        mean,
+        low,
+        high,
+        p,
+        "McNemar exact",
+        confidence,
+        discordant=(b, c),
+        accuracy_intervals=(
+            wilson_interval(int(arm.sum()), total, confidence),
+            wilson_interval(int(other.sum()), total, confidence),
+        ),
+    )
+
+
+def _one_seed(
+    mean: float, low: float, high: float, p: float, method: Any, confidence: float, **extra: Any
+) -> Verdict:
+    """A verdict of one seed's test images (:func:`on_test_images`, :func:`paired_bootstrap`)."""
     return Verdict(
         word=_word(mean, p, confidence),
-        method="McNemar exact",
+        method=method,
         n=1,
         mean=mean,
         std=None,
@@ -358,11 +377,7 @@ def on_test_images(
         family=1,
         better_in=1 if mean > 0 else 0,
         seeds_needed=None,
-        discordant=(b, c),
-        accuracy_intervals=(
-            wilson_interval(int(arm.sum()), total, confidence),
-            wilson_interval(int(other.sum()), total, confidence),
-        ),
+        **extra,
     )
 
 
@@ -416,19 +431,13 @@ def paired_bootstrap(
     else:
         beyond = differences <= 0 if mean > 0 else differences >= 0
         p = min(1.0, 2 * float(np.mean(beyond)))
-    return Verdict(
-        word=_word(mean, p, confidence),
-        method="paired bootstrap",
-        n=1,
-        mean=mean,
-        std=None,
-        low=low,
-        high=high,
-        p_value=p,
-        p_adjusted=p,
-        family=1,
-        better_in=1 if mean > 0 else 0,
-        seeds_needed=None,
+    return _one_seed(
+        mean,
+        low,
+        high,
+        p,
+        "paired bootstrap",
+        confidence,
         note=f"paired bootstrap of the {total:,} test images, {resamples:,} resamples",
         metric=metric,
         resamples=resamples,
