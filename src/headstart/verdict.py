@@ -360,9 +360,7 @@ def on_test_images(
     )
 
 
-def _one_seed(
-    mean: float, low: float, high: float, p: float, method: Any, confidence: float, **extra: Any
-) -> Verdict:
+def _one_seed(mean: float, low: float, high: float, p: float, method: Any, confidence: float, **extra: Any) -> Verdict:
     """A verdict of one seed's test images (:func:`on_test_images`, :func:`paired_bootstrap`)."""
     return Verdict(
         word=_word(mean, p, confidence),
