@@ -19,15 +19,8 @@ from headstart.cli import _print_comparison, app
 from headstart.compare import attention_picks, parse_compare, plan
 from headstart.compare import run as run_comparison
 from headstart.errors import HeadstartError
-from headstart.report.summary import (
-    contrast_lines,
-    labels_per_class_text,
-    mean_std,
-    reach,
-    run_outcome,
-    summarise,
-    summary_line,
-)
+from headstart.report.summary import labels_per_class_text, mean_std, reach, run_outcome, summarise
+from headstart.report.verdicts import contrast_lines, summary_line
 from headstart.verdict import over_seeds
 from helpers import digit_run
 
@@ -456,7 +449,7 @@ def test_an_arm_that_extends_another_shares_its_stages_and_reports_what_the_extr
     from safetensors.torch import load_file
 
     from headstart.compare import extends
-    from headstart.report.summary import step_lines
+    from headstart.report.verdicts import step_lines
     from headstart.structure import run as run_structure
 
     arms = _arms(task_epochs=2)

@@ -93,7 +93,8 @@ def _arm(budget: dict, name: str) -> dict:
 
 
 def test_the_arm_that_ignores_the_small_class_wins_on_accuracy_and_loses_on_balanced_accuracy(tmp_path):
-    from headstart.report.summary import budget_verdict, summarise
+    from headstart.report.summary import summarise
+    from headstart.report.verdicts import budget_verdict
 
     on_accuracy = summarise(_comparison(tmp_path / "accuracy", [0, 1, 2], metric="accuracy"))
     budget = on_accuracy["budgets"][0]

@@ -91,14 +91,14 @@ class Verdict:
     method: Literal["paired t", "McNemar exact", "paired bootstrap", "none"]
     n: int
     mean: float
-    std: float | None
-    low: float | None
-    high: float | None
-    p_value: float | None
-    p_adjusted: float | None
-    family: int
     better_in: int
-    seeds_needed: int | None
+    std: float | None = None
+    low: float | None = None
+    high: float | None = None
+    p_value: float | None = None
+    p_adjusted: float | None = None
+    family: int = 1
+    seeds_needed: int | None = None
     discordant: tuple[int, int] | None = None
     """McNemar only: (images only the arm got right, images only ``against`` got right)."""
     accuracy_intervals: tuple[tuple[float, float], tuple[float, float]] | None = None
@@ -288,14 +288,7 @@ def over_seeds(differences: Sequence[float], *, confidence: float = CONFIDENCE, 
             method="none",
             n=n,
             mean=values[0] if values else 0.0,
-            std=None,
-            low=None,
-            high=None,
-            p_value=None,
-            p_adjusted=None,
-            family=1,
             better_in=better_in,
-            seeds_needed=None,
             note="one seed and no per-image test predictions: no test can be made" if n else "no paired seeds",
             metric=metric,
         )
@@ -314,7 +307,6 @@ def over_seeds(differences: Sequence[float], *, confidence: float = CONFIDENCE, 
         high=high,
         p_value=p,
         p_adjusted=p,
-        family=1,
         better_in=better_in,
         seeds_needed=None if needed is None else max(needed, n + 1),
         note="the same difference at every seed" if std == 0.0 and n >= 2 else "",
@@ -367,14 +359,11 @@ def _one_seed(mean: float, low: float, high: float, p: float, method: Any, confi
         method=method,
         n=1,
         mean=mean,
-        std=None,
         low=low,
         high=high,
         p_value=p,
         p_adjusted=p,
-        family=1,
         better_in=1 if mean > 0 else 0,
-        seeds_needed=None,
         **extra,
     )
 

@@ -34,7 +34,8 @@ def report_command(
 ) -> None:
     """Rebuild report.html from what a finished comparison, run or audit wrote on disk."""
     from headstart.report.html import write_report
-    from headstart.report.summary import summarise, summary_line
+    from headstart.report.summary import summarise
+    from headstart.report.verdicts import summary_line
 
     if refresh:
         from headstart.report.tables import refresh as refresh_tables

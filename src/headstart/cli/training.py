@@ -135,15 +135,8 @@ def _print_comparison(result) -> None:
     """The comparison's table per label budget (mean ± std over seeds), its verdicts and the report."""
     from rich.table import Table
 
-    from headstart.report.summary import (
-        arm_cells,
-        contrast_lines,
-        labels_per_class_text,
-        metric_line,
-        metric_name,
-        step_lines,
-        summary_line,
-    )
+    from headstart.report.summary import labels_per_class_text
+    from headstart.report.verdicts import arm_cells, contrast_lines, metric_line, metric_name, step_lines, summary_line
 
     for budget in result.table["budgets"]:
         target = budget["target_val_accuracy"]

@@ -112,7 +112,7 @@ class CompareResult:
     @property
     def verdicts(self) -> list[str]:
         """One line per label budget: the arm with the best test accuracy and its verdict against the baseline."""
-        from headstart.report.summary import summary_line
+        from headstart.report.verdicts import summary_line
 
         return summary_line(self.table)
 

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from headstart.files import png_bytes
-from headstart.report.summary import judged_spread, metric_name
+from headstart.report.summary import judged_spread
+from headstart.report.verdicts import metric_name
 from headstart.verdict import METRICS
 
 DPI = 100
@@ -343,7 +344,7 @@ def forest(rows: list[dict[str, Any]], labels_per_class: int | None = None) -> b
 
 
 def forest_figure(rows: list[dict[str, Any]], labels_per_class: int | None = None) -> Any:
-    """A forest plot of a budget's paired comparisons (:func:`headstart.report.summary.effects`): each
+    """A forest plot of a budget's paired comparisons (:func:`headstart.report.verdicts.effects`): each
     as its mean difference in test accuracy (or the verdicts' metric) with its 95% interval, against a
     zero line; the marker's colour is the verdict (better, worse, not resolved). An effect whose
     interval crosses the line is not resolved; one wholly right of it is better."""

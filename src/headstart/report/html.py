@@ -25,18 +25,17 @@ from headstart.report import figures
 from headstart.report.audit import AUDIT_DATA_FILE, AUDIT_FILE, audit_summary, audit_table, write_audit_files
 from headstart.report.audit import NOTE as AUDIT_NOTE
 from headstart.report.datacheck import section as data_check_section
-from headstart.report.summary import (
+from headstart.report.summary import labels_per_class_text, summarise
+from headstart.report.verdicts import (
     arm_cells,
     budget_verdict,
     contrast_lines,
     effects,
-    labels_per_class_text,
     metric_line,
     metric_name,
     spread_text,
     step_arms,
     step_lines,
-    summarise,
 )
 from headstart.verdict import from_dict, seeds_text
 

@@ -33,14 +33,8 @@ from typing import Any
 
 from headstart.errors import HeadstartError
 from headstart.files import atomic_write_bytes, read_json
-from headstart.report.summary import (
-    effects,
-    judged_metric,
-    judged_spread,
-    labels_per_class_text,
-    metric_name,
-    spread_text,
-)
+from headstart.report.summary import judged_metric, judged_spread, labels_per_class_text
+from headstart.report.verdicts import effects, metric_name, spread_text
 from headstart.verdict import from_dict, seeds_text, signed
 
 KINDS = ("levels", "arms", "effects", "probes", "time", "recall")
@@ -138,7 +132,7 @@ def _effect_cell(verdict: Any) -> str:
 
 
 def effects_table(summary: dict[str, Any], kind: str | None = None) -> str:
-    """Every paired comparison of every budget (:func:`headstart.report.summary.effects`), or only
+    """Every paired comparison of every budget (:func:`headstart.report.verdicts.effects`), or only
     those of one ``kind`` (``baseline``, ``step`` or ``contrast``); the label-budget column only when
     the comparison has label budgets."""
     budgets = summary["budgets"]
