@@ -15,6 +15,11 @@ A user error (unreadable image, unknown model, a weights file that does not fit)
 (:data:`headstart.errors.USER_ERROR_EXIT_CODE`), never a traceback. Ctrl+C or SIGTERM during a
 run abandons the epoch in progress, keeps the last finished one on disk and exits with 130
 (:data:`headstart.errors.INTERRUPTED_EXIT_CODE`); ``headstart run FILE --resume`` continues.
+
+The command modules import PyTorch, Lightning, timm and the plotting and statistics libraries inside
+the commands that use them, never at module level, so that ``headstart --help``, each command's
+``--help`` and a mistyped option answer at once instead of after seconds of loading
+(``tests/test_cli_startup.py`` keeps it so).
 """
 
 from __future__ import annotations

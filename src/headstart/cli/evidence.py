@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import typer
 
+from headstart.cli.app import app, user_errors
 from headstart.errors import HeadstartError
 from headstart.files import is_comparison, is_run
-
-if TYPE_CHECKING:
-    pass
-
-from headstart.cli.app import app, user_errors
 
 
 @app.command("report")
@@ -72,13 +67,29 @@ def probe_command(
     temperature: float = typer.Option(0.07, min=1e-6, help="k-NN vote weight exp(similarity / temperature)."),
     c: float = typer.Option(1.0, min=1e-9, help="Inverse L2 strength of the linear probe (scikit-learn's C)."),
     json_output: bool = typer.Option(False, "--json", help="Print the probe record as JSON."),
+    label_errors: int = typer.Option(
+        12,
+        min=0,
+        help="Suspected label errors to rank among the labelled images (cleanlab on the bank's leave-one-out "
+        "k-NN votes; saved in label-issues.json); 0: none. Needs --bank train.",
+    ),
 ) -> None:
-    """Linear and k-NN probes of a stage's frozen backbone features; stored in its probe.json."""
+    """Linear and k-NN probes of a stage's frozen backbone features; stored in its probe.json. Also
+    ranks the labelled images whose labels look wrong (confident learning, cleanlab)."""
     from headstart.checkpoint import find_stage_folder
+    from headstart.label_errors import LABEL_ISSUES_FILE, read_label_issues
     from headstart.probe import probe_stage
 
     folder = find_stage_folder(stage)
-    record = probe_stage(folder, bank_split=bank, probe_split=split, k=k, temperature=temperature, c=c)
+    record = probe_stage(
+        folder,
+        bank_split=bank,
+        probe_split=split,
+        k=k,
+        temperature=temperature,
+        c=c,
+        label_errors=label_errors if bank == "train" else 0,
+    )
     if json_output:
         typer.echo(record.model_dump_json(indent=2))
         return
@@ -87,6 +98,17 @@ def probe_command(
         f"{record.knn_accuracy:.4f} on {record.probe_size} {split} images; bank: {record.bank_size} {bank} "
         f"images, {record.num_features} features; {record.seconds:.1f} s (saved in {folder / 'probe.json'})"
     )
+    issues = read_label_issues(folder) if label_errors and bank == "train" else None
+    if issues is not None:
+        typer.echo(
+            f"suspected label errors: cleanlab flags {issues.flagged} of {issues.images} labelled images; "
+            f"the {len(issues.suspects)} most doubtful (saved in {folder / LABEL_ISSUES_FILE}):"
+        )
+        for suspect in issues.suspects:
+            typer.echo(
+                f"  {suspect.score:.3f}  {suspect.name}: given {suspect.given}, looks like {suspect.suggested}"
+                + ("  (flagged)" if suspect.flagged else "")
+            )
 
 
 @app.command("audit")

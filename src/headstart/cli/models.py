@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import typer
 from rich.markup import escape
 
-from headstart.errors import HeadstartError
-
-if TYPE_CHECKING:
-    pass
-
 from headstart.cli.app import PREDICT_BATCH, _console, _network_for, _pooling_mode, app, user_errors, zoo_app
+from headstart.errors import HeadstartError
 
 
 @app.command()
@@ -30,11 +26,11 @@ def predict(
     json_output: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Classify images with a pretrained network and list the most probable labels."""
+    absent = [str(path) for path in images if not path.exists()]
+    if absent:  # fail before loading PyTorch and a network
+        raise HeadstartError(f"{', '.join(absent)}: no such file")
     from headstart.preprocess import decode_predictions, preprocess_input
 
-    absent = [str(path) for path in images if not path.exists()]
-    if absent:  # fail before loading a network
-        raise HeadstartError(f"{', '.join(absent)}: no such file")
     network = _network_for(model, weights, checkpoint)
     results: list[dict[str, Any]] = []
     for start in range(0, len(images), PREDICT_BATCH):

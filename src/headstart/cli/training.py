@@ -5,15 +5,11 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import typer
 
-if TYPE_CHECKING:
-    pass
-
 from headstart.cli.app import _console, app, user_errors
-from headstart.engine.trainer import is_rank_zero
 from headstart.errors import HeadstartError
 
 
@@ -103,9 +99,8 @@ def run_command(
 
     On several machines, start it on each with torchrun or SLURM's srun (docs/guides/accelerators.md)."""
     from headstart.config import load_run_file, parse_run
-    from headstart.structure import run
 
-    spec = load_run_file(file)
+    spec = load_run_file(file)  # a bad file fails before Lightning is loaded
     overrides = {
         key: value
         for key, value in (
@@ -122,6 +117,9 @@ def run_command(
     from headstart.data.datacheck import check_before_training  # folder and CSV sources: copies, labels
 
     checked = check_before_training(spec.data.source, [(spec.data.splits, spec.seed)], progress=progress)
+    from headstart.engine.trainer import is_rank_zero
+    from headstart.structure import run
+
     if checked is not None and is_rank_zero():
         typer.echo(checked.summary_line(), err=True)
     result = run(spec, resume=resume, overwrite=overwrite, progress=progress)
