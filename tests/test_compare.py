@@ -117,6 +117,32 @@ def test_every_arm_runs_at_every_seed_on_the_same_splits(comparison):
     assert result.verdicts and ("against scratch:" in result.verdicts[0] and "95% CI" in result.verdicts[0])
 
 
+def test_each_run_ranks_its_labelled_images_and_the_report_shows_the_winners_suspects(comparison):
+    from headstart.label_errors import read_label_issues
+    from headstart.probe import run_data
+
+    _, result, lines = comparison
+    folder = result.folder
+    for arm, final in (("scratch", "0-task"), ("rotation", "1-task")):
+        for seed in (0, 1):
+            run = folder / arm / f"seed-{seed}"
+            record = read_label_issues(run / final)
+            assert record is not None and record.images == 100 and len(record.suspects) == 12
+            assert record.classes == [str(digit) for digit in range(10)]
+            scores = [suspect.score for suspect in record.suspects]
+            assert scores == sorted(scores) and all(0 <= score <= 1 for score in scores)
+            data, _ = run_data(run)
+            labelled = data.split("train")
+            for suspect in record.suspects:  # the run's own labelled draw, with its given labels
+                assert suspect.name == labelled.describe(suspect.position)
+                assert suspect.given == str(labelled.labels[suspect.position])
+            assert not (run / "0-rotation" / "label-issues.json").exists()  # label-free stages are not asked
+    assert sum("label check: cleanlab flags" in line for line in lines) == 4
+    page = (folder / "report.html").read_text()
+    assert 'id="label-issues"' in page and "Suspected label errors" in page
+    assert page.count("data:image/png;base64,") > 12
+
+
 def test_a_backbone_met_again_is_probed_once(tmp_path):
     """A head stage on a frozen backbone hands on the backbone it started from: its probe is the
     start's, computed once (the demo's ImageNet arm); a changed backbone is probed anew."""

@@ -170,6 +170,26 @@ def test_probe_command_reads_a_pretext_stage_and_names_bad_folders(trained_run, 
     assert unknown_split.exit_code == 2 and "nope" in unknown_split.output
 
 
+def test_probe_command_ranks_suspected_label_errors_of_the_labelled_images(trained_run):
+    from headstart.checkpoint import load_backbone
+    from headstart.label_errors import read_label_issues, suspect_labels
+    from headstart.probe import probe_features
+
+    result = CliRunner().invoke(app, ["probe", str(trained_run / "1-task"), "--label-errors", "5"])
+    assert result.exit_code == 0, result.output
+    assert "suspected label errors: cleanlab flags" in result.output and "looks like" in result.output
+    stored = read_label_issues(trained_run / "1-task")
+    assert stored is not None and stored.images == 200 and len(stored.suspects) == 5
+    data, _ = run_data(trained_run)  # the same ranking, recomputed from the stage's bank features
+    features = probe_features(load_backbone(trained_run / "1-task"), data, image_size=16)
+    again = suspect_labels(features[0], data.split("train"), data.class_names, source="x", top=5)
+    assert [s.position for s in again.suspects] == [s.position for s in stored.suspects]
+    for suspect in stored.suspects:
+        assert f"{suspect.name}: given {suspect.given}, looks like {suspect.suggested}" in result.output
+    refused = CliRunner().invoke(app, ["probe", str(trained_run / "1-task"), "--bank", "test", "--split", "val"])
+    assert refused.exit_code == 0 and "suspected label errors" not in refused.output  # no labels to doubt there
+
+
 def test_attention_maps_follow_their_formula_and_refuse_unknown_layers(trained_run):
     from headstart.checkpoint import load_backbone
     from headstart.imageops import resize

@@ -189,6 +189,36 @@ def knn_probe(
     return float(accuracy(votes, probe_labels))
 
 
+def probe_features(
+    network,
+    data,
+    *,
+    image_size: int | None,
+    bank_split: str = "train",
+    probe_split: str = "test",
+    device: str = "cpu",
+    residency: ResidencyChoice = "auto",
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(bank, bank_labels, probe, probe_labels)``: ``network``'s pooled backbone features, in eval
+    mode, of two labelled splits of ``data`` (a TaskData), in each split's order."""
+    from headstart.engine.batches import plan_images
+    from headstart.engine.passes import compute_features
+
+    sets = {name: data.split(name) for name in (bank_split, probe_split)}
+    for name, images in sets.items():
+        if len(images) == 0:
+            raise HeadstartError(f"probe: split '{name}' holds no images")
+        if images.labels is None or (images.labels < 0).any():
+            raise HeadstartError(f"probe: split '{name}' has no labels; the bank and the probed split need them")
+    bank, bank_labels = compute_features(
+        network, plan_images(sets[bank_split], prefer=residency), image_size=image_size, device=device
+    )
+    probe, probe_labels = compute_features(
+        network, plan_images(sets[probe_split], prefer=residency), image_size=image_size, device=device
+    )
+    return bank, bank_labels, probe, probe_labels
+
+
 def probe_network(
     network,
     data,
@@ -202,23 +232,19 @@ def probe_network(
     c: float = LINEAR_C,
     device: str = "cpu",
     residency: ResidencyChoice = "auto",
+    features: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
 ) -> ProbeRecord:
-    """Both probes of ``network``'s pooled backbone features on two splits of ``data`` (a TaskData)."""
-    from headstart.engine.batches import plan_images
-    from headstart.engine.passes import compute_features
-
+    """Both probes of ``network``'s pooled backbone features on two splits of ``data`` (a TaskData);
+    ``features`` when :func:`probe_features` already computed them."""
     started = time.perf_counter()
-    sets = {name: data.split(name) for name in (bank_split, probe_split)}
-    for name, images in sets.items():
-        if len(images) == 0:
-            raise HeadstartError(f"probe: split '{name}' holds no images")
-        if images.labels is None or (images.labels < 0).any():
-            raise HeadstartError(f"probe: split '{name}' has no labels; the bank and the probed split need them")
-    bank, bank_labels = compute_features(
-        network, plan_images(sets[bank_split], prefer=residency), image_size=image_size, device=device
-    )
-    probe, probe_labels = compute_features(
-        network, plan_images(sets[probe_split], prefer=residency), image_size=image_size, device=device
+    bank, bank_labels, probe, probe_labels = features or probe_features(
+        network,
+        data,
+        image_size=image_size,
+        bank_split=bank_split,
+        probe_split=probe_split,
+        device=device,
+        residency=residency,
     )
     num_classes = len(data.class_names)
     return ProbeRecord(
@@ -270,11 +296,15 @@ def probe_stage(
     c: float = LINEAR_C,
     device: str = "cpu",
     write: bool = True,
+    label_errors: int = 0,
 ) -> ProbeRecord:
     """Probe the backbone a finished stage wrote (any stage: pretext heads are ignored) and store the
     result in ``probe.json`` in that folder. ``data`` defaults to the run's own data (``run.json``
-    in the parent folder)."""
+    in the parent folder). With ``label_errors`` > 0 and the labelled split as the bank, the same
+    bank features also rank that many suspected label errors (:mod:`headstart.label_errors`),
+    stored in ``label-issues.json`` beside it."""
     from headstart.checkpoint import load_backbone
+    from headstart.label_errors import suspect_labels, write_label_issues
     from headstart.stage import StageRecord
 
     folder = Path(folder)
@@ -287,7 +317,19 @@ def probe_stage(
                 "from Python pass data=TaskData.load(...)"
             )
         data, _ = run_data(folder.parent)
+    if label_errors > 0 and bank_split != "train":
+        raise HeadstartError(
+            f"label errors rank the labelled training images; the bank is '{bank_split}', expected 'train'"
+        )
     network = load_backbone(folder)
+    features = probe_features(
+        network,
+        data,
+        image_size=record.model.image_size,
+        bank_split=bank_split,
+        probe_split=probe_split,
+        device=device,
+    )
     result = probe_network(
         network,
         data,
@@ -299,9 +341,23 @@ def probe_stage(
         temperature=temperature,
         c=c,
         device=device,
+        features=features,
     )
     if write:
         atomic_write_json(folder / PROBE_FILE, result.model_dump(mode="json"))
+    if label_errors > 0:
+        issues = suspect_labels(
+            features[0],
+            data.split(bank_split),
+            data.class_names,
+            source=str(folder),
+            split=bank_split,
+            k=k,
+            temperature=temperature,
+            top=label_errors,
+        )
+        if write:
+            write_label_issues(folder, issues)
     return result
 
 
@@ -408,6 +464,7 @@ __all__ = [
     "knn_votes",
     "knn_predict",
     "knn_probe",
+    "probe_features",
     "probe_network",
     "run_data",
     "probe_stage",

@@ -30,6 +30,7 @@ A comparison file (``headstart compare FILE``)::
           - {name: rotation, data: all, pretext: {name: rotation}, epochs: 12}
           - {name: task, epochs: 40}
     probes: {k: 20}               # linear and k-NN probes of every stage's backbone
+    label_errors: {top: 12}       # suspected label errors of the labelled images (cleanlab)
     attention: {images: 4, power: 1}
 
 Each run lands in ``OUTPUT/[labels-N/]ARM/seed-S`` as an ordinary run folder. A rerun reuses the
@@ -222,7 +223,7 @@ def run(
             )
         finished.append(planned)
         if spec.probes.enabled:
-            probe_run(planned, spec.probes, echo, probed)
+            probe_run(planned, spec.probes, echo, probed, spec.label_errors)
     if spec.attention.enabled:
         attention_maps_of_arms(spec, runs, echo)
     table = summarise(root)

@@ -12,7 +12,14 @@ from typing import Any
 import numpy as np
 
 from headstart.checkpoint import RunRecord, StageRecord, load_backbone
-from headstart.compare.spec import ATTENTION_FILE, INIT_PROBE_FILE, CompareSpec, PlannedRun, ProbeOptions
+from headstart.compare.spec import (
+    ATTENTION_FILE,
+    INIT_PROBE_FILE,
+    CompareSpec,
+    LabelErrorOptions,
+    PlannedRun,
+    ProbeOptions,
+)
 from headstart.files import atomic_write_bytes, atomic_write_json
 from headstart.seeds import derive
 from headstart.structure import prepare_run
@@ -27,6 +34,7 @@ class ProbeMemo:
 
     def __init__(self) -> None:
         self.records: dict[str, Any] = {}
+        self.label_issues: dict[str, Any] = {}
 
     @staticmethod
     def key(network: Any, data_block: str, image_size: int | None, options: ProbeOptions) -> str:
@@ -43,17 +51,34 @@ class ProbeMemo:
 
 
 def probe_run(
-    planned: PlannedRun, options: ProbeOptions, echo: Callable[[str], None], memo: ProbeMemo | None = None
+    planned: PlannedRun,
+    options: ProbeOptions,
+    echo: Callable[[str], None],
+    memo: ProbeMemo | None = None,
+    label_errors: LabelErrorOptions | None = None,
 ) -> None:
     """Probe the backbone the run starts from and each finished stage's; skip those already probed
-    (on disk, or in ``memo`` for the same weights, data and options)."""
+    (on disk, or in ``memo`` for the same weights, data and options). With ``label_errors`` enabled
+    and the labelled split as the bank, the final stage's bank features also rank the labelled
+    images whose labels look wrong (``label-issues.json`` in that stage's folder)."""
     from headstart.checkpoint import load_backbone
-    from headstart.probe import PROBE_FILE, probe_network, run_data
+    from headstart.label_errors import LABEL_ISSUES_FILE
+    from headstart.probe import PROBE_FILE, run_data
 
     memo = memo if memo is not None else ProbeMemo()
     folder = planned.folder
     stages = RunRecord.read(folder).finished_stages
     pending = [name for name in stages if not (folder / name / PROBE_FILE).is_file()]
+    final = stages[-1] if stages and len(stages) == len(planned.spec.stages) else None
+    check_labels = (
+        label_errors is not None
+        and label_errors.enabled
+        and options.bank_split == "train"
+        and final is not None
+        and not (folder / final / LABEL_ISSUES_FILE).is_file()
+    )
+    if check_labels and final is not None and final not in pending:
+        pending.append(final)
     if (folder / INIT_PROBE_FILE).is_file() and not pending:
         return
     started = time.perf_counter()
@@ -75,24 +100,83 @@ def probe_run(
     computed = 0
     for source, network, image_size, path in targets:
         key = ProbeMemo.key(network, data_block, image_size, options)
-        if key not in memo.records:
-            memo.records[key] = probe_network(
-                network,
-                data,
-                image_size=image_size,
-                source=source,
-                k=options.k,
-                temperature=options.temperature,
-                c=options.c,
-                bank_split=options.bank_split,
-                probe_split=options.probe_split,
+        suspects = check_labels and final is not None and path.parent == folder / final
+        if key not in memo.records or (suspects and key not in memo.label_issues):
+            computed += _probe_once(
+                network, data, image_size, source, key, options, memo, label_errors if suspects else None
             )
-            computed += 1
         record = memo.records[key].model_copy(update={"source": source})
         atomic_write_json(path, record.model_dump(mode="json"))
+        if suspects:
+            issues = memo.label_issues[key].model_copy(update={"source": source})
+            atomic_write_json(path.parent / LABEL_ISSUES_FILE, issues.model_dump(mode="json"))
     again = f" ({len(targets) - computed} met before)" if computed < len(targets) else ""
     backbones = "1 backbone" if len(targets) == 1 else f"{len(targets)} backbones"
     echo(f"    probes of {backbones}{again} in {time.perf_counter() - started:.1f} s")
+    if check_labels and final is not None:
+        echo(f"    {suspects_line(folder / final)}")
+
+
+def suspects_line(stage_folder: Path) -> str:
+    """One line on a stage's suspected label errors: how many cleanlab flags, and the first suspect."""
+    from headstart.label_errors import read_label_issues
+
+    record = read_label_issues(stage_folder)
+    if record is None:
+        return "label check: not run"
+    line = f"label check: cleanlab flags {record.flagged} of {record.images} labelled images"
+    if record.suspects:
+        first = record.suspects[0]
+        line += f"; most doubtful: {first.name} (given {first.given}, looks like {first.suggested}, {first.score:.3f})"
+    return line
+
+
+def _probe_once(
+    network: Any,
+    data: Any,
+    image_size: int | None,
+    source: str,
+    key: str,
+    options: ProbeOptions,
+    memo: ProbeMemo,
+    label_errors: LabelErrorOptions | None,
+) -> int:
+    """Compute the bank and probe features of ``network`` once, the probe record (unless ``memo``
+    has it) and, with ``label_errors``, the suspected label errors of the bank; store them in
+    ``memo`` under ``key``. Returns 1 when a probe record was computed."""
+    from headstart.label_errors import suspect_labels
+    from headstart.probe import probe_features, probe_network
+
+    features = probe_features(
+        network, data, image_size=image_size, bank_split=options.bank_split, probe_split=options.probe_split
+    )
+    computed = 0
+    if key not in memo.records:
+        memo.records[key] = probe_network(
+            network,
+            data,
+            image_size=image_size,
+            source=source,
+            k=options.k,
+            temperature=options.temperature,
+            c=options.c,
+            bank_split=options.bank_split,
+            probe_split=options.probe_split,
+            features=features,
+        )
+        computed = 1
+    if label_errors is not None:
+        memo.label_issues[key] = suspect_labels(
+            features[0],
+            data.split(options.bank_split),
+            data.class_names,
+            source=source,
+            split=options.bank_split,
+            k=options.k,
+            temperature=options.temperature,
+            top=label_errors.top,
+        )
+    return computed
 
 
 def attention_picks(labels: np.ndarray, count: int, seed: int) -> list[int]:

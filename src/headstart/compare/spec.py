@@ -54,6 +54,15 @@ class ProbeOptions(_Strict):
     probe_split: str = "test"
 
 
+class LabelErrorOptions(_Strict):
+    """Suspected label errors among each run's labelled images, from its final backbone's features
+    (leave-one-out k-NN with the probes' ``k`` and temperature, then cleanlab:
+    :mod:`headstart.label_errors`). Needs the probes, with the labelled split as their bank."""
+
+    enabled: bool = True
+    top: int = Field(12, ge=1, le=100, description="suspects kept per run, lowest label-quality score first")
+
+
 class AttentionOptions(_Strict):
     """Attention maps of each arm's final network for a few test images (Gidaris et al. 2018, fig. 3).
 
@@ -110,6 +119,7 @@ class CompareSpec(_Strict):
         ),
     )
     probes: ProbeOptions = ProbeOptions()
+    label_errors: LabelErrorOptions = LabelErrorOptions()
     attention: AttentionOptions = AttentionOptions()
     progress: bool | None = Field(None, description="progress bars; default: when the output is a terminal")
     num_workers: int | str | None = None

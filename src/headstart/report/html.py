@@ -25,6 +25,7 @@ from headstart.report import figures
 from headstart.report.audit import AUDIT_DATA_FILE, AUDIT_FILE, audit_summary, audit_table, write_audit_files
 from headstart.report.audit import NOTE as AUDIT_NOTE
 from headstart.report.datacheck import section as data_check_section
+from headstart.report.label_issues import section as label_issues_section
 from headstart.report.summary import labels_per_class_text, summarise
 from headstart.report.verdicts import (
     arm_cells,
@@ -367,6 +368,7 @@ def render(folder: str | Path) -> str:
         if confusion:
             parts.append(f"<h3>Confusion matrix of the best arm{suffix}</h3>")
             parts.append(confusion)
+        parts.append(label_issues_section(budget, suffix))  # the winner's suspected label errors
     attention_file = folder / "attention.npz"
     if attention_file.is_file():
         with np.load(attention_file) as npz:
