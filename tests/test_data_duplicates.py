@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from headstart.data import SourceSpec, TaskData, load_digits, load_source, make_splits
 from headstart.data.datacheck import check_files, check_source, source_for
@@ -224,3 +225,20 @@ def test_a_damaged_or_unwritable_cache_is_ignored(tmp_path, clean, monkeypatch):
     (root / ".headstart-fingerprints.npz").unlink()
     assert check_source(source_for(root)).clean
     assert not (root / ".headstart-fingerprints.npz").exists()
+
+
+def test_fingerprints_tell_colour_from_grey_saved_as_colour_jpeg(tmp_path):
+    from skimage import data
+
+    from headstart.data.fingerprints import fingerprint_files
+
+    grey = Image.fromarray(data.camera()).convert("RGB")  # a grey photo in three channels: chroma noise only
+    grey.save(tmp_path / "grey.jpg", quality=75)
+    Image.fromarray(data.chelsea()).save(tmp_path / "cat.jpg", quality=75)
+    Image.fromarray(data.camera()).save(tmp_path / "grey.png")
+    paths = [tmp_path / "grey.jpg", tmp_path / "cat.jpg", tmp_path / "grey.png"]
+    cache = tmp_path / "cache.npz"
+    first = fingerprint_files(paths, cache_file=cache)
+    assert first.colours.tolist() == [False, True, False]
+    again = fingerprint_files(paths, cache_file=cache)
+    assert again.decoded == 0 and again.colours.tolist() == [False, True, False]

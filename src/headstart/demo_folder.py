@@ -49,7 +49,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -64,7 +63,7 @@ from headstart.compare import run as run_comparison
 from headstart.compare.sharing import reuse_or_resume
 from headstart.data.datacheck import check_loaded
 from headstart.data.dataset import FileStore, ImageSet, decode_file
-from headstart.data.images import probe_image
+from headstart.data.findings import DataCheck
 from headstart.data.sources import MAX_LISTED, SourceSpec, load_source
 from headstart.data.splits import Splits, make_splits
 from headstart.demo import (
@@ -105,10 +104,9 @@ SMALL_SIDES = (32, 64)
 digits; 64 leaves resnet10t's five stride-2 stages a 2 × 2 map and costs a quarter of 128 px."""
 IMAGENET_MIN_SIDE = 64
 """Smallest side of the ImageNet arm: EfficientNet-Lite0 at 64 px is the MNIST demo's choice."""
-COLOUR_LEVELS = 16
-COLOUR_SHARE = 0.01
-"""An image is in colour when more than 1% of its pixels have channels more than 16 grey levels
-apart (of 255): JPEG's chroma noise on a grey photograph stays below that."""
+DECODE_SAMPLE = 64
+"""Files decoded at the stored size to time decoding for the budget (spread over the listing): the
+data check has already read every file, so the survey decodes no more than these."""
 CACHE_BYTES = 2 * 1024**3
 """Decoded images are held in memory (``cache: true``) when all of them fit in 2 GiB, else streamed."""
 
@@ -127,7 +125,7 @@ class Survey:
     smallest_side: int
     largest_side: int
     colour: bool
-    """Whether any image is in colour (:data:`COLOUR_SHARE`)."""
+    """Whether any image is in colour (:func:`headstart.data.fingerprints.is_colour`)."""
     decode_seconds: float
     """Wall seconds per image of decoding every file at the stored size, as a run loads them."""
 
@@ -181,52 +179,47 @@ def _check_classes(data: Path, images: ImageSet) -> None:
         )
 
 
-def _is_colour(pixels) -> bool:
-    values = pixels.numpy().astype(np.int16)
-    spread = values.max(axis=0) - values.min(axis=0)
-    return bool((spread > COLOUR_LEVELS).mean() > COLOUR_SHARE)
-
-
-def survey(data: str | os.PathLike, unlabelled: str | os.PathLike | None = None) -> Survey:
-    """List, measure and decode every image once (module docstring); a problem raises HeadstartError
-    naming the path and what was expected, before anything is written."""
+def survey(
+    data: str | os.PathLike, unlabelled: str | os.PathLike | None = None, *, progress: bool | None = None
+) -> tuple[Survey, DataCheck]:
+    """List the images and run the data check, which reads every file once (or none: its
+    fingerprints of unchanged files are cached), and take the sizes and colour from it; decoding as
+    a run decodes is timed on :data:`DECODE_SAMPLE` files. A problem raises HeadstartError naming
+    the path and what was expected, before anything is written."""
     root = Path(data)
     extra = None if unlabelled is None else Path(unlabelled)
     if extra is not None and not extra.is_dir():
         raise HeadstartError(f"{extra}: no such folder (expected a folder of unlabelled images, --unlabelled)")
     images = _list_images(root, extra)
     _check_classes(root, images)
-    store = images.store
-    assert isinstance(store, FileStore), "a folder source is file-backed"
-    paths = store.paths
-    workers = max(1, min(8, os.cpu_count() or 1))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        sides = [min(size) for size in pool.map(probe_image, paths)]
-    median_side = int(statistics.median(sides))
+    listed = SourceSpec(
+        kind="folder", path=str(root), unlabelled=None if extra is None else str(extra), image_size=8, on_corrupt="skip"
+    )
+    _, checked = check_loaded(images, listed, progress=progress)  # copies stay in one split (headstart.data.datacheck)
+    if checked.unreadable:
+        _refuse_unreadable(root, [f"{path}: {reason}" for path, reason in checked.unreadable])
+    sides = np.minimum(checked.widths, checked.heights)
+    median_side = int(np.median(sides))
     small, imagenet = choose_sizes(median_side)
     stored = max(small, imagenet)
-
-    def check(path: Path) -> bool | str:
-        try:
-            return _is_colour(decode_file(path, stored, 3))
-        except HeadstartError as error:
-            return str(error)
-
+    store = images.store
+    assert isinstance(store, FileStore), "a folder source is file-backed"
+    spread = np.linspace(0, len(store.paths) - 1, min(DECODE_SAMPLE, len(store.paths))).round().astype(int)
+    sample = [store.paths[i] for i in np.unique(spread)]
+    workers = max(1, min(8, os.cpu_count() or 1))
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        outcomes = list(pool.map(check, paths))
+        list(pool.map(lambda path: decode_file(path, stored, 3), sample))
     seconds = time.perf_counter() - started
-    bad = [outcome for outcome in outcomes if isinstance(outcome, str)]
-    if bad:
-        _refuse_unreadable(root, bad)
-    return Survey(
+    found = Survey(
         images=images,
         median_side=median_side,
-        smallest_side=min(sides),
-        largest_side=max(sides),
-        colour=any(outcome is True for outcome in outcomes),
-        decode_seconds=seconds / len(paths),
+        smallest_side=int(sides.min()),
+        largest_side=int(sides.max()),
+        colour=bool(checked.colours is not None and checked.colours.any()),
+        decode_seconds=seconds / len(sample),
     )
+    return found, checked
 
 
 def _multiple_of_16(side: float) -> int:
@@ -331,9 +324,13 @@ def folder_comparison(
     quick: bool = False,
     budget: str | float = DEFAULT_BUDGET,
     labels_per_class: int | None = None,
+    progress: bool | None = None,
 ) -> FolderPlan:
     """Survey the folder, choose the splits, models, sizes and epochs (module docstring) and return
-    the comparison with its description. Writes nothing; raises HeadstartError on bad input."""
+    the comparison with its description. Writes nothing but the data check's fingerprint cache;
+    raises HeadstartError on bad input. The seconds spent here (the data check, the timed probes)
+    are taken from the budget before the epochs are fitted to the rest."""
+    begun = time.perf_counter()
     seconds_allowed = budget if isinstance(budget, (int, float)) else parse_budget(budget)
     if seconds_allowed <= 0:
         raise HeadstartError(f"budget {budget!r}: expected a duration above zero, such as 90s or 15m")
@@ -341,11 +338,7 @@ def folder_comparison(
     extra = None if unlabelled is None else (Path(unlabelled).resolve() if Path(unlabelled).exists() else None)
     if unlabelled is not None and extra is None:
         raise HeadstartError(f"{unlabelled}: no such folder (expected a folder of unlabelled images, --unlabelled)")
-    found = survey(root, extra)
-    listed = SourceSpec(
-        kind="folder", path=str(root), unlabelled=None if extra is None else str(extra), image_size=8, on_corrupt="skip"
-    )
-    _, checked = check_loaded(found.images, listed)  # copies stay in one split (headstart.data.datacheck)
+    found, checked = survey(root, extra, progress=progress)
     locked = [f"{path}: {reason}" for path, reason in checked.not_followed if reason.startswith("cannot be read")]
     if locked:
         raise HeadstartError(
@@ -414,13 +407,14 @@ def folder_comparison(
     def cost(candidate: CompareSpec) -> float:
         return estimate_seconds(candidate, counts, speeds, decode)
 
+    spent = time.perf_counter() - begun  # the data check and the timed probes count in the budget
     same_plan = kept.get("inputs") == inputs and isinstance(kept.get("scale"), (int, float))
     if same_plan:  # the same command again: the same epochs, so finished runs are reused
         scale = float(kept["scale"])
         spec = build(scale)
         estimate = cost(spec)
     else:
-        scale, spec, estimate = fit_budget(build, cost, seconds_allowed, cap)
+        scale, spec, estimate = fit_budget(build, cost, max(seconds_allowed - spent, 0.0), cap)
     recipe_seconds = cost(build(cap))
 
     labelled = int((found.images.labels >= 0).sum())
@@ -455,7 +449,7 @@ def folder_comparison(
             for key, value in speeds.items()
         )
         + f"; decoding {1000 * decode:.1f} ms/image",
-        _budget_line(seconds_allowed, len(spec.seed_list), quick, cap, scale, recipe_seconds, estimate)
+        _budget_line(seconds_allowed, len(spec.seed_list), quick, cap, scale, recipe_seconds, estimate, spent)
         + ("; the epochs of the earlier run with the same data and options" if same_plan else ""),
         _epochs_line(spec),
     ]
@@ -473,10 +467,21 @@ def folder_comparison(
 
 
 def _budget_line(
-    budget: float, seeds: int, quick: bool, cap: float, scale: float, recipe: float, estimate: float
+    budget: float,
+    seeds: int,
+    quick: bool,
+    cap: float,
+    scale: float,
+    recipe: float,
+    estimate: float,
+    spent: float = 0.0,
 ) -> str:
     recipe_text = f"the recipe's epochs{' ×' + format(cap, 'g') + ' (--quick)' if quick else ''}"
-    head = f"budget {duration_text(budget)} for {seeds} seed(s): "
+    head = f"budget {duration_text(budget)} for {seeds} seed(s)"
+    if spent >= 1:
+        head += f", {duration_text(spent)} of it spent on the data check and the timings"
+        budget -= spent
+    head += ": "
     if scale >= cap:
         return head + f"{recipe_text} need an estimated {duration_text(recipe)}, which fits"
     if estimate > budget:
@@ -515,6 +520,7 @@ def run_folder_demo(
         quick=quick,
         budget=budget,
         labels_per_class=labels_per_class,
+        progress=progress,
     )
     for line in chosen.lines:
         echo(line)

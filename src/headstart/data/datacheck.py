@@ -114,6 +114,7 @@ def check_files(
         copies=copies,
         widths=prints.widths,
         heights=prints.heights,
+        colours=prints.colours,
         unreadable=unreadable,
         not_followed=list(not_followed or []),
         decoded=prints.decoded,
@@ -258,7 +259,11 @@ def _refuse_unreadable(name: str, rows: list[tuple[str, str]]) -> None:
 
 
 def check_loaded(
-    images: ImageSet, source: SourceSpec, options: DataCheckSpec | dict | None = None
+    images: ImageSet,
+    source: SourceSpec,
+    options: DataCheckSpec | dict | None = None,
+    *,
+    progress: bool | None = None,
 ) -> tuple[ImageSet, DataCheck]:
     """The check of a folder or CSV source just loaded (``images``, as :func:`load_source` returned it),
     for :meth:`TaskData.load <headstart.data.task.TaskData.load>`, with the source's ``on_corrupt``
@@ -279,6 +284,7 @@ def check_loaded(
         options=options,
         cache_file=cache_file_for(source),
         not_followed=problems,
+        progress=progress,
     )
     undecodable = list(check.unreadable)  # the source kept them: their headers read (verify="header")
     keep = check.readable

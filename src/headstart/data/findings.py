@@ -91,6 +91,8 @@ class DataCheck:
     and ``distance`` (the largest Hamming distance of the near pairs that joined the group)."""
     widths: np.ndarray
     heights: np.ndarray
+    colours: np.ndarray | None = None
+    """Per path, whether the picture is in colour (``None`` when not recorded)."""
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     not_followed: list[tuple[str, str]] = field(default_factory=list)
     decoded: int = 0

@@ -10,6 +10,8 @@ What one fingerprint holds
     * ``thumb``: the same 32 × 32 grey image averaged to 8 × 8 (uint8, 64 bytes), which confirms that
       two close hashes are the same picture (:mod:`headstart.data.duplicates`).
     * ``width``, ``height``: the full size after EXIF orientation (the tiny and extreme-aspect checks).
+    * ``colour``: whether the picture is in colour (:func:`is_colour` on the 32 × 32 image before it
+      turns grey), so that the folder demo chooses one channel or three without decoding again.
     * ``error``: why the file could not be read ("" when it was), worded as
       :mod:`headstart.data.images` words it; an unreadable file has no other field.
 
@@ -61,11 +63,15 @@ HASH_SIDE = 32
 THUMB_SIDE = 8
 """Side of the thumbnail that confirms a near copy (64 grey values)."""
 DIGEST_BYTES = 16
+COLOUR_LEVELS = 16
+COLOUR_SHARE = 0.01
+"""An image is in colour when more than 1% of its pixels have channels more than 16 grey levels
+apart (of 255): JPEG's chroma noise on a grey photograph stays below that."""
 PROGRESS_AFTER = 2.0
 """Seconds of work after which a progress bar appears (standard error on a terminal)."""
 CHUNK = 256
 """Files handed to the threads at a time: results are kept as they come, memory stays flat."""
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 """Bumped when the fingerprint changes (hash, thumbnail, decoding): older caches are ignored."""
 LOG = logging.getLogger("headstart")
 
@@ -83,6 +89,8 @@ class Fingerprints:
     """``[n, 64]`` uint8 thumbnails (8 × 8 grey, row-major)."""
     widths: np.ndarray
     heights: np.ndarray
+    colours: np.ndarray
+    """``[n]`` bool: the picture is in colour (:func:`is_colour`)."""
     errors: list[str]
     """Why each file could not be read, "" when it could."""
     decoded: int = 0
@@ -95,8 +103,16 @@ class Fingerprints:
         return np.array([not error for error in self.errors], dtype=bool)
 
 
-def fingerprint_file(path: Path) -> tuple[bytes, int, np.ndarray, int, int]:
-    """The digest, perceptual hash, thumbnail, width and height of one file (module docstring).
+def is_colour(pixels: np.ndarray) -> bool:
+    """Whether RGB ``pixels`` (uint8, channels last) hold colour
+    (:data:`COLOUR_SHARE`)."""
+    values = np.asarray(pixels).astype(np.int16).reshape(-1, 3)
+    spread = values.max(axis=1) - values.min(axis=1)
+    return bool((spread > COLOUR_LEVELS).mean() > COLOUR_SHARE)
+
+
+def fingerprint_file(path: Path) -> tuple[bytes, int, np.ndarray, int, int, bool]:
+    """The digest, perceptual hash, thumbnail, width, height and colour of one file (module docstring).
 
     Raises HeadstartError naming the file when it cannot be read or decoded."""
     import imagehash
@@ -112,14 +128,16 @@ def fingerprint_file(path: Path) -> tuple[bytes, int, np.ndarray, int, int]:
     except OSError as exc:
         raise HeadstartError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     digest = hashlib.blake2b(data, digest_size=DIGEST_BYTES).digest()
-    grey, (width, height) = read_image_bytes(data, path, "L", min_side=DRAFT_SIDE)
-    small = grey.resize((HASH_SIDE, HASH_SIDE), Image.Resampling.LANCZOS)
+    rgb, (width, height) = read_image_bytes(data, path, "RGB", min_side=DRAFT_SIDE)
+    small_rgb = rgb.resize((HASH_SIDE, HASH_SIDE), Image.Resampling.LANCZOS)
+    colour = is_colour(np.asarray(small_rgb))
+    small = rgb.convert("L").resize((HASH_SIDE, HASH_SIDE), Image.Resampling.LANCZOS)
     bits = int(str(imagehash.phash(small)), 16)  # phash resizes to 32 × 32: already that size
     thumb = np.asarray(small.resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX), dtype=np.uint8).reshape(-1)
-    return digest, bits, thumb, width, height
+    return digest, bits, thumb, width, height, colour
 
 
-def _attempt(path: Path) -> tuple[bytes, int, np.ndarray, int, int] | str:
+def _attempt(path: Path) -> tuple[bytes, int, np.ndarray, int, int, bool] | str:
     try:
         return fingerprint_file(path)
     except HeadstartError as exc:
@@ -169,7 +187,7 @@ class FingerprintCache:
 
     def __init__(self, path: Path | None):
         self.path = path
-        self.entries: dict[str, tuple[int, int, bytes, int, np.ndarray, int, int]] = {}
+        self.entries: dict[str, tuple[int, int, bytes, int, np.ndarray, int, int, bool]] = {}
         self.changed = False
         if path is not None and path.is_file():
             self._read(path)
@@ -182,12 +200,13 @@ class FingerprintCache:
                 keys = archive["keys"].tolist()
                 columns = [archive[name] for name in ("sizes", "mtimes", "digests", "hashes", "thumbs", "widths")]
                 heights = archive["heights"]
+                colours = archive["colours"]
         except (OSError, ValueError, KeyError, EOFError) as exc:
             LOG.debug("data check: ignoring the fingerprint cache %s (%s)", path, exc)
             self.changed = True
             return
         sizes, mtimes, digests, hashes, thumbs, widths = columns
-        if not all(len(column) == len(keys) for column in (*columns, heights)) or thumbs.shape[1:] != (
+        if not all(len(column) == len(keys) for column in (*columns, heights, colours)) or thumbs.shape[1:] != (
             THUMB_SIDE * THUMB_SIDE,
         ):
             self.changed = True
@@ -201,6 +220,7 @@ class FingerprintCache:
                 thumbs[row],
                 int(widths[row]),
                 int(heights[row]),
+                bool(colours[row]),
             )
 
     def write(self, keep: Sequence[str]) -> None:
@@ -222,6 +242,7 @@ class FingerprintCache:
             "thumbs": np.array([row[4] for row in rows], dtype=np.uint8).reshape(-1, THUMB_SIDE * THUMB_SIDE),
             "widths": np.array([row[5] for row in rows], dtype=np.int64),
             "heights": np.array([row[6] for row in rows], dtype=np.int64),
+            "colours": np.array([row[7] for row in rows], dtype=bool),
         }
         try:
             atomic_write(self.path, lambda file: np.savez(file, **arrays))  # type: ignore[arg-type]
@@ -243,6 +264,7 @@ def fingerprint_files(
     thumbs = np.zeros((count, THUMB_SIDE * THUMB_SIDE), dtype=np.uint8)
     widths = np.zeros(count, dtype=np.int64)
     heights = np.zeros(count, dtype=np.int64)
+    colours = np.zeros(count, dtype=bool)
     errors = [""] * count
     cache = FingerprintCache(None if cache_file is None else Path(cache_file))
     keys = [os.fspath(path.absolute()) for path in files]
@@ -257,9 +279,9 @@ def fingerprint_files(
         stamps.append(stamp)
         known = cache.entries.get(key)
         if stamp is not None and known is not None and known[:2] == stamp:
-            _, _, digest, bits, thumb, width, height = known
+            _, _, digest, bits, thumb, width, height, colour = known
             digests[row] = np.frombuffer(digest, dtype=np.uint8)
-            hashes[row], thumbs[row], widths[row], heights[row] = bits, thumb, width, height
+            hashes[row], thumbs[row], widths[row], heights[row], colours[row] = bits, thumb, width, height, colour
         else:
             todo.append(row)
     bar = _Bar(len(todo), progress)
@@ -272,20 +294,26 @@ def fingerprint_files(
                         errors[row] = outcome
                         cache.entries.pop(keys[row], None)
                         continue
-                    digest, bits, thumb, width, height = outcome
+                    digest, bits, thumb, width, height, colour = outcome
                     digests[row] = np.frombuffer(digest, dtype=np.uint8)
-                    hashes[row], thumbs[row], widths[row], heights[row] = bits, thumb, width, height
+                    hashes[row], thumbs[row], widths[row], heights[row], colours[row] = (
+                        bits,
+                        thumb,
+                        width,
+                        height,
+                        colour,
+                    )
                     stamp = stamps[row]
                     if stamp is not None:
-                        cache.entries[keys[row]] = (*stamp, digest, bits, thumb, width, height)
+                        cache.entries[keys[row]] = (*stamp, digest, bits, thumb, width, height, colour)
                         cache.changed = True
                 bar.advance(len(rows))
     finally:
         bar.close()
     cache.write([key for key, error in zip(keys, errors, strict=True) if not error])
     return Fingerprints(
-        files, digests, hashes, thumbs, widths, heights, errors, len(todo), time.perf_counter() - started
+        files, digests, hashes, thumbs, widths, heights, colours, errors, len(todo), time.perf_counter() - started
     )
 
 
-__all__ = ["DRAFT_SIDE", "FingerprintCache", "Fingerprints", "fingerprint_file", "fingerprint_files"]
+__all__ = ["DRAFT_SIDE", "FingerprintCache", "Fingerprints", "fingerprint_file", "fingerprint_files", "is_colour"]
