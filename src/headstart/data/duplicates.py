@@ -49,6 +49,8 @@ one photo, and are left out of the table.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import scipy.sparse
 from scipy.sparse.csgraph import connected_components
@@ -108,7 +110,26 @@ def near_pairs(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs ``(i, j, distance)`` with ``i < j`` of usable, non-flat rows whose hashes differ in at most
     ``max_distance`` bits and whose thumbnails correlate at ``min_correlation`` or more (module
-    docstring). Memory: one block of hashes at a time, plus the pairs found."""
+    docstring). Memory: one block of hashes at a time, plus the pairs found. The last search is
+    remembered in this process (keyed by a digest of its inputs): every run of a comparison checks
+    the same folder, and at 50,000 images the search takes 4-7 s."""
+    digest = hashlib.blake2b(digest_size=16)
+    for part in (hashes, thumbs, usable, np.array([max_distance, min_correlation])):
+        digest.update(np.ascontiguousarray(part).tobytes())
+    key = digest.hexdigest()
+    if not (_LAST_SEARCH and _LAST_SEARCH[0] == key):
+        _LAST_SEARCH[:] = [key, _search(hashes, thumbs, usable, max_distance, min_correlation)]
+    first, second, distance = _LAST_SEARCH[1]
+    return first.copy(), second.copy(), distance.copy()
+
+
+_LAST_SEARCH: list = []
+"""``[key, (i, j, distance)]`` of the last :func:`near_pairs` in this process."""
+
+
+def _search(
+    hashes: np.ndarray, thumbs: np.ndarray, usable: np.ndarray, max_distance: int, min_correlation: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     units, flat = unit_thumbnails(thumbs)
     rows = np.flatnonzero(usable & ~flat)
     found_i, found_j, found_d = [], [], []
