@@ -143,6 +143,67 @@ def test_each_run_ranks_its_labelled_images_and_the_report_shows_the_winners_sus
     assert page.count("data:image/png;base64,") > 12
 
 
+def test_the_winner_is_handed_over_at_its_best_validation_seed_with_a_model_card(comparison):
+    import yaml
+
+    from headstart.checkpoint import load_network
+    from headstart.compare.handover import hand_over, kept_val_accuracy
+
+    _, result, _ = comparison
+    folder = result.folder
+    best = folder / "best"
+    assert result.best == [best]
+    record = json.loads((best / "best.json").read_text())
+    table = json.loads((folder / "comparison.json").read_text())
+    assert record["arm"] == table["budgets"][0]["winner"]["arm"]
+    vals = {seed: kept_val_accuracy(folder / record["arm"] / f"seed-{seed}") for seed in (0, 1)}
+    chosen = max(vals, key=lambda seed: (vals[seed], -seed))
+    assert record["seed"] == chosen and record["source"] == f"{record['arm']}/seed-{chosen}"
+    assert [entry["val_accuracy"] for entry in record["seeds"]] == [vals[0], vals[1]]
+    assert "validation" in record["rule"] and "test split plays no part" in record["rule"]
+    # best/ is a run folder: the network loads and answers as the run it came from
+    source = load_network(folder / record["source"])
+    handed = load_network(best)
+    images = torch.rand(3, 3, 16, 16)
+    assert torch.equal(handed.predict(images), source.predict(images))
+    card = (best / "MODEL_CARD.md").read_text()
+    _, front, body = card.split("---\n", 2)
+    metadata = yaml.safe_load(front)
+    assert metadata["library_name"] == "headstart" and metadata["pipeline_tag"] == "image-classification"
+    assert metadata["model-index"][0]["results"][0]["metrics"][0]["type"] == "accuracy"
+    for heading in (
+        "## Model details",
+        "## Intended use",
+        "## Training data and splits",
+        "## Training procedure",
+        "## Evaluation",
+        "## How this seed was chosen",
+        "## Limitations",
+        "## Security audit",
+    ):
+        assert heading in body
+    assert "95% CI" in body and "| class | recall |" in body and f"seed {chosen}" in body
+    assert 'href="best/MODEL_CARD.md"' in (folder / "report.html").read_text()
+    # handing over again replaces the folder whole
+    (best / "stray").write_text("x")
+    assert hand_over(folder, summarise(folder, write=False)) == [best]
+    assert not (best / "stray").exists() and not list(folder.glob(".best*"))
+
+
+def test_the_seed_is_picked_by_validation_never_by_test(monkeypatch):
+    from headstart.compare import handover
+
+    runs = [
+        {"seed": 0, "folder": "a", "test_accuracy": 0.99},
+        {"seed": 1, "folder": "b", "test_accuracy": 0.90},
+        {"seed": 2, "folder": "c", "test_accuracy": 0.95},
+    ]
+    monkeypatch.setattr(handover, "kept_val_accuracy", {"a": 0.80, "b": 0.85, "c": 0.85}.get)
+    run, seeds = handover.pick_seed(runs)
+    assert run["seed"] == 1  # the best validation accuracy, the lower seed of a tie; not the best test
+    assert [entry["val_accuracy"] for entry in seeds] == [0.80, 0.85, 0.85]
+
+
 def test_a_backbone_met_again_is_probed_once(tmp_path):
     """A head stage on a frozen backbone hands on the backbone it started from: its probe is the
     start's, computed once (the demo's ImageNet arm); a changed backbone is probed anew."""

@@ -181,6 +181,11 @@ def _print_comparison(result) -> None:
     typer.echo(
         f"report: {result.report} ({result.report.stat().st_size / 1024:.0f} KiB); {result.seconds:.0f} s in all"
     )
+    from headstart.compare.handover import usage_lines
+
+    for folder in getattr(result, "best", []):  # the last lines: the commands that use the winner
+        for line in usage_lines(folder):
+            typer.echo(line)
 
 
 def _progress_default(progress: bool | None) -> bool:

@@ -55,11 +55,12 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from headstart.compare.evidence import ProbeMemo, attention_maps_of_arms, attention_picks, probe_run
+from headstart.compare.handover import hand_over
 from headstart.compare.sharing import common_stages, extends, link_stages, reuse_or_resume, shared_stages
 from headstart.compare.spec import (
     ATTENTION_FILE,
@@ -109,6 +110,8 @@ class CompareResult:
     table: dict[str, Any]
     report: Path
     seconds: float
+    best: list[Path] = field(default_factory=list)
+    """The ``best`` folders handed over (:mod:`headstart.compare.handover`), one per label budget with a winner."""
 
     @property
     def verdicts(self) -> list[str]:
@@ -227,5 +230,6 @@ def run(
     if spec.attention.enabled:
         attention_maps_of_arms(spec, runs, echo)
     table = summarise(root)
+    handed = hand_over(root, table)  # best/ (per label budget): the winner at its best validation seed
     report = write_report(root)
-    return CompareResult(root, table, report, time.perf_counter() - started)
+    return CompareResult(root, table, report, time.perf_counter() - started, handed)

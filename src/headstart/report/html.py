@@ -323,6 +323,14 @@ def render(folder: str | Path) -> str:
         + f"; baseline <b>{html.escape(summary['baseline'])}</b>; generated "
         f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} from <code>{html.escape(str(folder))}</code>.</p>",
     ]
+    cards = sorted(folder.glob("best/MODEL_CARD.md")) + sorted(folder.glob("best/*/MODEL_CARD.md"))
+    if cards:  # the winner handed over (headstart.compare.handover)
+        links = ", ".join(
+            f'<a href="{html.escape(card.relative_to(folder).as_posix())}">'
+            f"{html.escape(card.parent.relative_to(folder).as_posix())}</a>"
+            for card in cards
+        )
+        parts.append(f"<p>Model handed over, with its model card: {links}.</p>")
     judged_on = metric_line(summary)
     if judged_on:
         parts.append(f'<p class="metric">{html.escape(judged_on[0].upper() + judged_on[1:])}.</p>')
