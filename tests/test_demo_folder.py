@@ -196,6 +196,41 @@ def test_epochs_are_scaled_to_fit_the_budget():
     assert spec.arms["scratch"].stages[0].epochs == spec.arms["imagenet"].stages[0].epochs == 1
 
 
+def test_a_large_folder_gets_epochs_of_a_few_thousand_images_and_a_cost_that_does_not_grow_with_it():
+    from headstart.demo_budget import epoch_images, epoch_steps
+    from headstart.demo_folder import EPOCH_IMAGES, capped_epochs
+
+    def arms(counts):
+        return capped_epochs(
+            arm_definitions(
+                {"name": "resnet10t", "image_size": 64},
+                {"name": "efficientnet_lite0", "weights": "imagenet", "image_size": 224},
+                scaled_epochs(1.0),
+            ),
+            counts,
+        )
+
+    def spec(counts):
+        return parse_compare(
+            {"data": {"source": {"kind": "folder", "path": "p", "image_size": 224}}, "arms": arms(counts)}
+        )
+
+    small = Counts(train=100, unlabelled=3_000, val=500, test=1_000, files=4_600)
+    large = Counts(train=100, unlabelled=38_948, val=1_000, test=9_952, files=50_000)
+    assert all("steps_per_epoch" not in stage for arm in arms(small).values() for stage in arm["stages"])
+    for stage in (stage for arm in spec(large).arms.values() for stage in arm.stages or []):
+        semi = stage.semi_supervised
+        read = epoch_steps(stage, large) * stage.batch_size * (semi.ratio if semi else 1)
+        assert read < EPOCH_IMAGES + stage.batch_size * (semi.ratio if semi else 1)
+        if semi is None:
+            assert epoch_images(stage, large) <= read
+    rotation = spec(large).arms["rotation"].stages[0]
+    assert rotation.steps_per_epoch == -(-EPOCH_IMAGES // 128)
+    # ten times the files: the cost grows with the held-out images it evaluates, not with the pool's passes
+    grown = estimate_seconds(spec(large), large, SPEEDS, 0.0004) / estimate_seconds(spec(small), small, SPEEDS, 0.0004)
+    assert grown < 4
+
+
 # ----------------------------------------------------------------------------- the plan shown
 
 

@@ -234,22 +234,39 @@ def stage_seconds(stage: StageSpec, speed: Speed, counts: Counts) -> float:
     if _cached_head(stage):
         return (counts.train + counts.val) * speed.infer + stage.epochs * EPOCH_OVERHEAD_S
     every_epoch = counts.val * speed.infer + EPOCH_OVERHEAD_S
-    if stage.pretext is not None:
-        images = (
-            counts.pool if stage.data == "all" else counts.unlabelled if stage.data == "unlabelled" else counts.train
-        )
-        return stage.epochs * (images * speed.train + every_epoch)
     semi = stage.semi_supervised
     if semi is None:
-        return stage.epochs * (counts.train * speed.train + every_epoch)
+        return stage.epochs * (epoch_images(stage, counts) * speed.train + every_epoch)
     batch = stage.batch_size
-    unlabelled = counts.pool if semi.unlabelled == "all" else counts.unlabelled
-    if semi.epoch == "unlabelled":
-        steps = max(1, math.ceil(unlabelled / (semi.ratio * batch)))
-    else:
-        steps = max(1, math.ceil(counts.train / batch))
     per_step = (batch + semi.ratio * batch) * speed.train + semi.ratio * batch * speed.infer
-    return stage.epochs * (steps * per_step + every_epoch)
+    return stage.epochs * (epoch_steps(stage, counts) * per_step + every_epoch)
+
+
+def stage_images(stage: StageSpec, counts: Counts) -> int:
+    """Images a stage draws its batches from: the pool, the unlabelled or the labelled images."""
+    if stage.semi_supervised is not None:
+        return counts.pool if stage.semi_supervised.unlabelled == "all" else counts.unlabelled
+    if stage.pretext is not None:
+        return counts.pool if stage.data == "all" else counts.unlabelled if stage.data == "unlabelled" else counts.train
+    return counts.train
+
+
+def epoch_steps(stage: StageSpec, counts: Counts) -> int:
+    """Optimizer steps of one epoch: a pass over the stage's images (for FixMatch with ``epoch:
+    unlabelled``, ``ceil(unlabelled / (ratio × batch))``), capped by ``steps_per_epoch``."""
+    semi = stage.semi_supervised
+    if semi is not None and semi.epoch == "unlabelled":
+        steps = max(1, math.ceil(stage_images(stage, counts) / (semi.ratio * stage.batch_size)))
+    elif semi is not None:
+        steps = max(1, math.ceil(counts.train / stage.batch_size))
+    else:
+        steps = max(1, math.ceil(stage_images(stage, counts) / stage.batch_size))
+    return min(steps, stage.steps_per_epoch) if stage.steps_per_epoch else steps
+
+
+def epoch_images(stage: StageSpec, counts: Counts) -> int:
+    """Images one epoch of a stage without FixMatch trains on (its steps' batches, the last one partial)."""
+    return min(stage_images(stage, counts), epoch_steps(stage, counts) * stage.batch_size)
 
 
 def estimate_seconds(spec: CompareSpec, counts: Counts, speeds: dict[str, Speed], decode: float) -> float:
@@ -270,11 +287,28 @@ def estimate_seconds(spec: CompareSpec, counts: Counts, speeds: dict[str, Speed]
             default=0,
         )
         trained.append((model, stages))
-        per_seed += RUN_OVERHEAD_S + 2 * (counts.files * decode + speed.build) + counts.test * speed.infer
         fresh = arm.stages[shared:]
+        # images are decoded as a run first reads them (sources the data check vouches for are not
+        # decoded at load): the held-out and labelled images, for training and again for the probes,
+        # and the pool images the stages draw, at most every file
+        read = sum(_images_read(stage, counts) for stage in fresh)
+        touched = min(counts.files, counts.val + counts.test + counts.train + read)
+        per_seed += RUN_OVERHEAD_S + 2 * speed.build + (touched + counts.train + counts.test) * decode
+        per_seed += counts.test * speed.infer
         per_seed += (1 + len(fresh)) * (counts.train + counts.test) * speed.infer
         per_seed += sum(STAGE_OVERHEAD_S + stage_seconds(stage, speed, counts) for stage in fresh)
     return per_seed * len(spec.seed_list)
+
+
+def _images_read(stage: StageSpec, counts: Counts) -> int:
+    """Distinct images a stage may read beyond the labelled ones: its epochs' draws from its images."""
+    if _cached_head(stage):
+        return 0
+    semi = stage.semi_supervised
+    per_epoch = (
+        epoch_steps(stage, counts) * semi.ratio * stage.batch_size if semi is not None else epoch_images(stage, counts)
+    )
+    return min(stage_images(stage, counts), stage.epochs * per_epoch)
 
 
 def _common_prefix(first: list[dict[str, Any]], second: list[dict[str, Any]]) -> int:
@@ -309,6 +343,9 @@ def fit_budget(
 
 __all__ = [
     "BUDGET_FILE",
+    "epoch_images",
+    "epoch_steps",
+    "stage_images",
     "Counts",
     "Speed",
     "duration_text",
