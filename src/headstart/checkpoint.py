@@ -222,7 +222,13 @@ class RunRecord(BaseModel):
     config_hash: str
     config: dict[str, Any]
     finished_stages: list[str] = Field(default_factory=list)
-    status: Literal["running", "interrupted", "finished"] = "running"
+    status: Literal["running", "interrupted", "failed", "finished"] = "running"
+    """``failed``: an error stopped the run (``error`` says which); like ``interrupted``, a rerun resumes it."""
+    error: str | None = None
+    """The error that stopped a ``failed`` run, one line."""
+    threads: int | None = None
+    """CPU threads the run's process computed with (``torch.get_num_threads()``): a parallel comparison
+    gives each worker its share of the cores. ``None`` in runs written before it was recorded."""
     test: dict[str, float] | None = None
     test_confusion: list[list[int]] | None = None
     """Test split confusion matrix, ``[true class][predicted class]`` counts, classes in ``labels`` order."""

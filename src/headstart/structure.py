@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 
 from headstart.checkpoint import RunRecord, StageRecord, stage_folder
 from headstart.config import RunSpec, parse_run
@@ -50,6 +51,7 @@ __all__ = [
     "RunResult",
     "find_learning_rate",
     "initial_network",
+    "launch_checks",
     "prepare_run",
     "run",
     "same_configuration",
@@ -120,24 +122,54 @@ def run(
 
     ``callbacks``: extra Lightning callbacks given to every stage (see :func:`~headstart.stage.fit_stage`).
     """
-    _check_loggers(spec)
-    check_launch(spec.devices, spec.num_nodes)  # before anything is written or loaded
+    launch_checks(spec, progress)  # before anything is written or loaded
     quiet_lightning()
     started = time.perf_counter()
     root = spec.output_dir()
+    existed = root.exists()
     _prepare_folder(spec, root, resume, overwrite)
-    prepared = prepare_run(spec, progress=progress)
-    network, data = prepared.network, prepared.data
-    check_class_weights(spec.stages, data)  # a wrong count of weights fails before any stage trains
     status = RunRecord(
         name=spec.name,
         config_hash=spec.config_hash(),
         config=spec.model_dump(mode="json"),
         versions=versions(),
         hardware=hardware(),
-        splits=data.splits.draw_record(),
-        train_class_counts=data.split("train").class_counts(),
+        threads=torch.get_num_threads(),
     )
+    try:
+        return _run_stages(spec, status, root, started, resume, progress, on_stage_end, callbacks)
+    except Interrupted:
+        raise  # recorded as interrupted where the stage stopped
+    except BaseException as error:
+        # a true record: a parallel comparison reads it to know what to resume; nothing half-made stays
+        record = status if status.splits is not None else _earlier_record(root)  # None: nothing written yet
+        if record is None:
+            if is_rank_zero() and not existed and root.is_dir() and not any(root.iterdir()):
+                root.rmdir()
+            raise
+        record.status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        record.error = None if isinstance(error, KeyboardInterrupt) else _one_line(error)
+        _write(record, root)
+        _remove_empty_stage_folders(spec, root)
+        raise
+
+
+def _run_stages(
+    spec: RunSpec,
+    status: RunRecord,
+    root: Path,
+    started: float,
+    resume: bool,
+    progress: bool | None,
+    on_stage_end: Callable[[StageRecord], None] | None,
+    callbacks: Sequence[Any],
+) -> RunResult:
+    """The body of :func:`run` once its folder is ready: data, stages in order, the test split."""
+    prepared = prepare_run(spec, progress=progress)
+    network, data = prepared.network, prepared.data
+    check_class_weights(spec.stages, data)  # a wrong count of weights fails before any stage trains
+    status.splits = data.splits.draw_record()
+    status.train_class_counts = data.split("train").class_counts()
     _write(status, root)
     records: list[StageRecord] = []
     resumed: list[str] = []
@@ -190,9 +222,42 @@ def run(
         status.test_confusion, status.labels = test.pop("confusion"), list(data.class_names)
         status.test_predictions, status.test_targets = test.pop("predictions"), test.pop("targets")
         status.test_recall = test.pop("recall", None)
-    status.status, status.test, status.seconds = "finished", test, time.perf_counter() - started
+    status.status, status.error = "finished", None
+    status.test, status.seconds = test, time.perf_counter() - started
     _write(status, root)
     return RunResult(spec, root, records, test, status.seconds, network, tuple(resumed))
+
+
+def launch_checks(spec: RunSpec, progress: bool | None = None) -> None:
+    """Refuse, before anything is written or loaded, a run this machine cannot start: a logger whose
+    package is missing, ``accelerator: gpu`` without a GPU, ``devices`` × ``num_nodes`` that the
+    launcher did not start. A comparison calls it for every planned run before any trains."""
+    _check_loggers(spec)
+    TrainerOptions.from_run(spec, progress).device  # noqa: B018 - raises for accelerator: gpu without one
+    check_launch(spec.devices, spec.num_nodes)
+
+
+def _earlier_record(root: Path) -> RunRecord | None:
+    """The record an earlier session left (a resumed run that failed before writing its own)."""
+    try:
+        return RunRecord.read(root) if (root / RUN_FILE).is_file() else None
+    except HeadstartError:
+        return None
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _remove_empty_stage_folders(spec: RunSpec, root: Path) -> None:
+    """Stage folders a failed run created but wrote nothing into (a stage that failed as it started)."""
+    if not is_rank_zero():
+        return
+    for index, stage in enumerate(spec.stages):
+        folder = stage_folder(root, index, stage.name)
+        if folder.is_dir() and not any(path.is_file() for path in folder.rglob("*")):
+            shutil.rmtree(folder)
 
 
 def find_learning_rate(
