@@ -88,6 +88,25 @@ def exact_pairs(digests: np.ndarray, usable: np.ndarray) -> tuple[np.ndarray, np
     return rows[order[:-1][same]], rows[order[1:][same]]
 
 
+def _correlations(thumbs: np.ndarray, first: np.ndarray, second: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """Correlation of the thumbnails of each pair ``(first[k], second[k])``, a chunk of pairs at a time
+    (a block of dense hashes, such as digits, can hold tens of thousands of candidate pairs)."""
+    found = np.empty(first.size, dtype=np.float32)
+    for start in range(0, first.size, chunk):
+        left = unit_thumbnails(thumbs[first[start : start + chunk]])[0]
+        right = unit_thumbnails(thumbs[second[start : start + chunk]])[0]
+        found[start : start + chunk] = np.einsum("ij,ij->i", left, right)
+    return found
+
+
+def flat_thumbnails(thumbs: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """Whether each thumbnail is flat (:data:`FLAT_STD`), computed a chunk at a time (1 byte per image)."""
+    flat = np.zeros(len(thumbs), dtype=bool)
+    for start in range(0, len(thumbs), chunk):
+        flat[start : start + chunk] = unit_thumbnails(thumbs[start : start + chunk])[1]
+    return flat
+
+
 def unit_thumbnails(thumbs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Thumbnails centred and scaled to unit length (float32 ``[n, 64]``: their dot product is the
     correlation) and whether each is flat (:data:`FLAT_STD`)."""
@@ -115,7 +134,7 @@ def near_pairs(
     the same folder, and at 50,000 images the search takes 4-7 s."""
     digest = hashlib.blake2b(digest_size=16)
     for part in (hashes, thumbs, usable, np.array([max_distance, min_correlation])):
-        digest.update(np.ascontiguousarray(part).tobytes())
+        digest.update(memoryview(np.ascontiguousarray(part)).cast("B"))
     key = digest.hexdigest()
     if not (_LAST_SEARCH and _LAST_SEARCH[0] == key):
         _LAST_SEARCH[:] = [key, _search(hashes, thumbs, usable, max_distance, min_correlation)]
@@ -130,7 +149,7 @@ _LAST_SEARCH: list = []
 def _search(
     hashes: np.ndarray, thumbs: np.ndarray, usable: np.ndarray, max_distance: int, min_correlation: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    units, flat = unit_thumbnails(thumbs)
+    flat = flat_thumbnails(thumbs)  # the unit thumbnails are made per candidate pair: memory stays flat
     rows = np.flatnonzero(usable & ~flat)
     found_i, found_j, found_d = [], [], []
     candidates = hashes[rows].astype(np.uint64)
@@ -153,7 +172,7 @@ def _search(
             first, second = first[after], second[after]
             distance = bits_view[local_i[after], local_j[after]]
             i, j = rows[first], rows[second]
-            alike = np.einsum("ij,ij->i", units[i], units[j]) >= min_correlation
+            alike = _correlations(thumbs, i, j) >= min_correlation
             found_i.append(i[alike])
             found_j.append(j[alike])
             found_d.append(distance[alike].astype(np.int64))
@@ -175,4 +194,12 @@ def copy_groups(count: int, first: np.ndarray, second: np.ndarray) -> np.ndarray
     return leader[component]
 
 
-__all__ = ["NEAR_CORRELATION", "NEAR_DISTANCE", "copy_groups", "exact_pairs", "near_pairs", "unit_thumbnails"]
+__all__ = [
+    "NEAR_CORRELATION",
+    "NEAR_DISTANCE",
+    "copy_groups",
+    "exact_pairs",
+    "flat_thumbnails",
+    "near_pairs",
+    "unit_thumbnails",
+]

@@ -182,13 +182,20 @@ class _Bar:
             self.progress.stop()
 
 
+COLUMNS = ("sizes", "mtimes", "digests", "hashes", "thumbs", "widths", "heights", "colours")
+"""The cache's arrays, one row per file, beside ``keys`` (absolute paths) and ``version``."""
+
+
 class FingerprintCache:
-    """Fingerprints of unchanged files kept in ``path`` (module docstring); ``path=None`` keeps none."""
+    """Fingerprints of unchanged files kept in ``path`` (module docstring); ``path=None`` keeps none.
+
+    Held as the archive's arrays plus one ``{path: row}`` index, so memory per file is the path and a
+    hundred bytes of arrays, not Python objects per field."""
 
     def __init__(self, path: Path | None):
         self.path = path
-        self.entries: dict[str, tuple[int, int, bytes, int, np.ndarray, int, int, bool]] = {}
-        self.changed = False
+        self.rows: dict[str, int] = {}
+        self.arrays: dict[str, np.ndarray] = {}
         if path is not None and path.is_file():
             self._read(path)
 
@@ -198,54 +205,38 @@ class FingerprintCache:
                 if int(archive["version"]) != CACHE_VERSION:
                     return
                 keys = archive["keys"].tolist()
-                columns = [archive[name] for name in ("sizes", "mtimes", "digests", "hashes", "thumbs", "widths")]
-                heights = archive["heights"]
-                colours = archive["colours"]
+                arrays = {name: archive[name] for name in COLUMNS}
         except (OSError, ValueError, KeyError, EOFError) as exc:
             LOG.debug("data check: ignoring the fingerprint cache %s (%s)", path, exc)
-            self.changed = True
             return
-        sizes, mtimes, digests, hashes, thumbs, widths = columns
-        if not all(len(column) == len(keys) for column in (*columns, heights, colours)) or thumbs.shape[1:] != (
+        if not all(len(column) == len(keys) for column in arrays.values()) or arrays["thumbs"].shape[1:] != (
             THUMB_SIDE * THUMB_SIDE,
         ):
-            self.changed = True
             return
-        for row, key in enumerate(keys):
-            self.entries[key] = (
-                int(sizes[row]),
-                int(mtimes[row]),
-                digests[row].tobytes(),
-                int(hashes[row]),
-                thumbs[row],
-                int(widths[row]),
-                int(heights[row]),
-                bool(colours[row]),
-            )
+        self.arrays = arrays
+        self.rows = {key: row for row, key in enumerate(keys)}
 
-    def write(self, keep: Sequence[str]) -> None:
-        """Write the entries of ``keep`` (the files just checked) when anything changed; a folder that
-        cannot be written keeps no cache."""
-        kept = [key for key in keep if key in self.entries]
-        if self.path is None or (not self.changed and len(kept) == len(self.entries)):
+    def row(self, key: str, stamp: tuple[int, int] | None) -> int | None:
+        """The cached row of ``key`` when its size and modification time are ``stamp``, else ``None``."""
+        row = self.rows.get(key)
+        if row is None or stamp is None:
+            return None
+        if (int(self.arrays["sizes"][row]), int(self.arrays["mtimes"][row])) != stamp:
+            return None
+        return row
+
+    def write(self, keys: list[str], arrays: dict[str, np.ndarray]) -> None:
+        """Keep exactly ``keys`` (the readable files just checked) with their ``arrays`` (:data:`COLUMNS`)
+        when they differ from what the file holds; a folder that cannot be written keeps no cache."""
+        if self.path is None:
             return
-        rows = [self.entries[key] for key in kept]
-        arrays = {
-            "version": np.array(CACHE_VERSION),
-            "keys": np.array(kept, dtype=str),
-            "sizes": np.array([row[0] for row in rows], dtype=np.int64),
-            "mtimes": np.array([row[1] for row in rows], dtype=np.int64),
-            "digests": np.array([np.frombuffer(row[2], dtype=np.uint8) for row in rows], dtype=np.uint8).reshape(
-                -1, DIGEST_BYTES
-            ),
-            "hashes": np.array([row[3] for row in rows], dtype=np.uint64),
-            "thumbs": np.array([row[4] for row in rows], dtype=np.uint8).reshape(-1, THUMB_SIDE * THUMB_SIDE),
-            "widths": np.array([row[5] for row in rows], dtype=np.int64),
-            "heights": np.array([row[6] for row in rows], dtype=np.int64),
-            "colours": np.array([row[7] for row in rows], dtype=bool),
-        }
+        if len(keys) == len(self.rows) and all(self.rows.get(key) == row for row, key in enumerate(keys)):
+            unchanged = all(np.array_equal(arrays[name], self.arrays[name]) for name in COLUMNS)
+            if unchanged:
+                return
+        contents = {"version": np.array(CACHE_VERSION), "keys": np.array(keys, dtype=str), **arrays}
         try:
-            atomic_write(self.path, lambda file: np.savez(file, **arrays))  # type: ignore[arg-type]
+            atomic_write(self.path, lambda file: np.savez(file, **contents))  # type: ignore[arg-type]
         except OSError as exc:
             LOG.debug("data check: no fingerprint cache at %s (%s)", self.path, exc)
 
@@ -257,7 +248,7 @@ def fingerprint_files(
 
     Never raises for a bad file: its row carries the reason in ``errors``."""
     started = time.perf_counter()
-    files = [Path(path) for path in paths]
+    files = [path if isinstance(path, Path) else Path(path) for path in paths]
     count = len(files)
     digests = np.zeros((count, DIGEST_BYTES), dtype=np.uint8)
     hashes = np.zeros(count, dtype=np.uint64)
@@ -265,25 +256,33 @@ def fingerprint_files(
     widths = np.zeros(count, dtype=np.int64)
     heights = np.zeros(count, dtype=np.int64)
     colours = np.zeros(count, dtype=bool)
+    sizes = np.full(count, -1, dtype=np.int64)  # -1: the file could not be stat'ed
+    mtimes = np.zeros(count, dtype=np.int64)
     errors = [""] * count
     cache = FingerprintCache(None if cache_file is None else Path(cache_file))
     keys = [os.fspath(path.absolute()) for path in files]
-    stamps: list[tuple[int, int] | None] = []
     todo = []
     for row, (path, key) in enumerate(zip(files, keys, strict=True)):
         try:
             status = path.stat()
-            stamp: tuple[int, int] | None = (int(status.st_size), int(status.st_mtime_ns))
+            sizes[row], mtimes[row] = status.st_size, status.st_mtime_ns
         except OSError:
-            stamp = None  # read below, which names the problem
-        stamps.append(stamp)
-        known = cache.entries.get(key)
-        if stamp is not None and known is not None and known[:2] == stamp:
-            _, _, digest, bits, thumb, width, height, colour = known
-            digests[row] = np.frombuffer(digest, dtype=np.uint8)
-            hashes[row], thumbs[row], widths[row], heights[row], colours[row] = bits, thumb, width, height, colour
-        else:
+            todo.append(row)  # read below, which names the problem
+            continue
+        known = cache.row(key, (int(sizes[row]), int(mtimes[row])))
+        if known is None:
             todo.append(row)
+            continue
+        digests[row], hashes[row], thumbs[row] = (
+            cache.arrays["digests"][known],
+            cache.arrays["hashes"][known],
+            cache.arrays["thumbs"][known],
+        )
+        widths[row], heights[row], colours[row] = (
+            cache.arrays["widths"][known],
+            cache.arrays["heights"][known],
+            cache.arrays["colours"][known],
+        )
     bar = _Bar(len(todo), progress)
     try:
         with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
@@ -292,7 +291,6 @@ def fingerprint_files(
                 for row, outcome in zip(rows, pool.map(_attempt, [files[row] for row in rows]), strict=True):
                     if isinstance(outcome, str):
                         errors[row] = outcome
-                        cache.entries.pop(keys[row], None)
                         continue
                     digest, bits, thumb, width, height, colour = outcome
                     digests[row] = np.frombuffer(digest, dtype=np.uint8)
@@ -303,17 +301,36 @@ def fingerprint_files(
                         height,
                         colour,
                     )
-                    stamp = stamps[row]
-                    if stamp is not None:
-                        cache.entries[keys[row]] = (*stamp, digest, bits, thumb, width, height, colour)
-                        cache.changed = True
                 bar.advance(len(rows))
     finally:
         bar.close()
-    cache.write([key for key, error in zip(keys, errors, strict=True) if not error])
+    # unreadable files and files that could not be stat'ed are not cached (a fixed permission is seen next time)
+    kept = np.array([not error for error in errors], dtype=bool) & (sizes >= 0)
+    columns: dict[str, np.ndarray] = {
+        "sizes": sizes,
+        "mtimes": mtimes,
+        "digests": digests,
+        "hashes": hashes,
+        "thumbs": thumbs,
+        "widths": widths,
+        "heights": heights,
+        "colours": colours,
+    }
+    cache.write(
+        [key for key, keep in zip(keys, kept.tolist(), strict=True) if keep],
+        {name: column[kept] for name, column in columns.items()},
+    )
     return Fingerprints(
         files, digests, hashes, thumbs, widths, heights, colours, errors, len(todo), time.perf_counter() - started
     )
 
 
-__all__ = ["DRAFT_SIDE", "FingerprintCache", "Fingerprints", "fingerprint_file", "fingerprint_files", "is_colour"]
+__all__ = [
+    "COLUMNS",
+    "DRAFT_SIDE",
+    "FingerprintCache",
+    "Fingerprints",
+    "fingerprint_file",
+    "fingerprint_files",
+    "is_colour",
+]
