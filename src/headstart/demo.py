@@ -217,15 +217,20 @@ def run_demo(
     progress: bool | None = None,
     overwrite: bool = False,
     echo: Callable[[str], None] = print,
+    workers: int = 1,
+    threads: int | None = None,
 ) -> CompareResult:
     """Run the five arms over ``seeds`` (finished runs of the same configuration are reused), probe
-    the backbones, draw attention maps and write ``report.html`` and ``comparison.json`` to ``output``."""
+    the backbones, draw attention maps and write ``report.html`` and ``comparison.json`` to ``output``;
+    ``workers`` runs at once with ``threads`` each (:func:`headstart.compare.run`)."""
     return run_comparison(
         demo_comparison(output, seeds=seeds, quick=quick),
         overwrite=overwrite,
         progress=progress,
         echo=echo,
-        how_to_continue="headstart demo",
+        how_to_continue="headstart demo" + (f" --workers {workers}" if workers != 1 else ""),
+        workers=workers,
+        threads=threads,
     )
 
 

@@ -230,12 +230,24 @@ def demo(
     progress: bool | None = typer.Option(
         None, "--progress/--no-progress", help="Progress bars per stage (default: when stderr is a terminal)."
     ),
+    workers: int = typer.Option(
+        1, "--workers", help="Runs trained at once, each in its own process with its share of the cores or its own GPU."
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", help="CPU threads per run (default: the cores divided among the workers)."
+    ),
 ) -> None:
     """MNIST with 10 labels per class, or your own folder (--data): from scratch vs rotation pretraining vs \
 ImageNet transfer, over seeds."""
     import yaml
 
     chosen = [seed] if seed is not None else list(range(seeds))
+    _check_parallel(workers, threads, "local", None)
+    if data is not None and (workers != 1 or threads is not None):
+        raise HeadstartError(
+            "--workers and --threads apply to the MNIST demo; with --data the time budget is fitted to one "
+            "run at a time, so leave them out"
+        )
     if data is not None:
         _demo_on_folder(
             data, unlabelled, budget, labels_per_class, output, chosen, quick, show_config, overwrite, progress
@@ -264,6 +276,8 @@ ImageNet transfer, over seeds."""
         progress=_progress_default(progress),
         overwrite=overwrite,
         echo=lambda line: typer.echo(line, err=True),
+        workers=workers,
+        threads=threads,
     )
     _print_comparison(result)
 
@@ -381,6 +395,27 @@ def compare_command(
     progress: bool | None = typer.Option(
         None, "--progress/--no-progress", help="Progress bars per stage (default: when stderr is a terminal)."
     ),
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        help="Runs trained at once, each in its own process with its share of the cores or its own GPU "
+        "(overrides the file's `workers`; default 1).",
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", help="CPU threads per run (default: the cores divided among the workers)."
+    ),
+    executor: str = typer.Option(
+        "local", "--executor", help="local (processes on this machine) or ray (tasks on a Ray cluster)."
+    ),
+    ray_address: str | None = typer.Option(
+        None,
+        "--ray-address",
+        help="With --executor ray: an existing cluster (ray://host:10001 or auto); "
+        "default: a local Ray started on the spot.",
+    ),
+    plan_only: bool = typer.Option(
+        False, "--plan-only", help="Print one `headstart run` command per planned run, in dependency order, and exit."
+    ),
 ) -> None:
     """Arms × seeds × label budgets on one task; finished runs are reused; writes report.html."""
     from headstart.compare import load_compare_file, parse_compare
@@ -399,12 +434,23 @@ def compare_command(
         overrides.update(_only_arms(spec, arms))
     if overrides:
         spec = parse_compare({**spec.model_dump(mode="json"), **overrides}, str(file))
-    again = " ".join(
-        [f"headstart compare {file}"]
-        + ([f"--output {output}"] if output is not None else [])
-        + ([f"--seeds {seeds}"] if seeds is not None else [])
-        + ([f"--label-budgets {label_budgets}"] if label_budgets is not None else [])
-        + ([f"--arms {arms}"] if arms is not None else [])
+    _check_parallel(workers, threads, executor, ray_address)
+    if plan_only:
+        from headstart.compare.plan_file import plan_commands
+
+        for line in plan_commands(spec, base):
+            typer.echo(line)
+        return
+    again = shlex.join(
+        ["headstart", "compare", str(file)]
+        + (["--output", str(output)] if output is not None else [])
+        + (["--seeds", seeds] if seeds is not None else [])
+        + (["--label-budgets", label_budgets] if label_budgets is not None else [])
+        + (["--arms", arms] if arms is not None else [])
+        + (["--workers", str(workers)] if workers is not None else [])
+        + (["--threads", str(threads)] if threads is not None else [])
+        + (["--executor", executor] if executor != "local" else [])
+        + (["--ray-address", ray_address] if ray_address is not None else [])
     )
     result = run_comparison(
         spec,
@@ -413,5 +459,20 @@ def compare_command(
         progress=_progress_default(progress),
         echo=lambda line: typer.echo(line, err=True),
         how_to_continue=again,
+        workers=workers,
+        threads=threads,
+        executor="ray" if executor == "ray" else "local",
+        ray_address=ray_address,
     )
     _print_comparison(result)
+
+
+def _check_parallel(workers: int | None, threads: int | None, executor: str, ray_address: str | None) -> None:
+    """One-line errors for the options that spread a comparison's runs over processes."""
+    for option, value in (("--workers", workers), ("--threads", threads)):
+        if value is not None and value < 1:
+            raise HeadstartError(f"{option} {value}: expected a whole number of at least 1")
+    if executor not in ("local", "ray"):
+        raise HeadstartError(f"--executor {executor!r}: expected local or ray")
+    if ray_address is not None and executor != "ray":
+        raise HeadstartError("--ray-address needs --executor ray")

@@ -51,17 +51,18 @@ worse or not resolved at the 95% level, paired by seed, with the seeds that woul
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from headstart.compare.evidence import ProbeMemo, attention_maps_of_arms, attention_picks, probe_run
+from headstart.compare.executor import Job, jobs, label, outcome_line, run_local, start, threads_per_worker
 from headstart.compare.handover import hand_over
-from headstart.compare.sharing import common_stages, extends, link_stages, reuse_or_resume, shared_stages
+from headstart.compare.lock import comparison_lock
+from headstart.compare.sharing import common_stages, extends, reuse_or_resume, shared_stages
 from headstart.compare.spec import (
     ATTENTION_FILE,
     INIT_PROBE_FILE,
@@ -78,7 +79,7 @@ from headstart.compare.spec import (
 from headstart.data.datacheck import check_before_training
 from headstart.errors import HeadstartError
 from headstart.files import atomic_write_json, hardware, versions
-from headstart.report.summary import MANIFEST_FILE, labels_per_class_text
+from headstart.report.summary import MANIFEST_FILE
 from headstart.stage import Interrupted
 
 __all__ = [
@@ -129,16 +130,22 @@ def run(
     progress: bool | None = None,
     echo: Callable[[str], None] = print,
     how_to_continue: str = "headstart.compare.run",
+    workers: int | None = None,
+    threads: int | None = None,
+    executor: Literal["local", "ray"] = "local",
+    ray_address: str | None = None,
 ) -> CompareResult:
     """Run (or reuse) every planned run, probe the backbones, draw attention maps, write the report.
 
     ``spec`` is a :class:`CompareSpec`, a mapping, or the path of a comparison file (whose folder
-    then resolves relative paths, like ``base``).
+    then resolves relative paths, like ``base``). ``workers`` (default: the file's ``workers``, 1)
+    trains that many runs at once in their own processes (:mod:`headstart.compare.executor`),
+    each with ``threads`` CPU threads (default: the cores divided among the workers; with one
+    worker, the process's own). ``executor="ray"`` submits the runs to Ray instead
+    (:mod:`headstart.compare.ray_executor`; ``ray_address``: an existing cluster, default a local
+    one started on the spot). Only one comparison trains in an output folder at a time
+    (:mod:`headstart.compare.lock`).
     """
-    from headstart.report.html import write_report
-    from headstart.report.summary import summarise
-    from headstart.structure import run as run_structure
-
     if isinstance(spec, (str, Path)):
         spec, folder = load_compare_file(spec)
         base = base or folder
@@ -149,14 +156,54 @@ def run(
             f"compare.run spec={type(spec).__name__}: expected a CompareSpec, a mapping or the path "
             "of a comparison file"
         )
+    from headstart.report.html import write_report
+    from headstart.report.summary import summarise
+
+    count = spec.workers if workers is None else workers
+    if count < 1 or (threads is not None and threads < 1):
+        raise HeadstartError(f"workers={count}, threads={threads}: expected whole numbers of at least 1")
+    if executor not in ("local", "ray"):
+        raise HeadstartError(f"executor={executor!r}: expected local or ray")
     base = Path(base or ".")
     started = time.perf_counter()
     runs = plan(spec, base)
+    root = spec.output_dir()
+    existed = root.exists()
+    try:
+        with comparison_lock(root):
+            _train_all(spec, runs, overwrite, progress, echo, how_to_continue, count, threads, executor, ray_address)
+    except BaseException:
+        if not existed and root.is_dir() and not any(root.iterdir()):
+            root.rmdir()  # refused before anything was written: leave no empty folder behind
+        raise
+    table = summarise(root)
+    handed = hand_over(root, table)  # best/ (per label budget): the winner at its best validation seed
+    report = write_report(root)
+    return CompareResult(root, table, report, time.perf_counter() - started, handed)
+
+
+def _train_all(
+    spec: CompareSpec,
+    runs: list[PlannedRun],
+    overwrite: bool,
+    progress: bool | None,
+    echo: Callable[[str], None],
+    how_to_continue: str,
+    workers: int,
+    threads: int | None,
+    executor: str,
+    ray_address: str | None,
+) -> None:
+    """Everything a comparison trains and computes under its lock: checks, runs, probes, attention maps."""
+    from headstart.structure import launch_checks
+
     decisions = [reuse_or_resume(planned, overwrite) for planned in runs]  # refuse before training anything
+    for planned, decision in zip(runs, decisions, strict=True):
+        if decision != "reuse":
+            launch_checks(planned.spec)  # accelerator: gpu without a GPU, a missing logger package
     # folder and CSV data: copies, two labels, sizes (data-check.json); splits it cannot make fail here
     checked = check_before_training(spec.data.source, [(p.spec.data.splits, p.seed) for p in runs], progress=progress)
     root = spec.output_dir()
-    root.mkdir(parents=True, exist_ok=True)
     if checked is not None:
         checked.write(root)
         echo(checked.summary_line())
@@ -178,58 +225,68 @@ def run(
     show_bars = (
         progress if progress is not None else (spec.progress if spec.progress is not None else sys.stderr.isatty())
     )
-    finished: list[PlannedRun] = []
-    probed = ProbeMemo()
-    for number, (planned, decision) in enumerate(zip(runs, decisions, strict=True), start=1):
-        budget = f", {labels_per_class_text(planned.budget)}" if planned.budget is not None else ""
-        stages = " → ".join(stage.name for stage in planned.spec.stages)
-        prefix = f"[{number}/{len(runs)}] {planned.arm}, seed {planned.seed}{budget}"
-        if decision == "reuse":
-            echo(f"{prefix}: finished before, reused")
-        else:
-            echo(f"{prefix}: {stages}" + (" (resuming)" if decision == "resume" else ""))
-            if decision == "overwrite":
-                shutil.rmtree(planned.folder)
-            resume = decision == "resume"
-            shared = shared_stages(planned, finished) if decision in ("fresh", "overwrite") else None
-            if shared is not None:
-                donor, count = shared
-                names = link_stages(donor, planned, count)
-                where = (
-                    f", {labels_per_class_text(donor.budget)} (these stages read no labels)"
-                    if donor.budget != planned.budget and donor.budget is not None
-                    else ""
-                )
-                echo(
-                    f"    {', '.join(names)} shared with {donor.arm}, seed {donor.seed}{where} (same model, data, "
-                    "seed and stage settings)"
-                )
-                resume = True
-            try:
-                result = run_structure(planned.spec, resume=resume, progress=show_bars)
-            except Interrupted as interruption:
-                raise Interrupted(
-                    interruption.folder,
-                    interruption.stage,
-                    f"the same command again ({how_to_continue}); finished runs are reused",
-                ) from None
-            echo(
-                f"    test accuracy {result.test['accuracy']:.4f}"
-                + (
-                    f", balanced accuracy {result.test['balanced_accuracy']:.4f}"
-                    if "balanced_accuracy" in result.test
-                    else ""
-                )
-                + f" in {result.seconds:.1f} s"
-                if result.test
-                else f"    finished in {result.seconds:.1f} s"
-            )
-        finished.append(planned)
-        if spec.probes.enabled:
-            probe_run(planned, spec.probes, echo, probed, spec.label_errors)
+    planned_jobs = jobs(runs, decisions)
+    if executor == "ray":
+        from headstart.compare.ray_executor import run_on_ray
+
+        run_on_ray(spec, planned_jobs, threads=threads, address=ray_address, echo=echo, how_to_continue=how_to_continue)
+    elif workers > 1:
+        import torch
+
+        run_local(
+            spec,
+            planned_jobs,
+            workers=workers,
+            threads=threads or threads_per_worker(workers),
+            gpus=torch.cuda.device_count() if torch.cuda.is_available() else 0,
+            echo=echo,
+            show_bars=show_bars,
+            how_to_continue=how_to_continue,
+        )
+    else:
+        _in_order(spec, planned_jobs, echo, show_bars, how_to_continue, threads)
     if spec.attention.enabled:
         attention_maps_of_arms(spec, runs, echo)
-    table = summarise(root)
-    handed = hand_over(root, table)  # best/ (per label budget): the winner at its best validation seed
-    report = write_report(root)
-    return CompareResult(root, table, report, time.perf_counter() - started, handed)
+
+
+def _in_order(
+    spec: CompareSpec,
+    planned_jobs: list[Job],
+    echo: Callable[[str], None],
+    show_bars: bool,
+    how_to_continue: str,
+    threads: int | None,
+) -> None:
+    """One run after another in this process, each probed as it finishes."""
+    import torch
+
+    from headstart.structure import run as run_structure
+
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        probed = ProbeMemo()
+        runs = [job.planned for job in planned_jobs]
+        for number, job in enumerate(planned_jobs, start=1):
+            planned = job.planned
+            prefix = f"[{number}/{len(planned_jobs)}] {label(planned)}"
+            if not job.trains:
+                echo(f"{prefix}: finished before, reused")
+            else:
+                stages = " → ".join(stage.name for stage in planned.spec.stages)
+                echo(f"{prefix}: {stages}" + (" (resuming)" if job.decision == "resume" else ""))
+                resume = start(job, runs[job.donor] if job.donor is not None else None, echo)
+                try:
+                    result = run_structure(planned.spec, resume=resume, progress=show_bars)
+                except Interrupted as interruption:
+                    raise Interrupted(
+                        interruption.folder,
+                        interruption.stage,
+                        f"the same command again ({how_to_continue}); finished runs are reused",
+                    ) from None
+                echo(f"    {outcome_line(result.test, result.seconds)}")
+            if spec.probes.enabled:
+                probe_run(planned, spec.probes, echo, probed, spec.label_errors)
+    finally:
+        torch.set_num_threads(before)

@@ -122,6 +122,14 @@ class CompareSpec(_Strict):
     label_errors: LabelErrorOptions = LabelErrorOptions()
     attention: AttentionOptions = AttentionOptions()
     progress: bool | None = Field(None, description="progress bars; default: when the output is a terminal")
+    workers: int = Field(
+        1,
+        ge=1,
+        description=(
+            "runs trained at once, each in its own process with its share of the CPU cores (or its own GPU); "
+            "a run that shares stages with another waits for them (headstart.compare.executor)"
+        ),
+    )
     num_workers: int | str | None = None
     accelerator: Literal["cpu", "gpu", "auto"] | None = Field(
         None, description="overrides every arm's; default: each arm's own (auto: the GPU when there is one)"
