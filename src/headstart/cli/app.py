@@ -25,9 +25,6 @@ app = typer.Typer(
 zoo_app = typer.Typer(help="Named pretrained networks (Keras-style aliases and timm names).", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
 
-PREDICT_BATCH = 16
-"""Images classified per forward pass by ``headstart predict``."""
-
 
 def _fail(message: str, code: int = USER_ERROR_EXIT_CODE) -> None:
     typer.echo(f"error: {' '.join(message.split())}", err=True)

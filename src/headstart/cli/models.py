@@ -3,53 +3,112 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.markup import escape
 
-from headstart.cli.app import PREDICT_BATCH, _console, _network_for, _pooling_mode, app, user_errors, zoo_app
-from headstart.errors import HeadstartError
+from headstart.cli.app import _console, _network_for, _pooling_mode, app, user_errors, zoo_app
+from headstart.errors import INTERRUPTED_EXIT_CODE, HeadstartError
 
 
 @app.command()
 @user_errors
 def predict(
-    images: list[Path] = typer.Argument(..., help="Image files to classify."),
+    images: list[str] = typer.Argument(
+        ..., help="Image files, folders (walked recursively: image files only, hidden names skipped) or glob patterns."
+    ),
     model: str = typer.Option("EfficientNetLite0", "--model", "-m", help="Zoo alias or timm name."),
     weights: str = typer.Option("imagenet", help="imagenet, none, or a .safetensors/.pth file."),
     checkpoint: Path | None = typer.Option(
-        None, help="A headstart checkpoint to predict with (its network, head and labels); overrides --model."
+        None,
+        help="A stage folder, a run folder (its last finished stage) or a comparison's best/ folder: its network, "
+        "head and labels; overrides --model.",
     ),
     top: int = typer.Option(5, min=1, help="Predictions listed per image."),
     json_output: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    output: Path | None = typer.Option(
+        None,
+        "--output",
+        "-o",
+        help="Write one row per image to this .csv or .jsonl file, flushed per batch; an unreadable image gets a "
+        "row with its error. An existing file is continued: its paths are not predicted again.",
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="With --output: start the file afresh."),
+    skip_errors: bool = typer.Option(
+        False,
+        "--skip-errors",
+        help="Skip unreadable images and count them (else: a row with the error in --output, "
+        "or exit 2 naming the file without --output).",
+    ),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per forward pass."),
+    workers: int | None = typer.Option(
+        None, "--workers", min=0, help="Processes decoding images (default: none on two cores or fewer, else up to 8)."
+    ),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda, or auto (the GPU when there is one)."),
 ) -> None:
-    """Classify images with a pretrained network and list the most probable labels."""
-    absent = [str(path) for path in images if not path.exists()]
-    if absent:  # fail before loading PyTorch and a network
-        raise HeadstartError(f"{', '.join(absent)}: no such file")
-    from headstart.preprocess import decode_predictions, preprocess_input
+    """Classify image files, whole folders or glob patterns with a pretrained network or a trained checkpoint.
 
-    network = _network_for(model, weights, checkpoint)
+    Without --output: a table (or --json) of the most probable labels. With --output .csv or .jsonl: a row per image.
+    Rows are written per batch; a summary counts images, errors and images/s; rerunning continues the file.
+    """
+    from headstart.inference import check_inputs
+
+    check_inputs(images)  # fail before loading PyTorch and a network
+    if output is not None:
+        _output_kind(output)
+    from headstart.inference import Predictor, find_images, predict_files, predict_to_file
+
+    predictor = Predictor(_network_for(model, weights, checkpoint), device=device, top=top)
+    if output is not None:
+        with _Progress(images) as progress:
+            try:
+                summary = predict_to_file(
+                    predictor,
+                    images,
+                    output,
+                    batch_size=batch_size,
+                    workers=workers,
+                    skip_errors=skip_errors,
+                    overwrite=overwrite,
+                    progress=progress,
+                )
+            except KeyboardInterrupt:
+                stopped = HeadstartError(
+                    f"interrupted; {output} keeps the rows written so far and the same command continues from there"
+                )
+                stopped.exit_code = INTERRUPTED_EXIT_CODE  # type: ignore[attr-defined]
+                raise stopped from None
+        typer.echo(summary.describe(), err=json_output)
+        return
     results: list[dict[str, Any]] = []
-    for start in range(0, len(images), PREDICT_BATCH):
-        batch = images[start : start + PREDICT_BATCH]
-        probabilities = network.predict(preprocess_input(batch, network.preprocessing))
-        for path, predictions in zip(batch, decode_predictions(probabilities, network.labels, top=top), strict=True):
+    errors = 0
+    with _Progress(images) as progress:
+        for prediction in predict_files(predictor, find_images(images), batch_size=batch_size, workers=workers):
+            if prediction.error is not None:
+                if not skip_errors:
+                    raise HeadstartError(prediction.error)
+                errors += 1
+                continue
+            pairs = zip(prediction.labels, prediction.probabilities, strict=True)
             results.append(
                 {
-                    "file": str(path),
-                    "predictions": [{"label": label, "probability": probability} for label, probability in predictions],
+                    "file": prediction.path,
+                    "predictions": [{"label": label, "probability": probability} for label, probability in pairs],
                 }
             )
+            progress(len(results) + errors, 0)
+    if errors:
+        typer.echo(f"skipped {errors} unreadable image{'s' if errors != 1 else ''}", err=True)
     if json_output:
         typer.echo(json.dumps(results, indent=2))
         return
     from rich.console import JustifyMethod
     from rich.table import Table
 
-    table = Table(title=f"{network.model_name} predictions")
+    table = Table(title=f"{predictor.network.model_name} predictions")
     columns: tuple[tuple[str, JustifyMethod], ...] = (
         ("file", "left"),
         ("rank", "right"),
@@ -64,6 +123,72 @@ def predict(
                 result["file"] if rank == 1 else "", str(rank), prediction["label"], f"{prediction['probability']:.4f}"
             )
     _console().print(table)
+
+
+def _output_kind(output: Path) -> None:
+    if output.suffix.lower() not in (".csv", ".jsonl"):
+        raise HeadstartError(f"--output {output}: expected a file name ending with .csv or .jsonl")
+    if output.is_dir():
+        raise HeadstartError(f"--output {output}: is a folder, expected a .csv or .jsonl file")
+
+
+class _Progress:
+    """A rich progress bar on stderr, shown once a run has lasted ``delay`` seconds and only when
+    stderr is a terminal; the images are counted in a background thread to give its total."""
+
+    def __init__(self, inputs: list[str], delay: float = 2.0) -> None:
+        self.inputs, self.delay = inputs, delay
+        self.bar: Any = None
+        self.task: Any = None
+        self.total: int | None = None
+        self.enabled = sys.stderr.isatty()
+
+    def __enter__(self) -> _Progress:
+        import threading
+        import time
+
+        self.started = time.monotonic()
+        if self.enabled:
+            threading.Thread(target=self._count, daemon=True).start()
+        return self
+
+    def _count(self) -> None:
+        from headstart.inference import find_images
+
+        try:
+            self.total = sum(1 for _ in find_images(self.inputs))
+        except (HeadstartError, OSError):
+            self.total = None
+
+    def __call__(self, done: int, resumed: int) -> None:
+        import time
+
+        if not self.enabled:
+            return
+        if self.bar is None:
+            if time.monotonic() - self.started < self.delay:
+                return
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(
+                TextColumn("predicting"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task("predict", total=None, rate="")
+        total = None if self.total is None else max(self.total - resumed, done)
+        rate = done / max(time.monotonic() - self.started, 1e-9)
+        self.bar.update(self.task, completed=done, total=total, rate=f"{rate:.1f} images/s")
+
+    def __exit__(self, *exc_info) -> None:
+        if self.bar is not None:
+            self.bar.stop()
 
 
 @zoo_app.command("list")

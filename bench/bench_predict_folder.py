@@ -1,0 +1,164 @@
+"""Predicting a folder: ``headstart.inference`` against the plain PyTorch loop a user writes.
+
+Both sides classify the same folder of JPEG photos (made once from scikit-image's bundled sample
+photos: random crops, flips and sizes around 500 × 375 px, quality 90) with the same network
+(EfficientNet-Lite0, its real ImageNet weights), batch size, DataLoader workers and torch threads:
+
+* ``headstart``: :func:`headstart.inference.predict_to_file` into a fresh CSV (folder walk, the
+  DataLoader, top-5 decoding, one row per image written and flushed per batch);
+* ``plain``: a ``Dataset`` over the sorted file list that opens each file with Pillow, converts it
+  to RGB and applies timm's evaluation transform (resize, crop, ``ToTensor``, ``Normalize``); a
+  ``DataLoader``; ``softmax`` and ``topk(5)`` under ``torch.inference_mode``; results kept in a list;
+* ``onnxruntime`` (``--onnx``): the plain loop with the network exported by
+  :func:`headstart.interop.export_onnx` and run by an onnxruntime session on as many threads.
+
+Images per second count the files over the wall time of the whole call, loader start-up included.
+Sides alternate, A B A B … (``bench/_alternate.py``), best run of each kept. Target:
+headstart / plain ≥ 0.95.
+
+    python bench/bench_predict_folder.py                        # 300 photos, batch 32, 3 repeats
+    python bench/bench_predict_folder.py --workers 2 --onnx
+
+Measured on the 2-core CPU (torch 2.14.1, 2 threads; 300 photos, batch 32, 3 repeats):
+
+========== ========= ============ ====================
+workers    headstart plain        headstart / plain
+========== ========= ============ ====================
+0          (filled)  (filled)     (filled)
+2          (filled)  (filled)     (filled)
+========== ========= ============ ====================
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from _alternate import alternate
+from headstart.inference import Predictor, default_workers, predict_to_file
+from headstart.zoo import load
+
+SAMPLES = "astronaut chelsea coffee rocket camera coins moon page hubble_deep_field immunohistochemistry".split()
+
+
+def make_folder(root: Path, count: int, seed: int = 0) -> Path:
+    """``count`` JPEGs under ``root`` (reused when the marker of that count is there)."""
+    from skimage import data
+
+    marker = root / f".complete-{count}"
+    if marker.exists():
+        return root
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    photos = []
+    for name in SAMPLES:
+        pixels = getattr(data, name)()
+        if pixels.dtype != np.uint8:
+            pixels = (255 * (pixels - pixels.min()) / max(float(np.ptp(pixels)), 1e-9)).astype(np.uint8)
+        photos.append(Image.fromarray(pixels[..., :3] if pixels.ndim == 3 else pixels).convert("RGB"))
+    for index in range(count):
+        photo = photos[index % len(photos)]
+        width, height = photo.size
+        side_w, side_h = int(width * rng.uniform(0.6, 1.0)), int(height * rng.uniform(0.6, 1.0))
+        left, top = int(rng.integers(0, width - side_w + 1)), int(rng.integers(0, height - side_h + 1))
+        crop = photo.crop((left, top, left + side_w, top + side_h))
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        scale = rng.uniform(400, 600) / max(crop.size)
+        crop = crop.resize((max(1, round(crop.size[0] * scale)), max(1, round(crop.size[1] * scale))))
+        crop.save(root / f"{index:05d}.jpg", quality=90)
+    marker.touch()
+    return root
+
+
+class PlainFiles(torch.utils.data.Dataset):
+    def __init__(self, paths: list[Path], transform) -> None:
+        self.paths, self.transform = paths, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        with Image.open(self.paths[index]) as image:
+            return self.transform(image.convert("RGB"))
+
+
+def plain_loop(forward, paths: list[Path], transform, batch_size: int, workers: int) -> dict:
+    started = time.perf_counter()
+    loader = torch.utils.data.DataLoader(PlainFiles(paths, transform), batch_size=batch_size, num_workers=workers)
+    results = []
+    with torch.inference_mode():
+        for batch in loader:
+            values, indices = forward(batch).topk(5, dim=1)
+            results.extend(zip(values.tolist(), indices.tolist(), strict=True))
+    seconds = time.perf_counter() - started
+    assert len(results) == len(paths)
+    return {"seconds": seconds, "images_per_second": len(paths) / seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=None, help="default: headstart's default_workers()")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--onnx", action="store_true", help="also time onnxruntime on the ONNX export")
+    parser.add_argument("--folder", type=Path, default=Path(tempfile.gettempdir()) / "headstart-bench" / "predict")
+    args = parser.parse_args()
+    workers = default_workers() if args.workers is None else args.workers
+    folder = make_folder(args.folder / str(args.images), args.images)
+    paths = sorted(folder.glob("*.jpg"))
+    network = load("EfficientNetLite0", weights="imagenet").eval()
+    predictor = Predictor(network, device="cpu", top=5)
+    transform = network.preprocessing.transform()
+    output = Path(tempfile.mkdtemp()) / "predictions.csv"
+    print(
+        f"{len(paths)} JPEGs in {folder}, EfficientNet-Lite0, batch {args.batch_size}, {workers} workers, "
+        f"{torch.get_num_threads()} torch threads, {os.cpu_count()} cores"
+    )
+
+    def headstart_side() -> dict:
+        summary = predict_to_file(
+            predictor, [folder], output, batch_size=args.batch_size, workers=workers, overwrite=True
+        )
+        assert summary.images == len(paths) and summary.errors == 0
+        return {"seconds": summary.seconds, "images_per_second": summary.images_per_second}
+
+    def plain_side() -> dict:
+        return plain_loop(lambda x: network(x).softmax(1), paths, transform, args.batch_size, workers)
+
+    sides = {"headstart": headstart_side, "plain": plain_side}
+    if args.onnx:
+        import onnxruntime
+
+        from headstart.interop import export_onnx
+
+        onnx_file = output.with_name("lite0.onnx")
+        export_onnx(network, onnx_file)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        session = onnxruntime.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+
+        def onnx_forward(x: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(session.run(None, {"input": x.numpy()})[0]).softmax(1)
+
+        sides["onnxruntime"] = lambda: plain_loop(onnx_forward, paths, transform, args.batch_size, workers)
+    best = alternate(sides, args.repeats)
+    ratio = best["headstart"]["images_per_second"] / best["plain"]["images_per_second"]
+    ours, plain = best["headstart"]["images_per_second"], best["plain"]["images_per_second"]
+    line = f"headstart {ours:.1f} images/s, plain {plain:.1f} images/s: {ratio:.2f}x (target >= 0.95)"
+    if "onnxruntime" in best:
+        onnx_ratio = best["onnxruntime"]["images_per_second"] / best["plain"]["images_per_second"]
+        line += f"; onnxruntime {best['onnxruntime']['images_per_second']:.1f} images/s ({onnx_ratio:.2f}x plain)"
+    print(line)
+
+
+if __name__ == "__main__":
+    main()
