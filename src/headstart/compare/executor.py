@@ -249,6 +249,20 @@ def death(code: int | None) -> str:
     return f"exited with code {code}"
 
 
+def _sigterm_as_ctrl_c() -> Any:
+    """SIGTERM (a scheduler ending the job) stops the workers as Ctrl+C does; returns the handler it
+    replaced (``None`` outside the main thread, where handlers cannot be set)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
 def run_local(
     spec: CompareSpec,
     planned_jobs: list[Job],
@@ -368,6 +382,7 @@ def run_local(
 
     from multiprocessing.connection import wait
 
+    terminate = _sigterm_as_ctrl_c()
     try:
         with bar if bar is not None else nullcontext():
             while True:
@@ -406,6 +421,8 @@ def run_local(
     finally:
         for worker in pool:
             worker.stop(wait=30)
+        if terminate is not None:
+            signal.signal(signal.SIGTERM, terminate)
     if failed:
         names = "; ".join(f"{label(runs[index])} ({why})" for index, why in sorted(failed.items()))
         raise RunsFailed(

@@ -53,9 +53,27 @@ def _log_to(path: Path) -> None:
     os.close(descriptor)
 
 
+def _stop_with_parent() -> None:
+    """Stop after the current step (as Ctrl+C does) if the parent dies: its lock is then stale, and
+    a new command taking the folder over must not meet a run still being written."""
+    import signal
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=watch, name="headstart-parent-watch", daemon=True).start()
+
+
 def main(number: int, threads: int, log: str, connection: Any) -> None:
     """Serve tasks from ``connection`` until ``None`` arrives, the pipe closes or Ctrl+C."""
     _log_to(Path(log))
+    _stop_with_parent()
     import torch
 
     torch.set_num_threads(threads)
