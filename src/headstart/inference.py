@@ -28,13 +28,14 @@ from __future__ import annotations
 import csv
 import glob
 import io
+import itertools
 import json
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -68,15 +69,13 @@ MODEL_CARD_FILE = "MODEL_CARD.md"
 """The model card a comparison writes beside its winner's run (``best/MODEL_CARD.md``)."""
 
 OUTPUT_SUFFIXES = (".csv", ".jsonl")
-Device = Literal["auto", "cpu", "cuda"]
+Item = TypeVar("Item")
 
 
 def resolve_device(device: str) -> torch.device:
     """``auto`` → the GPU when there is one, else the CPU; ``cuda`` without a GPU is refused."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu":
-        return torch.device("cpu")
+    if device in ("auto", "cpu"):
+        return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else "cpu")
     if device == "cuda" or device.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise HeadstartError(f"device={device!r}: no CUDA GPU is visible here; expected cpu or auto")
@@ -324,9 +323,6 @@ class _Files(torch.utils.data.Dataset):
         except (HeadstartError, OSError, ValueError, RuntimeError) as exc:  # read_image names the file
             return path, None, str(exc) if isinstance(exc, HeadstartError) else f"{path}: {exc}"
 
-    def __len__(self) -> int:  # the loader is driven by its batch sampler; this is never consulted
-        raise TypeError("a stream of files has no length")
-
 
 def _collate(items: list[tuple[str, torch.Tensor | None, str | None]]):
     """Paths, the stacked pixels of the readable ones (or ``None``), and each item's error."""
@@ -334,15 +330,9 @@ def _collate(items: list[tuple[str, torch.Tensor | None, str | None]]):
     return [path for path, _, _ in items], (torch.stack(readable) if readable else None), [e for *_, e in items]
 
 
-def _batched(items: Iterable[tuple[str, str | None]], size: int) -> Iterator[list[tuple[str, str | None]]]:
-    batch: list[tuple[str, str | None]] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+def _batched(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
+    source = iter(items)
+    return iter(lambda: list(itertools.islice(source, size)), [])
 
 
 def default_workers() -> int:
@@ -409,7 +399,6 @@ class PredictionSummary:
     resumed: int = 0
     """Paths found already written in ``output`` and not read again."""
     seconds: float = 0.0
-    error_examples: list[str] = field(default_factory=list)
 
     @property
     def images_per_second(self) -> float:
@@ -501,40 +490,23 @@ def predict_to_file(
         writer = csv.writer(file, lineterminator="\n") if kind == "csv" else None
         if writer is not None and fresh:
             writer.writerow(columns)
-        batch: list[Prediction] = []
-        for prediction in predict_files(predictor, pending, batch_size=batch_size, workers=workers):
-            batch.append(prediction)
-            if len(batch) == batch_size:
-                _write(file, writer, batch, summary, skip_errors, columns, progress)
-                batch = []
-        _write(file, writer, batch, summary, skip_errors, columns, progress)
+        width = (len(columns) - 2) // 2
+        predictions = predict_files(predictor, pending, batch_size=batch_size, workers=workers)
+        for batch in _batched(predictions, batch_size):
+            for prediction in batch:
+                summary.errors += prediction.error is not None
+                summary.images += prediction.error is None
+                if prediction.error is not None and skip_errors:
+                    continue
+                if writer is None:
+                    file.write(json.dumps(prediction.to_dict(), ensure_ascii=False) + "\n")
+                else:
+                    pairs = zip(prediction.labels, prediction.probabilities, strict=True)
+                    cells = [(label, f"{probability:.6f}") for label, probability in pairs]
+                    cells += [("", "")] * (width - len(cells))
+                    writer.writerow([prediction.path, *itertools.chain(*cells), prediction.error or ""])
+            file.flush()
+            if progress is not None:
+                progress(summary.images + summary.errors, summary.resumed)
     summary.seconds = time.perf_counter() - started
     return summary
-
-
-def _write(file, writer, batch, summary, skip_errors, columns, progress) -> None:
-    if not batch:
-        return
-    width = (len(columns) - 2) // 2
-    for prediction in batch:
-        if prediction.error is not None:
-            summary.errors += 1
-            if len(summary.error_examples) < 5:
-                summary.error_examples.append(prediction.error)
-            if skip_errors:
-                continue
-        else:
-            summary.images += 1
-        if writer is None:
-            file.write(json.dumps(prediction.to_dict(), ensure_ascii=False) + "\n")
-            continue
-        cells: list[str] = [prediction.path]
-        for rank in range(width):
-            if rank < len(prediction.labels):
-                cells += [prediction.labels[rank], f"{prediction.probabilities[rank]:.6f}"]
-            else:
-                cells += ["", ""]
-        writer.writerow([*cells, prediction.error or ""])
-    file.flush()
-    if progress is not None:
-        progress(summary.images + summary.errors, summary.resumed)

@@ -8,7 +8,8 @@ in one line); ``headstart zoo list`` shows the model names; ``headstart summary 
 layer table with parameter counts, after freezing if asked (``--diagram FILE.svg`` also draws it);
 ``headstart lr-find FILE --stage NAME`` sweeps the learning rate of one stage and suggests one;
 ``headstart check-data PATH`` reports the copies, the pictures under two labels and the imbalance
-of a folder or CSV of images before anything trains.
+of a folder or CSV of images before anything trains; ``headstart serve MODEL`` answers predictions
+over HTTP.
 
 A user error (unreadable image, unknown model, a weights file that does not fit) prints one line,
 ``error: <what and where>``, on stderr and exits with code 2
@@ -30,6 +31,7 @@ from headstart.cli import models  # noqa: F401
 from headstart.cli import training  # noqa: F401
 from headstart.cli import evidence  # noqa: F401
 from headstart.cli import data  # noqa: F401
+from headstart.cli import serving  # noqa: F401
 
 # isort: on
 from headstart.cli.app import app
