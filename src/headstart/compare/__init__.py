@@ -32,6 +32,7 @@ A comparison file (``headstart compare FILE``)::
     probes: {k: 20}               # linear and k-NN probes of every stage's backbone
     label_errors: {top: 12}       # suspected label errors of the labelled images (cleanlab)
     attention: {images: 4, power: 1}
+    workers: 1                    # runs trained at once, one process each (headstart.compare.executor)
 
 Each run lands in ``OUTPUT/[labels-N/]ARM/seed-S`` as an ordinary run folder. A rerun reuses the
 runs that finished with the same configuration and resumes the interrupted one, so a long
@@ -44,6 +45,10 @@ every seed (``data.splits.seed``); which training images carry labels is the sam
 ``data.splits.labelled_draw: per_seed`` draws them anew at each seed (the demo's and the example
 comparisons' choice, since their tables are general claims). Seeds vary the initialisation, the
 order of batches, the augmentations and, with ``per_seed``, the labelled draw.
+
+With ``workers: N`` (``--workers N``) N runs train at once, each in its own process with its share
+of the cores or its own GPU; a run that shares stages with another starts when they are finished
+(:mod:`headstart.compare.executor`; ``--executor ray``: :mod:`headstart.compare.ray_executor`).
 
 Every gain is judged by :mod:`headstart.verdict` (through :mod:`headstart.report.summary`): better,
 worse or not resolved at the 95% level, paired by seed, with the seeds that would resolve it.

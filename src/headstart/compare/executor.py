@@ -39,6 +39,8 @@ from headstart.stage import Interrupted
 
 FAILED_EXIT_CODE = 1
 """Exit code of a comparison some of whose runs failed (the others finished and are kept)."""
+LOG_FOLDER = ".logs"
+"""Beside the arms' folders, what each worker printed: ``worker-N.log`` (a dot: no arm name may start with one)."""
 
 
 class RunsFailed(HeadstartError):
@@ -294,7 +296,7 @@ def run_local(
             echo(f"{label(job.planned)}: finished before, reused")
     context = multiprocessing.get_context("spawn")
     pool = [
-        _Worker(number, threads, number % gpus if gpus else None, root / "logs" / f"worker-{number}.log")
+        _Worker(number, threads, number % gpus if gpus else None, root / LOG_FOLDER / f"worker-{number}.log")
         for number in range(1, min(workers, max(len(pending), 1)) + 1)
     ]
     bar = progress_bar(training, show_bars)

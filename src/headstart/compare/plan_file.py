@@ -1,6 +1,6 @@
 """A comparison as one ``headstart run`` command per run: for schedulers that start each run as its own job.
 
-``headstart compare FILE --plan-only`` writes every planned run's run file to ``OUTPUT/plan/`` and
+``headstart compare FILE --plan-only`` writes every planned run's run file to ``OUTPUT/.plan/`` and
 prints the command that trains it into its usual folder (``OUTPUT/[labels-N/]ARM/seed-S``), one per
 line, in dependency order: a run that shares its first stages with another comes after it. Started
 as separate jobs (a SLURM array, one task per line), each run trains its shared stages itself
@@ -20,7 +20,8 @@ from headstart.compare.executor import jobs, label
 from headstart.compare.spec import CompareSpec, plan
 from headstart.files import atomic_write_bytes
 
-PLAN_FOLDER = "plan"
+PLAN_FOLDER = ".plan"
+"""Beside the arms' folders; a dot, as no arm name may start with one."""
 
 
 def plan_commands(spec: CompareSpec, base: Path = Path(".")) -> list[str]:

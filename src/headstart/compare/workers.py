@@ -11,7 +11,7 @@ Messages to the parent, each a tuple starting with the kind and the run's index 
 ``("stage", i, stage_index)`` when a stage finishes (a run that extends this one may then start),
 ``("trained", i, test, seconds)``, ``("line", i, text)`` (probe results), ``("done", i)`` (the
 worker is free), ``("failed", i, error)``, ``("interrupted", i)``. What the run itself prints
-(Lightning, the stage's device line) goes to ``OUTPUT/logs/worker-N.log``.
+(Lightning, the stage's device line) goes to ``OUTPUT/.logs/worker-N.log`` (a dot: no arm name can take it).
 """
 
 from __future__ import annotations
