@@ -283,3 +283,17 @@ def test_ray_tasks_give_the_results_of_one_run_after_another(one_after_another, 
     donor, sharer = (result.folder / arm / "seed-0" for arm in ("rotation", "rotation+more"))
     assert (sharer / "1-task" / "weights.safetensors").samefile(donor / "1-task" / "weights.safetensors")
     assert lines[0] == "3 runs submitted to Ray (1 CPU each)" and sum("ray: " in line for line in lines) == 3
+
+
+def test_a_run_stopped_between_linking_its_donors_stages_and_starting_is_linked_again(tmp_path):
+    """Links of a donor's stages are all such a folder holds (no run.json yet): it is cleared and
+    linked again, whereas anything else in the way is refused."""
+    from headstart.compare.sharing import reuse_or_resume
+
+    sharer = next(p for p in plan(parse_compare(_spec(tmp_path / "out", 1))) if p.arm == "rotation+more")
+    (sharer.folder / "0-rotation").mkdir(parents=True)
+    (sharer.folder / "0-rotation" / "weights.safetensors").write_bytes(b"a link")
+    assert reuse_or_resume(sharer, overwrite=False) == "overwrite"
+    (sharer.folder / "notes.txt").write_text("mine")
+    with pytest.raises(HeadstartError, match="is not a headstart run"):
+        reuse_or_resume(sharer, overwrite=False)

@@ -10,7 +10,7 @@ from headstart.config import (
     RunSpec,
 )
 from headstart.errors import HeadstartError
-from headstart.files import is_run
+from headstart.files import STAGE_FILE, is_run
 from headstart.probe import PROBE_FILE
 from headstart.structure import same_configuration
 
@@ -20,6 +20,8 @@ def reuse_or_resume(planned: PlannedRun, overwrite: bool) -> str:
     folder = planned.folder
     if not is_run(folder):
         if folder.exists() and any(folder.iterdir()):
+            if _linked_only(planned):  # stopped between linking a donor's stages and writing run.json
+                return "overwrite"
             raise HeadstartError(f"{folder}: exists and is not a headstart run; choose another output")
         return "fresh"
     record = RunRecord.read(folder)
@@ -31,6 +33,13 @@ def reuse_or_resume(planned: PlannedRun, overwrite: bool) -> str:
             f"arm {planned.spec.config_hash()}); pass --overwrite or choose another output"
         )
     return "reuse" if record.status == "finished" else "resume"
+
+
+def _linked_only(planned: PlannedRun) -> bool:
+    """Whether the run's folder holds nothing but its own stage folders and ``init-probe.json``: what
+    :func:`link_stages` leaves before the run starts (links of another run's files, safe to remove)."""
+    names = {stage_folder(planned.folder, index, stage.name).name for index, stage in enumerate(planned.spec.stages)}
+    return all(path.name in names | {INIT_PROBE_FILE} for path in planned.folder.iterdir())
 
 
 def common_stages(first: RunSpec, second: RunSpec) -> int:
@@ -69,7 +78,8 @@ def link_stages(donor: PlannedRun, planned: PlannedRun, count: int) -> list[str]
     for index, stage in enumerate(planned.spec.stages[:count]):
         source = stage_folder(donor.folder, index, stage.name)
         target = stage_folder(planned.folder, index, stage.name)
-        for path in source.rglob("*"):
+        # stage.json last: its presence marks the stage finished, so a link cut short (Ctrl+C) is retrained
+        for path in sorted(source.rglob("*"), key=lambda path: path.name == STAGE_FILE):
             if path.is_dir() or path.suffix == ".ckpt" or (path.name == PROBE_FILE and not same_labels):
                 continue
             destination = target / path.relative_to(source)
