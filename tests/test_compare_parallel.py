@@ -297,3 +297,29 @@ def test_a_run_stopped_between_linking_its_donors_stages_and_starting_is_linked_
     (sharer.folder / "notes.txt").write_text("mine")
     with pytest.raises(HeadstartError, match="is not a headstart run"):
         reuse_or_resume(sharer, overwrite=False)
+
+
+def test_the_commands_pass_workers_and_threads_on_and_the_resume_command_keeps_them(tmp_path, monkeypatch):
+    import headstart.compare
+    import headstart.demo
+
+    seen: list[dict] = []
+
+    def stand_in(spec, **options):
+        seen.append(options)
+        raise HeadstartError("stopped here")
+
+    monkeypatch.setattr(headstart.compare, "run", stand_in)
+    monkeypatch.setattr(headstart.demo, "run_comparison", stand_in)
+    file = tmp_path / "parallel.yaml"
+    file.write_text(yaml.safe_dump(_spec(tmp_path / "out"), sort_keys=False))
+    result = CliRunner().invoke(app, ["compare", str(file), "--workers", "2", "--threads", "1"])
+    assert result.output.strip() == "error: stopped here"
+    assert (seen[0]["workers"], seen[0]["threads"], seen[0]["executor"]) == (2, 1, "local")
+    assert seen[0]["how_to_continue"] == f"headstart compare {file} --workers 2 --threads 1"
+    CliRunner().invoke(app, ["demo", "--workers", "2", "--output", str(tmp_path / "demo")])
+    assert (seen[1]["workers"], seen[1]["threads"], seen[1]["how_to_continue"]) == (
+        2,
+        None,
+        "headstart demo --workers 2",
+    )
