@@ -130,7 +130,7 @@ def test_a_killed_worker_fails_only_its_runs_and_the_same_command_resumes_them(o
     assert "rotation, seed 0 (worker process killed by SIGKILL)" in message
     assert "rotation+more, seed 0 (not started" in message and message.endswith("resume with: AGAIN")
     record = json.loads((folder / "rotation" / "seed-0" / "run.json").read_text())
-    assert record["status"] == "running"  # the process died without a word; the comparison knows better
+    assert (record["status"], record["error"]) == ("failed", "worker process killed by SIGKILL")  # its parent wrote it
     assert set(_results_finished(folder)) == {"scratch/seed-0"}  # the other worker's run went on and finished
     assert not (folder / LOCK_FILE).exists()
     again: list[str] = []

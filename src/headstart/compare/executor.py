@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from headstart.checkpoint import stage_folder
+from headstart.checkpoint import RunRecord, stage_folder
 from headstart.compare.sharing import link_stages, shared_stages
 from headstart.compare.spec import CompareSpec, PlannedRun
 from headstart.errors import INTERRUPTED_EXIT_CODE, HeadstartError
-from headstart.files import is_finished_stage
+from headstart.files import is_finished_stage, is_run
 from headstart.report.summary import labels_per_class_text
 from headstart.stage import Interrupted
 
@@ -241,6 +241,17 @@ class _Worker:
             self.process.join()
 
 
+def record_failure(planned: PlannedRun, problem: str) -> None:
+    """Write ``failed`` into the run.json of a run whose process died before it could (it says
+    ``running``): records tell the truth, whoever reads them."""
+    if not is_run(planned.folder):
+        return
+    record = RunRecord.read(planned.folder)
+    if record.status == "running":
+        record.status, record.error = "failed", problem
+        record.write(planned.folder)
+
+
 def death(code: int | None) -> str:
     """Why a worker process ended, in words: ``killed by SIGKILL`` or ``exited with code 1``."""
     if code is not None and code < 0:
@@ -408,7 +419,9 @@ def run_local(
                             handle(worker, message)
                         if worker.job is not None:
                             job, worker.job = worker.job, None
-                            end(worker, job, f"worker process {death(worker.process.exitcode)}")
+                            problem = f"worker process {death(worker.process.exitcode)}"
+                            record_failure(job.planned, problem)
+                            end(worker, job, problem)
                         worker.process = None  # a fresh one takes the next run
     except KeyboardInterrupt:
         say("stopping every worker after its current step …")

@@ -25,7 +25,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from headstart.compare.executor import ComparisonInterrupted, Job, RunsFailed, label, outcome_line, start
+from headstart.compare.executor import (
+    ComparisonInterrupted,
+    Job,
+    RunsFailed,
+    label,
+    outcome_line,
+    record_failure,
+    start,
+)
 from headstart.compare.spec import CompareSpec, LabelErrorOptions, PlannedRun, ProbeOptions
 from headstart.compare.workers import one_line
 from headstart.errors import HeadstartError
@@ -140,6 +148,7 @@ def _submit_and_wait(
                 else:
                     cause = getattr(error, "cause", None) or error
                     failed[index] = one_line(cause)
+                    record_failure(job.planned, failed[index])  # a task whose process died left "running"
                 ended += job.trains
                 echo(f"[{ended}/{training}] ray: {label(job.planned)} failed: {failed[index]}")
                 continue
