@@ -207,6 +207,8 @@ class _Worker:
     def launch(self, context: Any) -> None:
         from headstart.compare.workers import main
 
+        if self.connection is not None:
+            self.connection.close()  # the pipe of a process that died
         parent, child = context.Pipe()
         values = {"OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
         if self.gpu is not None:
