@@ -323,3 +323,21 @@ def test_the_commands_pass_workers_and_threads_on_and_the_resume_command_keeps_t
         None,
         "headstart demo --workers 2",
     )
+
+
+def test_ray_tasks_run_on_an_existing_cluster_which_is_left_running(one_after_another, tmp_path):
+    """``--ray-address``: the runs go to a cluster started beforehand (here a one-node cluster on this
+    machine, as ``ray start --head`` starts one), which the comparison leaves running."""
+    pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    try:
+        spec = {**_spec(tmp_path / "out", 1), "arms": {"scratch": _spec(tmp_path)["arms"]["scratch"]}}
+        result = run_comparison(
+            spec, echo=lambda _: None, progress=False, executor="ray", threads=1, ray_address=cluster.address
+        )
+        assert _results(result.folder) == {"scratch/seed-0": one_after_another["scratch/seed-0"]}
+        assert cluster.head_node.remaining_processes_alive()
+    finally:
+        cluster.shutdown()
