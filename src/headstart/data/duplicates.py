@@ -134,7 +134,7 @@ def near_pairs(
     the same folder, and at 50,000 images the search takes 4-7 s."""
     digest = hashlib.blake2b(digest_size=16)
     for part in (hashes, thumbs, usable, np.array([max_distance, min_correlation])):
-        digest.update(memoryview(np.ascontiguousarray(part)).cast("B"))
+        digest.update(np.ascontiguousarray(part).view(np.uint8).data)
     key = digest.hexdigest()
     if not (_LAST_SEARCH and _LAST_SEARCH[0] == key):
         _LAST_SEARCH[:] = [key, _search(hashes, thumbs, usable, max_distance, min_correlation)]
