@@ -241,6 +241,22 @@ def test_a_request_past_the_timeout_gets_a_503_and_the_server_goes_on(best_folde
         assert _post(up, files={"file": ("digit.png", digits[0])}).status_code == 200
 
 
+def test_a_failing_batch_answers_500_in_one_line_and_the_next_one_runs(best_folder, digits):
+    predictor = Predictor(load_model(best_folder), device="cpu")
+    answer = predictor.classify
+    failures = [RuntimeError("out of memory")]
+
+    def classify(pixels):
+        if failures:
+            raise failures.pop()
+        return answer(pixels)
+
+    predictor.classify = classify  # type: ignore[method-assign]
+    with BackgroundServer(create_app(predictor)) as up:
+        _refused(_post(up, files={"file": ("digit.png", digits[0])}), 500, "internal error (RuntimeError)")
+        assert _post(up, files={"file": ("digit.png", digits[0])}).status_code == 200
+
+
 def test_efficientnet_lite0_with_its_imagenet_weights_says_cat_for_chelsea(lite0):
     from skimage import data
 

@@ -205,6 +205,7 @@ class Predictor:
 
     @property
     def preprocessing(self) -> Preprocessing:
+        """The network's input pipeline (``network.preprocessing``)."""
         return self.network.preprocessing
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -402,6 +403,7 @@ class PredictionSummary:
 
     @property
     def images_per_second(self) -> float:
+        """Images predicted per second of the call (unreadable ones not counted)."""
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
     def describe(self) -> str:
