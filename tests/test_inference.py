@@ -246,3 +246,25 @@ def test_a_file_without_read_permission_gets_a_row_with_its_error(digit_run_fold
     predictor = Predictor(load_model(digit_run_folder), device="cpu")
     (prediction,) = predict_files(predictor, find_images([locked.parent]), workers=0)
     assert prediction.error == f"{locked}: cannot be read (permission denied)"
+
+
+def test_the_progress_bar_starts_after_its_delay_on_a_terminal_only(photos, capsys):
+    from headstart.cli.models import _Progress
+
+    quiet = _Progress([str(photos)], delay=0.0)
+    assert not quiet.enabled  # pytest's stderr is no terminal
+    with quiet:
+        quiet(3, 0)
+    assert quiet.bar is None
+    shown = _Progress([str(photos)], delay=0.0)
+    shown.enabled = True
+    with shown:
+        shown._count()  # what the background thread does: 10 image files under the folder
+        shown(4, 2)
+        task = shown.bar.tasks[0]
+        assert (task.completed, task.total) == (4, 8) and task.fields["rate"].endswith("images/s")
+    later = _Progress([str(photos)], delay=60.0)
+    later.enabled = True
+    with later:
+        later(4, 0)
+    assert later.bar is None  # a run shorter than the delay shows no bar

@@ -14,7 +14,8 @@ through symbolic links walked once) and glob patterns, lazily. :func:`predict_fi
 through a ``torch.utils.data.DataLoader``: worker processes read each file with
 :func:`headstart.data.images.read_image` (EXIF orientation, every Pillow mode, the pixel cap that
 refuses decompression bombs) and apply the resize and crop; the uint8 pixels cross to the model's
-device, where they are scaled and normalised. Memory holds the batches in flight, not the images.
+device, where they are scaled and normalised. Memory holds the batches in flight and the names of
+the paths met (to take each once and to resume), never the images.
 
 An unreadable file (missing, empty, truncated, not an image, permission denied, too many pixels)
 becomes a :class:`Prediction` carrying the error, never an exception. :func:`predict_to_file`

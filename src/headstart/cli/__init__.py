@@ -2,9 +2,10 @@
 
 ``headstart demo`` is the main job (MNIST with 10 labels per class: scratch vs rotation
 pretraining vs ImageNet transfer); ``headstart run FILE`` runs the stages of a YAML run file,
-``--resume`` continues one that was interrupted. ``headstart predict IMAGE...`` classifies images
-with a pretrained network or a trained checkpoint (Keras' ``model.predict`` + ``decode_predictions``
-in one line); ``headstart zoo list`` shows the model names; ``headstart summary MODEL`` prints the
+``--resume`` continues one that was interrupted. ``headstart predict PATH...`` classifies image
+files, folders or globs with a pretrained network or a trained checkpoint (Keras' ``model.predict``
++ ``decode_predictions`` in one line; ``-o`` writes a row per image to a CSV or JSONL file);
+``headstart zoo list`` shows the model names; ``headstart summary MODEL`` prints the
 layer table with parameter counts, after freezing if asked (``--diagram FILE.svg`` also draws it);
 ``headstart lr-find FILE --stage NAME`` sweeps the learning rate of one stage and suggests one;
 ``headstart check-data PATH`` reports the copies, the pictures under two labels and the imbalance
