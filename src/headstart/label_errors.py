@@ -202,6 +202,7 @@ def suspect_labels(
 
 
 def write_label_issues(folder: str | Path, record: LabelIssues) -> Path:
+    """Write ``record`` as ``label-issues.json`` in ``folder`` (atomic); return its path."""
     path = Path(folder) / LABEL_ISSUES_FILE
     atomic_write_json(path, record.model_dump(mode="json"))
     return path
