@@ -25,13 +25,18 @@ CHECK = """<script>window.addEventListener("load", function () {
                          function (row) { return row.cells[0].textContent; });
   var images = [].map.call(document.images, function (image) {
     return {alt: image.alt, width: image.naturalWidth, height: image.naturalHeight}; });
-  var external = [].filter.call(document.querySelectorAll("[src],[href]"), function (node) {
+  // what the page would fetch (images, styles, scripts) or send the reader off the machine to; a
+  // relative link to a file of the folder (the handed-over model's card) is neither
+  var external = [].filter.call(document.querySelectorAll("[src],link[href],a[href]"), function (node) {
     var target = node.getAttribute("src") || node.getAttribute("href");
+    if (node.tagName === "A") return /^[a-z]+:/i.test(target) && !/^data:/.test(target);
     return !/^data:/.test(target) && !/^#/.test(target); }).length;
+  var cards = [].map.call(document.querySelectorAll("a[href$='MODEL_CARD.md']"),
+                          function (node) { return node.getAttribute("href"); });
   var effects = [].map.call(document.querySelectorAll("table[id^=effects] tbody tr"), function (row) {
     return [row.cells[0].textContent, row.cells[5].textContent]; });
   var out = document.createElement("pre"); out.id = "dom-check";
-  out.textContent = JSON.stringify({rows: rows, images: images, external: external, effects: effects});
+  out.textContent = JSON.stringify({rows: rows, images: images, external: external, effects: effects, cards: cards});
   document.body.appendChild(out);
 });</script>"""
 
@@ -106,6 +111,7 @@ def test_report_renders_in_headless_chromium_with_a_row_per_arm_and_every_image_
     assert {word for _, word in dom["effects"]} <= {"better", "worse", "not resolved"}
     assert all(image["width"] > 0 and image["height"] > 0 for image in dom["images"]), dom["images"]
     assert dom["external"] == 0
+    assert dom["cards"] and all((report.parent / card).is_file() for card in dom["cards"])  # the winners' cards
 
     shot = tmp_path / "report.png"
     subprocess.run(
