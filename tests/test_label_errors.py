@@ -105,3 +105,24 @@ def test_bad_inputs_are_refused(digits):
         leave_one_out_probabilities(torch.zeros(3, 4), labels[:5], 10)
     with pytest.raises(HeadstartError, match="k=0"):
         leave_one_out_probabilities(torch.from_numpy(pixels[:10]), labels[:10], 10, k=0)
+
+
+def test_the_terminal_line_names_the_most_doubtful_label_only_when_its_vote_disagrees(tmp_path):
+    from headstart.compare.evidence import suspects_line
+    from headstart.label_errors import LabelIssues, Suspect
+
+    def line(given: str, suggested: str, score: float, flagged: int) -> str:
+        suspect = Suspect(
+            position=3, name="image 3", given=given, suggested=suggested, score=score, flagged=bool(flagged)
+        )
+        issues = LabelIssues(
+            source="x", split="train", images=100, classes=["a", "b"], flagged=flagged, suspects=[suspect]
+        )
+        write_label_issues(tmp_path, issues)
+        return suspects_line(tmp_path)
+
+    assert line("a", "b", 0.03, 1) == (
+        "label check: cleanlab flags 1 of 100 labelled images; most doubtful: image 3 (given a, looks like b, 0.030)"
+    )
+    assert "agrees" in line("a", "a", 0.93, 0) and "most doubtful" not in line("a", "a", 0.93, 0)
+    assert suspects_line(tmp_path / "none") == "label check: not run"

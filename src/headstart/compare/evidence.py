@@ -127,7 +127,11 @@ def suspects_line(stage_folder: Path) -> str:
     line = f"label check: cleanlab flags {record.flagged} of {record.images} labelled images"
     if record.suspects:
         first = record.suspects[0]
-        line += f"; most doubtful: {first.name} (given {first.given}, looks like {first.suggested}, {first.score:.3f})"
+        if first.suggested != first.given:
+            line += f"; most doubtful: {first.name} (given {first.given}, looks like {first.suggested}"
+            line += f", {first.score:.3f})"
+        else:
+            line += f"; every label agrees with its neighbours' vote (lowest score {first.score:.3f})"
     return line
 
 
