@@ -118,8 +118,9 @@ def test_every_arm_runs_at_every_seed_on_the_same_splits(comparison):
 
 
 def test_each_run_ranks_its_labelled_images_and_the_report_shows_the_winners_suspects(comparison):
-    from headstart.label_errors import read_label_issues
-    from headstart.probe import run_data
+    from headstart.checkpoint import load_backbone
+    from headstart.label_errors import read_label_issues, suspect_labels
+    from headstart.probe import probe_features, run_data
 
     _, result, lines = comparison
     folder = result.folder
@@ -129,10 +130,14 @@ def test_each_run_ranks_its_labelled_images_and_the_report_shows_the_winners_sus
             record = read_label_issues(run / final)
             assert record is not None and record.images == 100 and len(record.suspects) == 12
             assert record.classes == [str(digit) for digit in range(10)]
-            scores = [suspect.score for suspect in record.suspects]
-            assert scores == sorted(scores) and all(0 <= score <= 1 for score in scores)
             data, _ = run_data(run)
             labelled = data.split("train")
+            # the same ranking again, from the final stage's own bank features: the 12 lowest scores of all 100
+            features = probe_features(load_backbone(run / final), data, image_size=16)
+            every = suspect_labels(features[0], labelled, data.class_names, source="x", top=100, thumbnails=False)
+            assert [s.position for s in record.suspects] == [s.position for s in every.suspects[:12]]
+            assert [s.score for s in record.suspects] == pytest.approx([s.score for s in every.suspects[:12]])
+            assert record.suspects[-1].score <= every.suspects[50].score  # the doubtful end of the ranking
             for suspect in record.suspects:  # the run's own labelled draw, with its given labels
                 assert suspect.name == labelled.describe(suspect.position)
                 assert suspect.given == str(labelled.labels[suspect.position])

@@ -197,8 +197,7 @@ def test_epochs_are_scaled_to_fit_the_budget():
 
 
 def test_a_large_folder_gets_epochs_of_a_few_thousand_images_and_a_cost_that_does_not_grow_with_it():
-    from headstart.demo_budget import epoch_images, epoch_steps
-    from headstart.demo_folder import EPOCH_IMAGES, capped_epochs
+    from headstart.demo_budget import EPOCH_IMAGES, capped_epochs, epoch_images, epoch_steps
 
     def arms(counts):
         return capped_epochs(

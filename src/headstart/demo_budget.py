@@ -34,6 +34,11 @@ cached features trained 55 epochs in 6.8 s on a 2-core CPU, 1.0 s of it computin
 RUN_OVERHEAD_S = 2.0
 """Seconds a run costs beyond its stages and images (folders, run record, test pass set-up)."""
 BUDGET_FILE = "budget.json"
+EPOCH_IMAGES = 4_000
+"""The most images one epoch of a stage reads in the folder demo. The recipe's epochs were tuned on
+MNIST-5k, whose training pool is 3,750 images; on a larger folder an epoch is a random draw of
+4,000 (``steps_per_epoch``), so an epoch costs what it cost there and the budget buys epochs
+rather than one pass over 50,000 images. A folder of up to 4,000 training images is unaffected."""
 PROBE_BATCHES = (25, 8)
 """Images per timed step of the speed probe: the task stages' batch (25) up to 96 px, 8 above. A small
 network's cost per image falls with the batch (resnet10t at 64 px on 2 cores: 20 ms per image at a
@@ -341,8 +346,54 @@ def fit_budget(
     return low, spec, cost(spec)
 
 
+def capped_epochs(arms: dict[str, dict[str, Any]], counts: Counts) -> dict[str, dict[str, Any]]:
+    """``arms`` with every stage whose epoch would read more than :data:`EPOCH_IMAGES` images capped
+    there (``steps_per_epoch``: each epoch a fresh random draw of that many)."""
+    for arm in arms.values():
+        for stage in arm["stages"]:
+            spec = StageSpec.model_validate(stage)
+            semi = spec.semi_supervised
+            per_step = spec.batch_size * (semi.ratio if semi is not None and semi.epoch == "unlabelled" else 1)
+            cap = max(1, math.ceil(EPOCH_IMAGES / per_step))
+            if epoch_steps(spec, counts) > cap:
+                stage["steps_per_epoch"] = cap
+    return arms
+
+
+def budget_line(
+    budget: float,
+    seeds: int,
+    quick: bool,
+    cap: float,
+    scale: float,
+    recipe: float,
+    estimate: float,
+    spent: float = 0.0,
+) -> str:
+    recipe_text = f"the recipe's epochs{' ×' + format(cap, 'g') + ' (--quick)' if quick else ''}"
+    head = f"budget {duration_text(budget)} for {seeds} seed(s)"
+    if spent >= 1:
+        head += f", {duration_text(spent)} of it spent on the data check and the timings"
+        budget -= spent
+    head += ": "
+    if scale >= cap:
+        return head + f"{recipe_text} need an estimated {duration_text(recipe)}, which fits"
+    if estimate > budget:
+        return head + (
+            f"{recipe_text} need an estimated {duration_text(recipe)}; even the fewest epochs (one per stage) "
+            f"need {duration_text(estimate)}, over the budget (fewer images, fewer seeds or a larger --budget fit)"
+        )
+    return head + (
+        f"{recipe_text} need an estimated {duration_text(recipe)}; every stage's epochs scaled by "
+        f"{scale / cap:.2f} to fit: an estimated {duration_text(estimate)}"
+    )
+
+
 __all__ = [
     "BUDGET_FILE",
+    "EPOCH_IMAGES",
+    "budget_line",
+    "capped_epochs",
     "epoch_images",
     "epoch_steps",
     "stage_images",

@@ -80,8 +80,9 @@ from headstart.demo_budget import (
     BUDGET_FILE,
     PROBE_SMALL_SIDE,
     Counts,
+    budget_line,
+    capped_epochs,
     duration_text,
-    epoch_steps,
     estimate_seconds,
     fit_budget,
     kept_plan,
@@ -113,11 +114,6 @@ MAX_VAL_IMAGES = 1_000
 """The validation split holds :data:`VAL_FRACTION` of the images up to 1,000: it is evaluated after
 every epoch (time to target, early stopping, the hand-over's choice of seed), and 1,000 images
 measure an accuracy of 0.9 to ±0.019 (95%); the images beyond stay in training."""
-EPOCH_IMAGES = 4_000
-"""The most images one epoch of a stage reads in the folder demo. The recipe's epochs were tuned on
-MNIST-5k, whose training pool is 3,750 images; on a larger folder an epoch is a random draw of
-4,000 (``steps_per_epoch``), so an epoch costs what it cost there and the budget buys epochs
-rather than one pass over 50,000 images. A folder of up to 4,000 training images is unaffected."""
 CACHE_BYTES = 2 * 1024**3
 """Decoded images are held in memory (``cache: true``) when all of them fit in 2 GiB, else streamed."""
 
@@ -470,7 +466,7 @@ def folder_comparison(
             for key, value in speeds.items()
         )
         + f"; decoding {1000 * decode:.1f} ms/image",
-        _budget_line(seconds_allowed, len(spec.seed_list), quick, cap, scale, recipe_seconds, estimate, spent)
+        budget_line(seconds_allowed, len(spec.seed_list), quick, cap, scale, recipe_seconds, estimate, spent)
         + ("; the epochs of the earlier run with the same data and options" if same_plan else ""),
         _epochs_line(spec),
     ]
@@ -485,51 +481,6 @@ def folder_comparison(
         "epochs": {arm: [stage.epochs for stage in spec.arms[arm].stages or []] for arm in spec.arms},
     }
     return FolderPlan(spec, document(scale), lines, record)
-
-
-def capped_epochs(arms: dict[str, dict[str, Any]], counts: Counts) -> dict[str, dict[str, Any]]:
-    """``arms`` with every stage whose epoch would read more than :data:`EPOCH_IMAGES` images capped
-    there (``steps_per_epoch``: each epoch a fresh random draw of that many)."""
-    from headstart.config import StageSpec
-
-    for arm in arms.values():
-        for stage in arm["stages"]:
-            spec = StageSpec.model_validate(stage)
-            semi = spec.semi_supervised
-            per_step = spec.batch_size * (semi.ratio if semi is not None and semi.epoch == "unlabelled" else 1)
-            cap = max(1, math.ceil(EPOCH_IMAGES / per_step))
-            if epoch_steps(spec, counts) > cap:
-                stage["steps_per_epoch"] = cap
-    return arms
-
-
-def _budget_line(
-    budget: float,
-    seeds: int,
-    quick: bool,
-    cap: float,
-    scale: float,
-    recipe: float,
-    estimate: float,
-    spent: float = 0.0,
-) -> str:
-    recipe_text = f"the recipe's epochs{' ×' + format(cap, 'g') + ' (--quick)' if quick else ''}"
-    head = f"budget {duration_text(budget)} for {seeds} seed(s)"
-    if spent >= 1:
-        head += f", {duration_text(spent)} of it spent on the data check and the timings"
-        budget -= spent
-    head += ": "
-    if scale >= cap:
-        return head + f"{recipe_text} need an estimated {duration_text(recipe)}, which fits"
-    if estimate > budget:
-        return head + (
-            f"{recipe_text} need an estimated {duration_text(recipe)}; even the fewest epochs (one per stage) "
-            f"need {duration_text(estimate)}, over the budget (fewer images, fewer seeds or a larger --budget fit)"
-        )
-    return head + (
-        f"{recipe_text} need an estimated {duration_text(recipe)}; every stage's epochs scaled by "
-        f"{scale / cap:.2f} to fit: an estimated {duration_text(estimate)}"
-    )
 
 
 def run_folder_demo(
