@@ -103,6 +103,8 @@ def test_bad_inputs_are_refused(digits):
         suspect_labels(torch.zeros(3, 4), images, CLASSES, source="x")
     with pytest.raises(HeadstartError, match="feature rows"):
         leave_one_out_probabilities(torch.zeros(3, 4), labels[:5], 10)
+    with pytest.raises(HeadstartError, match="expected 0 to 9"):
+        leave_one_out_probabilities(torch.from_numpy(pixels[:10]), labels[:10] + 5, 10)
     with pytest.raises(HeadstartError, match="k=0"):
         leave_one_out_probabilities(torch.from_numpy(pixels[:10]), labels[:10], 10, k=0)
 

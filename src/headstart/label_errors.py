@@ -96,6 +96,11 @@ def leave_one_out_probabilities(
         raise HeadstartError(
             f"label errors: {len(features)} feature rows for {len(labels)} labels; expected the same number, at least 2"
         )
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise HeadstartError(
+            f"label errors: labels from {int(labels.min())} to {int(labels.max())}; expected 0 to {num_classes - 1} "
+            f"({num_classes} classes)"
+        )
     normalised = torch.nn.functional.normalize(features.detach().float().cpu(), dim=1)
     k = min(k, len(labels) - 1)
     votes = torch.zeros(len(labels), num_classes)
