@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -220,6 +222,38 @@ def test_ctrl_c_from_python_raises_interrupted_and_resume_finishes(tmp_path):
     assert (tmp_path / "t" / "last.ckpt").is_file() and not (tmp_path / "t" / "stage.json").exists()
     record = fit_stage(digit_network(), spec, data, folder=tmp_path / "t", image_size=16, resume=True)
     assert [row["epoch"] for row in record.history] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("hook", ["on_validation_end", "on_fit_end", "setup"])
+def test_ctrl_c_after_the_last_step_or_before_the_first_is_not_swallowed(tmp_path, hook):
+    """A signal with no training step left to stop after (in the final validation, as Lightning
+    winds down) or none begun (in Lightning's set-up) still stops the stage with Interrupted,
+    instead of being lost (the process would go on as if nobody had pressed Ctrl+C) or meeting
+    Lightning's own handler (sys.exit(1), every later Ctrl+C ignored)."""
+    from lightning.pytorch.callbacks import Callback
+
+    class CtrlC(Callback):
+        def __init__(self):
+            self.sent = False
+
+        def send(self, trainer):
+            last = trainer.current_epoch == spec.epochs - 1 or hook in ("setup", "on_fit_end")
+            if last and not self.sent and not trainer.sanity_checking:
+                self.sent = True
+                os.kill(os.getpid(), signal.SIGINT)
+
+    def at(self, trainer, *_, **__):
+        self.send(trainer)
+
+    setattr(CtrlC, hook, at)
+    data, spec = digit_data(20), StageSpec(name="task", epochs=2, batch_size=25)
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(Interrupted, match="interrupted during stage 'task'"):
+        fit_stage(digit_network(), spec, data, folder=tmp_path / "t", image_size=16, callbacks=[CtrlC()])
+    assert signal.getsignal(signal.SIGINT) is before  # handlers given back
+    assert not (tmp_path / "t" / "stage.json").exists()
+    record = fit_stage(digit_network(), spec, data, folder=tmp_path / "t", image_size=16, resume=True)
+    assert [row["epoch"] for row in record.history] == [0, 1]
 
 
 def test_a_checkpoint_write_that_fails_behind_the_training_stops_the_stage_and_keeps_the_last_good_one(

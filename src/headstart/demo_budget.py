@@ -370,6 +370,10 @@ def budget_line(
     estimate: float,
     spent: float = 0.0,
 ) -> str:
+    """The line the demo prints about its budget: what the recipe's epochs would take (``recipe``
+    seconds), and whether they fit, were scaled by ``scale / cap`` to an ``estimate`` that fits, or
+    cannot fit even at one epoch per stage. ``spent`` seconds (the data check, the timing probes)
+    are named and taken out of ``budget`` first."""
     recipe_text = f"the recipe's epochs{' ×' + format(cap, 'g') + ' (--quick)' if quick else ''}"
     head = f"budget {duration_text(budget)} for {seeds} seed(s)"
     if spent >= 1:

@@ -430,6 +430,10 @@ def run_local(
         for worker in pool:
             if worker.process is not None and worker.process.is_alive():
                 os.kill(worker.process.pid, signal.SIGINT)
+                try:  # and no next run: a worker that finished its run as the signal came ends too
+                    worker.connection.send(None)
+                except (OSError, ValueError):
+                    pass
         deadline = time.monotonic() + 120
         for worker in pool:
             if worker.process is not None:

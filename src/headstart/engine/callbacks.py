@@ -32,37 +32,62 @@ class InterruptOnSignal(Callback):
 
     The partly trained epoch is abandoned rather than saved, so the checkpoint on disk is always
     an epoch boundary and a resumed run repeats exactly what an uninterrupted run would do.
+
+    A signal that arrives after the last step (in the final validation, or while Lightning winds
+    down) finds no step to stop after: :meth:`raise_if_signalled` raises it once the fit returns,
+    so that Ctrl+C is never swallowed. :meth:`listen` installs the handlers before the fit starts:
+    a Ctrl+C in Lightning's own set-up would otherwise meet Lightning's handler, which ignores every
+    later SIGINT and exits the process.
     """
 
     def __init__(self) -> None:
         self.signal_name: str | None = None
         self._previous: dict[int, Any] = {}
+        self._held = False  # listen() was called before the fit: its caller restores, after the fit
 
     def _handler(self, signum, frame) -> None:  # noqa: ARG002
         self.signal_name = signal.Signals(signum).name
 
-    def on_fit_start(self, trainer, pl_module) -> None:
+    def listen(self) -> None:
+        """Install the handlers before a fit (once; the previous ones are kept for :meth:`restore`,
+        which the caller then calls after the fit: a signal in the fit's last hooks is caught too)."""
+        self._held = True
+        self._install()
+
+    def _install(self) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
+            if signum in self._previous:
+                continue
             try:
                 self._previous[signum] = signal.signal(signum, self._handler)
             except ValueError:  # not the main thread
                 pass
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._install()
 
     def restore(self) -> None:
         """Put back the signal handlers that were in place before the fit started."""
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+        self._held = False
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def raise_if_signalled(self) -> None:
+        """Raise :class:`RunInterrupted` if a signal arrived and nothing has acted on it yet."""
         if self.signal_name is not None:
             raise RunInterrupted(self.signal_name)
 
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.raise_if_signalled()
+
     def on_fit_end(self, trainer, pl_module) -> None:
-        self.restore()
+        if not self._held:
+            self.restore()
 
     def on_exception(self, trainer, pl_module, exception) -> None:
-        self.restore()
+        if not self._held:
+            self.restore()
 
 
 class EpochHistory(Callback):

@@ -107,7 +107,7 @@ def sweep(
             limit_val_batches=0,
         )
         network.train()  # as fit_stage: the frozen BatchNorm policy keeps its layers in eval mode
-        module.interrupt.on_fit_start(trainer, module)
+        module.interrupt.listen()
         try:
             with accelerated(network, **memory_and_kernels(options, trainer.strategy.root_device.type)):
                 finder = Tuner(trainer).lr_find(
@@ -119,6 +119,8 @@ def sweep(
                     early_stop_threshold=divergence,
                     update_attr=False,
                 )
+            module.interrupt.restore()
+            module.interrupt.raise_if_signalled()  # Ctrl+C after the sweep's last step
         except (RunInterrupted, SIGTERMException, KeyboardInterrupt) as interruption:
             raise SweepInterrupted(
                 f"interrupted during the learning-rate sweep of stage '{stage.name}'; nothing was written"

@@ -109,11 +109,17 @@ def train(
     # would be off. Network.train() keeps the layers of the `frozen` BatchNorm policy in eval mode.
     network.train()
     resume_from = folder / RESUME_FILE
+    interrupter = next(callback for callback in callbacks if isinstance(callback, InterruptOnSignal))
     try:
-        with accelerated(
-            network, compile=compiled, channels_last=device.channels_last, one_pixel_matmul=device.one_pixel_matmul
-        ):
-            trainer.fit(module, ckpt_path=str(resume_from) if resume and resume_from.is_file() else None)
+        interrupter.listen()
+        try:
+            with accelerated(
+                network, compile=compiled, channels_last=device.channels_last, one_pixel_matmul=device.one_pixel_matmul
+            ):
+                trainer.fit(module, ckpt_path=str(resume_from) if resume and resume_from.is_file() else None)
+        finally:
+            interrupter.restore()
+        interrupter.raise_if_signalled()  # Ctrl+C after the last step: the stage stops here all the same
     except (RunInterrupted, SIGTERMException, KeyboardInterrupt) as interruption:
         raise Interrupted(folder, stage.name) from interruption
     best_epoch = None
