@@ -12,6 +12,8 @@ at one budget (``examples/compare/label-budgets.yaml --label-budgets 1``).
 
     python bench/bench_compare_workers.py [--seeds 3] [--only demo|budgets] [--quick] [--keep DIR]
 
+``--seeds N`` runs seeds 0..N-1 of either comparison (the label-budget one at one seed: 11 runs a side).
+
 Simulated (``--simulate``, seconds): the wall time of the whole label-budget grid
 (``examples/compare/label-budgets.yaml``: every arm × 4 budgets × 3 seeds; and its first 108-run form,
 without the two ``-9`` arms) on 1, 8 and 4 × 8 GPUs, one run per GPU, given the order runs depend on
@@ -244,7 +246,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--simulate", action="store_true", help="Simulate the label-budget grid on 8 and 32 GPUs.")
     parser.add_argument("--times", type=Path, default=MEASURED, help="A comparison.json with measured run times.")
-    parser.add_argument("--seeds", type=int, default=3, help="Seeds of the demo (3, as the README measures it).")
+    parser.add_argument("--seeds", type=int, default=3, help="Seeds of each comparison (3, as the README measures it).")
     parser.add_argument("--only", choices=("demo", "budgets"), help="Measure one comparison only.")
     parser.add_argument("--quick", action="store_true", help="The demo's quick epochs (a smoke test of the bench).")
     parser.add_argument("--keep", type=Path, help="Keep the comparisons' folders here.")
@@ -258,7 +260,8 @@ def main() -> None:
         demo = headstart + ["demo", "--seeds", str(arguments.seeds)] + (["--quick"] if arguments.quick else [])
         measure("demo", demo, cores, arguments.keep)
     if arguments.only in (None, "budgets"):
-        budgets = headstart + ["compare", str(LABEL_BUDGETS), "--label-budgets", "1"]
+        seeds = ",".join(str(seed) for seed in range(arguments.seeds))
+        budgets = headstart + ["compare", str(LABEL_BUDGETS), "--label-budgets", "1", "--seeds", seeds]
         measure("label budgets at 1 label per class", budgets, cores, arguments.keep)
 
 

@@ -8,6 +8,7 @@ chelsea, coffee, rocket; crops and mirror images, JPEG) and LFW faces (grey 25-p
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -133,7 +134,7 @@ def test_image_sizes_follow_the_images(median_side, sides):
 
 COUNTS = Counts(train=100, unlabelled=400, val=20, test=40, files=560)
 SPEEDS = {
-    "resnet10t@64": Speed(train=0.004, infer=0.001, build=0.2),
+    "resnet10t@64": Speed(train=0.004, infer=0.001, build=0.2, train_step=0.03, infer_step=0.004),
     "efficientnet_lite0@224": Speed(train=0.08, infer=0.02, build=1.0),
 }
 
@@ -156,9 +157,10 @@ def test_fixmatch_cost_counts_passes_over_the_unlabelled_images():
     stage = _comparison(1.0).arms["rotation+freematch"].stages[-1]
     semi = stage.semi_supervised
     speed = SPEEDS["resnet10t@64"]
-    step = (25 + 7 * 25) * speed.train + 7 * 25 * speed.infer
+    # one training step of the labelled and strong copies, one forward pass of the weak copies
+    step = (speed.train_step + (25 + 7 * 25) * speed.train) + (speed.infer_step + 7 * 25 * speed.infer)
     steps = -(-COUNTS.pool // (7 * 25)) if semi.epoch == "unlabelled" else -(-COUNTS.train // 25)
-    every_epoch = 20 * speed.infer + EPOCH_OVERHEAD_S  # the validation pass and the epoch loop
+    every_epoch = speed.infer_step + 20 * speed.infer + EPOCH_OVERHEAD_S  # the validation pass (20 < 64: one batch)
     assert stage_seconds(stage, speed, COUNTS) == pytest.approx(stage.epochs * (steps * step + every_epoch))
 
 
@@ -502,3 +504,30 @@ def test_the_speed_probe_times_the_network_as_the_stages_train_it(monkeypatch):
     speed = demo_budget.measure_speed("resnet10t", 32, batch=4, repeats=1)
     assert speed.train > 0 and speed.infer > 0
     assert seen and all(swapped and channels_last for swapped, channels_last in seen), seen
+
+
+def test_the_speed_probe_draws_a_line_through_two_batch_sizes(monkeypatch):
+    """A step's fixed cost and each image's, from steps timed at 25 and 100 images (resnet10t at
+    32 px on 2 cores: 66 and 116 ms): a FixMatch step of 200 images is then costed near its 193 ms,
+    where the cost per image at 25 alone would say 528. Timings kept by an earlier run without the
+    step costs are taken again."""
+    per_image, per_step = demo_budget._line((25, 100), [0.066, 0.116])
+    assert (per_image, per_step) == pytest.approx((0.05 / 75, 0.066 - 25 * 0.05 / 75))
+    line = Speed(train=per_image, infer=0.0, build=0.0, train_step=per_step)
+    assert line.training(200, 1) == pytest.approx(0.182, abs=0.001)
+    assert line.training(100, 4) == pytest.approx(4 * per_step + 100 * per_image)
+    assert demo_budget._line((25, 100), [0.070, 0.060]) == (0.070 / 25, 0.0)  # noise: never a negative cost
+    assert demo_budget._line((8,), [0.6]) == (0.075, 0.0)
+    timed = []
+
+    def probe(model, side, **_):
+        timed.append((model, side))
+        return Speed(train=0.001, infer=0.0002, build=0.1, train_step=0.03, infer_step=0.004)
+
+    monkeypatch.setattr(demo_budget, "measure_speed", probe)
+    machine = demo_budget.hardware()
+    old = {"machine": machine, "speeds": {"resnet10t@32": {"train": 0.002, "infer": 0.0003, "build": 0.1}}}
+    speeds, _, reused = demo_budget.speeds_for({"resnet10t": 32}, old, 0.001, "32px/1")
+    assert timed == [("resnet10t", 32)] and not reused and speeds["resnet10t@32"].train_step == 0.03
+    new = {"machine": machine, "speeds": {"resnet10t@32": asdict(speeds["resnet10t@32"])}, "decode": {"32px/1": 0.001}}
+    assert demo_budget.speeds_for({"resnet10t": 32}, new, 0.001, "32px/1")[2] and len(timed) == 1

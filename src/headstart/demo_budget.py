@@ -21,6 +21,7 @@ from headstart.compare import CompareSpec
 from headstart.config import StageSpec
 from headstart.data.splits import Splits
 from headstart.engine.accelerate import accelerated
+from headstart.engine.passes import INFERENCE_BATCH
 from headstart.engine.trainer import TrainerOptions, memory_and_kernels
 from headstart.errors import HeadstartError
 from headstart.files import hardware, read_json
@@ -39,11 +40,15 @@ EPOCH_IMAGES = 4_000
 MNIST-5k, whose training pool is 3,750 images; on a larger folder an epoch is a random draw of
 4,000 (``steps_per_epoch``), so an epoch costs what it cost there and the budget buys epochs
 rather than one pass over 50,000 images. A folder of up to 4,000 training images is unaffected."""
-PROBE_BATCHES = (25, 8)
-"""Images per timed step of the speed probe: the task stages' batch (25) up to 96 px, 8 above. A small
-network's cost per image falls with the batch (resnet10t at 64 px on 2 cores: 20 ms per image at a
-batch of 8, 11 at 25), a large input's does not (EfficientNet-Lite0 at 224 px: 74 and 76 ms), and
-a batch of 8 keeps the probe of the large one to a few seconds."""
+PROBE_BATCHES = ((25, 100), (8,))
+"""Images per timed step of the speed probe: up to 96 px, the task stages' batch (25) and 100, which
+give each step's fixed cost and each image's (:class:`Speed`); above, 8 alone. A small network's cost
+per image falls with the batch (resnet10t at 32 px on 2 cores, a training step: 66 ms at 25 images,
+116 at 100, 193 at 200, which the line through the first two puts at 182), and the stages train at
+25 (task), 128 (rotation) and 25 + 175 (FixMatch): timed at 25 alone, the rotation and FreeMatch
+stages of the 50,000-image demo were costed 1.7× their measured seconds. A large input's cost per
+image does not fall (EfficientNet-Lite0 at 224 px: 74 ms at a batch of 8, 76 at 25), and one batch
+of 8 keeps the probe of the large one to a few seconds."""
 PROBE_SMALL_SIDE = 96
 """Largest side probed with the first batch of :data:`PROBE_BATCHES` (the line the folder demo draws
 between small images and photographs)."""
@@ -112,7 +117,8 @@ class Counts:
 
 @dataclass(frozen=True)
 class Speed:
-    """Seconds per image of one model at one side on this machine, from a short timed probe."""
+    """Seconds of one model at one side on this machine, from a short timed probe: a step of ``b``
+    images costs ``train_step + b × train`` to train and ``infer_step + b × infer`` to infer."""
 
     train: float
     """A training step (forward, backward, Adam update) per image, training mode."""
@@ -120,6 +126,18 @@ class Speed:
     """A forward pass per image, evaluation mode, no gradients."""
     build: float
     """Building the model once (seconds, not per image)."""
+    train_step: float = 0.0
+    """A training step's cost beyond its images (seconds; 0 when probed at one batch size)."""
+    infer_step: float = 0.0
+    """A forward pass's cost beyond its images (seconds; 0 when probed at one batch size)."""
+
+    def training(self, images: float, steps: float) -> float:
+        """Seconds to train ``images`` in ``steps`` steps."""
+        return steps * self.train_step + images * self.train
+
+    def inference(self, images: float, batch: int = INFERENCE_BATCH) -> float:
+        """Seconds of a whole-set pass over ``images`` in batches of ``batch``."""
+        return math.ceil(images / batch) * self.infer_step + images * self.infer
 
 
 def _fastest(step: Callable[[], None], repeats: int, synchronise: Callable[[], None]) -> float:
@@ -136,11 +154,12 @@ def _fastest(step: Callable[[], None], repeats: int, synchronise: Callable[[], N
 
 def measure_speed(model: str, side: int, *, batch: int | None = None, repeats: int = 3) -> Speed:
     """Time ``model`` at ``side`` px: the fastest of ``repeats`` steps after a warm-up one, on the
-    device a run would use (the GPU when there is one); ``batch`` by default from :data:`PROBE_BATCHES`."""
+    device a run would use (the GPU when there is one), at each batch size of :data:`PROBE_BATCHES`
+    (``batch``: that one alone); two sizes give the line through them, a step's fixed cost and each
+    image's, one the cost per image alone."""
     import torch
 
-    if batch is None:
-        batch = PROBE_BATCHES[0] if side <= PROBE_SMALL_SIDE else PROBE_BATCHES[1]
+    batches = (batch,) if batch is not None else PROBE_BATCHES[0] if side <= PROBE_SMALL_SIDE else PROBE_BATCHES[1]
 
     from headstart.zoo import load
 
@@ -149,25 +168,40 @@ def measure_speed(model: str, side: int, *, batch: int | None = None, repeats: i
     started = time.perf_counter()
     network = load(model, weights=None, include_top=False, num_classes=2).to(device)
     build = time.perf_counter() - started
-    images = torch.rand(batch, 3, side, side, device=device)
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-4)
-    network.train()
-
-    def train_step() -> None:
-        optimizer.zero_grad()
-        network(images).logsumexp(dim=1).mean().backward()
-        optimizer.step()
-
-    def infer_step() -> None:  # whole-set passes feed channels-last batches (engine.passes.network_input)
-        with torch.no_grad():
-            network(images.contiguous(memory_format=torch.channels_last))
-
+    trains, infers = [], []
     # the memory order and convolutions the stages will train with (channels_last: auto)
     with accelerated(network, **memory_and_kernels(TrainerOptions(), device)):
-        train = _fastest(train_step, repeats, synchronise) / batch
-        network.eval()
-        infer = _fastest(infer_step, repeats, synchronise) / batch
-    return Speed(train=train, infer=infer, build=build)
+        for size in batches:
+            images = torch.rand(size, 3, side, side, device=device)
+
+            def train_step(images: Any = images) -> None:
+                optimizer.zero_grad()
+                network(images).logsumexp(dim=1).mean().backward()
+                optimizer.step()
+
+            def infer_step(images: Any = images) -> None:  # whole-set passes feed channels-last batches
+                with torch.no_grad():
+                    network(images.contiguous(memory_format=torch.channels_last))
+
+            network.train()
+            trains.append(_fastest(train_step, repeats, synchronise))
+            network.eval()
+            infers.append(_fastest(infer_step, repeats, synchronise))
+    train, train_step_seconds = _line(batches, trains)
+    infer, infer_step_seconds = _line(batches, infers)
+    return Speed(train=train, infer=infer, build=build, train_step=train_step_seconds, infer_step=infer_step_seconds)
+
+
+def _line(batches: tuple[int, ...], seconds: list[float]) -> tuple[float, float]:
+    """Seconds per image and per step from steps timed at the first and last batch size. One size,
+    or timings the noise has bent (a step of more images no slower, or a line below zero at no
+    images): all of it per image, at the dearer of the two."""
+    per_image = (seconds[-1] - seconds[0]) / (batches[-1] - batches[0]) if batches[-1] != batches[0] else 0.0
+    per_step = seconds[0] - batches[0] * per_image
+    if per_image <= 0.0 or per_step < 0.0:
+        return max(time / size for time, size in zip(seconds, batches, strict=True)), 0.0
+    return per_image, per_step
 
 
 def _speed_key(model: str, side: int) -> str:
@@ -198,7 +232,7 @@ def speeds_for(
     reused = True
     for model, side in models.items():
         key = _speed_key(model, side)
-        if key in stored:
+        if "train_step" in stored.get(key, {}):  # timings kept before step costs were probed are taken again
             speeds[key] = Speed(**stored[key])
         else:
             speeds[key] = measure_speed(model, side)
@@ -227,24 +261,26 @@ def _cached_head(stage: StageSpec) -> bool:
 def stage_seconds(stage: StageSpec, speed: Speed, counts: Counts) -> float:
     """Estimated seconds of one stage: its epochs of training and validation passes.
 
-    * pretext stage on ``data: all``: ``pool × train + val × infer`` per epoch;
-    * task stage: ``train × train + val × infer`` per epoch;
-    * FixMatch: per step ``(b + μb) × train`` (labelled and strong copies) ``+ μb × infer`` (the
-      weak copies' pseudo-labels), ``ceil(unlabelled / μb)`` steps per epoch with ``epoch:
-      unlabelled`` (``ceil(train / b)`` with ``epoch: labelled``), plus the validation pass;
-    * a head on cached features: one pass over train and validation (``infer``); its epochs
-      cost next to nothing;
+    * pretext stage on ``data: all``: its steps over the pool (a step of ``b`` images costs
+      :meth:`Speed.training`) and the validation pass (:meth:`Speed.inference`) per epoch;
+    * task stage: the same over the labelled training images;
+    * FixMatch: per step a training step of ``b + μb`` images (labelled and strong copies) and a
+      forward pass of ``μb`` (the weak copies' pseudo-labels), ``ceil(unlabelled / μb)`` steps per
+      epoch with ``epoch: unlabelled`` (``ceil(train / b)`` with ``epoch: labelled``), plus the
+      validation pass;
+    * a head on cached features: one pass over train and validation; its epochs cost next to nothing;
     * every epoch: :data:`EPOCH_OVERHEAD_S`.
     """
     if _cached_head(stage):
-        return (counts.train + counts.val) * speed.infer + stage.epochs * EPOCH_OVERHEAD_S
-    every_epoch = counts.val * speed.infer + EPOCH_OVERHEAD_S
+        return speed.inference(counts.train) + speed.inference(counts.val) + stage.epochs * EPOCH_OVERHEAD_S
+    every_epoch = speed.inference(counts.val) + EPOCH_OVERHEAD_S
     semi = stage.semi_supervised
+    steps = epoch_steps(stage, counts)
     if semi is None:
-        return stage.epochs * (epoch_images(stage, counts) * speed.train + every_epoch)
+        return stage.epochs * (speed.training(epoch_images(stage, counts), steps) + every_epoch)
     batch = stage.batch_size
-    per_step = (batch + semi.ratio * batch) * speed.train + semi.ratio * batch * speed.infer
-    return stage.epochs * (epoch_steps(stage, counts) * per_step + every_epoch)
+    per_step = speed.training(batch + semi.ratio * batch, 1) + speed.inference(semi.ratio * batch, semi.ratio * batch)
+    return stage.epochs * (steps * per_step + every_epoch)
 
 
 def stage_images(stage: StageSpec, counts: Counts) -> int:
@@ -299,8 +335,8 @@ def estimate_seconds(spec: CompareSpec, counts: Counts, speeds: dict[str, Speed]
         read = sum(_images_read(stage, counts) for stage in fresh)
         touched = min(counts.files, counts.val + counts.test + counts.train + read)
         per_seed += RUN_OVERHEAD_S + 2 * speed.build + (touched + counts.train + counts.test) * decode
-        per_seed += counts.test * speed.infer
-        per_seed += (1 + len(fresh)) * (counts.train + counts.test) * speed.infer
+        per_seed += speed.inference(counts.test)
+        per_seed += (1 + len(fresh)) * (speed.inference(counts.train) + speed.inference(counts.test))
         per_seed += sum(STAGE_OVERHEAD_S + stage_seconds(stage, speed, counts) for stage in fresh)
     return per_seed * len(spec.seed_list)
 

@@ -463,6 +463,11 @@ def folder_comparison(
         + "): "
         + "; ".join(
             f"{key} {1000 * value.train:.1f} ms/image to train, {1000 * value.infer:.1f} to infer"
+            + (
+                f" (+{1000 * value.train_step:.0f} and {1000 * value.infer_step:.0f} ms/step)"
+                if value.train_step
+                else ""
+            )
             for key, value in speeds.items()
         )
         + f"; decoding {1000 * decode:.1f} ms/image",
