@@ -260,8 +260,7 @@ def main() -> None:
         demo = headstart + ["demo", "--seeds", str(arguments.seeds)] + (["--quick"] if arguments.quick else [])
         measure("demo", demo, cores, arguments.keep)
     if arguments.only in (None, "budgets"):
-        seeds = ",".join(str(seed) for seed in range(arguments.seeds))
-        budgets = headstart + ["compare", str(LABEL_BUDGETS), "--label-budgets", "1", "--seeds", seeds]
+        budgets = headstart + ["compare", str(LABEL_BUDGETS), "--label-budgets", "1", "--seeds", str(arguments.seeds)]
         measure("label budgets at 1 label per class", budgets, cores, arguments.keep)
 
 

@@ -165,33 +165,62 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads worker processes from /proc")
-def test_ctrl_c_stops_every_worker_and_keeps_every_finished_run(one_after_another, tmp_path):
+def _interrupted_comparison(tmp_path: Path, options: list[str], on_start=lambda pid: None) -> tuple[Path, str]:
+    """Start ``headstart compare`` (one seed) with ``options``, send the command alone SIGINT (as a
+    scheduler would) once rotation has a checkpoint; check the one-line ending and that no lock is
+    left. Returns the output folder and the command's standard error."""
     folder = tmp_path / "out"
     file = tmp_path / "parallel.yaml"
     file.write_text(yaml.safe_dump(_spec(folder, seeds=1), sort_keys=False))
-    command = [sys.executable, "-m", "headstart", "compare", str(file), "--workers", "2", "--threads", "1"]
+    command = [sys.executable, "-m", "headstart", "compare", str(file), *options]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 180
     while not (folder / "rotation" / "seed-0" / "0-rotation" / "last.ckpt").exists():
         assert time.monotonic() < deadline and process.poll() is None, process.communicate()
         time.sleep(0.02)
-    workers = _workers(process.pid)
-    assert len(workers) == 2
-    os.kill(process.pid, signal.SIGINT)  # the parent alone, as a scheduler would send it
-    _, errors = process.communicate(timeout=120)
+    on_start(process.pid)
+    os.kill(process.pid, signal.SIGINT)
+    _, errors = process.communicate(timeout=180)
     assert process.returncode == 130, errors
-    assert errors.strip().splitlines()[-1].startswith("error: interrupted; every worker stopped"), errors
-    assert "headstart compare" in errors.strip().splitlines()[-1] and "Traceback" not in errors
-    assert not [pid for pid in workers if _alive(pid)]
-    interrupted = json.loads((folder / "rotation" / "seed-0" / "run.json").read_text())
-    assert interrupted["status"] == "interrupted"
+    last = errors.strip().splitlines()[-1]
+    assert last.startswith("error: interrupted; every worker stopped"), errors
+    assert f"headstart compare {file} {' '.join(options)}" in last and "Traceback" not in errors
     assert not (folder / LOCK_FILE).exists()
+    return folder, errors
+
+
+def _continued(folder: Path, one_after_another: dict, **options) -> None:
+    """The same comparison again reuses every run that finished before Ctrl+C and ends with the
+    results of one run after another."""
     finished = _results_finished(folder)
     lines: list[str] = []
-    run_comparison(_spec(folder, 1), echo=lines.append, progress=False, workers=2, threads=1)
+    run_comparison(_spec(folder, 1), echo=lines.append, progress=False, threads=1, **options)
     assert sum("finished before, reused" in line for line in lines) == len(finished)
     assert _results(folder) == _seed_zero(one_after_another)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads worker processes from /proc")
+def test_ctrl_c_stops_every_worker_and_keeps_every_finished_run(one_after_another, tmp_path):
+    workers: list[int] = []
+
+    def two_workers(pid: int) -> None:
+        workers.extend(_workers(pid))
+        assert len(workers) == 2
+
+    folder, _ = _interrupted_comparison(tmp_path, ["--workers", "2", "--threads", "1"], two_workers)
+    assert not [pid for pid in workers if _alive(pid)]
+    assert json.loads((folder / "rotation" / "seed-0" / "run.json").read_text())["status"] == "interrupted"
+    _continued(folder, one_after_another, workers=2)
+
+
+def test_ctrl_c_under_ray_cancels_every_task_and_keeps_every_finished_run(one_after_another, tmp_path):
+    """Ctrl+C to the command that submitted the runs to a local Ray: the training tasks stop after
+    their current step, queued ones never start, the command ends in one line with the command that
+    continues, and that command (here on this machine) reuses every finished run."""
+    pytest.importorskip("ray")
+    folder, _ = _interrupted_comparison(tmp_path, ["--threads", "1", "--executor", "ray"])
+    assert json.loads((folder / "rotation" / "seed-0" / "run.json").read_text())["status"] != "running"
+    _continued(folder, one_after_another)
 
 
 def test_a_second_command_on_the_same_folder_is_refused_in_one_line(tmp_path):
@@ -271,6 +300,26 @@ def test_the_comparison_file_field_sets_the_workers(tmp_path):
         parse_compare({**_spec(tmp_path), "workers": 0})
 
 
+def test_workers_auto_is_one_per_gpu_on_a_machine_with_several_else_one(monkeypatch):
+    """The default (``workers: auto``): GPUs give a run a device each and change no result, so N GPUs
+    train N runs at once; a CPU machine trains one run at a time with every core."""
+    import torch
+
+    from headstart.compare.executor import default_workers
+
+    spec = parse_compare(_spec(Path("out")))
+    assert spec.workers == "auto" and parse_compare({**_spec(Path("out")), "workers": 3}).workers == 3
+    assert default_workers(spec) == (torch.cuda.device_count() if torch.cuda.device_count() >= 2 else 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for gpus, expected in ((8, 8), (2, 2), (1, 1)):
+        monkeypatch.setattr(torch.cuda, "device_count", lambda gpus=gpus: gpus)
+        assert default_workers(spec) == expected
+    assert default_workers(parse_compare({**_spec(Path("out")), "accelerator": "cpu"})) == 1
+    for wrong in (0, -2, "many"):
+        with pytest.raises(HeadstartError, match="workers"):
+            parse_compare({**_spec(Path("out")), "workers": wrong})
+
+
 def test_ray_tasks_give_the_results_of_one_run_after_another(one_after_another, tmp_path):
     """A local Ray started on the spot (the machine's cores), one CPU and one thread per run; the
     extending arm is submitted with its donor's task as an argument, so Ray starts it after."""
@@ -323,6 +372,8 @@ def test_the_commands_pass_workers_and_threads_on_and_the_resume_command_keeps_t
         None,
         "headstart demo --workers 2",
     )
+    CliRunner().invoke(app, ["demo", "--output", str(tmp_path / "demo")])  # the default: the comparison's auto
+    assert (seen[2]["workers"], seen[2]["how_to_continue"]) == (None, "headstart demo")
 
 
 def test_ray_tasks_run_on_an_existing_cluster_which_is_left_running(one_after_another, tmp_path):

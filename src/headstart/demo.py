@@ -217,18 +217,19 @@ def run_demo(
     progress: bool | None = None,
     overwrite: bool = False,
     echo: Callable[[str], None] = print,
-    workers: int = 1,
+    workers: int | None = None,
     threads: int | None = None,
 ) -> CompareResult:
     """Run the five arms over ``seeds`` (finished runs of the same configuration are reused), probe
     the backbones, draw attention maps and write ``report.html`` and ``comparison.json`` to ``output``;
-    ``workers`` runs at once with ``threads`` each (:func:`headstart.compare.run`)."""
+    ``workers`` runs at once with ``threads`` each (:func:`headstart.compare.run`; default ``auto``: one
+    per GPU on a machine with several, else one)."""
     return run_comparison(
         demo_comparison(output, seeds=seeds, quick=quick),
         overwrite=overwrite,
         progress=progress,
         echo=echo,
-        how_to_continue="headstart demo" + (f" --workers {workers}" if workers != 1 else ""),
+        how_to_continue="headstart demo" + (f" --workers {workers}" if workers is not None else ""),
         workers=workers,
         threads=threads,
     )

@@ -529,6 +529,7 @@ def run_folder_demo(
         progress=progress,
         echo=echo,
         how_to_continue=how_to_continue or f"headstart demo --data {data}",
+        workers=1,  # the budget is fitted to one run after another
     )
     estimated = chosen.record["estimated_seconds"]
     echo(

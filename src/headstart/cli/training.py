@@ -230,8 +230,11 @@ def demo(
     progress: bool | None = typer.Option(
         None, "--progress/--no-progress", help="Progress bars per stage (default: when stderr is a terminal)."
     ),
-    workers: int = typer.Option(
-        1, "--workers", help="Runs trained at once, each in its own process with its share of the cores or its own GPU."
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        help="Runs trained at once, each in its own process with its share of the cores or its own GPU "
+        "(default: one per GPU on a machine with several, else 1).",
     ),
     threads: int | None = typer.Option(
         None, "--threads", help="CPU threads per run (default: the cores divided among the workers)."
@@ -243,7 +246,7 @@ ImageNet transfer, over seeds."""
 
     chosen = [seed] if seed is not None else list(range(seeds))
     _check_parallel(workers, threads, "local", None)
-    if data is not None and (workers != 1 or threads is not None):
+    if data is not None and (workers is not None or threads is not None):
         raise HeadstartError(
             "--workers and --threads apply to the MNIST demo; with --data the time budget is fitted to one "
             "run at a time, so leave them out"
@@ -399,7 +402,7 @@ def compare_command(
         None,
         "--workers",
         help="Runs trained at once, each in its own process with its share of the cores or its own GPU "
-        "(overrides the file's `workers`; default 1).",
+        "(overrides the file's `workers`; default auto: one per GPU on a machine with several, else 1).",
     ),
     threads: int | None = typer.Option(
         None, "--threads", help="CPU threads per run (default: the cores divided among the workers)."

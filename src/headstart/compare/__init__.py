@@ -32,7 +32,7 @@ A comparison file (``headstart compare FILE``)::
     probes: {k: 20}               # linear and k-NN probes of every stage's backbone
     label_errors: {top: 12}       # suspected label errors of the labelled images (cleanlab)
     attention: {images: 4, power: 1}
-    workers: 1                    # runs trained at once, one process each (headstart.compare.executor)
+    workers: auto                 # runs trained at once, one process each: auto = one per GPU, else 1
 
 Each run lands in ``OUTPUT/[labels-N/]ARM/seed-S`` as an ordinary run folder. A rerun reuses the
 runs that finished with the same configuration and resumes the interrupted one, so a long
@@ -64,7 +64,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from headstart.compare.evidence import ProbeMemo, attention_maps_of_arms, attention_picks, probe_run
-from headstart.compare.executor import Job, jobs, label, outcome_line, run_local, start, threads_per_worker
+from headstart.compare.executor import (
+    Job,
+    default_workers,
+    jobs,
+    label,
+    outcome_line,
+    run_local,
+    start,
+    threads_per_worker,
+)
 from headstart.compare.handover import hand_over
 from headstart.compare.lock import comparison_lock
 from headstart.compare.sharing import common_stages, extends, reuse_or_resume, shared_stages
@@ -143,7 +152,8 @@ def run(
     """Run (or reuse) every planned run, probe the backbones, draw attention maps, write the report.
 
     ``spec`` is a :class:`CompareSpec`, a mapping, or the path of a comparison file (whose folder
-    then resolves relative paths, like ``base``). ``workers`` (default: the file's ``workers``, 1)
+    then resolves relative paths, like ``base``). ``workers`` (default: the file's ``workers``, ``auto``:
+    one per GPU on a machine with several, else 1; :func:`~headstart.compare.executor.default_workers`)
     trains that many runs at once in their own processes (:mod:`headstart.compare.executor`),
     each with ``threads`` CPU threads (default: the cores divided among the workers; with one
     worker, the process's own). ``executor="ray"`` submits the runs to Ray instead
@@ -165,7 +175,9 @@ def run(
     from headstart.report.summary import summarise
 
     count = spec.workers if workers is None else workers
-    if count < 1 or (threads is not None and threads < 1):
+    if count == "auto":
+        count = default_workers(spec)
+    if not isinstance(count, int) or count < 1 or (threads is not None and threads < 1):
         raise HeadstartError(f"workers={count}, threads={threads}: expected whole numbers of at least 1")
     if executor not in ("local", "ray"):
         raise HeadstartError(f"executor={executor!r}: expected local or ray")

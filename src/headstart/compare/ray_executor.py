@@ -16,12 +16,15 @@ Threads: a task sets its own PyTorch thread count to the CPUs it asked for befor
 Concurrent Lightning trainers in Ray tasks otherwise each size their thread pools to the whole
 machine and oversubscribe its cores (ray-project/ray#42135: from more than 3 to 0.1 iterations per
 second).
+
+Ctrl+C: every task still queued or training is cancelled (Ray raises Ctrl+C in a running task, which
+stops after its current step, as a worker process does), and the command waits up to
+:data:`STOP_WAIT_S` seconds for them before Ray is shut down.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +40,9 @@ from headstart.compare.executor import (
 from headstart.compare.spec import CompareSpec, LabelErrorOptions, PlannedRun, ProbeOptions
 from headstart.compare.workers import one_line
 from headstart.errors import HeadstartError
+
+STOP_WAIT_S = 120.0
+"""Seconds the command waits, after Ctrl+C, for cancelled runs to end their current step."""
 
 
 def _ray() -> Any:
@@ -137,7 +143,9 @@ def _submit_and_wait(
     ended = 0
     try:
         while waiting:
-            done, _ = ray.wait(list(waiting), num_returns=1)
+            done, _ = ray.wait(list(waiting), num_returns=1, timeout=1.0)  # Ctrl+C is heard between waits
+            if not done:
+                continue
             index = waiting.pop(done[0])
             job = planned_jobs[index]
             try:
@@ -159,8 +167,11 @@ def _submit_and_wait(
                 echo(f"    {label(job.planned)}: {line.strip()}")
     except KeyboardInterrupt:
         for ref in waiting:
-            ray.cancel(ref)  # a KeyboardInterrupt in the task: the run saves its epoch and says interrupted
-        time.sleep(1)
+            ray.cancel(ref)  # Ctrl+C in the task: the run stops after its current step and says interrupted
+        # before Ray is shut down (which ends its workers), each run that was training ends its step
+        ray.wait(list(waiting), num_returns=len(waiting), timeout=STOP_WAIT_S)
+        for index in waiting.values():
+            record_failure(runs[index], "interrupted")  # one still running when the wait ran out
         raise ComparisonInterrupted(spec.output_dir(), again) from None
     if failed:
         names = "; ".join(f"{label(runs[index])} ({why})" for index, why in sorted(failed.items()))

@@ -122,12 +122,12 @@ class CompareSpec(_Strict):
     label_errors: LabelErrorOptions = LabelErrorOptions()
     attention: AttentionOptions = AttentionOptions()
     progress: bool | None = Field(None, description="progress bars; default: when the output is a terminal")
-    workers: int = Field(
-        1,
-        ge=1,
+    workers: int | Literal["auto"] = Field(
+        "auto",
         description=(
             "runs trained at once, each in its own process with its share of the CPU cores (or its own GPU); "
-            "a run that shares stages with another waits for them (headstart.compare.executor)"
+            "a run that shares stages with another waits for them (headstart.compare.executor). auto: one "
+            "per GPU on a machine with several, else 1"
         ),
     )
     num_workers: int | str | None = None
@@ -136,6 +136,13 @@ class CompareSpec(_Strict):
     )
     devices: int | None = None
     precision: str | None = None
+
+    @field_validator("workers")
+    @classmethod
+    def _whole_workers(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"workers: {value}: expected a whole number of at least 1, or auto")
+        return value
 
     @field_validator("seeds")
     @classmethod
