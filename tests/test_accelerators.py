@@ -21,8 +21,9 @@ from headstart.data.dataset import FileStore
 from headstart.data.encoded import EncodedImages, decode_encoded, read_encoded
 from headstart.engine.accelerate import DeviceFeed, FedLoader, OnePixelConv2d, accelerated, is_compiled
 from headstart.engine.batches import make_loader
-from headstart.engine.trainer import TrainerOptions, check_launch, is_rank_zero, launcher
+from headstart.engine.trainer import TrainerOptions, check_launch, launcher
 from headstart.errors import HeadstartError
+from headstart.ranks import is_rank_zero
 from headstart.stage import fit_stage
 from headstart.zoo import load
 from helpers import TINY_RESNET, digit_data, digit_network, digit_run, two_colour_jpeg

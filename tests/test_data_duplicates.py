@@ -163,6 +163,43 @@ def test_the_near_search_scales_in_blocks(monkeypatch):
     assert set(distance.tolist()) == {2}
 
 
+def test_a_family_of_copies_is_folded_into_one_edge_per_image_with_the_same_groups(monkeypatch):
+    """A burst of near-equal frames links each to every other: past ``limit`` pairs the search keeps
+    one edge per image instead (memory in proportion to the images, not to their square), and the
+    groups and each group's largest distance are those of every pair."""
+    import headstart.data.duplicates as duplicates
+    from headstart.data.duplicates import compact_pairs
+
+    monkeypatch.setattr(duplicates, "ROW_BLOCK", 16)
+    monkeypatch.setattr(duplicates, "COLUMN_BLOCK", 16)
+    rng = np.random.default_rng(1)
+    hashes = rng.integers(0, 2**63, 120, dtype=np.uint64)
+    bursts = [range(0, 40), range(50, 90)]  # two families of 40 frames, each within 3 bits of its first
+    for burst in bursts:
+        flips = rng.integers(0, 2, (len(burst), 3)) << np.array([0, 1, 2])
+        hashes[list(burst)] = hashes[burst[0]] ^ flips.sum(axis=1).astype(np.uint64)
+    thumbs = rng.integers(0, 256, (120, 64), dtype=np.uint8)
+    for burst in bursts:
+        thumbs[list(burst)] = thumbs[burst[0]]
+    usable = np.ones(120, dtype=bool)
+    every = near_pairs(hashes, thumbs, usable, max_distance=3)
+    folded = near_pairs(hashes, thumbs, usable, max_distance=3, limit=100)
+    assert every[0].size > 1000 and folded[0].size < 200  # 2 × 780 pairs against fewer than 119 + 100
+    assert (folded[0] < folded[1]).all()
+    groups = copy_groups(120, every[0], every[1])
+    assert groups.tolist() == copy_groups(120, folded[0], folded[1]).tolist()
+    assert sorted(set(groups.tolist())) == [0, *range(40, 50), 50, *range(90, 120)]
+
+    def largest(first, distance):
+        found = np.zeros(120, dtype=np.int64)
+        np.maximum.at(found, groups[first], distance)
+        return found.tolist()
+
+    assert largest(every[0], every[2]) == largest(folded[0], folded[2]) and max(largest(*every[::2])) == 3
+    star = compact_pairs(120, *every)
+    assert star[0].size == 78 and copy_groups(120, star[0], star[1]).tolist() == groups.tolist()
+
+
 def test_fingerprints_are_cached_and_a_changed_file_is_read_again(tmp_path, clean):
     root = tmp_path / "photos"
     shutil.copytree(clean, root, ignore=shutil.ignore_patterns(".*"))

@@ -37,11 +37,12 @@ from headstart.checkpoint import RunRecord, StageRecord, stage_folder
 from headstart.config import RunSpec, parse_run
 from headstart.data.task import TaskData
 from headstart.engine.tracking import require_mlflow
-from headstart.engine.trainer import TrainerOptions, check_launch, is_rank_zero, quiet_lightning
+from headstart.engine.trainer import TrainerOptions, check_launch, quiet_lightning
 from headstart.errors import HeadstartError
 from headstart.files import RUN_FILE, hardware, is_finished_stage, is_run, versions
 from headstart.lrfind import DIVERGENCE, MAX_LR, MIN_LR, STEPS, LRSweep
 from headstart.network import Network
+from headstart.ranks import is_rank_zero
 from headstart.stage import Interrupted, check_class_weights, evaluate_split, fit_stage, lr_find
 from headstart.zoo import load
 

@@ -114,10 +114,14 @@ def run_command(
     }
     if overrides:
         spec = parse_run({**spec.model_dump(mode="json"), **overrides}, str(file))
+    from headstart.ranks import is_rank_zero  # no Lightning yet: the first line comes at once
+
+    if is_rank_zero():
+        stages = " → ".join(stage.name for stage in spec.stages)
+        typer.echo(f"run '{spec.name}': {spec.model.name}, {stages}, into {spec.output_dir()}", err=True)
     from headstart.data.datacheck import check_before_training  # folder and CSV sources: copies, labels
 
     checked = check_before_training(spec.data.source, [(spec.data.splits, spec.seed)], progress=progress)
-    from headstart.engine.trainer import is_rank_zero
     from headstart.structure import run
 
     if checked is not None and is_rank_zero():

@@ -146,8 +146,9 @@ def default_workers(spec: CompareSpec) -> int:
     once at no cost to the results. On a CPU the workers split the cores: the demo on 2 cores took
     402 s as 2 workers × 1 thread against 537 s as 1 × 2 (1.34×, ``bench/bench_compare_workers.py``),
     but a run computed with one thread rounds its reductions unlike one with two, so single runs
-    moved by up to 0.013 in test accuracy. One worker with every core keeps the published tables'
-    runs reproducible; ``--workers N`` takes the speed."""
+    moved by up to 0.013 in test accuracy; the label-budget comparison at one label per class gained
+    nothing (503 s against 497) and its chaotic runs moved by up to 0.15. One worker with every core
+    keeps the published tables' runs reproducible; ``--workers N`` takes the speed."""
     if spec.accelerator == "cpu":
         return 1
     import torch

@@ -126,18 +126,25 @@ def near_pairs(
     *,
     max_distance: int = NEAR_DISTANCE,
     min_correlation: float = NEAR_CORRELATION,
+    limit: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs ``(i, j, distance)`` with ``i < j`` of usable, non-flat rows whose hashes differ in at most
     ``max_distance`` bits and whose thumbnails correlate at ``min_correlation`` or more (module
     docstring). Memory: one block of hashes at a time, plus the pairs found. The last search is
     remembered in this process (keyed by a digest of its inputs): every run of a comparison checks
-    the same folder, and at 50,000 images the search takes 4-7 s."""
+    the same folder, and at 50,000 images the search takes 4-7 s.
+
+    ``limit``: once more pairs than that are held, they are replaced by the edges that keep their
+    groups and each group's largest distance (:func:`compact_pairs`), so memory stays bounded when
+    copies come in large families (a burst of near-equal frames links each to every other: 50,000
+    crops of 20 photographs gave 1.4 million pairs, one scene shot 50,000 times would give over a
+    billion). Without it, every pair."""
     digest = hashlib.blake2b(digest_size=16)
-    for part in (hashes, thumbs, usable, np.array([max_distance, min_correlation])):
+    for part in (hashes, thumbs, usable, np.array([max_distance, min_correlation, limit or 0])):
         digest.update(np.ascontiguousarray(part).view(np.uint8).data)
     key = digest.hexdigest()
     if not (_LAST_SEARCH and _LAST_SEARCH[0] == key):
-        _LAST_SEARCH[:] = [key, _search(hashes, thumbs, usable, max_distance, min_correlation)]
+        _LAST_SEARCH[:] = [key, _search(hashes, thumbs, usable, max_distance, min_correlation, limit)]
     first, second, distance = _LAST_SEARCH[1]
     return first.copy(), second.copy(), distance.copy()
 
@@ -146,12 +153,32 @@ _LAST_SEARCH: list = []
 """``[key, (i, j, distance)]`` of the last :func:`near_pairs` in this process."""
 
 
+def compact_pairs(
+    count: int, first: np.ndarray, second: np.ndarray, distance: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Edges that join the same groups as the pairs ``(first, second)`` of ``count`` images, one per
+    image that is not its group's first (first image, image, the group's largest ``distance``): at
+    most ``count - 1`` edges, whatever the number of pairs; :func:`copy_groups` and the largest
+    distance per group come out the same."""
+    groups = copy_groups(count, first, second)
+    largest = np.zeros(count, dtype=np.int64)
+    np.maximum.at(largest, groups[first], distance)
+    members = np.flatnonzero(groups != np.arange(count))
+    return groups[members], members, largest[groups[members]]
+
+
 def _search(
-    hashes: np.ndarray, thumbs: np.ndarray, usable: np.ndarray, max_distance: int, min_correlation: float
+    hashes: np.ndarray,
+    thumbs: np.ndarray,
+    usable: np.ndarray,
+    max_distance: int,
+    min_correlation: float,
+    limit: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     flat = flat_thumbnails(thumbs)  # the unit thumbnails are made per candidate pair: memory stays flat
     rows = np.flatnonzero(usable & ~flat)
     found_i, found_j, found_d = [], [], []
+    held = 0
     candidates = hashes[rows].astype(np.uint64)
     count = candidates.size
     xor = np.empty((min(ROW_BLOCK, count), min(COLUMN_BLOCK, count)), dtype=np.uint64)
@@ -176,6 +203,11 @@ def _search(
             found_i.append(i[alike])
             found_j.append(j[alike])
             found_d.append(distance[alike].astype(np.int64))
+            held += int(alike.sum())
+            if limit is not None and held > limit:
+                joined = (np.concatenate(found) for found in (found_i, found_j, found_d))
+                kept_i, kept_j, kept_d = compact_pairs(len(hashes), *joined)
+                found_i, found_j, found_d, held = [kept_i], [kept_j], [kept_d], kept_i.size
     if not found_i:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, empty
@@ -197,6 +229,7 @@ def copy_groups(count: int, first: np.ndarray, second: np.ndarray) -> np.ndarray
 __all__ = [
     "NEAR_CORRELATION",
     "NEAR_DISTANCE",
+    "compact_pairs",
     "copy_groups",
     "exact_pairs",
     "flat_thumbnails",

@@ -32,6 +32,7 @@ from headstart.engine.accelerate import DeviceFeed
 from headstart.engine.batches import ImagePlan, ResidencyChoice, plan_images
 from headstart.errors import HeadstartError
 from headstart.files import atomic_write, hardware
+from headstart.ranks import slurm_launched
 from headstart.validation import validate
 
 
@@ -193,32 +194,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise HeadstartError(f"{path}: cannot resume from this checkpoint ({str(error).splitlines()[0]})") from None
 
 
-def is_rank_zero() -> bool:
-    """Whether this process is the first of its job (it alone writes run files): global rank 0
-    of a torchrun launch (``RANK``), the first process of Lightning's own launcher on the first
-    machine (``LOCAL_RANK``, ``NODE_RANK``), or task 0 of a SLURM step (``SLURM_PROCID``)."""
-    environ = os.environ
-    if "RANK" in environ:
-        return int(environ["RANK"]) == 0
-    if "LOCAL_RANK" in environ or "NODE_RANK" in environ:
-        return int(environ.get("LOCAL_RANK", "0")) == 0 and int(environ.get("NODE_RANK", "0")) == 0
-    if _slurm_launched():
-        return int(environ.get("SLURM_PROCID", "0")) == 0
-    return True
-
-
-def _slurm_launched() -> bool:
-    """Whether SLURM's srun started this process as one task of a job (Lightning's rule: an
-    interactive job, named ``bash`` or ``interactive``, is not)."""
-    return "SLURM_NTASKS" in os.environ and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive")
-
-
 def launcher() -> tuple[str, int] | None:
     """The launcher that started this process and the number of processes it started:
     ``("torchrun", WORLD_SIZE)``, ``("srun", SLURM_NTASKS)``, or ``None``."""
     if os.environ.get("TORCHELASTIC_RUN_ID") and "WORLD_SIZE" in os.environ:
         return "torchrun", int(os.environ["WORLD_SIZE"])
-    if _slurm_launched():
+    if slurm_launched():
         return "srun", int(os.environ["SLURM_NTASKS"])
     return None
 

@@ -52,10 +52,11 @@ from headstart.data.splits import Splits
 from headstart.data.task import TaskData
 from headstart.engine.passes import evaluate
 from headstart.engine.sweep import check_sweep, sweep
-from headstart.engine.trainer import TrainerOptions, is_rank_zero, quiet_lightning
+from headstart.engine.trainer import TrainerOptions, quiet_lightning
 from headstart.files import RESUME_FILE, WEIGHTS_FILE, is_finished_stage
 from headstart.lrfind import DIVERGENCE, MAX_LR, MIN_LR, STEPS, LRSweep
 from headstart.network import Network
+from headstart.ranks import is_rank_zero
 from headstart.stage.fit import Interrupted, StagePlan, train
 from headstart.stage.prepare import (
     PreparedData,

@@ -19,11 +19,12 @@ from headstart.engine.callbacks import EpochHistory, InterruptOnSignal, RunInter
 from headstart.engine.module import StageModule
 from headstart.engine.sweep import sweep
 from headstart.engine.tracking import StageTracking
-from headstart.engine.trainer import TrainerOptions, build_trainer, device_description, is_rank_zero, restore_best
+from headstart.engine.trainer import TrainerOptions, build_trainer, device_description, restore_best
 from headstart.errors import INTERRUPTED_EXIT_CODE, HeadstartError
 from headstart.files import RESUME_FILE, atomic_write_json, read_json, versions
 from headstart.lrfind import PLOT_FILE, SWEEP_FILE, LRSweep, SweepInterrupted
 from headstart.network import Network
+from headstart.ranks import is_rank_zero
 from headstart.stage.prepare import LOG, PreparedData, PreparedStage, default_bn_policy, prepare_data
 from headstart.validation import validate
 
