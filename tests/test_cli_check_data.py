@@ -206,7 +206,9 @@ def test_run_and_compare_write_the_check_and_the_report_shows_it(photos, tmp_pat
 
     result = _invoke("run", str(_run_file(tmp_path, photos)))
     assert result.exit_code == 0, result.output
-    assert result.stderr.splitlines()[0].startswith("data check of photos: 17 image(s)")
+    first, second = result.stderr.splitlines()[:2]  # what it will train, then what it found in the data
+    assert first.startswith("run 'check': test_resnet, task, into ")
+    assert second.startswith("data check of photos: 17 image(s)")
     written = json.loads((tmp_path / "run" / CHECK_FILE).read_text())
     assert written["two_labels"] == 1
     lines: list[str] = []

@@ -138,5 +138,6 @@ def test_an_error_naming_an_extra_prints_it_whole(tmp_path, monkeypatch, loggers
         monkeypatch.setitem(sys.modules, name, None)  # as if not installed: importlib finds no spec
     result = CliRunner().invoke(app, ["run", str(_run_file(tmp_path, loggers))], env=WIDE)
     assert result.exit_code == 2, result.output
-    assert install in result.output and len(result.output.strip().splitlines()) == 1
+    said, error = result.output.strip().splitlines()  # what it was about to train, then why it cannot
+    assert said.startswith("run 'run': ") and error.startswith("error: ") and install in error
     assert not (tmp_path / "out").exists()
