@@ -13,12 +13,12 @@ from headstart.config import (
     ModelSpec,
     RunSpec,
     StageSpec,
-    _Strict,
     load_run_file,
     parse_run,
     read_yaml_file,
     resolve_data_paths,
 )
+from headstart.config.strict import Strict
 from headstart.errors import HeadstartError
 from headstart.validation import validate
 from headstart.verdict import IMBALANCE_RATIO
@@ -27,7 +27,7 @@ INIT_PROBE_FILE = "init-probe.json"
 ATTENTION_FILE = "attention.npz"
 
 
-class ArmSpec(_Strict):
+class ArmSpec(Strict):
     """One arm: a run file, or a model with its stages written inline."""
 
     run: str | None = Field(None, description="a YAML run file; its data, seed and output are replaced")
@@ -43,7 +43,7 @@ class ArmSpec(_Strict):
         return self
 
 
-class ProbeOptions(_Strict):
+class ProbeOptions(Strict):
     """Linear and k-NN probes of every stage's backbone (:mod:`headstart.probe`)."""
 
     enabled: bool = True
@@ -54,7 +54,7 @@ class ProbeOptions(_Strict):
     probe_split: str = "test"
 
 
-class LabelErrorOptions(_Strict):
+class LabelErrorOptions(Strict):
     """Suspected label errors among each run's labelled images, from its final backbone's features
     (leave-one-out k-NN with the probes' ``k`` and temperature, then cleanlab:
     :mod:`headstart.label_errors`). Needs the probes, with the labelled split as their bank."""
@@ -63,7 +63,7 @@ class LabelErrorOptions(_Strict):
     top: int = Field(12, ge=1, le=100, description="suspects kept per run, lowest label-quality score first")
 
 
-class AttentionOptions(_Strict):
+class AttentionOptions(Strict):
     """Attention maps of each arm's final network for a few test images (Gidaris et al. 2018, fig. 3).
 
     The images are one per class while classes last (:func:`attention_picks`), drawn with the
@@ -77,7 +77,7 @@ class AttentionOptions(_Strict):
     )
 
 
-class Contrast(_Strict):
+class Contrast(Strict):
     """Two arms judged against each other at every label budget, paired by seed: is ``arm`` better
     than ``against``, worse, or not resolved (:mod:`headstart.verdict`)? E.g. ``{arm: rotation+fixmatch, against:
     scratch+fixmatch}`` asks whether the pretraining *before* FixMatch adds anything once FixMatch runs."""
@@ -86,7 +86,7 @@ class Contrast(_Strict):
     against: str
 
 
-class CompareSpec(_Strict):
+class CompareSpec(Strict):
     """A comparison: arms × seeds × label budgets on one task (module docstring)."""
 
     name: str = "comparison"
