@@ -17,7 +17,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from headstart.checkpoint import RunRecord
 from headstart.errors import HeadstartError
 from headstart.files import COMPARISON_FILE
-from headstart.verdict import class_metrics, confusion_matrix
+from headstart.metrics import class_metrics, confusion_matrix
 from helpers import TINY_RESNET, write_image_folder
 
 LABELS = ["cat", "fox"]

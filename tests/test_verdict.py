@@ -194,7 +194,7 @@ def test_class_metrics_are_torchmetrics_and_scikit_learns(targets, predicted, cl
     from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
     from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score, MulticlassRecall
 
-    from headstart.verdict import class_metrics, confusion_matrix
+    from headstart.metrics import class_metrics, confusion_matrix
 
     got = class_metrics(confusion_matrix(predicted, targets, classes))
     guess, truth = torch.tensor(predicted), torch.tensor(targets)
@@ -216,7 +216,7 @@ def test_a_class_without_test_images_has_no_recall_and_counts_as_torchmetrics_co
     import torch
     from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-    from headstart.verdict import class_metrics, confusion_matrix
+    from headstart.metrics import class_metrics, confusion_matrix
 
     targets, predicted = [0, 0, 1, 1, 1], [0, 2, 1, 1, 0]
     got = class_metrics(confusion_matrix(predicted, targets, 4))
@@ -227,7 +227,7 @@ def test_a_class_without_test_images_has_no_recall_and_counts_as_torchmetrics_co
 
 
 def test_auto_judges_imbalanced_labelled_classes_on_balanced_accuracy_and_says_so():
-    from headstart.verdict import IMBALANCE_RATIO, choose_metric
+    from headstart.metrics import IMBALANCE_RATIO, choose_metric
 
     metric, reason = choose_metric("auto", {"cat": 900, "fox": 40})
     assert metric == "balanced_accuracy"

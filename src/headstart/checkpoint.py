@@ -243,10 +243,10 @@ class RunRecord(BaseModel):
     """Recall of each class on the test split (the share of its test images predicted as it), classes in
     ``labels`` order; ``None`` for a class without test images. ``test`` holds their mean
     (``balanced_accuracy``) and ``macro_f1`` beside ``accuracy``. ``None`` in runs written before it was
-    recorded: :func:`headstart.verdict.class_metrics` computes all three from ``test_confusion``."""
+    recorded: :func:`headstart.metrics.class_metrics` computes all three from ``test_confusion``."""
     train_class_counts: dict[str, int] | None = None
     """Labelled training images per class (the task's ``train`` split, in class order): what
-    ``metric: auto`` of a comparison reads (:func:`headstart.verdict.choose_metric`). ``None`` in runs
+    ``metric: auto`` of a comparison reads (:func:`headstart.metrics.choose_metric`). ``None`` in runs
     written before it was recorded."""
     splits: dict[str, Any] | None = None
     """The run's labelled draw and held-out images (:meth:`headstart.data.splits.Splits.draw_record`):

@@ -37,7 +37,7 @@ Time budget (:mod:`headstart.demo_budget`)
     kept in ``OUTPUT/budget.json``: the same command again (same images, same options), after
     Ctrl+C for instance, runs the same epochs and so reuses the finished runs instead of timing the
     machine anew; other options on the same machine reuse the timings.
-Judging metric (``metric: auto``, :func:`headstart.verdict.choose_metric`)
+Judging metric (``metric: auto``, :func:`headstart.metrics.choose_metric`)
     A folder of 900 cats and 40 foxes is judged on balanced accuracy (the mean of the per-class
     recalls), since a network that never says "fox" has accuracy 0.96 there; folders whose labelled
     classes are within 1.5 : 1 are judged on accuracy. With ``--labels-per-class`` the labelled

@@ -20,8 +20,8 @@ from headstart.config import (
 )
 from headstart.config.strict import Strict
 from headstart.errors import HeadstartError
+from headstart.metrics import IMBALANCE_RATIO
 from headstart.validation import validate
-from headstart.verdict import IMBALANCE_RATIO
 
 INIT_PROBE_FILE = "init-probe.json"
 ATTENTION_FILE = "attention.npz"

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 
 from headstart.files import png_bytes
+from headstart.metrics import METRICS
 from headstart.report.summary import judged_spread
 from headstart.report.verdicts import metric_name
-from headstart.verdict import METRICS
 
 DPI = 100
 

@@ -10,7 +10,7 @@ How time is counted (both promised gains are per arm, mean ± std over seeds):
   seen by no stage. The comparison file's ``metric`` picks it: ``accuracy``, ``balanced_accuracy``
   (the mean of the per-class recalls), ``macro_f1``, or ``auto`` (the default): balanced accuracy
   when the labelled training classes of the runs are imbalanced beyond
-  :data:`headstart.verdict.IMBALANCE_RATIO`, else accuracy (:func:`headstart.verdict.choose_metric`;
+  :data:`headstart.metrics.IMBALANCE_RATIO`, else accuracy (:func:`headstart.metrics.choose_metric`;
   the summary's ``metric_reason`` says which and why). Accuracy, balanced accuracy, macro F1 and each
   class's recall are reported whatever judges. The gain over the baseline is paired by seed (same
   test images and seed, different arm) and given as mean ± std of the per-seed differences, and
@@ -39,24 +39,15 @@ from typing import Any, TypedDict
 
 from headstart.errors import HeadstartError
 from headstart.files import COMPARISON_FILE, RUN_FILE, atomic_write_json, is_comparison, is_run, read_json
-from headstart.verdict import (
-    Metric,
-    Verdict,
-    choose_metric,
-    class_metrics,
-    corrected,
-    imbalance,
-    on_test_images,
-    over_seeds,
-    paired_bootstrap,
-)
+from headstart.metrics import Metric, choose_metric, class_metrics, imbalance
+from headstart.verdict import Verdict, corrected, on_test_images, over_seeds, paired_bootstrap
 
 METRIC_KEYS: dict[str, str] = {
     "accuracy": "test_accuracy",
     "balanced_accuracy": "balanced_accuracy",
     "macro_f1": "macro_f1",
 }
-"""Where each judging metric (:data:`headstart.verdict.METRICS`) sits in a run's outcome and in an arm's
+"""Where each judging metric (:data:`headstart.metrics.METRICS`) sits in a run's outcome and in an arm's
 row of a budget's table (its spread over seeds)."""
 MANIFEST_FILE = COMPARISON_FILE
 """The comparison's manifest (:data:`headstart.files.COMPARISON_FILE`), under the name compare.py imports."""
@@ -208,7 +199,7 @@ def run_outcome(folder: Path) -> dict[str, Any] | None:
 def _class_scores(run: Any) -> tuple[float | None, float | None, list[float | None] | None]:
     """Balanced accuracy, macro F1 and per-class recall of a run on its test split: as run.json records
     them, or — for runs written before they were — from its test confusion matrix
-    (:func:`headstart.verdict.class_metrics`); ``None`` when neither is there."""
+    (:func:`headstart.metrics.class_metrics`); ``None`` when neither is there."""
     test = run.test or {}
     recall = getattr(run, "test_recall", None)
     if "balanced_accuracy" in test and "macro_f1" in test and recall is not None:

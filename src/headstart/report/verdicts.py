@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from headstart.metrics import METRICS
 from headstart.report.summary import judged_metric, judged_spread, labels_per_class_text
-from headstart.verdict import METRICS, Verdict, from_dict, signed, verdict_text
+from headstart.verdict import Verdict, from_dict, signed, verdict_text
 
 
 def spread_text(values: dict[str, Any], digits: int = 4) -> str:
