@@ -219,7 +219,7 @@ def test_ctrl_c_under_ray_cancels_every_task_and_keeps_every_finished_run(one_af
     continues, and that command (here on this machine) reuses every finished run."""
     pytest.importorskip("ray")
     folder, _ = _interrupted_comparison(tmp_path, ["--threads", "1", "--executor", "ray"])
-    assert json.loads((folder / "rotation" / "seed-0" / "run.json").read_text())["status"] != "running"
+    assert json.loads((folder / "rotation" / "seed-0" / "run.json").read_text())["status"] == "interrupted"
     _continued(folder, one_after_another)
 
 

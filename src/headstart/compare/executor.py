@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from headstart.checkpoint import RunRecord, stage_folder
 from headstart.compare.sharing import link_stages, shared_stages
@@ -261,14 +261,14 @@ class _Worker:
             self.process.join()
 
 
-def record_failure(planned: PlannedRun, problem: str) -> None:
-    """Write ``failed`` into the run.json of a run whose process died before it could (it says
-    ``running``): records tell the truth, whoever reads them."""
+def record_failure(planned: PlannedRun, problem: str, status: Literal["failed", "interrupted"] = "failed") -> None:
+    """Write ``failed`` (or ``status``: ``interrupted``) into the run.json of a run whose process
+    ended before it could (it says ``running``): records tell the truth, whoever reads them."""
     if not is_run(planned.folder):
         return
     record = RunRecord.read(planned.folder)
     if record.status == "running":
-        record.status, record.error = "failed", problem
+        record.status, record.error = status, None if status == "interrupted" else problem
         record.write(planned.folder)
 
 

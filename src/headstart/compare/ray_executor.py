@@ -171,7 +171,7 @@ def _submit_and_wait(
         # before Ray is shut down (which ends its workers), each run that was training ends its step
         ray.wait(list(waiting), num_returns=len(waiting), timeout=STOP_WAIT_S)
         for index in waiting.values():
-            record_failure(runs[index], "interrupted")  # one still running when the wait ran out
+            record_failure(runs[index], "interrupted", status="interrupted")  # still running when the wait ran out
         raise ComparisonInterrupted(spec.output_dir(), again) from None
     if failed:
         names = "; ".join(f"{label(runs[index])} ({why})" for index, why in sorted(failed.items()))
