@@ -10,12 +10,10 @@ import json
 import os
 import shutil
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
 import time
-import zlib
 from pathlib import Path
 
 import httpx
@@ -30,6 +28,9 @@ from headstart.errors import USER_ERROR_EXIT_CODE
 from headstart.inference import Predictor, load_model, model_card
 from headstart.serve import BackgroundServer, Batcher, ServeOptions, create_app
 from helpers import CATS, DIGITS, digit_data, digit_run, grey_image, truncated_jpeg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from bench_serve_load import declared_png  # noqa: E402 - the load bench's decompression bomb, the same bytes
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "bench_serve_load.py"
 CARD = "---\nlibrary_name: headstart\ntags: [digits]\nmetrics: [{name: accuracy, value: 0.5}]\n---\n# Digits\n"
@@ -75,15 +76,6 @@ def _refused(response: httpx.Response, status: int, fragment: str) -> None:
     assert response.status_code == status, response.text
     body = response.json()
     assert set(body) == {"error"} and "\n" not in body["error"] and fragment in body["error"], body
-
-
-def _declared_png(width: int, height: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("L", (1, 1)).save(buffer, format="PNG")
-    data = bytearray(buffer.getvalue())
-    data[16:24] = struct.pack(">II", width, height)
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
-    return bytes(data)
 
 
 def test_health_and_metadata_describe_the_model_and_its_card(server, best_folder):
@@ -140,7 +132,7 @@ def _bad_request(kind: str, digits: list[bytes], tmp_path: Path) -> dict:
         truncated_jpeg(tmp_path / "half.jpg")
         return {"files": {"file": ("half.jpg", (tmp_path / "half.jpg").read_bytes())}}
     if kind == "decompression bomb":
-        return {"files": {"file": ("bomb.png", _declared_png(20_000, 20_000))}}
+        return {"files": {"file": ("bomb.png", declared_png(20_000, 20_000))}}
     if kind == "50 MB of noise":
         noise = np.random.default_rng(0).integers(0, 256, 50_000_000, dtype=np.uint8).tobytes()
         return {"files": {"file": ("noise.bin", noise)}}
