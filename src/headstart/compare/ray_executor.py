@@ -17,15 +17,20 @@ Concurrent Lightning trainers in Ray tasks otherwise each size their thread pool
 machine and oversubscribe its cores (ray-project/ray#42135: from more than 3 to 0.1 iterations per
 second).
 
-Ctrl+C: every task still queued or training is cancelled (Ray raises Ctrl+C in a running task, which
-stops after its current step, as a worker process does), and the command waits up to
-:data:`STOP_WAIT_S` seconds for them before Ray is shut down.
+Ctrl+C: the command writes :data:`STOP_FILE` into the output folder and waits up to
+:data:`STOP_WAIT_S` seconds for its tasks before Ray is shut down. A task watches for that file:
+a training run stops after its current step (as a worker process does on Ctrl+C) and records
+itself interrupted, a task not yet started returns at once. Tasks are not cancelled through Ray:
+``ray.cancel`` of a running task could abort the command itself (ray 2.60: "Tried to complete task
+that was not pending").
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from headstart.compare.executor import (
@@ -42,7 +47,10 @@ from headstart.compare.workers import one_line
 from headstart.errors import HeadstartError
 
 STOP_WAIT_S = 120.0
-"""Seconds the command waits, after Ctrl+C, for cancelled runs to end their current step."""
+"""Seconds the command waits, after Ctrl+C, for its runs to end their current step."""
+STOP_FILE = ".headstart-stop"
+"""Written into the output folder on Ctrl+C: the comparison's tasks, on any node, stop when it appears."""
+STOPPED = "stopped before it started: the comparison was interrupted"
 
 
 def _ray() -> Any:
@@ -63,11 +71,13 @@ def train_job(
     label_errors: LabelErrorOptions,
     threads: int,
     folder: str,
+    stop_file: str,
     _donor_done: Any = None,
 ) -> tuple[dict[str, float] | None, float, list[str], int]:
     """One Ray task: link the donor's shared stages (``_donor_done`` is the donor's task, which Ray
-    waits for), train the run, probe it. Returns the test metrics, the seconds, the lines to show
-    and the threads it computed with."""
+    waits for), train the run, probe it; stop after the current step once ``stop_file`` appears
+    (:data:`STOP_FILE`). Returns the test metrics, the seconds, the lines to show and the threads it
+    computed with."""
     import torch
 
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
@@ -75,16 +85,37 @@ def train_job(
     if os.path.isdir(folder):
         os.chdir(folder)  # relative output folders mean the same on every node of a shared filesystem
     from headstart.compare.evidence import ProbeMemo, probe_run
+    from headstart.engine.callbacks import InterruptOnSignal
+    from headstart.stage import Interrupted
     from headstart.structure import run
 
+    stop = Path(stop_file)
+    if stop.exists():
+        return None, 0.0, [STOPPED], torch.get_num_threads()
     lines: list[str] = []
     test, seconds = None, 0.0
-    if job.trains:
-        resume = start(job, donor, lines.append)
-        result = run(job.planned.spec, resume=resume, progress=False)
-        test, seconds = result.test, result.seconds
-    if probes.enabled:
-        probe_run(job.planned, probes, lines.append, ProbeMemo(), label_errors)
+    done = threading.Event()
+
+    def watch() -> None:  # the comparison's Ctrl+C, seen from this node
+        while not done.wait(0.1):
+            if stop.exists():
+                InterruptOnSignal.request_stop("Ctrl+C")
+                return
+
+    InterruptOnSignal.request_stop(None)
+    threading.Thread(target=watch, name="headstart-stop-watch", daemon=True).start()
+    try:
+        if job.trains:
+            resume = start(job, donor, lines.append)
+            result = run(job.planned.spec, resume=resume, progress=False)
+            test, seconds = result.test, result.seconds
+        if probes.enabled:
+            probe_run(job.planned, probes, lines.append, ProbeMemo(), label_errors)
+    except Interrupted:
+        lines.append("interrupted: the comparison was stopped")
+    finally:
+        done.set()
+        InterruptOnSignal.request_stop(None)  # the worker process may serve another task
     return test, seconds, lines, torch.get_num_threads()
 
 
@@ -122,6 +153,8 @@ def _submit_and_wait(
     remote = ray.remote(train_job)
     runs = [job.planned for job in planned_jobs]
     refs: dict[int, Any] = {}
+    stop_file = spec.output_dir().absolute() / STOP_FILE
+    stop_file.unlink(missing_ok=True)  # left by a command that did not end cleanly
     for job in planned_jobs:
         if not job.trains:
             echo(f"{label(job.planned)}: finished before, reused")
@@ -132,7 +165,7 @@ def _submit_and_wait(
         donor = runs[job.donor] if job.donor is not None else None
         after = refs.get(job.donor) if job.donor is not None else None
         refs[job.index] = remote.options(**options, name=f"headstart {label(job.planned)}").remote(
-            job, donor, spec.probes, spec.label_errors, threads, os.getcwd(), after
+            job, donor, spec.probes, spec.label_errors, threads, os.getcwd(), str(stop_file), after
         )
     training = sum(job.trains for job in planned_jobs)
     echo(
@@ -143,7 +176,7 @@ def _submit_and_wait(
     ended = 0
     try:
         while waiting:
-            done, _ = ray.wait(list(waiting), num_returns=1, timeout=1.0)  # Ctrl+C is heard between waits
+            done, _ = ray.wait(list(waiting), num_returns=1, timeout=0.25)  # Ctrl+C is heard between waits
             if not done:
                 continue
             index = waiting.pop(done[0])
@@ -166,10 +199,11 @@ def _submit_and_wait(
             for line in lines:
                 echo(f"    {label(job.planned)}: {line.strip()}")
     except KeyboardInterrupt:
-        for ref in waiting:
-            ray.cancel(ref)  # Ctrl+C in the task: the run stops after its current step and says interrupted
-        # before Ray is shut down (which ends its workers), each run that was training ends its step
-        ray.wait(list(waiting), num_returns=len(waiting), timeout=STOP_WAIT_S)
+        stop_file.touch()  # every task stops after its current step; those not started return at once
+        try:  # before Ray is shut down (which ends its workers)
+            ray.wait(list(waiting), num_returns=len(waiting), timeout=STOP_WAIT_S)
+        finally:
+            stop_file.unlink(missing_ok=True)
         for index in waiting.values():
             record_failure(runs[index], "interrupted", status="interrupted")  # still running when the wait ran out
         raise ComparisonInterrupted(spec.output_dir(), again) from None

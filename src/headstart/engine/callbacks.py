@@ -40,6 +40,16 @@ class InterruptOnSignal(Callback):
     later SIGINT and exits the process.
     """
 
+    _requested: str | None = None
+    """A stop asked for from outside the process's signals (:meth:`request_stop`), seen by every fit."""
+
+    @classmethod
+    def request_stop(cls, reason: str | None) -> None:
+        """Ask every fit of this process to stop after its current step, as a signal would (``None``:
+        withdraw it). For a thread that cannot send the process a signal the fit will see: a Ray
+        task told by its comparison to stop."""
+        cls._requested = reason
+
     def __init__(self) -> None:
         self.signal_name: str | None = None
         self._previous: dict[int, Any] = {}
@@ -74,9 +84,11 @@ class InterruptOnSignal(Callback):
         self._held = False
 
     def raise_if_signalled(self) -> None:
-        """Raise :class:`RunInterrupted` if a signal arrived and nothing has acted on it yet."""
-        if self.signal_name is not None:
-            raise RunInterrupted(self.signal_name)
+        """Raise :class:`RunInterrupted` if a signal arrived (or a stop was requested) and nothing has
+        acted on it yet."""
+        reason = self.signal_name or InterruptOnSignal._requested
+        if reason is not None:
+            raise RunInterrupted(reason)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.raise_if_signalled()
