@@ -119,7 +119,6 @@ def sweep(
                     early_stop_threshold=divergence,
                     update_attr=False,
                 )
-            module.interrupt.restore()
             module.interrupt.raise_if_signalled()  # Ctrl+C after the sweep's last step
         except (RunInterrupted, SIGTERMException, KeyboardInterrupt) as interruption:
             raise SweepInterrupted(
