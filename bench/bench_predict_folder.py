@@ -4,7 +4,7 @@ Both sides classify the same folder of JPEG photos (made once from scikit-image'
 photos: random crops, flips and sizes around 500 × 375 px, quality 90) with the same network
 (EfficientNet-Lite0, its real ImageNet weights), batch size, DataLoader workers and torch threads:
 
-* ``headstart``: :func:`headstart.inference.predict_to_file` into a fresh CSV (folder walk, the
+* ``headstart``: :func:`headstart.prediction_files.predict_to_file` into a fresh CSV (folder walk, the
   DataLoader, top-5 decoding, one row per image written and flushed per batch);
 * ``plain``: a ``Dataset`` over the sorted file list that opens each file with Pillow, converts it
   to RGB and applies timm's evaluation transform (resize, crop, ``ToTensor``, ``Normalize``); a
@@ -60,7 +60,8 @@ import torch
 from PIL import Image
 
 from _alternate import alternate
-from headstart.inference import Predictor, default_workers, predict_to_file
+from headstart.inference import Predictor, default_workers
+from headstart.prediction_files import predict_to_file
 from headstart.zoo import load
 
 SAMPLES = "astronaut chelsea coffee rocket camera coins moon page hubble_deep_field immunohistochemistry".split()

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from headstart.cli import app
 from headstart.errors import INTERRUPTED_EXIT_CODE, USER_ERROR_EXIT_CODE, HeadstartError
-from headstart.inference import Predictor, find_images, load_model, model_card, predict_files, predict_to_file
+from headstart.inference import Predictor, find_images, load_model, model_card, predict_files
+from headstart.prediction_files import predict_to_file
 from helpers import DIGITS, digit_run, grey_image, truncated_jpeg
 
 runner = CliRunner()
@@ -145,12 +146,12 @@ def test_an_interrupted_run_continues_where_it_stopped(photos, digit_run_folder,
 
 
 def test_a_keyboard_interrupt_of_the_command_says_the_file_continues(photos, digit_run_folder, tmp_path, monkeypatch):
-    import headstart.inference as inference
+    import headstart.prediction_files as prediction_files
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(inference, "predict_to_file", interrupted)
+    monkeypatch.setattr(prediction_files, "predict_to_file", interrupted)
     output = tmp_path / "preds.csv"
     result = runner.invoke(app, ["predict", str(photos), "--checkpoint", str(digit_run_folder), "-o", str(output)])
     assert result.exit_code == INTERRUPTED_EXIT_CODE

@@ -59,7 +59,8 @@ def predict(
     check_inputs(images)  # fail before loading PyTorch and a network
     if output is not None:
         _output_kind(output)
-    from headstart.inference import Predictor, find_images, predict_files, predict_to_file
+    from headstart.inference import Predictor, find_images, predict_files
+    from headstart.prediction_files import predict_to_file
 
     predictor = Predictor(_network_for(model, weights, checkpoint), device=device, top=top)
     if output is not None:
