@@ -518,6 +518,9 @@ def test_the_speed_probe_draws_a_line_through_two_batch_sizes(monkeypatch):
     assert line.training(100, 4) == pytest.approx(4 * per_step + 100 * per_image)
     assert demo_budget._line((25, 100), [0.070, 0.060]) == (0.070 / 25, 0.0)  # noise: never a negative cost
     assert demo_budget._line((8,), [0.6]) == (0.075, 0.0)
+    for wrong in ({"batch": 0}, {"repeats": 0}):
+        with pytest.raises(HeadstartError, match="measure_speed: batch="):
+            demo_budget.measure_speed("resnet10t", 32, **wrong)
     timed = []
 
     def probe(model, side, **_):

@@ -157,6 +157,8 @@ def measure_speed(model: str, side: int, *, batch: int | None = None, repeats: i
     device a run would use (the GPU when there is one), at each batch size of :data:`PROBE_BATCHES`
     (``batch``: that one alone); two sizes give the line through them, a step's fixed cost and each
     image's, one the cost per image alone."""
+    if (batch is not None and batch < 1) or repeats < 1:
+        raise HeadstartError(f"measure_speed: batch={batch}, repeats={repeats}; expected whole numbers of at least 1")
     import torch
 
     batches = (batch,) if batch is not None else PROBE_BATCHES[0] if side <= PROBE_SMALL_SIDE else PROBE_BATCHES[1]
